@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration file: TOML, every key validated at start-up.
+
+A mistake in the configuration of a server on a public port should stop it
+from starting, with a message that names the key, rather than surface as odd
+behaviour later.  So every table and key is known here, with its default and
+its check, and anything unknown is an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from attrs import field, frozen
+
+
+class ConfigError(ValueError):
+    """
+    The configuration is not usable; the message names the key.
+    """
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@frozen
+class ServerConfig:
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    path: str = "/"
+    allow: tuple[Network, ...] = (ipaddress.ip_network("83.166.68.0/23"),)
+    max_body: int = 100 * 1024 * 1024
+    timezone: ZoneInfo = field(factory=lambda: ZoneInfo("Europe/London"))
+    ack: str = "OK\n"
+    request_timeout: float = 300.0
+
+
+@frozen
+class SpoolConfig:
+    dir: Path = Path("var/spool")
+    dedupe_days: float = 7.0
+    fsync: bool = True
+
+
+@frozen
+class RetrieveConfig:
+    url: str = "https://mms.mxtelecom.com/RetrieveMMS"
+    user: str = ""
+    password: str = field(default="", repr=False)
+    concurrency: int = 8
+    timeout: float = 30.0
+    backoff_initial: float = 5.0
+    backoff_max: float = 600.0
+    ca_file: Path | None = None
+
+
+@frozen
+class Config:
+    server: ServerConfig = field(factory=ServerConfig)
+    spool: SpoolConfig = field(factory=SpoolConfig)
+    retrieve: RetrieveConfig = field(factory=RetrieveConfig)
+
+
+# Checks: each takes the raw TOML value (and the key's dotted name, for the
+# message) and returns the value to store, or raises ConfigError.
+
+Check = Callable[[str, Any], Any]
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _nonEmptyString(key: str, value: Any) -> str:
+    if not _string(key, value):
+        raise ConfigError(f"{key}: must not be empty")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _positiveInt(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _positiveNumber(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{key}: expected a number above 0, got {value!r}")
+    return float(value)
+
+
+def _stringList(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list of strings")
+    return tuple(_nonEmptyString(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _listen(key: str, value: Any) -> tuple[str, ...]:
+    descriptions = _stringList(key, value)
+    from .listen import parseListen
+
+    for i, description in enumerate(descriptions):
+        try:
+            parseListen(description)
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}]: {e}") from None
+    return descriptions
+
+
+def _path(key: str, value: Any) -> str:
+    if not _string(key, value).startswith("/"):
+        raise ConfigError(f"{key}: must start with '/', got {value!r}")
+    return value
+
+
+def _networks(key: str, value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of networks in CIDR notation")
+    networks = []
+    for i, v in enumerate(value):
+        try:
+            networks.append(ipaddress.ip_network(_string(f"{key}[{i}]", v)))
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}]: {e}") from None
+    return tuple(networks)
+
+
+def _timezone(key: str, value: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(_nonEmptyString(key, value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: unknown time zone {value!r}") from None
+
+
+def _directory(key: str, value: Any) -> Path:
+    return Path(_nonEmptyString(key, value))
+
+
+def _url(key: str, value: Any) -> str:
+    parts = urlsplit(_nonEmptyString(key, value))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{key}: must not carry a query, fragment or credentials")
+    return value
+
+
+_SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
+    "server": (
+        ServerConfig,
+        {
+            "listen": _listen,
+            "path": _path,
+            "allow": _networks,
+            "max_body": _positiveInt,
+            "timezone": _timezone,
+            "ack": _nonEmptyString,
+            "request_timeout": _positiveNumber,
+        },
+    ),
+    "spool": (
+        SpoolConfig,
+        {"dir": _directory, "dedupe_days": _positiveNumber, "fsync": _bool},
+    ),
+    "retrieve": (
+        RetrieveConfig,
+        {
+            "url": _url,
+            "user": _string,
+            "password": _string,
+            "password_file": _directory,
+            "concurrency": _positiveInt,
+            "timeout": _positiveNumber,
+            "backoff_initial": _positiveNumber,
+            "backoff_max": _positiveNumber,
+            "ca_file": _directory,
+        },
+    ),
+}
+
+
+def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
+    """
+    Validate a parsed TOML document and build the L{Config}.
+
+    @param base: the directory that relative C{password_file} and C{ca_file}
+        paths are read from (the configuration file's own directory).
+    """
+    tables: dict[str, Any] = {}
+    for table, contents in document.items():
+        if table not in _SCHEMA:
+            raise ConfigError(f"[{table}]: unknown table; known: {', '.join(_SCHEMA)}")
+        if not isinstance(contents, dict):
+            raise ConfigError(f"{table}: expected a table")
+        cls, checks = _SCHEMA[table]
+        values = {}
+        for key, value in contents.items():
+            if key not in checks:
+                raise ConfigError(
+                    f"{table}.{key}: unknown key; known: {', '.join(checks)}"
+                )
+            values[key] = checks[key](f"{table}.{key}", value)
+        if table == "retrieve":
+            values = _retrieveValues(values, base)
+        tables[table] = cls(**values)
+    config = Config(**tables)
+    r = config.retrieve
+    if r.backoff_max < r.backoff_initial:
+        raise ConfigError("retrieve.backoff_max: must not be less than backoff_initial")
+    return config
+
+
+def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    passwordFile = values.pop("password_file", None)
+    if passwordFile is not None:
+        if "password" in values:
+            raise ConfigError("retrieve.password_file: give password or password_file, not both")
+        try:
+            values["password"] = (base / passwordFile).read_text("utf-8").rstrip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"retrieve.password_file: cannot read it: {e}") from None
+    if "ca_file" in values:
+        caFile = base / values["ca_file"]
+        if not caFile.is_file():
+            raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
+        values["ca_file"] = caFile
+    return values
+
+
+def loadConfig(path: str | Path | None) -> Config:
+    """
+    Read and validate a configuration file; L{None} gives every default.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parseConfig(document, path.parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

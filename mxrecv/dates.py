@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.test_params -*-
+"""
+MX Telecom's date format: C{yyyy-MM-dd HH:mm:ss}, in later revisions of their
+page followed by a UTC offset (C{+0000}, C{+00:00}) or C{Z}.  A time without
+an offset is in the configured time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone, tzinfo
+
+_DATE = re.compile(
+    r"\A(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})"
+    r"(?: ?(?:(Z)|([+-])(\d{2}):?(\d{2})))?\Z"
+)
+
+
+def parseDate(text: str, zone: tzinfo) -> datetime:
+    """
+    Parse an MX Telecom date into an aware datetime.
+
+    @raise ValueError: if C{text} is not such a date.
+    """
+    match = _DATE.match(text)
+    if match is None:
+        raise ValueError("expected yyyy-MM-dd HH:mm:ss, optionally followed by +HHMM or Z")
+    year, month, day, hour, minute, second, z, sign, oh, om = match.groups()
+    if z:
+        tz: tzinfo = timezone.utc
+    elif sign:
+        if int(oh) > 23 or int(om) > 59:
+            raise ValueError("UTC offset out of range")
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        tz = timezone(-offset if sign == "-" else offset)
+    else:
+        tz = zone
+    try:
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        )
+    except ValueError as e:
+        raise ValueError(f"not a real date and time: {e}") from None
+
+
+def isoUTC(moment: datetime) -> str:
+    """
+    Format an aware datetime as ISO 8601 in UTC, with a C{Z} suffix.
+    """
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def isoFromTimestamp(seconds: float) -> str:
+    return isoUTC(datetime.fromtimestamp(seconds, timezone.utc))

@@ -1,0 +1,80 @@
+# -*- test-case-name: tests.test_spool -*-
+"""
+Blocking filesystem steps that make a file or a rename survive a crash.
+
+Each function is called in a worker thread, never on the reactor.  With
+C{sync=False} (benchmarks only) the data is written the same way without
+the fsyncs, so that the cost of durability can be measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def fsyncPath(path: Path, sync: bool = True) -> None:
+    """
+    fsync a file or a directory by path.
+    """
+    if not sync:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY if path.is_dir() else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def writeNew(path: Path, data: bytes, sync: bool = True) -> None:
+    """
+    Create C{path} (which must not exist) holding C{data}, and fsync it.
+    The caller fsyncs the directory.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replaceFile(path: Path, data: bytes, sync: bool = True) -> None:
+    """
+    Replace C{path} with a file holding C{data}, atomically and durably.
+    """
+    temporary = path.with_name(path.name + ".new")
+    temporary.unlink(missing_ok=True)
+    writeNew(temporary, data, sync)
+    os.replace(temporary, path)
+    fsyncPath(path.parent, sync)
+
+
+def moveDir(source: Path, destination: Path, sync: bool = True) -> None:
+    """
+    Rename the directory C{source} to C{destination} (which must not exist
+    or be an empty directory) and fsync both parents.
+
+    @raise OSError: C{EEXIST} or C{ENOTEMPTY} if C{destination} exists.
+    """
+    os.rename(source, destination)
+    fsyncPath(destination.parent, sync)
+    if source.parent != destination.parent:
+        fsyncPath(source.parent, sync)
+
+
+def removeTree(path: Path) -> None:
+    """
+    Remove a directory tree, or a file, if it exists.
+    """
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_message -*-
+"""
+A received message, and its C{message.json}: the record the customer's
+application reads.  Its keys are a public interface (see the README): every
+key is always present, L{None} or an empty list when it does not apply.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import evolve, frozen
+
+SMS = "sms"
+MMS = "mms"
+
+GET = "get"
+POST = "post"
+
+
+@frozen
+class Part:
+    """
+    One unpacked entry of an MMS zip.
+
+    @ivar name: the entry's name in the zip, as it was.
+    @ivar path: the file, relative to the message directory (C{parts/...}).
+    """
+
+    name: str
+    path: str
+    size: int
+    content_type: str
+
+    def toJSON(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "content_type": self.content_type,
+        }
+
+
+@frozen
+class Message:
+    """
+    A message as MX Telecom described it, plus what mxrecv learnt.
+
+    C{date} and C{expiry} are kept as sent; C{received} is ISO 8601 UTC.  The
+    C{mms_*}, C{parts}, C{text} and C{parts_error} fields are filled in when an
+    MMS is completed.
+    """
+
+    id: str
+    type: str
+    sender: str
+    to: tuple[str, ...]
+    date: str
+    delivery: str
+    received: str
+    cc: tuple[str, ...] = ()
+    network: str | None = None
+    subject: str | None = None
+    message: str | None = None
+    charset: str | None = None
+    expiry: str | None = None
+    mms_size: int | None = None
+    mms_sha256: str | None = None
+    parts: tuple[Part, ...] = ()
+    text: str | None = None
+    parts_error: str | None = None
+
+    def toJSON(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "from": self.sender,
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "date": self.date,
+            "network": self.network,
+            "subject": self.subject,
+            "message": self.message,
+            "charset": self.charset,
+            "expiry": self.expiry,
+            "delivery": self.delivery,
+            "received": self.received,
+            "mms_size": self.mms_size,
+            "mms_sha256": self.mms_sha256,
+            "parts": [p.toJSON() for p in self.parts],
+            "text": self.text,
+            "parts_error": self.parts_error,
+        }
+
+    def encode(self) -> bytes:
+        """
+        The bytes of C{message.json}.
+        """
+        return json.dumps(self.toJSON(), ensure_ascii=False, indent=2).encode(
+            "utf-8", "surrogatepass"
+        ) + b"\n"
+
+    @classmethod
+    def fromJSON(cls, document: dict[str, Any]) -> Message:
+        return cls(
+            id=document["id"],
+            type=document["type"],
+            sender=document["from"],
+            to=tuple(document["to"]),
+            cc=tuple(document["cc"]),
+            date=document["date"],
+            network=document["network"],
+            subject=document["subject"],
+            message=document["message"],
+            charset=document["charset"],
+            expiry=document["expiry"],
+            delivery=document["delivery"],
+            received=document["received"],
+            mms_size=document["mms_size"],
+            mms_sha256=document["mms_sha256"],
+            parts=tuple(Part(**p) for p in document["parts"]),
+            text=document["text"],
+            parts_error=document["parts_error"],
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message:
+        return cls.fromJSON(json.loads(data.decode("utf-8", "surrogatepass")))
+
+    def replace(self, **changes: Any) -> Message:
+        return evolve(self, **changes)

@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+A twisted.web Request that streams its body instead of buffering it, and can
+refuse a request before reading its body.
+
+twisted.web calls C{gotLength} once the headers are in, C{handleContentChunk}
+for each piece of body, and C{requestReceived} when the body is complete; the
+resource renders only after that.  Here C{gotLength} decides, from the peer
+address and the headers, whether to refuse (403, 413, 415) or which L{IBody}
+takes the body; chunks go to it as they arrive; and a request that takes
+longer than the site's C{requestTimeout} in all is cut off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request, Site
+
+from .access import AllowList
+from .body import IBody, Refusal
+
+log = Logger()
+
+# After refusing a request whose body is still coming, read and drop this much
+# more of it (for this long at most) before closing, so that a client that did
+# not wait for "100 Continue" sees the answer rather than a reset.
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 2.0
+
+
+class _NoContent:
+    """
+    Stands in for the body file twisted.web's Request expects: the body went
+    to an L{IBody}, so there is nothing for twisted.web to parse.
+    """
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class CallbackSite(Site):
+    """
+    A Site for L{CallbackRequest}s: it holds what they need to decide about a
+    body before the resource sees the request.
+
+    @ivar chooseBody: called with the request headers once they are in;
+        returns the L{IBody} for the body or raises L{Refusal}.
+    """
+
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        reactor: Any,
+        allow: AllowList,
+        maxBody: int,
+        requestTimeout: float,
+        chooseBody: Callable[[Any], IBody],
+    ) -> None:
+        super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
+        self.allow = allow
+        self.maxBody = maxBody
+        self.requestTimeout = requestTimeout
+        self.chooseBody = chooseBody
+
+    def log(self, request: Request) -> None:
+        """
+        No access log: the query string of a GET callback holds the message
+        text.  L{mxrecv.resource} logs one structured event per callback.
+        """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # A webhook receiver gains nothing from HTTP/2, and h2 would change
+        # when gotLength runs.
+        return [b"http/1.1"]
+
+
+class CallbackRequest(Request):
+    """
+    A request whose body streams into an L{IBody}.
+
+    @ivar body: the L{IBody} taking the body, once the headers are in.
+    @ivar started: when the headers were in, by the site's reactor.
+    """
+
+    body: IBody | None = None
+    started: float = 0.0
+    _received = 0
+    _refused: Refusal | None = None
+    _drained = 0
+    _deadline: IDelayedCall | None = None
+    _closing: IDelayedCall | None = None
+    _bodyDone = False
+
+    def gotLength(self, length: int | None) -> None:
+        site: CallbackSite = self.channel.site
+        self.content = _NoContent()
+        self.started = site.reactor.seconds()
+        try:
+            if not site.allow.allows(self.getClientAddress()):
+                raise Refusal(HTTPStatus.FORBIDDEN, "client address not allowed")
+            if length is not None and length > site.maxBody:
+                raise Refusal(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"body of {length} bytes is over the limit of {site.maxBody}",
+                )
+            self.body = site.chooseBody(self.requestHeaders)
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        self._deadline = site.reactor.callLater(site.requestTimeout, self._timedOut)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused is not None:
+            self._drained += len(data)
+            if self._drained > DRAIN_BYTES:
+                self.channel.transport.loseConnection()
+            return
+        self._received += len(data)
+        try:
+            if self._received > self.channel.site.maxBody:
+                raise Refusal(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"body over the limit of {self.channel.site.maxBody} bytes",
+                )
+            self.body.write(data)
+        except Refusal as refusal:
+            self._refuse(refusal)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused is not None:
+            self.channel.transport.loseConnection()
+            return
+        self._cancelDeadline()
+        try:
+            self.body.finish()
+        except Refusal as refusal:
+            self._refuse(refusal)
+            self.channel.transport.loseConnection()
+            return
+        self._bodyDone = True
+        super().requestReceived(command, path, version)
+
+    @property
+    def bodyBytes(self) -> int:
+        """
+        How many bytes of body were received.
+        """
+        return self._received
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancelDeadline()
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        if self.body is not None and not self._bodyDone:
+            self.body.abort()
+        super().connectionLost(reason)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        self._refuse(
+            Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"request not complete after {self.channel.site.requestTimeout:g} seconds",
+            )
+        )
+        self.channel.transport.loseConnection()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """
+        Answer C{refusal} straight away, before the resource has the request
+        (twisted.web's response machinery is not usable yet), and close the
+        connection once the client has had a chance to read it.
+        """
+        self._refused = refusal
+        if self.body is not None:
+            self.body.abort()
+        # Otherwise twisted.web sends "100 Continue" after this answer.
+        self.requestHeaders.removeHeader(b"Expect")
+        body = f"{refusal.reason}\n".encode()
+        status = HTTPStatus(refusal.code)
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s"
+            % (status.value, status.phrase.encode(), len(body), body)
+        )
+        self.channel.persistent = False
+        self._closing = self.channel.site.reactor.callLater(
+            DRAIN_SECONDS, transport.loseConnection
+        )
+        log.info(
+            "Refused {client}: {status} {reason}",
+            client=self.getClientAddress(),
+            status=refusal.code,
+            reason=refusal.reason,
+        )

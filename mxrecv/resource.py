@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The callback resource: validate the parameters, spool the message, answer.
+
+By the time C{render} runs, L{mxrecv.request.CallbackRequest} has taken the
+body (and refused what had to be refused before reading it); what remains is
+request -> validate -> spool -> 200, with a 4xx or 503 for everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from .dates import isoFromTimestamp
+from .message import GET, MMS, POST, Message
+from .params import BadParameter, parseCallback
+from .request import CallbackRequest
+from .spool import NEW, PENDING, Accepted, Spool, SpoolError
+
+log = Logger()
+
+
+class CallbackResource(Resource):
+    """
+    The one resource of the site: the callback URL given to MX Telecom.
+
+    @param onPending: called with the name of each MMS newly journaled in
+        C{pending/}, after its 200, to complete it (unpack or retrieve).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        spool: Spool,
+        zone: Any,
+        ack: str,
+        clock: Any,
+        onPending: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        super().__init__()
+        self._path = path.encode()
+        self._spool = spool
+        self._zone = zone
+        self._ack = ack.encode()
+        self._clock = clock
+        self._onPending = onPending
+
+    def render(self, request: CallbackRequest) -> bytes | int:
+        if request.path != self._path:
+            return self._answer(request, HTTPStatus.NOT_FOUND, "no callback at this path")
+        if request.method not in (b"GET", b"POST"):
+            request.setHeader(b"Allow", b"GET, POST")
+            return self._answer(
+                request, HTTPStatus.METHOD_NOT_ALLOWED, "callbacks are GET or POST"
+            )
+        delivery = GET if request.method == b"GET" else POST
+        params = request.args
+        if delivery == POST:
+            params = {**params, **request.body.params}
+        staging = request.body.staging
+        try:
+            message = parseCallback(
+                params,
+                delivery=delivery,
+                received=isoFromTimestamp(self._clock.seconds()),
+                zone=self._zone,
+            )
+            if message.type == MMS and delivery == POST and staging is None:
+                raise BadParameter("mms.zip", "an MMS sent by POST must carry its zip")
+        except BadParameter as e:
+            if staging is not None:
+                self._spool.discard(staging)
+            return self._answer(request, HTTPStatus.BAD_REQUEST, str(e))
+        if message.type != MMS and staging is not None:
+            self._spool.discard(staging)
+            staging = None
+        target = PENDING if message.type == MMS else NEW
+        d = self._spool.accept(message, target, staging)
+        d.addCallbacks(self._accepted, self._notStored, (request, message), None, (request, message))
+        return NOT_DONE_YET
+
+    def _accepted(self, accepted: Accepted, request: CallbackRequest, message: Message) -> None:
+        if not accepted.duplicate and message.type == MMS:
+            self._onPending(accepted.name)
+        self._finish(request, HTTPStatus.OK, self._ack, message, accepted.duplicate)
+
+    def _notStored(self, reason: Failure, request: CallbackRequest, message: Message) -> None:
+        if reason.check(SpoolError):
+            text = reason.getErrorMessage()
+            log.error("Could not store {id}: {error}", id=message.id, error=text)
+        else:
+            text = "internal error"
+            log.failure("Could not store {id}", reason, id=message.id)
+        body = f"message not stored, please retry: {text}\n".encode()
+        self._finish(request, HTTPStatus.SERVICE_UNAVAILABLE, body, message)
+
+    def _answer(self, request: CallbackRequest, status: int, reason: str) -> bytes:
+        self._log(request, status, None, reason=reason)
+        return _respond(request, status, f"{reason}\n".encode())
+
+    def _finish(
+        self,
+        request: CallbackRequest,
+        status: int,
+        body: bytes,
+        message: Message,
+        duplicate: bool = False,
+    ) -> None:
+        self._log(request, status, message, duplicate=duplicate)
+        if request.channel is None:
+            return
+        request.write(_respond(request, status, body))
+        request.finish()
+
+    def _log(
+        self,
+        request: CallbackRequest,
+        status: int,
+        message: Message | None,
+        duplicate: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        log.info(
+            "{method} callback {id} ({kind}) from {client}: {status}"
+            "{duplicateNote} in {elapsed:.3f}s"
+            if message
+            else "{method} callback from {client}: {status} {reason}",
+            method=request.method.decode("ascii", "replace"),
+            id=message.id if message else None,
+            kind=message.type if message else None,
+            client=getattr(request.getClientAddress(), "host", None),
+            status=int(status),
+            reason=reason,
+            duplicate=duplicate,
+            duplicateNote=" (duplicate)" if duplicate else "",
+            bytes=request.bodyBytes,
+            elapsed=self._clock.seconds() - request.started,
+        )
+
+
+def _respond(request: CallbackRequest, status: int, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body

@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.test_spool -*-
+"""
+The index of message names already accepted, so that MX Telecom's retries are
+not stored twice.
+
+It must outlive the messages themselves (the application moves or deletes
+them) and restarts, so it is a journal file, C{state/seen}, of lines
+C{"<unix seconds> <name>"}, appended and fsynced with each group commit, and
+rewritten without the old entries when it is pruned.  The whole index is held
+in memory: a week of messages at a few dozen bytes each.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .durable import replaceFile
+from .naming import isName
+
+
+class SeenIndex:
+    """
+    Names with the time they were accepted.  Blocking file methods are called
+    in the spool's worker thread; L{__contains__} and L{add} on the reactor.
+    """
+
+    def __init__(self, path: Path, keepSeconds: float, sync: bool = True) -> None:
+        self._path = path
+        self._keep = keepSeconds
+        self._sync = sync
+        self._times: dict[str, float] = {}
+        self._journal: int | None = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._times
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def add(self, name: str, when: float) -> None:
+        self._times.setdefault(name, when)
+
+    def load(self, now: float, alsoPresent: Iterable[str] = ()) -> None:
+        """
+        Read the journal, keep what is younger than the window, rewrite it, and
+        open it for appending.  Names in C{alsoPresent} (the spool's message
+        directories) count as seen now if the journal lacks them, which covers
+        a crash between a rename and its journal line.
+        """
+        times: dict[str, float] = {}
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        for line in data.split(b"\n"):
+            fields = line.split(b" ")
+            if len(fields) != 2:
+                continue
+            try:
+                when = float(fields[0])
+                name = fields[1].decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isName(name):
+                times.setdefault(name, when)
+        for name in alsoPresent:
+            times.setdefault(name, now)
+        self._times = times
+        self.prune(now)
+
+    def prune(self, now: float) -> int:
+        """
+        Forget names older than the window and rewrite the journal.
+
+        @return: how many names were forgotten.
+        """
+        cutoff = now - self._keep
+        before = len(self._times)
+        self._times = {n: t for n, t in self._times.items() if t >= cutoff}
+        self.close()
+        replaceFile(self._path, _lines(self._times.items()), self._sync)
+        self._journal = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return before - len(self._times)
+
+    def append(self, entries: Iterable[tuple[str, float]]) -> None:
+        """
+        Durably record C{entries} in the journal (not in memory: the reactor
+        does that once the whole group commit succeeded).
+        """
+        data = _lines(entries)
+        if not data:
+            return
+        if self._journal is None:
+            raise RuntimeError("seen index is not open")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._journal, view) :]
+        if self._sync:
+            os.fsync(self._journal)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
+
+
+def _lines(entries: Iterable[tuple[str, float]]) -> bytes:
+    return b"".join(f"{int(when)} {name}\n".encode("ascii") for name, when in entries)
+

@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_spool -*-
+"""
+The spool: a Maildir-like directory that the customer's application reads.
+
+Layout (a public interface, documented in the README)::
+
+    tmp/       work in progress, emptied at start-up
+    new/NAME/  one directory per complete message; appears atomically
+    cur/       the application's; mxrecv never touches it
+    pending/NAME/  MMS accepted but not complete yet (internal)
+    failed/NAME/   what could not be completed, with the reason
+    state/     mxrecv's own files (the seen-id journal, the lock)
+
+A message is acknowledged only when it is durable.  Making it durable costs
+fsyncs, so they are shared: each message is written and fsynced in its own
+directory under C{tmp/} by a pool of worker threads (concurrent fsyncs share
+the filesystem's journal commits), and the renames into place, the fsync of
+the parent directories and the seen-id journal line are done for a whole
+group of messages at once (group commit), one group at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .durable import fsyncPath, removeTree, writeNew
+from .message import Message
+from .naming import isName, nameForId
+from .seen import SeenIndex
+
+TMP = "tmp"
+NEW = "new"
+CUR = "cur"
+PENDING = "pending"
+FAILED = "failed"
+STATE = "state"
+MESSAGE_JSON = "message.json"
+
+log = Logger()
+
+
+class SpoolError(Exception):
+    """
+    A message could not be made durable; the callback is answered 503 so that
+    MX Telecom retries it.
+    """
+
+
+class SpoolLocked(Exception):
+    """
+    Another process holds the spool.
+    """
+
+
+@frozen
+class Accepted:
+    """
+    The outcome of L{Spool.accept}: the message is durable in the spool under
+    C{name}, stored by this call or (C{duplicate}) by an earlier one.
+    """
+
+    name: str
+    duplicate: bool
+
+
+@frozen
+class Staging:
+    """
+    A directory under C{tmp/} where a message's files are written (an
+    uploaded zip, for instance) before L{Spool.accept} commits it.
+    """
+
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Spool:
+    """
+    Durable storage of messages, shared fsyncs, and the seen-id index.
+
+    @param reactor: runs the callbacks; blocking work goes to C{pool}.
+    @param pool: a started L{twisted.python.threadpool.ThreadPool}.
+    @param sync: fsync, or not (benchmarks only: acks are then not durable).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        reactor: Any,
+        pool: Any,
+        sync: bool = True,
+        dedupeSeconds: float = 7 * 86400,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.sync = sync
+        self._reactor = reactor
+        self._pool = pool
+        self._seen = SeenIndex(self.root / STATE / "seen", dedupeSeconds, sync)
+        self._lock: int | None = None
+        self._inflight: dict[str, list[Callable[[Accepted | Failure], None]]] = {}
+        self._queue: list[_Commit] = []
+        self._committing = False
+        self._pruneWaiting: list[Deferred[int]] = []
+        self._idleWaiting: list[Deferred[None]] = []
+
+    @property
+    def isOpen(self) -> bool:
+        return self._lock is not None
+
+    def dir(self, which: str) -> Path:
+        return self.root / which
+
+    # Start and stop (blocking, before the server listens and after it stops)
+
+    def open(self) -> None:
+        """
+        Create the layout, take the lock, empty C{tmp/}, and load the seen-id
+        index.
+
+        @raise SpoolLocked: if another process uses this spool.
+        @raise OSError: if the spool cannot be created.
+        """
+        for which in (TMP, NEW, CUR, PENDING, FAILED, STATE):
+            self.dir(which).mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.dir(STATE) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise SpoolLocked(f"another process is using the spool {self.root}") from None
+        self._lock = lock
+        for leftover in self.dir(TMP).iterdir():
+            removeTree(leftover)
+        present = [
+            entry.name
+            for which in (NEW, PENDING, FAILED)
+            for entry in self.dir(which).iterdir()
+            if isName(entry.name)
+        ]
+        self._seen.load(self._reactor.seconds(), present)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fire once no message is being committed.
+        """
+        d: Deferred[None] = Deferred()
+        self._idleWaiting.append(d)
+        self._checkIdle()
+        return d
+
+    def _checkIdle(self) -> None:
+        if self._inflight or self._queue or self._committing:
+            return
+        waiting, self._idleWaiting = self._idleWaiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def close(self) -> None:
+        self._seen.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    # Staging (on the reactor: a mkdir, no fsync)
+
+    def stage(self) -> Staging:
+        """
+        Make a fresh directory under C{tmp/} for a message being received.
+
+        @raise SpoolError: if it cannot be made.
+        """
+        try:
+            return Staging(Path(tempfile.mkdtemp(prefix="in.", dir=self.dir(TMP))))
+        except OSError as e:
+            raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
+
+    def discard(self, staging: Staging) -> None:
+        """
+        Remove a staging directory that will not be committed, in a worker.
+        """
+        deferToThreadPool(self._reactor, self._pool, removeTree, staging.path).addErrback(
+            lambda f: log.failure("Removing {path}", f, path=str(staging.path))
+        )
+
+    # Accepting messages
+
+    def isSeen(self, messageId: str) -> bool:
+        return nameForId(messageId) in self._seen
+
+    def accept(
+        self, message: Message, target: str = NEW, staging: Staging | None = None
+    ) -> Deferred[Accepted]:
+        """
+        Make C{message} durable in C{target} (C{new} or C{pending}), with the
+        files already written in C{staging}, unless its id was accepted
+        before.
+
+        @return: fires with L{Accepted} once the message is durable, or fails
+            with L{SpoolError}.  Either way C{staging} is consumed.
+        """
+        name = nameForId(message.id)
+        if name in self._seen:
+            if staging is not None:
+                self.discard(staging)
+            return succeed(Accepted(name, duplicate=True))
+        waiting = self._inflight.get(name)
+        if waiting is not None:
+            return self._afterEarlier(waiting, message, target, staging)
+        self._inflight[name] = []
+        commit = _Commit(name, target, message.encode(), staging, self._reactor.seconds())
+        d = deferToThreadPool(self._reactor, self._pool, self._prepare, commit)
+        d.addCallbacks(lambda _: self._enqueue(commit), commit.fail)
+        return commit.result.addBoth(self._settled, name)
+
+    def _afterEarlier(
+        self,
+        waiting: list[Callable[[Accepted | Failure], None]],
+        message: Message,
+        target: str,
+        staging: Staging | None,
+    ) -> Deferred[Accepted]:
+        """
+        A retry arrived while the first copy is still being committed: it
+        gets the first copy's outcome, or another try if that failed.
+        """
+        result: Deferred[Accepted] = Deferred()
+
+        def settled(outcome: Accepted | Failure) -> None:
+            if isinstance(outcome, Failure):
+                self.accept(message, target, staging).chainDeferred(result)
+            else:
+                if staging is not None:
+                    self.discard(staging)
+                result.callback(Accepted(outcome.name, duplicate=True))
+
+        waiting.append(settled)
+        return result
+
+    def _settled(self, outcome: Accepted | Failure, name: str) -> Accepted | Failure:
+        waiting = self._inflight.pop(name)
+        if not isinstance(outcome, Failure):
+            self._seen.add(name, self._reactor.seconds())
+        for settled in waiting:
+            settled(outcome)
+        self._checkIdle()
+        return outcome
+
+    def _prepare(self, commit: _Commit) -> None:
+        """
+        In a worker: write and fsync the message's files in its staging
+        directory.  Concurrent calls share the filesystem's journal commits.
+        """
+        try:
+            if commit.staging is None:
+                commit.staging = Staging(Path(tempfile.mkdtemp(prefix="in.", dir=self.dir(TMP))))
+            path = commit.staging.path
+            for existing in path.iterdir():
+                fsyncPath(existing, self.sync)
+            writeNew(path / MESSAGE_JSON, commit.document, self.sync)
+            fsyncPath(path, self.sync)
+        except OSError as e:
+            if commit.staging is not None:
+                removeTree(commit.staging.path)
+            raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
+
+    # Group commit
+
+    def _enqueue(self, commit: _Commit) -> None:
+        self._queue.append(commit)
+        self._next()
+
+    def _next(self) -> None:
+        if self._committing or not (self._queue or self._pruneWaiting):
+            return
+        group, self._queue = self._queue, []
+        prunes, self._pruneWaiting = self._pruneWaiting, []
+        self._committing = True
+        d = deferToThreadPool(self._reactor, self._pool, self._commitGroup, group, bool(prunes))
+        d.addBoth(self._committed, group, prunes)
+
+    def _commitGroup(self, group: list[_Commit], prune: bool) -> tuple[list, int]:
+        """
+        In a worker, one group at a time: rename each prepared message into
+        place, fsync each parent directory once, and journal the names once.
+        """
+        outcomes: list[Accepted | SpoolError] = []
+        parents: set[Path] = set()
+        for commit in group:
+            destination = self.dir(commit.target) / commit.name
+            try:
+                os.rename(commit.staging.path, destination)
+            except OSError as e:
+                removeTree(commit.staging.path)
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    outcomes.append(Accepted(commit.name, duplicate=True))
+                else:
+                    outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
+                continue
+            parents.add(destination.parent)
+            outcomes.append(Accepted(commit.name, duplicate=False))
+        try:
+            for parent in parents:
+                fsyncPath(parent, self.sync)
+            self._seen.append(
+                (c.name, c.received)
+                for c, o in zip(group, outcomes)
+                if isinstance(o, Accepted)
+            )
+        except OSError as e:
+            error = SpoolError(f"cannot write to the spool: {e.strerror}")
+            outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
+        forgotten = self._seen.prune(self._reactor.seconds()) if prune else 0
+        return outcomes, forgotten
+
+    def _committed(
+        self, result: tuple[list, int] | Failure, group: list[_Commit], prunes: list[Deferred]
+    ) -> None:
+        self._committing = False
+        if isinstance(result, Failure):
+            log.failure("Group commit failed", result)
+            for commit in group:
+                commit.fail(SpoolError("cannot write to the spool"))
+            for d in prunes:
+                d.errback(result)
+        else:
+            outcomes, forgotten = result
+            for commit, outcome in zip(group, outcomes):
+                if isinstance(outcome, Accepted):
+                    commit.result.callback(outcome)
+                else:
+                    commit.fail(outcome)
+            for d in prunes:
+                d.callback(forgotten)
+        self._next()
+
+    def prune(self) -> Deferred[int]:
+        """
+        Forget ids older than the dedupe window, in the next group commit.
+
+        @return: fires with the number of ids forgotten.
+        """
+        d: Deferred[int] = Deferred()
+        self._pruneWaiting.append(d)
+        self._next()
+        return d
+
+
+class _Commit:
+    """
+    One message on its way through L{Spool.accept}.
+    """
+
+    def __init__(
+        self, name: str, target: str, document: bytes, staging: Staging | None, received: float
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.document = document
+        self.staging = staging
+        self.received = received
+        self.result: Deferred[Accepted] = Deferred()
+
+    def fail(self, reason: Failure | Exception) -> None:
+        self.result.errback(reason)

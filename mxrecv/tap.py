@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: where the parts are put together.
+
+    twistd -n mxrecv --config etc/mxrecv.toml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from .access import AllowList
+from .body import BodyChooser
+from .config import Config, ConfigError, loadConfig
+from .request import CallbackSite
+from .resource import CallbackResource
+from .spool import Spool, SpoolLocked
+
+log = Logger()
+
+# Largest urlencoded form body: a callback's parameters are small.
+FORM_LIMIT = 1024 * 1024
+# Threads that write and fsync messages; concurrent fsyncs share journal
+# commits, so more threads than cores pays off.
+IO_THREADS = 16
+PRUNE_INTERVAL = 3600.0
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Receive MX Telecom's SMS and MMS callbacks into a Maildir-like spool. "
+        "Without --config, every setting has its default (listen on "
+        "127.0.0.1:8080, spool in var/spool)."
+    )
+    optParameters = [["config", "c", None, "The TOML configuration file."]]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = loadConfig(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ThreadPoolService(Service):
+    """
+    Runs a thread pool for as long as the service runs.
+    """
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class SpoolService(Service):
+    """
+    Opens the spool at start-up and closes it at shutdown.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.spool.isOpen:
+            self.spool.open()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.spool.whenIdle().addBoth(lambda _: self.spool.close())
+
+
+def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None) -> CallbackSite:
+    """
+    The web site that takes the callbacks.
+    """
+    server = config.server
+    resource = CallbackResource(
+        path=server.path,
+        spool=spool,
+        zone=server.timezone,
+        ack=server.ack,
+        clock=reactor,
+        **({"onPending": onPending} if onPending else {}),
+    )
+    return CallbackSite(
+        resource,
+        reactor=reactor,
+        allow=AllowList(server.allow),
+        maxBody=server.max_body,
+        requestTimeout=server.request_timeout,
+        chooseBody=BodyChooser(min(FORM_LIMIT, server.max_body)),
+    )
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    config: Config = options["settings"]
+    service = MultiService()
+
+    pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
+    ThreadPoolService(pool).setServiceParent(service)
+
+    spool = Spool(
+        config.spool.dir,
+        reactor=reactor,
+        pool=pool,
+        sync=config.spool.fsync,
+        dedupeSeconds=config.spool.dedupe_days * 86400,
+    )
+    try:
+        spool.open()
+    except (OSError, SpoolLocked) as e:
+        raise SystemExit(f"mxrecv: cannot open the spool {spool.root}: {e}") from None
+    if not config.spool.fsync:
+        log.warn("spool.fsync is false: callbacks are acknowledged before they are durable")
+    SpoolService(spool).setServiceParent(service)
+    TimerService(PRUNE_INTERVAL, _prune, spool).setServiceParent(service)
+
+    site = buildSite(config, spool, reactor)
+    for description in config.server.listen:
+        # strports.service makes a failure to listen stop start-up.
+        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    log.info(
+        "mxrecv spooling to {spool}, listening on {listen}",
+        spool=str(spool.root),
+        listen=", ".join(config.server.listen),
+    )
+    return service
+
+
+def _prune(spool: Spool) -> None:
+    """
+    Forget old ids; an error is logged and the timer keeps running.
+    """
+    spool.prune().addCallbacks(
+        lambda n: log.info("Forgot {count} ids older than the dedupe window", count=n),
+        lambda f: log.failure("Pruning the seen-id index failed", f),
+    )
+
