@@ -18,8 +18,10 @@ from twisted.python.threadpool import ThreadPool
 
 from .access import AllowList
 from .body import BodyChooser
+from .complete import Completer
 from .config import Config, ConfigError, loadConfig
 from .request import CallbackSite
+from .pending import PendingWork
 from .resource import CallbackResource
 from .spool import Spool, SpoolLocked
 
@@ -84,6 +86,21 @@ class SpoolService(Service):
         return self.spool.whenIdle().addBoth(lambda _: self.spool.close())
 
 
+class PendingService(Service):
+    """
+    Takes up the MMS a previous run left in C{pending/} once we are running.
+    """
+
+    def __init__(self, pending: PendingWork) -> None:
+        self.pending = pending
+
+    def startService(self) -> None:
+        super().startService()
+        count = self.pending.resume()
+        if count:
+            log.info("Resumed {count} pending MMS", count=count)
+
+
 def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None) -> CallbackSite:
     """
     The web site that takes the callbacks.
@@ -132,7 +149,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     SpoolService(spool).setServiceParent(service)
     TimerService(PRUNE_INTERVAL, _prune, spool).setServiceParent(service)
 
-    site = buildSite(config, spool, reactor)
+    completer = Completer(spool, reactor=reactor, pool=pool)
+    pending = PendingWork(spool, completer)
+    PendingService(pending).setServiceParent(service)
+
+    site = buildSite(config, spool, reactor, pending)
     for description in config.server.listen:
         # strports.service makes a failure to listen stop start-up.
         strports.service(description, site, reactor=reactor).setServiceParent(service)

@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_complete -*-
+"""
+Completing an MMS: C{pending/NAME} (its C{message.json} and C{mms.zip}) is
+unpacked and moved to C{new/NAME}; or, when it cannot be had, moved to
+C{failed/NAME} with the reason.
+
+Both POST-mode uploads and RetrieveMMS downloads end here, off the request
+path, in worker threads.  Each step is restartable: C{parts/} is rebuilt from
+scratch and C{message.json} replaced atomically before the final rename, so a
+crash leaves the message in C{pending/} to be completed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
+
+from .durable import fsyncPath, moveDir, removeTree, replaceFile
+from .message import Message
+from .spool import FAILED, MESSAGE_JSON, NEW, PENDING, Spool
+from .unpack import Unpacked, unpackInto
+
+MMS_ZIP = "mms.zip"
+PARTS = "parts"
+# Unpacking is CPU and disk work: two at a time on our two cores, so that it
+# never starves the threads that fsync callbacks.
+CONCURRENT_COMPLETIONS = 2
+
+
+@frozen
+class Attempt:
+    """
+    One try at getting an MMS, as recorded in C{failed/NAME/message.json}.
+    """
+
+    at: str
+    outcome: str
+
+    def toJSON(self) -> dict[str, str]:
+        return {"at": self.at, "outcome": self.outcome}
+
+
+def fileDigest(path: Path) -> tuple[int, str]:
+    """
+    The size and lowercase hex SHA-256 of a file, read in 1 MiB pieces.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Completer:
+    """
+    Moves MMS out of C{pending/}.
+
+    @param unpack: unpacks a zip into a directory (L{unpackInto}); a
+        parameter so that tests can count calls.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        reactor: Any,
+        pool: Any,
+        unpack: Callable[[Path, Path], Unpacked] = unpackInto,
+    ) -> None:
+        self._spool = spool
+        self._reactor = reactor
+        self._pool = pool
+        self._unpack = unpack
+        self._limit = DeferredSemaphore(CONCURRENT_COMPLETIONS)
+
+    def complete(self, name: str) -> Deferred[Message]:
+        """
+        Unpack C{pending/NAME/mms.zip} and move the message to C{new/NAME}.
+
+        @return: fires with the completed message.
+        """
+        return self._limit.run(
+            deferToThreadPool, self._reactor, self._pool, self._complete, name
+        )
+
+    def fail(self, name: str, error: str, attempts: Sequence[Attempt]) -> Deferred[None]:
+        """
+        Move C{pending/NAME} to C{failed/NAME}, recording C{error} (a sentence)
+        and C{attempts} in its C{message.json}.
+        """
+        return deferToThreadPool(
+            self._reactor, self._pool, self._fail, name, error, tuple(attempts)
+        )
+
+    def _complete(self, name: str) -> Message:
+        sync = self._spool.sync
+        source = self._spool.dir(PENDING) / name
+        message = Message.decode((source / MESSAGE_JSON).read_bytes())
+        zipPath = source / MMS_ZIP
+        if message.mms_sha256 is None:
+            size, sha256 = fileDigest(zipPath)
+            message = message.replace(mms_size=size, mms_sha256=sha256)
+        partsDir = source / PARTS
+        removeTree(partsDir)
+        try:
+            unpacked = self._unpack(zipPath, partsDir)
+        except Exception as e:
+            removeTree(partsDir)
+            unpacked = Unpacked(error=f"the zip could not be unpacked: {e}")
+        if partsDir.is_dir():
+            for part in partsDir.iterdir():
+                fsyncPath(part, sync)
+            fsyncPath(partsDir, sync)
+        message = message.replace(
+            parts=unpacked.parts, text=unpacked.text, parts_error=unpacked.error
+        )
+        replaceFile(source / MESSAGE_JSON, message.encode(), sync)
+        moveDir(source, self._spool.dir(NEW) / name, sync)
+        return message
+
+    def _fail(self, name: str, error: str, attempts: tuple[Attempt, ...]) -> None:
+        sync = self._spool.sync
+        source = self._spool.dir(PENDING) / name
+        document = json.loads((source / MESSAGE_JSON).read_bytes())
+        document["error"] = error
+        document["attempts"] = [a.toJSON() for a in attempts]
+        data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
+        replaceFile(source / MESSAGE_JSON, data, sync)
+        for leftover in source.iterdir():
+            if leftover.name != MESSAGE_JSON and leftover.name != MMS_ZIP:
+                removeTree(leftover)
+        moveDir(source, self._spool.dir(FAILED) / name, sync)
+
+
+
