@@ -86,11 +86,15 @@ class Completer:
         """
         Unpack C{pending/NAME/mms.zip} and move the message to C{new/NAME}.
 
-        @return: fires with the completed message.
+        @return: fires with the completed message, once it is in C{new/}
+            and the spool's observers have been told.
         """
-        return self._limit.run(
-            deferToThreadPool, self._reactor, self._pool, self._complete, name
-        )
+        d = self._limit.run(deferToThreadPool, self._reactor, self._pool, self._complete, name)
+        return d.addCallback(self._landed, name)
+
+    def _landed(self, message: Message, name: str) -> Message:
+        self._spool.landed(name)
+        return message
 
     def fail(self, name: str, error: str, attempts: Sequence[Attempt]) -> Deferred[None]:
         """

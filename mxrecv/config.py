@@ -39,6 +39,7 @@ class ServerConfig:
     timezone: ZoneInfo = field(factory=lambda: ZoneInfo("Europe/London"))
     ack: str = "OK\n"
     request_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
 
 
 @frozen
@@ -60,11 +61,49 @@ class RetrieveConfig:
     ca_file: Path | None = None
 
 
+# Operations (issue 7): the admin listener, the log format, delivery.
+
+
+@frozen
+class AdminConfig:
+    """
+    The admin listener (C{/metrics}, C{/health}); none unless configured.
+    """
+
+    listen: tuple[str, ...] = ()
+
+
+@frozen
+class LogConfig:
+    format: str = "text"
+
+
+@frozen
+class DeliverConfig:
+    """
+    Delivery of each message in C{new/} to the application: a command run
+    with the message directory as its last argument, and/or a POST to a URL.
+    """
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    timeout: float = 60.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command) or self.url is not None
+
+
 @frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     spool: SpoolConfig = field(factory=SpoolConfig)
     retrieve: RetrieveConfig = field(factory=RetrieveConfig)
+    admin: AdminConfig = field(factory=AdminConfig)
+    log: LogConfig = field(factory=LogConfig)
+    deliver: DeliverConfig = field(factory=DeliverConfig)
 
 
 # Checks: each takes the raw TOML value (and the key's dotted name, for the
@@ -121,6 +160,21 @@ def _listen(key: str, value: Any) -> tuple[str, ...]:
     return descriptions
 
 
+def _listenOrNone(key: str, value: Any) -> tuple[str, ...]:
+    if value == []:
+        return ()
+    return _listen(key, value)
+
+
+def _oneOf(*choices: str) -> Check:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return check
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -170,6 +224,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timezone": _timezone,
             "ack": _nonEmptyString,
             "request_timeout": _positiveNumber,
+            "shutdown_timeout": _positiveNumber,
         },
     ),
     "spool": (
@@ -188,6 +243,18 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
             "ca_file": _directory,
+        },
+    ),
+    "admin": (AdminConfig, {"listen": _listenOrNone}),
+    "log": (LogConfig, {"format": _oneOf("text", "json")}),
+    "deliver": (
+        DeliverConfig,
+        {
+            "command": _stringList,
+            "url": _url,
+            "timeout": _positiveNumber,
+            "backoff_initial": _positiveNumber,
+            "backoff_max": _positiveNumber,
         },
     ),
 }
@@ -218,9 +285,10 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values = _retrieveValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
-    r = config.retrieve
-    if r.backoff_max < r.backoff_initial:
-        raise ConfigError("retrieve.backoff_max: must not be less than backoff_initial")
+    for name in ("retrieve", "deliver"):
+        table = getattr(config, name)
+        if table.backoff_max < table.backoff_initial:
+            raise ConfigError(f"{name}.backoff_max: must not be less than backoff_initial")
     return config
 
 

@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 
 from .access import AllowList
 from .body import IBody, Refusal
+from .outcome import CallbackOutcome, modeOf
 
 log = Logger()
 
@@ -63,6 +64,8 @@ class CallbackSite(Site):
 
     @ivar chooseBody: called with the request headers once they are in;
         returns the L{IBody} for the body or raises L{Refusal}.
+    @ivar observe: called with the L{CallbackOutcome} of each request refused
+        here (metrics).
     """
 
     def __init__(
@@ -74,8 +77,10 @@ class CallbackSite(Site):
         maxBody: int,
         requestTimeout: float,
         chooseBody: Callable[[Any], IBody],
+        observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
+        self.observe = observe
         self.allow = allow
         self.maxBody = maxBody
         self.requestTimeout = requestTimeout
@@ -150,6 +155,7 @@ class CallbackRequest(Request):
             self.channel.transport.loseConnection()
             return
         self._cancelDeadline()
+        self.method = command
         try:
             self.body.finish()
         except Refusal as refusal:
@@ -214,9 +220,17 @@ class CallbackRequest(Request):
         self._closing = self.channel.site.reactor.callLater(
             DRAIN_SECONDS, transport.loseConnection
         )
-        log.info(
-            "Refused {client}: {status} {reason}",
-            client=self.getClientAddress(),
-            status=refusal.code,
+        site = self.channel.site
+        outcome = CallbackOutcome(
+            id=None,
+            type=None,
+            # Before the body is in, the method is only known to the channel.
+            mode=modeOf(getattr(self.channel, "_command", None) or self.method),
+            status=int(refusal.code),
+            bytes=self._received,
+            ack_seconds=site.reactor.seconds() - self.started,
+            client=getattr(self.getClientAddress(), "host", None),
             reason=refusal.reason,
         )
+        log.info("Refused {client}: {status} {reason}", **outcome.fields())
+        site.observe(outcome)

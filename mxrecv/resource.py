@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .dates import isoFromTimestamp
 from .message import GET, MMS, POST, Message
+from .outcome import CallbackOutcome, modeOf
 from .params import BadParameter, parseCallback
 from .request import CallbackRequest
 from .spool import NEW, PENDING, Accepted, Spool, SpoolError
@@ -33,6 +34,8 @@ class CallbackResource(Resource):
 
     @param onPending: called with the name of each MMS newly journaled in
         C{pending/}, after its 200, to complete it (unpack or retrieve).
+    @param observe: called with the L{CallbackOutcome} of each answered
+        callback (metrics), beside its log event.
     """
 
     isLeaf = True
@@ -46,6 +49,7 @@ class CallbackResource(Resource):
         ack: str,
         clock: Any,
         onPending: Callable[[str], None] = lambda name: None,
+        observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
         super().__init__()
         self._path = path.encode()
@@ -54,6 +58,7 @@ class CallbackResource(Resource):
         self._ack = ack.encode()
         self._clock = clock
         self._onPending = onPending
+        self._observe = observe
 
     def render(self, request: CallbackRequest) -> bytes | int:
         if request.path != self._path:
@@ -130,22 +135,26 @@ class CallbackResource(Resource):
         duplicate: bool = False,
         reason: str | None = None,
     ) -> None:
-        log.info(
-            "{method} callback {id} ({kind}) from {client}: {status}"
-            "{duplicateNote} in {elapsed:.3f}s"
-            if message
-            else "{method} callback from {client}: {status} {reason}",
-            method=request.method.decode("ascii", "replace"),
+        outcome = CallbackOutcome(
             id=message.id if message else None,
-            kind=message.type if message else None,
-            client=getattr(request.getClientAddress(), "host", None),
+            type=message.type if message else None,
+            mode=modeOf(request.method),
             status=int(status),
-            reason=reason,
-            duplicate=duplicate,
-            duplicateNote=" (duplicate)" if duplicate else "",
             bytes=request.bodyBytes,
-            elapsed=self._clock.seconds() - request.started,
+            ack_seconds=self._clock.seconds() - request.started,
+            client=getattr(request.getClientAddress(), "host", None),
+            duplicate=duplicate,
+            reason=reason,
         )
+        log.info(
+            "{mode} callback {id} ({type}) from {client}: {status}"
+            "{duplicateNote} in {ack_seconds:.3f}s"
+            if message
+            else "{mode} callback from {client}: {status} {reason}",
+            duplicateNote=" (duplicate)" if duplicate else "",
+            **outcome.fields(),
+        )
+        self._observe(outcome)
 
 
 def _respond(request: CallbackRequest, status: int, body: bytes) -> bytes:

@@ -120,6 +120,7 @@ class Spool:
         self._committing = False
         self._pruneWaiting: list[Deferred[int]] = []
         self._idleWaiting: list[Deferred[None]] = []
+        self._newObservers: list[Callable[[str], None]] = []
 
     @property
     def isOpen(self) -> bool:
@@ -178,6 +179,26 @@ class Spool:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+    # Observers of new/ (delivery to the application)
+
+    def observeNew(self, observer: Callable[[str], None]) -> None:
+        """
+        Call C{observer} on the reactor with the name of each message that
+        lands in C{new/}, once it is durable there (after its 200).
+        """
+        self._newObservers.append(observer)
+
+    def landed(self, name: str) -> None:
+        """
+        C{new/NAME} has just appeared: called by the group commit and by
+        whatever else moves a message into C{new/} (the MMS completer).
+        """
+        for observer in self._newObservers:
+            try:
+                observer(name)
+            except Exception:
+                log.failure("Observer of new/{name} failed", name=name)
 
     # Staging (on the reactor: a mkdir, no fsync)
 
@@ -345,6 +366,8 @@ class Spool:
             for commit, outcome in zip(group, outcomes):
                 if isinstance(outcome, Accepted):
                     commit.result.callback(outcome)
+                    if commit.target == NEW and not outcome.duplicate:
+                        self.landed(commit.name)
                 else:
                     commit.fail(outcome)
             for d in prunes:

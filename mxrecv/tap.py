@@ -7,6 +7,7 @@ The twistd plugin's options and service: where the parts are put together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
@@ -17,13 +18,19 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from .access import AllowList
+from .admin import AdminSite, Health
 from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
+from .deliver import buildDelivery
+from .logs import installObserver, logFileFor, observerFor
+from .metrics import Metrics, SpoolCollector
+from .outcome import CallbackOutcome
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
-from .spool import Spool, SpoolLocked
+from .shutdown import DrainService, InFlight, StagedService
+from .spool import TMP, Spool, SpoolLocked
 
 log = Logger()
 
@@ -101,9 +108,17 @@ class PendingService(Service):
             log.info("Resumed {count} pending MMS", count=count)
 
 
-def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None) -> CallbackSite:
+def buildSite(
+    config: Config,
+    spool: Spool,
+    reactor: Any,
+    onPending: Any = None,
+    observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
+) -> CallbackSite:
     """
     The web site that takes the callbacks.
+
+    @param observe: called with the outcome of each callback (metrics).
     """
     server = config.server
     resource = CallbackResource(
@@ -112,6 +127,7 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
         zone=server.timezone,
         ack=server.ack,
         clock=reactor,
+        observe=observe,
         **({"onPending": onPending} if onPending else {}),
     )
     return CallbackSite(
@@ -121,14 +137,46 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
         chooseBody=BodyChooser(min(FORM_LIMIT, server.max_body)),
+        observe=observe,
     )
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+class MxrecvService(StagedService):
+    """
+    The whole of a running mxrecv.  Its children stop one after the other,
+    the last added first (see L{mxrecv.shutdown}), so they are added in the
+    order: threads, spool, background work, admin, drain, callback listeners.
+
+    @ivar logObserver: makes twistd's log observer (L{mxrecv.logs}), used
+        when twistd attaches this service to its application.
+    @ivar metrics: the L{Metrics} of this run.
+    @ivar site: the callback site.
+    @ivar listeners: the services that listen for callbacks.
+    @ivar adminListeners: the services that listen for the admin site.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logObserver: Callable[[], Any] | None = None
+        self.metrics = Metrics()
+        self.site: CallbackSite | None = None
+        self.listeners: list[Service] = []
+        self.adminListeners: list[Service] = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.logObserver is not None:
+            installObserver(parent, self.logObserver)
+        super().setServiceParent(parent)
+
+
+def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     if reactor is None:
         from twisted.internet import reactor
     config: Config = options["settings"]
-    service = MultiService()
+    service = MxrecvService()
+    twistd = getattr(options, "parent", None)
+    service.logObserver = lambda: _observer(config, twistd)
+    metrics = service.metrics
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
@@ -148,21 +196,56 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         log.warn("spool.fsync is false: callbacks are acknowledged before they are durable")
     SpoolService(spool).setServiceParent(service)
     TimerService(PRUNE_INTERVAL, _prune, spool).setServiceParent(service)
+    metrics.watch(SpoolCollector(spool))
 
     completer = Completer(spool, reactor=reactor, pool=pool)
     pending = PendingWork(spool, completer)
     PendingService(pending).setServiceParent(service)
 
-    site = buildSite(config, spool, reactor, pending)
+    if config.deliver.enabled:
+        buildDelivery(
+            config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
+        ).setServiceParent(service)
+
+    site = service.site = buildSite(config, spool, reactor, pending, metrics.callback)
+    inFlight = InFlight()
+    inFlight.track(site)
+
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        listening=lambda: site.numPorts,
+        expected=len(config.server.listen),
+        reactor=reactor,
+        pool=pool,
+    )
+    adminSite = AdminSite(health=health, registry=metrics.registry, reactor=reactor, pool=pool)
+    for description in config.admin.listen:
+        listener = strports.service(description, adminSite, reactor=reactor)
+        listener.setServiceParent(service)
+        service.adminListeners.append(listener)
+
+    DrainService(inFlight, config.server.shutdown_timeout, reactor).setServiceParent(service)
     for description in config.server.listen:
         # strports.service makes a failure to listen stop start-up.
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+        listener = strports.service(description, site, reactor=reactor)
+        listener.setServiceParent(service)
+        service.listeners.append(listener)
     log.info(
-        "mxrecv spooling to {spool}, listening on {listen}",
+        "mxrecv spooling to {spool}, listening on {listen}{admin}",
         spool=str(spool.root),
         listen=", ".join(config.server.listen),
+        admin=f", admin on {', '.join(config.admin.listen)}" if config.admin.listen else "",
     )
     return service
+
+
+def _observer(config: Config, twistd: Any) -> Any:
+    outFile = logFileFor(twistd)
+    if outFile is None:
+        return None
+    secrets = [config.retrieve.password]
+    return observerFor(config.log.format, outFile, secrets)
 
 
 def _prune(spool: Spool) -> None:

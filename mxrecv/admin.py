@@ -1,0 +1,201 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
+in the Prometheus text format and C{/health} for load balancers and
+supervisors.  Never on the callback port: what it tells is for operators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .durable import fsyncPath
+
+log = Logger()
+
+# A disk that takes longer than this to write and fsync a few bytes is not
+# healthy, even if it would succeed in the end.
+PROBE_TIMEOUT = 5.0
+
+
+@frozen
+class Check:
+    """
+    The result of one health check.
+    """
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def probeWritable(directory: Path, sync: bool = True) -> None:
+    """
+    Write, fsync and remove a small file in C{directory}: what accepting a
+    message needs.  Blocking.
+
+    @raise OSError: if any step fails.
+    """
+    path = directory / f".health-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"ok\n")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    fsyncPath(directory, sync)
+
+
+class Health:
+    """
+    Whether mxrecv can take callbacks: its spool is writable (a real write
+    and fsync in a worker thread) and all its listeners are up.
+
+    @param listening: returns how many callback listeners are up.
+    @param expected: how many there should be.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        sync: bool,
+        listening: Callable[[], int],
+        expected: int,
+        reactor: Any,
+        pool: Any,
+        timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        self._directory = directory
+        self._sync = sync
+        self._listening = listening
+        self._expected = expected
+        self._reactor = reactor
+        self._pool = pool
+        self._timeout = timeout
+
+    def check(self) -> Deferred[list[Check]]:
+        return gatherResults([self._spool(), self._listeners()])
+
+    def _spool(self) -> Deferred[Check]:
+        d = deferToThreadPool(
+            self._reactor, self._pool, probeWritable, self._directory, self._sync
+        )
+        d.addTimeout(self._timeout, self._reactor)
+
+        def failed(f: Failure) -> Check:
+            if f.check(OSError):
+                why = f"cannot write: {f.value.strerror or f.value}"
+            else:
+                why = f"no answer in {self._timeout:g}s"
+            return Check("spool", False, why)
+
+        return d.addCallbacks(lambda _: Check("spool", True, "writable"), failed)
+
+    def _listeners(self) -> Deferred[Check]:
+        up = self._listening()
+        return succeed(Check("listeners", up >= self._expected, f"{up} of {self._expected} up"))
+
+
+class HealthResource(Resource):
+    """
+    C{GET /health}: 200 when every check passes, else 503; the body is JSON::
+
+        {"ok": true, "checks": {"spool": {"ok": true, "detail": "writable"}, ...}}
+    """
+
+    isLeaf = True
+
+    def __init__(self, health: Health) -> None:
+        super().__init__()
+        self._health = health
+
+    def render_GET(self, request: Request) -> int:
+        def answer(checks: list[Check]) -> None:
+            ok = all(c.ok for c in checks)
+            body = {
+                "ok": ok,
+                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+            }
+            if not ok:
+                log.warn("Health check failed: {checks}", checks=body["checks"])
+            _write(
+                request,
+                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                b"application/json",
+                json.dumps(body).encode() + b"\n",
+            )
+
+        self._health.check().addCallback(answer).addErrback(_internalError, request)
+        return NOT_DONE_YET
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics}: the registry in the Prometheus text format, collected in
+    a worker thread (some collectors list spool directories).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: Any, reactor: Any, pool: Any) -> None:
+        super().__init__()
+        self._registry = registry
+        self._reactor = reactor
+        self._pool = pool
+
+    def render_GET(self, request: Request) -> int:
+        d = deferToThreadPool(self._reactor, self._pool, generate_latest, self._registry)
+        d.addCallback(
+            lambda data: _write(request, HTTPStatus.OK, CONTENT_TYPE_LATEST.encode(), data)
+        )
+        d.addErrback(_internalError, request)
+        return NOT_DONE_YET
+
+
+def _write(request: Request, status: int, contentType: bytes, body: bytes) -> None:
+    if request.channel is None:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", contentType)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.write(body)
+    request.finish()
+
+
+def _internalError(f: Failure, request: Request) -> None:
+    log.failure("Admin request {path} failed", f, path=request.path)
+    _write(request, HTTPStatus.INTERNAL_SERVER_ERROR, b"text/plain", b"internal error\n")
+
+
+class AdminSite(Site):
+    """
+    The admin listener's site: C{/metrics} and C{/health}, no access log
+    (scrapes every few seconds would drown the callbacks' events).
+    """
+
+    def __init__(self, *, health: Health, registry: Any, reactor: Any, pool: Any) -> None:
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
+        root.putChild(b"health", HealthResource(health))
+        super().__init__(root, reactor=reactor)
+
+    def log(self, request: Request) -> None:
+        pass

@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+Where the log goes and how it looks: classic text, or JSON lines for log
+shippers (C{[log] format}), with secrets taken out either way.
+
+twistd chooses its log observer after C{makeService}, from the application's
+L{ILogObserver} component if it has one (as a C{.tac} file would set it), so
+the plugin's root service sets that component when twistd attaches it to the
+application (L{installObserver}).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    eventAsJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
+from twisted.python.components import Componentized
+from twisted.python.logfile import LogFile
+
+REDACTED = "[redacted]"
+# Of no use to a log shipper (an object, written as "unpersistable").
+_DROPPED = frozenset({"log_logger"})
+
+# Credentials in query strings and URLs (RetrieveMMS takes its password in
+# the query string), whatever the configured secrets are.
+_QUERY_SECRET = re.compile(r"(?i)\b(pass(?:word)?|pwd|secret|token)=([^&\s\"'\\]+)")
+_URL_CREDENTIALS = re.compile(r"(?i)\b(https?://[^:/@\s\"']+):([^@/\s\"']+)@")
+
+
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """
+    A function that takes the C{secrets} (and query-string passwords, and
+    passwords in URLs) out of a line of log text.
+    """
+    forms = set()
+    for secret in secrets:
+        if secret:
+            forms.add(secret)
+            forms.add(json.dumps(secret)[1:-1])
+    ordered = sorted(forms, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in ordered:
+            text = text.replace(secret, REDACTED)
+        text = _QUERY_SECRET.sub(rf"\1={REDACTED}", text)
+        return _URL_CREDENTIALS.sub(rf"\1:{REDACTED}@", text)
+
+    return redact
+
+
+def textObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    """
+    Classic twistd log lines, redacted.
+    """
+    redact = redactor(secrets)
+
+    def format(event: Mapping[str, Any]) -> str | None:
+        text = formatEventAsClassicLogText(event)
+        return None if text is None else redact(text)
+
+    return FileLogObserver(outFile, format)
+
+
+def jsonObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    """
+    One JSON object per line: the event's fields (a callback's C{id},
+    C{type}, C{mode}, C{status}, C{bytes}, C{ack_seconds}, C{client}...),
+    Twisted's C{log_*} keys (C{log_level} as a name: C{info}, C{warn}...),
+    and C{log_text}, the formatted message.
+    """
+    redact = redactor(secrets)
+
+    def format(event: Mapping[str, Any]) -> str:
+        text = formatEvent(event)
+        event = {k: v for k, v in event.items() if k not in _DROPPED}
+        event["log_text"] = text
+        level = event.get("log_level")
+        event["log_level"] = getattr(level, "name", level)
+        return redact(eventAsJSON(event)) + "\n"
+
+    return FileLogObserver(outFile, format)
+
+
+def observerFor(format: str, outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
+    factory = jsonObserver if format == "json" else textObserver
+    return factory(outFile, secrets)
+
+
+def logFileFor(twistd: Mapping[str, Any] | None) -> IO[str] | None:
+    """
+    The file twistd would log to, from its options (C{--logfile},
+    C{--nodaemon}); L{None} when twistd logs to syslog, which we leave alone.
+    """
+    twistd = twistd or {}
+    if twistd.get("syslog"):
+        return None
+    name = twistd.get("logfile")
+    if name == "-" or (not name and twistd.get("nodaemon", True)):
+        return sys.stdout
+    return LogFile.fromFullPath(name or "twistd.log")
+
+
+def installObserver(parent: object, makeObserver: Callable[[], ILogObserver | None]) -> None:
+    """
+    If C{parent} is twistd's application, make the observer (this opens the
+    log file) and set it as the application's log observer.
+    """
+    if isinstance(parent, Componentized):
+        observer = makeObserver()
+        if observer is not None:
+            parent.setComponent(ILogObserver, observer)

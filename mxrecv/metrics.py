@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, one L{CollectorRegistry} per service.
+
+Counters move on the reactor as things happen (L{Metrics.callback} for each
+answered callback, L{Metrics.retrievalAttempt} and L{Metrics.expired} for the
+RetrieveMMS code, L{Metrics.delivery} for delivery).  What is a matter of the
+spool's state (messages waiting in C{new/}, MMS awaiting download) is counted
+from the directories when scraped, so that it cannot drift from the truth
+across restarts or when the application moves messages away.  Scrapes run in
+a worker thread (L{mxrecv.admin}), because they list directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .complete import MMS_ZIP
+from .naming import isName
+from .outcome import CallbackOutcome
+from .spool import FAILED, NEW, PENDING
+
+# Outcomes of one RetrieveMMS attempt; anything else is counted as "other",
+# so that the label's values stay few.
+RETRIEVAL_OUTCOMES = frozenset(
+    {"ok", "timeout", "connection", "http_4xx", "http_5xx", "invalid", "other"}
+)
+
+# Seconds: a callback is acknowledged after local fsyncs, so mostly
+# milliseconds; the upper buckets catch a struggling disk.
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """
+    The counters of one running mxrecv.
+
+    The RetrieveMMS code reports each attempt with L{retrievalAttempt} and
+    each MMS given up because its expiry passed with L{expired}.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._callbacks = Counter(
+            "mxrecv_callbacks",
+            "Callbacks answered, by message type (unknown if refused before "
+            "parsing), delivery mode (get or post) and HTTP status.",
+            ["type", "mode", "status"],
+            registry=r,
+        )
+        self._bytes = Counter(
+            "mxrecv_received_bytes", "Request body bytes received in callbacks.", registry=r
+        )
+        self._ack = Histogram(
+            "mxrecv_ack_seconds",
+            "Time from a callback's headers to its 200, in seconds.",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self._duplicates = Counter(
+            "mxrecv_duplicates",
+            "Callbacks for an id already accepted: answered 200, not stored again.",
+            registry=r,
+        )
+        self._retrievals = Counter(
+            "mxrecv_retrieval_attempts",
+            "RetrieveMMS download attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self._expired = Counter(
+            "mxrecv_expired",
+            "MMS given up because their expiry passed before they could be retrieved.",
+            registry=r,
+        )
+        self._deliveries = Counter(
+            "mxrecv_deliveries",
+            "Attempts to deliver a message to the application, by target "
+            "(command or url) and outcome (ok or failed).",
+            ["target", "outcome"],
+            registry=r,
+        )
+
+    def callback(self, outcome: CallbackOutcome) -> None:
+        """
+        Count one answered callback.
+        """
+        self._callbacks.labels(
+            type=outcome.type or "unknown", mode=outcome.mode, status=str(outcome.status)
+        ).inc()
+        self._bytes.inc(outcome.bytes)
+        if outcome.duplicate:
+            self._duplicates.inc()
+        if outcome.status == 200:
+            self._ack.observe(outcome.ack_seconds)
+
+    def retrievalAttempt(self, outcome: str) -> None:
+        """
+        Count one RetrieveMMS attempt.
+
+        @param outcome: one of L{RETRIEVAL_OUTCOMES}: C{ok} (zip downloaded),
+            C{timeout}, C{connection} (refused, reset, DNS, TLS), C{http_4xx},
+            C{http_5xx}, C{invalid} (not a zip, too large), C{other}.
+        """
+        if outcome not in RETRIEVAL_OUTCOMES:
+            outcome = "other"
+        self._retrievals.labels(outcome=outcome).inc()
+
+    def expired(self) -> None:
+        """
+        Count one MMS moved to C{failed/} because its expiry passed.
+        """
+        self._expired.inc()
+
+    def delivery(self, target: str, ok: bool) -> None:
+        self._deliveries.labels(target=target, outcome="ok" if ok else "failed").inc()
+
+    def watch(self, collector: Collector) -> None:
+        """
+        Add a collector that reads state at scrape time.
+        """
+        self.registry.register(collector)
+
+
+class SpoolCollector(Collector):
+    """
+    Messages in the spool's directories, counted at scrape time (blocking:
+    scrapes run in a worker thread).
+    """
+
+    def __init__(self, spool: Any) -> None:
+        self._spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "mxrecv_spool_messages",
+            "Messages in the spool: new (waiting for the application), pending "
+            "(MMS not complete yet), failed.",
+            labels=["dir"],
+        )
+        downloads = 0
+        for which in (NEW, PENDING, FAILED):
+            names = _names(self._spool.dir(which))
+            family.add_metric([which], len(names))
+            if which == PENDING:
+                downloads = sum(
+                    1 for n in names if not (self._spool.dir(PENDING) / n / MMS_ZIP).exists()
+                )
+        yield family
+        yield GaugeMetricFamily(
+            "mxrecv_pending_downloads",
+            "MMS in pending/ whose zip has yet to be downloaded from RetrieveMMS.",
+            value=downloads,
+        )
+
+
+def _names(directory: Any) -> list[str]:
+    try:
+        return [e.name for e in directory.iterdir() if isName(e.name)]
+    except OSError:
+        return []
