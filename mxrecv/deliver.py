@@ -266,6 +266,10 @@ class Deliverer:
     """
     The queue of one target: one message at a time, in order, each retried
     until it succeeds.
+
+    @param onAttempt: called with the target's name and whether it worked,
+        after each attempt (metrics).
+    @param clock: times the retries (the reactor by default).
     """
 
     def __init__(
@@ -279,11 +283,13 @@ class Deliverer:
         backoffInitial: float,
         backoffMax: float,
         onAttempt: Callable[[str, bool], None] = lambda target, ok: None,
+        clock: Any = None,
     ) -> None:
         self.target = target
         self._spool = spool
         self._records = records
         self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
         self._pool = pool
         self._initial = backoffInitial
         self._max = backoffMax
@@ -391,7 +397,7 @@ class Deliverer:
             delay=delay,
         )
         if not self._stopped:
-            self._retry = self._reactor.callLater(delay, self._try)
+            self._retry = self._clock.callLater(delay, self._try)
 
     def _done(self, name: str) -> None:
         self._known.discard(name)

@@ -373,6 +373,8 @@ class Spool:
             for d in prunes:
                 d.callback(forgotten)
         self._next()
+        # A group of prunes only settles no message: check here too.
+        self._checkIdle()
 
     def prune(self) -> Deferred[int]:
         """

@@ -153,6 +153,7 @@ class MxrecvService(StagedService):
     @ivar site: the callback site.
     @ivar listeners: the services that listen for callbacks.
     @ivar adminListeners: the services that listen for the admin site.
+    @ivar inFlight: the callbacks being answered (L{InFlight}).
     """
 
     def __init__(self) -> None:
@@ -162,6 +163,7 @@ class MxrecvService(StagedService):
         self.site: CallbackSite | None = None
         self.listeners: list[Service] = []
         self.adminListeners: list[Service] = []
+        self.inFlight = InFlight()
 
     def setServiceParent(self, parent: Any) -> None:
         if self.logObserver is not None:
@@ -208,7 +210,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
         ).setServiceParent(service)
 
     site = service.site = buildSite(config, spool, reactor, pending, metrics.callback)
-    inFlight = InFlight()
+    inFlight = service.inFlight = InFlight()
     inFlight.track(site)
 
     health = Health(

@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
+
+    mxrecv check-config FILE
+    mxrecv [-c FILE] list [new|pending|failed]
+    mxrecv [-c FILE] show NAME
+    mxrecv [-c FILE] requeue NAME
+
+It reads the spool directly and needs no running server.  C{requeue} moves
+a failed MMS back to C{pending/}; a running server takes it up at its next
+start (C{systemctl restart mxrecv} is a graceful restart), so that one
+process only ever works on C{pending/}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import Config, ConfigError, loadConfig
+from .deliver import DELIVERED
+from .durable import moveDir, replaceFile
+from .naming import isName, nameForId
+from .spool import FAILED, MESSAGE_JSON, NEW, PENDING, STATE
+
+DIRECTORIES = (NEW, PENDING, FAILED)
+
+
+class CommandError(Exception):
+    """
+    The command cannot do what was asked; the message says why.
+    """
+
+
+def checkConfig(path: str, out: TextIO) -> None:
+    config = loadConfig(path)
+    out.write(f"{path}: ok\n")
+    out.write(f"  listen: {', '.join(config.server.listen)}\n")
+    out.write(f"  spool: {config.spool.dir}\n")
+    out.write(f"  admin: {', '.join(config.admin.listen) or 'none'}\n")
+    deliver = config.deliver
+    targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    out.write(f"  deliver: {', '.join(targets) or 'none'}\n")
+
+
+def listMessages(root: Path, which: Sequence[str], out: TextIO) -> None:
+    """
+    One line per message, oldest first: directory, name, type, received,
+    sender, and for a failed one its error.
+    """
+    rows = []
+    for directory in which:
+        for entry in _entries(root / directory):
+            document = _document(entry)
+            rows.append(
+                (
+                    document.get("received") or "",
+                    directory,
+                    entry.name,
+                    document.get("type") or "?",
+                    document.get("from") or "?",
+                    document.get("error") or "",
+                )
+            )
+    for received, directory, name, kind, sender, error in sorted(rows):
+        line = "\t".join([directory, name, kind, received or "?", sender])
+        out.write(line + (f"\t{error}" if error else "") + "\n")
+
+
+def show(root: Path, nameOrId: str, out: TextIO) -> None:
+    directory, path = _find(root, nameOrId)
+    out.write(f"{directory}/{path.name}\n")
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            out.write(f"  {f.relative_to(path)}\t{f.stat().st_size} bytes\n")
+    delivered = sorted(
+        target.name
+        for target in (root / STATE / DELIVERED).glob("*")
+        if (target / path.name).exists()
+    )
+    if directory == NEW:
+        out.write(f"delivered to: {', '.join(delivered) or 'nothing yet'}\n")
+    out.write((path / MESSAGE_JSON).read_text("utf-8", "surrogateescape"))
+
+
+def requeue(root: Path, nameOrId: str, out: TextIO, sync: bool = True) -> None:
+    """
+    Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
+    C{attempts}, so that it is retrieved again.
+    """
+    directory, path = _find(root, nameOrId)
+    if directory != FAILED:
+        raise CommandError(f"{directory}/{path.name} is not in failed/")
+    document = _document(path)
+    document.pop("error", None)
+    document.pop("attempts", None)
+    data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
+    replaceFile(path / MESSAGE_JSON, data, sync)
+    try:
+        moveDir(path, root / PENDING / path.name, sync)
+    except OSError as e:
+        raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
+    out.write(
+        f"failed/{path.name} -> pending/{path.name}; "
+        "a running mxrecv takes it up at its next start\n"
+    )
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return sorted(e for e in directory.iterdir() if isName(e.name) and e.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _document(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads((path / MESSAGE_JSON).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
+    """
+    Where a message is, by its directory name or by its id.
+    """
+    candidates = [nameOrId] if isName(nameOrId) else []
+    candidates.append(nameForId(nameOrId))
+    for name in candidates:
+        for directory in DIRECTORIES:
+            path = root / directory / name
+            if path.is_dir():
+                return directory, path
+    raise CommandError(f"no message {nameOrId!r} in new/, pending/ or failed/")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mxrecv", description="Operate an mxrecv spool.")
+    p.add_argument("-c", "--config", help="the server's TOML configuration (for the spool)")
+    commands = p.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    listing = commands.add_parser("list", help="list messages in the spool")
+    listing.add_argument("which", nargs="?", choices=DIRECTORIES, help="one directory only")
+    for name, text in (("show", "show one message"), ("requeue", "retry a failed MMS")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("name", help="the message's directory name, or its id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            checkConfig(args.file, out)
+            return 0
+        config: Config = loadConfig(args.config)
+        root = config.spool.dir
+        if not (root / STATE).is_dir():
+            raise CommandError(f"{root}: not an mxrecv spool")
+        if args.command == "list":
+            listMessages(root, [args.which] if args.which else DIRECTORIES, out)
+        elif args.command == "show":
+            show(root, args.name, out)
+        else:
+            requeue(root, args.name, out, config.spool.fsync)
+    except (ConfigError, CommandError) as e:
+        err.write(f"mxrecv: {e}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
