@@ -22,6 +22,7 @@ A message the application has already moved out of C{new/} is skipped.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import deque
@@ -161,7 +162,7 @@ class UrlTarget:
 
     def deliver(self, directory: Path) -> Deferred[None]:
         document = (directory / MESSAGE_JSON).read_bytes()
-        files = [("message", (MESSAGE_JSON, "application/json", _Bytes(document)))]
+        files = [("message", (MESSAGE_JSON, "application/json", io.BytesIO(document)))]
         opened = []
         for part in json.loads(document).get("parts") or []:
             f = (directory / part["path"]).open("rb")
@@ -186,30 +187,6 @@ class UrlTarget:
                 raise DeliveryFailed(f"HTTP {code}: {text}" if text else f"HTTP {code}")
 
         return response.content().addCallback(check)
-
-
-class _Bytes:
-    """
-    An in-memory file for treq's multipart producer, which needs a name.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        import io
-
-        self._io = io.BytesIO(data)
-        self.name = MESSAGE_JSON
-
-    def read(self, size: int = -1) -> bytes:
-        return self._io.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._io.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._io.tell()
-
-    def close(self) -> None:
-        self._io.close()
 
 
 # Records of delivery (blocking: called in worker threads)
@@ -337,7 +314,7 @@ class Deliverer:
         if self._attempt is None:
             return succeed(None)
         done: Deferred[None] = Deferred()
-        self._attempt.addBoth(lambda _: done.callback(None))
+        self._attempt.addBoth(lambda _: None if done.called else done.callback(None))
         return done
 
     def _next(self) -> None:
@@ -358,11 +335,12 @@ class Deliverer:
             )
             self._done(name)
             return
-        d = maybeDeferred(self.target.deliver, directory)
+        if self._records.isDelivered(self.target.name, name):
+            self._done(name)
+            return
+        d = self._attempt = maybeDeferred(self.target.deliver, directory)
         d.addCallbacks(self._delivered, self._failed, (name,), None, (name,))
-        self._attempt = d.addErrback(
-            lambda f: log.failure("Delivering new/{name}", f, name=name)
-        )
+        d.addErrback(lambda f: log.failure("Delivering new/{name}", f, name=name))
 
     def _delivered(self, _: object, name: str) -> Deferred[None]:
         self._onAttempt(self.target.name, True)
@@ -371,7 +349,6 @@ class Deliverer:
 
         def recorded(_: object) -> None:
             self._failures = 0
-            self._attempt = None
             self._done(name)
 
         def notRecorded(f: Failure) -> None:
@@ -381,9 +358,6 @@ class Deliverer:
         return d.addCallbacks(recorded, notRecorded)
 
     def _failed(self, reason: Failure, name: str, counted: bool = True) -> None:
-        self._attempt = None
-        if counted:
-            self._onAttempt(self.target.name, False)
         self._failures += 1
         delay = backoff(self._failures, self._initial, self._max)
         why = reason.getErrorMessage() if reason.check(DeliveryFailed) else repr(reason.value)
@@ -398,6 +372,8 @@ class Deliverer:
         )
         if not self._stopped:
             self._retry = self._clock.callLater(delay, self._try)
+        if counted:
+            self._onAttempt(self.target.name, False)
 
     def _done(self, name: str) -> None:
         self._known.discard(name)

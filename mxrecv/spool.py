@@ -366,6 +366,7 @@ class Spool:
             for commit, outcome in zip(group, outcomes):
                 if isinstance(outcome, Accepted):
                     commit.result.callback(outcome)
+                    # After the 200: delivery must never delay an ack.
                     if commit.target == NEW and not outcome.duplicate:
                         self.landed(commit.name)
                 else:

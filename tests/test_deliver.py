@@ -1,0 +1,200 @@
+"""
+Delivery to the application: a command that fails then succeeds, a URL that
+is down then up, order of arrival, durable records, start-up scan.
+"""
+
+import json
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredQueue, inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mxrecv.deliver import CommandTarget, Deliverer, DeliveryService, Records, UrlTarget, backoff
+from mxrecv.message import Message, Part
+
+from .running import client
+from .support import openSpool, startedPool
+
+
+def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
+    return Message(
+        id=messageId,
+        type="sms",
+        sender="447700900123",
+        to=("80000",),
+        date="2026-11-25 10:30:00",
+        delivery="get",
+        received=received,
+        message="Hello",
+        charset="utf-8",
+    )
+
+
+class DeliveryTests(TestCase):
+    def setUp(self):
+        self.spool = openSpool(self)
+        self.pool = startedPool(self)
+        self.records = Records(self.spool)
+        self.clock = Clock()
+        self.attempts = DeferredQueue()
+
+    def deliverTo(self, target, backoffInitial=1.0):
+        deliverer = Deliverer(
+            target,
+            spool=self.spool,
+            records=self.records,
+            reactor=reactor,
+            pool=self.pool,
+            backoffInitial=backoffInitial,
+            backoffMax=8.0,
+            onAttempt=lambda name, ok: self.attempts.put(ok),
+            clock=self.clock,
+        )
+        service = DeliveryService(
+            [deliverer], spool=self.spool, records=self.records, reactor=reactor, pool=self.pool
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        return service
+
+    def command(self, script: str) -> CommandTarget:
+        return CommandTarget(
+            ["/bin/sh", "-c", script, "sh"], reactor=reactor, timeout=10.0, env={}
+        )
+
+    @inlineCallbacks
+    def test_commandFailsThenSucceeds(self):
+        """
+        A command that exits non-zero is retried after the backoff; the
+        message is recorded as delivered only once the command succeeds.
+        """
+        flag, out = Path(self.mktemp()), Path(self.mktemp())
+        service = self.deliverTo(
+            self.command(f'test -e {flag} || {{ echo not yet >&2; exit 3; }}; echo "$1" >> {out}')
+        )
+        yield self.spool.accept(sms("a"))
+        ok = yield self.attempts.get()
+        self.assertFalse(ok)
+        self.assertFalse(self.records.isDelivered("command", "a"))
+        [retry] = self.clock.getDelayedCalls()
+        self.assertEqual(retry.getTime(), 1.0)
+
+        flag.touch()
+        self.clock.advance(1.0)
+        ok = yield self.attempts.get()
+        self.assertTrue(ok)
+        yield service.stopService()
+        self.assertEqual(out.read_text(), f"{self.spool.dir('new') / 'a'}\n")
+        self.assertTrue(self.records.isDelivered("command", "a"))
+        self.assertTrue((self.spool.dir("state") / "delivered" / "command" / "a").is_file())
+        self.assertEqual(sorted(p.name for p in (self.spool.dir("new") / "a").iterdir()), ["message.json"])
+
+    @inlineCallbacks
+    def test_urlDownThenUp(self):
+        """
+        A URL that refuses connections is retried; once it is up it gets
+        message.json and the parts as multipart/form-data.
+        """
+        closed = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        number = closed.getHost().port
+        yield closed.stopListening()
+        self.deliverTo(UrlTarget(f"http://127.0.0.1:{number}/inbox", client=client(), timeout=5.0))
+
+        staging = self.spool.stage()
+        (staging.path / "parts").mkdir()
+        (staging.path / "parts" / "hello.txt").write_bytes(b"hello")
+        message = sms("m").replace(
+            type="mms",
+            message=None,
+            charset=None,
+            parts=(Part(name="hello.txt", path="parts/hello.txt", size=5, content_type="text/plain"),),
+        )
+        yield self.spool.accept(message, "new", staging)
+        ok = yield self.attempts.get()
+        self.assertFalse(ok)
+
+        received = DeferredQueue()
+
+        class Inbox(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                received.put(request.args)
+                return b"thanks"
+
+        up = reactor.listenTCP(number, Site(Inbox()), interface="127.0.0.1")
+        self.addCleanup(up.stopListening)
+        self.clock.advance(1.0)
+        ok = yield self.attempts.get()
+        self.assertTrue(ok)
+        args = yield received.get()
+        self.assertEqual(json.loads(args[b"message"][0])["id"], "m")
+        self.assertEqual(args[b"part"], [b"hello"])
+
+    @inlineCallbacks
+    def test_urlErrorStatus(self):
+        """
+        A 5xx answer is a failure, retried.
+        """
+        answers = [503, 200]
+
+        class Flaky(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                request.setResponseCode(answers.pop(0))
+                return b"busy"
+
+        port = reactor.listenTCP(0, Site(Flaky()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.deliverTo(
+            UrlTarget(f"http://127.0.0.1:{port.getHost().port}/", client=client(), timeout=5.0)
+        )
+        yield self.spool.accept(sms("a"))
+        self.assertFalse((yield self.attempts.get()))
+        self.clock.advance(1.0)
+        self.assertTrue((yield self.attempts.get()))
+
+    @inlineCallbacks
+    def test_startUpScanInOrder(self):
+        """
+        At start-up, messages in new/ not yet delivered are delivered in
+        order of arrival, before anything that lands later; those delivered
+        before are not delivered again.
+        """
+        yield self.spool.accept(sms("late", received="2026-11-25T10:00:03.000Z"))
+        yield self.spool.accept(sms("early", received="2026-11-25T10:00:01.000Z"))
+        yield self.spool.accept(sms("done", received="2026-11-25T10:00:02.000Z"))
+        self.records.mark("command", "done")
+        out = Path(self.mktemp())
+        service = self.deliverTo(self.command(f'basename "$1" >> {out}'))
+        yield self.spool.accept(sms("newest", received="2026-11-25T10:00:04.000Z"))
+        for _ in range(3):
+            self.assertTrue((yield self.attempts.get()))
+        yield service.stopService()
+        self.assertEqual(out.read_text().split(), ["early", "late", "newest"])
+
+    @inlineCallbacks
+    def test_takenByApplication(self):
+        """
+        A message the application moved out of new/ before its delivery is
+        skipped, and the queue goes on.
+        """
+        out = Path(self.mktemp())
+        service = self.deliverTo(self.command(f'basename "$1" >> {out}'))
+        self.spool.landed("gone")
+        yield self.spool.accept(sms("here"))
+        self.assertTrue((yield self.attempts.get()))
+        yield service.stopService()
+        self.assertEqual(out.read_text().split(), ["here"])
+
+
+class BackoffTests(TestCase):
+    def test_doubling(self):
+        self.assertEqual([backoff(n, 1.0, 8.0) for n in range(1, 7)], [1, 2, 4, 8, 8, 8])
+        self.assertEqual(backoff(10_000, 5.0, 600.0), 600.0)
