@@ -1,0 +1,120 @@
+"""
+The operator's command, C{mxrecv}: check-config, list, show, requeue; and
+the validation of the operations tables of the configuration.
+"""
+
+import io
+import json
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from mxrecv.cli import main
+from mxrecv.complete import Attempt, Completer
+from mxrecv.spool import FAILED, PENDING
+
+from .support import openSpool
+from .test_deliver import sms
+
+
+def command(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+class CheckConfigTests(TestCase):
+    def config(self, text: str) -> str:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return str(path)
+
+    def test_ok(self):
+        path = self.config(
+            '[admin]\nlisten = ["tcp:9100:interface=127.0.0.1"]\n'
+            '[log]\nformat = "json"\n'
+            '[deliver]\ncommand = ["/usr/local/bin/take"]\nurl = "http://127.0.0.1:8000/in"\n'
+            "[server]\nshutdown_timeout = 10\n"
+        )
+        code, out, err = command("check-config", path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("admin: tcp:9100:interface=127.0.0.1", out)
+        self.assertIn("deliver: command, http://127.0.0.1:8000/in", out)
+
+    def assertRefused(self, text: str, key: str):
+        code, out, err = command("check-config", self.config(text))
+        self.assertEqual(code, 1)
+        self.assertIn(key, err)
+
+    def test_badValues(self):
+        self.assertRefused('[log]\nformat = "xml"\n', "log.format")
+        self.assertRefused('[admin]\nport = 9100\n', "admin.port: unknown key")
+        self.assertRefused('[admin]\nlisten = ["nonsense:1"]\n', "admin.listen[0]")
+        self.assertRefused('[deliver]\ncommand = []\n', "deliver.command")
+        self.assertRefused('[deliver]\nurl = "ftp://x/"\n', "deliver.url")
+        self.assertRefused(
+            "[deliver]\nbackoff_initial = 10\nbackoff_max = 1\n", "deliver.backoff_max"
+        )
+        self.assertRefused("[server]\nshutdown_timeout = 0\n", "server.shutdown_timeout")
+
+    def test_missingFile(self):
+        code, out, err = command("check-config", self.mktemp())
+        self.assertEqual(code, 1)
+        self.assertIn("cannot read", err)
+
+
+class SpoolCommandTests(TestCase):
+    @inlineCallbacks
+    def setUp(self):
+        self.spool = openSpool(self)
+        path = Path(self.mktemp())
+        path.write_text(f'[spool]\ndir = "{self.spool.root}"\n')
+        self.config = str(path)
+        yield self.spool.accept(sms("b", received="2026-11-25T10:00:02.000Z"))
+        yield self.spool.accept(sms("a", received="2026-11-25T10:00:01.000Z"))
+        yield self.spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
+        completer = Completer(self.spool, reactor=reactor, pool=self.spool._pool)
+        yield completer.fail("m=2F1", "gave up after 3 attempts", [Attempt("2026-11-25T10:00:05Z", "HTTP 500")])
+
+    def test_list(self):
+        code, out, err = command("-c", self.config, "list")
+        self.assertEqual(code, 0)
+        lines = [line.split("\t") for line in out.splitlines()]
+        self.assertEqual([(l[0], l[1]) for l in lines], [("new", "a"), ("new", "b"), ("failed", "m=2F1")])
+        self.assertEqual(lines[2][-1], "gave up after 3 attempts")
+
+    def test_listOne(self):
+        code, out, err = command("-c", self.config, "list", "failed")
+        self.assertEqual([line.split("\t")[1] for line in out.splitlines()], ["m=2F1"])
+
+    def test_showById(self):
+        code, out, err = command("-c", self.config, "show", "m/1")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("failed/m=2F1\n"))
+        self.assertIn('"error": "gave up after 3 attempts"', out)
+
+    def test_showUnknown(self):
+        code, out, err = command("-c", self.config, "show", "nothing")
+        self.assertEqual(code, 1)
+        self.assertIn("no message 'nothing'", err)
+
+    def test_requeue(self):
+        """
+        requeue moves a failed MMS back to pending/, without its error and
+        attempts, so that the next start retrieves it again.
+        """
+        code, out, err = command("-c", self.config, "requeue", "m=2F1")
+        self.assertEqual((code, err), (0, ""))
+        self.assertFalse((self.spool.dir(FAILED) / "m=2F1").exists())
+        document = json.loads((self.spool.dir(PENDING) / "m=2F1" / "message.json").read_bytes())
+        self.assertNotIn("error", document)
+        self.assertNotIn("attempts", document)
+        self.assertEqual(document["id"], "m/1")
+
+    def test_requeueNotFailed(self):
+        code, out, err = command("-c", self.config, "requeue", "a")
+        self.assertEqual(code, 1)
+        self.assertIn("new/a is not in failed/", err)
+        self.assertTrue((self.spool.dir("new") / "a").is_dir())
