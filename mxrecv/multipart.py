@@ -96,6 +96,8 @@ class MultipartBody:
         return lambda contentType: cls(contentType, spool=spool)
 
     def write(self, data: bytes) -> None:
+        if not data:
+            return  # the parser would take it for the end of the body
         try:
             for event in self._parser.parse(data):
                 if isinstance(event, MultipartSegment):
