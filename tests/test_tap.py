@@ -15,7 +15,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from mxrecv.tap import Options
 
@@ -127,3 +127,21 @@ class PluginTests(TestCase):
         ended = yield twistd.ended
         self.assertEqual(ended.exitCode, 1)
         self.assertIn(b"spool.dedupe_dayz: unknown key", twistd.output)
+
+
+class PackagingTests(TestCase):
+    def test_pluginInstalled(self) -> None:
+        """
+        An installed mxrecv (pip install ., not only a checkout) ships the
+        plugin file and no twisted/__init__.py or twisted/plugins/__init__.py,
+        which would break Twisted itself.
+        """
+        from importlib.metadata import PackageNotFoundError, files
+
+        try:
+            installed = {str(f) for f in files("mxrecv") or ()}
+        except PackageNotFoundError:
+            raise SkipTest("mxrecv is not installed; running from a checkout")
+        self.assertIn("twisted/plugins/mxrecv_plugin.py", installed)
+        self.assertNotIn("twisted/__init__.py", installed)
+        self.assertNotIn("twisted/plugins/__init__.py", installed)
