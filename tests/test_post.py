@@ -12,13 +12,10 @@ import os
 import zipfile
 from pathlib import Path
 
-import treq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.address import IPv4Address
@@ -31,7 +28,7 @@ from mxrecv.spool import NEW, PENDING, TMP
 from mxrecv.tap import buildSite
 
 from .strategies import callbackParams, contentTypeFor, multipartBody, zipOf
-from .support import openSpool, serverConfig, startedPool
+from .support import httpClient, openSpool, rawExchange, serverConfig, startedPool
 
 BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
 SMS_FIELDS = [
@@ -81,34 +78,6 @@ def listing(directory: Path):
     return sorted(p.name for p in directory.iterdir())
 
 
-class RawResponse(Protocol):
-    """
-    Writes C{data} on connection and collects the response: done when one
-    whole response (headers and Content-Length body) is in, or the server
-    closes.
-    """
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.received = b""
-        self.done = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.data)
-
-    def dataReceived(self, data):
-        self.received += data
-        head, sep, rest = self.received.partition(b"\r\n\r\n")
-        if sep:
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:") and len(rest) >= int(line[15:]):
-                    self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.callback(self.received)
-
-
 def statusOf(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 
@@ -128,24 +97,23 @@ class PostTests(TestCase):
         site = buildSite(self.config, self.spool, reactor, onPending)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.port = port
+        self.url = f"http://127.0.0.1:{port.getHost().port}/"
+        self.treq = httpClient(self)
 
     def post(self, fields, file=None, boundary=BOUNDARY):
-        return treq.post(
+        return self.treq.post(
             self.url,
             data=multipartBody(boundary, fields, file),
             headers={b"Content-Type": [contentTypeFor(boundary)]},
         )
 
     def raw(self, data: bytes):
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        protocol = RawResponse(data)
-        return connectProtocol(endpoint, protocol).addCallback(lambda _: protocol.done)
+        return rawExchange(self.port, data)
 
     @inlineCallbacks
     def assertAnswer(self, response, code, text=""):
-        body = yield treq.text_content(response)
+        body = yield response.text()
         self.assertEqual(response.code, code, body)
         self.assertIn(text, body)
         yield self.spool.whenIdle()
@@ -242,7 +210,7 @@ class PostTests(TestCase):
             archive.writestr("video.3gp", payload)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         with source.open("rb") as f:
-            response = yield treq.post(
+            response = yield self.treq.post(
                 self.url,
                 data=[(name, value.decode()) for name, value in mmsFields("big")],
                 files={"mms.zip": ("mms.zip", "application/zip", f)},
@@ -326,7 +294,7 @@ class PostTests(TestCase):
             (contentTypeFor(BOUNDARY), body.replace(b"Content-Disposition", b"X-Other"), "Content-Disposition"),
         ]
         for contentType, data, reason in cases:
-            response = yield treq.post(self.url, data=data, headers={b"Content-Type": [contentType]})
+            response = yield self.treq.post(self.url, data=data, headers={b"Content-Type": [contentType]})
             yield self.assertAnswer(response, 400, reason)
 
     @inlineCallbacks
