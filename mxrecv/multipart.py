@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .body import IBody, Refusal, Upload
+from .durable import writeAll
 from .params import LIMITS, MAX_RECIPIENTS
 from .spool import Spool, SpoolError, Staging
 
@@ -85,7 +86,7 @@ class MultipartBody:
         self._segment: MultipartSegment | None = None
         self._pieces: list[bytes] = []
         self._size = 0
-        self._file: Any = None
+        self._file: int | None = None
         self._digest: Any = None
 
     @classmethod
@@ -141,12 +142,11 @@ class MultipartBody:
                 self.staging = self._spool.stage()
             except SpoolError as e:
                 raise Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
-            fd = os.open(
+            self._file = os.open(
                 self.staging.file(MMS_ZIP),
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                 0o640,
             )
-            self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
             self._digest = hashlib.sha256()
             return
         self._fields += 1
@@ -156,8 +156,10 @@ class MultipartBody:
     def _take(self, data: bytes) -> None:
         self._size += len(data)
         if self._file is not None:
+            # The chunks are twisted.web's reads (64 KiB at most): written
+            # as they come, no buffer of ours.
             self._digest.update(data)
-            self._file.write(data)
+            writeAll(self._file, data)
             return
         if self._size > MAX_FIELD_BYTES:
             raise Refusal(
@@ -180,8 +182,8 @@ class MultipartBody:
 
     def _closeFile(self) -> None:
         if self._file is not None:
-            file, self._file = self._file, None
-            file.close()
+            fd, self._file = self._file, None
+            os.close(fd)
 
 
 def _asUTF8(value: bytes, charset: str | None) -> bytes:
