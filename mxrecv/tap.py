@@ -12,6 +12,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -49,6 +50,28 @@ class Options(usage.Options):
             self["settings"] = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+class OrderedService(MultiService):
+    """
+    A MultiService that stops its children one at a time, last started
+    first, each once the one before it has finished stopping.
+
+    MultiService stops them all at once; here the order matters: the
+    listeners stop taking callbacks, then the spool finishes the commits in
+    flight (which need the thread pool), and only then does the pool stop.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        async def stopAll() -> None:
+            for child in children:
+                await maybeDeferred(child.stopService)
+
+        return Deferred.fromCoroutine(stopAll())
 
 
 class ThreadPoolService(Service):
@@ -124,11 +147,11 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
     )
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None) -> OrderedService:
     if reactor is None:
         from twisted.internet import reactor
     config: Config = options["settings"]
-    service = MultiService()
+    service = OrderedService()
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
