@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
@@ -20,10 +21,13 @@ from .access import AllowList
 from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
+from .listen import parseListen, tlsEndpoint, tlsFactory
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
 from .spool import Spool, SpoolLocked
+from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
+from .tlsreload import CertificateReloadService, canHandleSignals
 
 log = Logger()
 
@@ -154,15 +158,52 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     PendingService(pending).setServiceParent(service)
 
     site = buildSite(config, spool, reactor, pending)
-    for description in config.server.listen:
-        # strports.service makes a failure to listen stop start-up.
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    addListeners(service, config, site, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}",
         spool=str(spool.root),
         listen=", ".join(config.server.listen),
     )
     return service
+
+
+def addListeners(service: MultiService, config: Config, site: CallbackSite, reactor: Any) -> None:
+    """
+    A listening service per C{[server] listen} string, and the reloading of
+    the certificates of the HTTPS ones.
+
+    @raise SystemExit: when a certificate or key cannot be used, naming it.
+    """
+    certificates: dict[TLSFiles, ReloadableCertificate] = {}
+    for i, description in enumerate(config.server.listen):
+        listen = parseListen(description)
+        if not isinstance(listen, TLSListen):
+            # strports.service makes a failure to listen stop start-up.
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+            continue
+        if listen.files not in certificates:
+            try:
+                certificates[listen.files] = ReloadableCertificate(
+                    listen.files,
+                    now=clockTime(reactor),
+                    warnDays=config.tls.expiry_warning_days,
+                )
+            except CertificateError as e:
+                raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+        listener = StreamServerEndpointService(
+            tlsEndpoint(reactor, listen),
+            tlsFactory(site, site.allow, certificates[listen.files]),
+        )
+        # As strports.service does: a failure to listen stops start-up.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    if certificates:
+        CertificateReloadService(
+            list(certificates.values()),
+            reactor=reactor,
+            watch=config.tls.watch,
+            handleSignal=canHandleSignals(reactor),
+        ).setServiceParent(service)
 
 
 def _prune(spool: Spool) -> None:
