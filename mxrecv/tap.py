@@ -133,6 +133,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     config: Config = options["settings"]
     service = MultiService()
+    # Before the spool: a bad certificate should stop start-up untouched.
+    certificates = loadCertificates(config, reactor)
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
@@ -158,7 +160,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     PendingService(pending).setServiceParent(service)
 
     site = buildSite(config, spool, reactor, pending)
-    addListeners(service, config, site, reactor)
+    addListeners(service, config, site, certificates, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}",
         spool=str(spool.root),
@@ -167,21 +169,18 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     return service
 
 
-def addListeners(service: MultiService, config: Config, site: CallbackSite, reactor: Any) -> None:
+def loadCertificates(config: Config, reactor: Any) -> dict[TLSFiles, ReloadableCertificate]:
     """
-    A listening service per C{[server] listen} string, and the reloading of
-    the certificates of the HTTPS ones.
+    Load and check the certificate of each HTTPS listener (once for listeners
+    that share their files).
 
-    @raise SystemExit: when a certificate or key cannot be used, naming it.
+    @raise SystemExit: when a certificate or key cannot be used, naming the
+        listener and the file.
     """
     certificates: dict[TLSFiles, ReloadableCertificate] = {}
     for i, description in enumerate(config.server.listen):
         listen = parseListen(description)
-        if not isinstance(listen, TLSListen):
-            # strports.service makes a failure to listen stop start-up.
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
-            continue
-        if listen.files not in certificates:
+        if isinstance(listen, TLSListen) and listen.files not in certificates:
             try:
                 certificates[listen.files] = ReloadableCertificate(
                     listen.files,
@@ -190,6 +189,26 @@ def addListeners(service: MultiService, config: Config, site: CallbackSite, reac
                 )
             except CertificateError as e:
                 raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+    return certificates
+
+
+def addListeners(
+    service: MultiService,
+    config: Config,
+    site: CallbackSite,
+    certificates: dict[TLSFiles, ReloadableCertificate],
+    reactor: Any,
+) -> None:
+    """
+    A listening service per C{[server] listen} string, and the reloading of
+    the certificates of the HTTPS ones.
+    """
+    for description in config.server.listen:
+        listen = parseListen(description)
+        if not isinstance(listen, TLSListen):
+            # strports.service makes a failure to listen stop start-up.
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+            continue
         listener = StreamServerEndpointService(
             tlsEndpoint(reactor, listen),
             tlsFactory(site, site.allow, certificates[listen.files]),

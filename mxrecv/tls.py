@@ -23,6 +23,7 @@ from pathlib import Path
 
 from attrs import frozen
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
@@ -215,7 +216,7 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
     keyData = _read(files.privateKey, "private key")
     try:
         key = serialization.load_pem_private_key(keyData, password=None)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise CertificateError(
             f"the private key {files.privateKey} is not an unencrypted PEM key: {e}"
         ) from None
@@ -297,6 +298,13 @@ class ReloadableCertificate:
         self._warnDays = warnDays
         self._signature = _signature(files)
         self.current = loadCertificate(files, now())
+        log.info(
+            "Serving the certificate {certKey}: {subject} (expires {notAfter})",
+            certKey=str(files.certKey),
+            subject=self.current.subject,
+            notAfter=self.current.notAfter.isoformat(),
+            fingerprint=self.current.fingerprint,
+        )
         self.checkExpiry()
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
