@@ -58,6 +58,9 @@ class PeerFilter(Factory):
         self.allow = allow
         self.wrapped = wrapped
 
+    def logPrefix(self) -> str:
+        return self.wrapped.logPrefix()
+
     def doStart(self) -> None:
         self.wrapped.doStart()
 

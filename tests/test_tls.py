@@ -10,8 +10,8 @@ import io
 import ipaddress
 import json
 import os
+import re
 import signal
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from urllib.parse import urlencode
@@ -27,21 +27,24 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
 from mxrecv import selfsigned
-from mxrecv.config import Config, ConfigError, ServerConfig, parseConfig
+from mxrecv.config import ConfigError, parseConfig
 from mxrecv.listen import parseListen, tlsEndpoint, tlsFactory
 from mxrecv.selfsigned import certificate, certificatePEM, keyPEM, newKey
-from mxrecv.spool import Spool
 from mxrecv.tap import Options, buildSite, makeService
 from mxrecv.tls import (
     CertificateError,
@@ -54,7 +57,9 @@ from mxrecv.tls import (
 )
 from mxrecv.tlsreload import CertificateReloadService
 
-ROOT = Path(__file__).absolute().parent.parent
+from .support import LOOPBACK_ONLY, SMS, httpClient, openSpool, serverConfig
+from .test_tap import runTwistd
+
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 HOSTS = ("127.0.0.1", "localhost")
@@ -101,8 +106,6 @@ def trusting(*cas: x509.Certificate):
 
 
 def _trustRoot(*cas):
-    from twisted.internet.ssl import trustRootFromCertificates
-
     return trustRootFromCertificates([Certificate.loadPEM(certificatePEM(c)) for c in cas])
 
 
@@ -174,7 +177,7 @@ def connect(port: int, creator=None) -> Deferred:
 
 
 def smsParams(id: str, text: str = "hello") -> dict[str, str]:
-    return {"id": id, "from": "447700900001", "to": "80000", "date": "2026-11-25 10:00:00", "type": "6", "message": text}
+    return {**SMS, "id": id, "message": text}
 
 
 class HTTPSServerMixin:
@@ -184,15 +187,10 @@ class HTTPSServerMixin:
     """
 
     @inlineCallbacks
-    def serve(self, files: TLSFiles, allow=("127.0.0.0/8",)):
-        pool = ThreadPool(minthreads=1, maxthreads=4, name="test-io")
-        pool.start()
-        self.addCleanup(pool.stop)
-        self.spoolDir = Path(self.mktemp())
-        spool = Spool(self.spoolDir, reactor=reactor, pool=pool)
-        spool.open()
-        self.addCleanup(lambda: spool.whenIdle().addBoth(lambda _: spool.close()))
-        config = Config(server=ServerConfig(allow=tuple(ipaddress.ip_network(a) for a in allow)))
+    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY):
+        spool = openSpool(self)
+        self.spoolDir = spool.root
+        config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
         site = buildSite(config, spool, reactor)
         self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
         factory = tlsFactory(site, site.allow, self.certificate)
@@ -271,8 +269,10 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
                 "127.0.0.1",
                 trustRoot=_trustRoot(CA),
                 extraCertificateOptions={
-                    "acceptableCiphers": _ciphers("AES128-SHA:AES256-GCM-SHA384"),
-                    "lowerMaximumSecurityTo": _tls12(),
+                    "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
+                        "AES128-SHA:AES256-GCM-SHA384"
+                    ),
+                    "lowerMaximumSecurityTo": TLSVersion.TLSv1_2,
                 },
             ),
         )
@@ -386,18 +386,6 @@ def _whenLogged(text: str, d: Deferred):
             reactor.callLater(0, d.callback, event)
 
     return observer
-
-
-def _ciphers(text: str):
-    from twisted.internet.ssl import AcceptableCiphers
-
-    return AcceptableCiphers.fromOpenSSLCipherString(text)
-
-
-def _tls12():
-    from twisted.internet.ssl import TLSVersion
-
-    return TLSVersion.TLSv1_2
 
 
 class WatchTests(SynchronousTestCase):
@@ -546,14 +534,74 @@ class StartupTests(TestCase):
         files = writeFiles(
             Path(self.mktemp()).absolute(), *issue("old", notBefore=NOW - 60 * DAY, notAfter=NOW - DAY)
         )
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "mxrecv", "--config", str(self.config(files))],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        twistd = runTwistd(self, "--config", str(self.config(files)))
+        twistd.listening.addErrback(lambda _: None)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(f"the certificate {files.certKey} expired on".encode(), twistd.output)
+
+
+def outputMatching(twistd, pattern: bytes) -> Deferred:
+    """
+    Fires with the match once the twistd process has written C{pattern}.
+    """
+    d: Deferred = Deferred()
+    received = twistd.outReceived
+
+    def outReceived(data: bytes) -> None:
+        received(data)
+        match = re.search(pattern, twistd.output)
+        if match and not d.called:
+            d.callback(match)
+
+    twistd.outReceived = twistd.errReceived = outReceived
+    outReceived(b"")
+    return d
+
+
+class TwistdTests(TestCase):
+    @inlineCallbacks
+    def test_httpAndHTTPSWithReload(self):
+        """
+        Under twistd, HTTP and HTTPS listeners serve side by side, and a
+        SIGHUP to the process puts a renewed certificate in service.
+        """
+        base = Path(self.mktemp()).absolute()
+        files = writeFiles(base / "tls", *issue("server one"))
+        config = base / "mxrecv.toml"
+        config.write_text(
+            "[server]\n"
+            f'listen = ["ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}", '
+            '"tcp:0:interface=127.0.0.1"]\n'
+            'allow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
         )
-        self.assertNotEqual(code, 0)
-        self.assertIn(f"the certificate {files.certKey} expired on".encode(), out + err)
+        twistd = runTwistd(self, "--config", str(config))
+        tls = outputMatching(twistd, rb"CallbackSite \(TLS\) starting on (\d+)")
+        httpPort = yield twistd.listening
+        httpsPort = int((yield tls).group(1))
+
+        response = yield treqTrusting(CA).get(f"https://127.0.0.1:{httpsPort}/", params=smsParams("over-https"))
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        response = yield httpClient(self).get(f"http://127.0.0.1:{httpPort}/", params=smsParams("over-http"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            sorted(p.name for p in (base / "spool" / "new").iterdir()), ["over-http", "over-https"]
+        )
+
+        writeFiles(files.privateKey.parent, *issue("server two"))
+        reloaded = outputMatching(twistd, rb"Certificate reloaded from .*CN=server two")
+        twistd.process.signalProcess("HUP")
+        yield reloaded
+        client = yield connect(httpsPort, trusting(CA))
+        self.assertEqual(commonName((yield client.handshake)), "server two")
+        client.transport.loseConnection()
+        yield client.lost
+
+        twistd.process.signalProcess("TERM")
+        ended = yield twistd.ended
+        self.assertEqual((ended.exitCode, ended.signal), (None, signal.SIGTERM), twistd.output.decode())
 
 
 class DescriptionTests(SynchronousTestCase):
