@@ -9,6 +9,8 @@ per request (for HTTPS a full handshake each time: no session resumption,
 which is mxrecv's default) and with keep-alive connections.  The server is
 started by this script (ports 18310 and 18311 on 127.0.0.1, a self-signed
 certificate and a spool in a temporary directory) and stopped at the end.
+With --reload N it instead times N reloads: from SIGHUP until a new
+connection gets the new certificate.
 Client and server share the machine, so the client's own cost is in the
 figures too; the server's CPU time per callback is printed beside them.
 """
@@ -22,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer, task
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from treq.client import HTTPClient
@@ -46,15 +51,55 @@ def serverCPU(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def startServer(directory: Path, fsync: bool) -> subprocess.Popen:
+def writeCertificate(directory: Path, name: str) -> None:
+    """
+    A new key and self-signed certificate for 127.0.0.1, each file replaced
+    atomically.
+    """
     key = newKey()
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = certificate(
-        key, hosts=["127.0.0.1"], notBefore=now - datetime.timedelta(hours=1),
+        key, hosts=["127.0.0.1"], commonName=name, notBefore=now - datetime.timedelta(hours=1),
         notAfter=now + datetime.timedelta(days=30),
     )
-    (directory / "key.pem").write_bytes(keyPEM(key))
-    (directory / "cert.pem").write_bytes(certificatePEM(cert))
+    for path, data in (("key.pem", keyPEM(key)), ("cert.pem", certificatePEM(cert))):
+        (directory / f"{path}.new").write_bytes(data)
+        os.replace(directory / f"{path}.new", directory / path)
+
+
+def servedName() -> str:
+    """
+    The common name of the certificate a new connection gets.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", HTTPS_PORT), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    name = x509.load_der_x509_certificate(der).subject
+    return name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def measureReload(pid: int, directory: Path, times: int) -> list[float]:
+    """
+    Seconds from SIGHUP to a new connection getting the new certificate.
+    """
+    delays = []
+    for i in range(times):
+        name = f"renewed {i}"
+        writeCertificate(directory, name)
+        start = time.monotonic()
+        os.kill(pid, signal.SIGHUP)
+        while servedName() != name:
+            if time.monotonic() - start > 10:
+                raise SystemExit("the new certificate was not served within 10 s")
+        delays.append(time.monotonic() - start)
+    return delays
+
+
+def startServer(directory: Path, fsync: bool) -> subprocess.Popen:
+    writeCertificate(directory, "mxrecv bench")
     config = directory / "bench.toml"
     config.write_text(
         "[server]\n"
@@ -90,6 +135,7 @@ def run(reactor, scheme: str, keepAlive: bool, seconds: float, concurrency: int,
     port = HTTPS_PORT if scheme == "https" else HTTP_PORT
     done = {"ok": 0, "failed": 0}
     cpu = serverCPU(pid)
+    clientCPU = sum(os.times()[:2])
     start = time.monotonic()
     stop = start + seconds
 
@@ -110,8 +156,9 @@ def run(reactor, scheme: str, keepAlive: bool, seconds: float, concurrency: int,
     yield defer.gatherResults([worker() for _ in range(concurrency)])
     elapsed = time.monotonic() - start
     cpu = serverCPU(pid) - cpu
+    clientCPU = sum(os.times()[:2]) - clientCPU
     yield pool.closeCachedConnections()
-    return done["ok"], done["failed"], elapsed, cpu
+    return done["ok"], done["failed"], elapsed, cpu, clientCPU
 
 
 @defer.inlineCallbacks
@@ -119,17 +166,29 @@ def main(reactor, args):
     directory = Path(tempfile.mkdtemp(prefix="bench-tls-"))
     server = startServer(directory, args.fsync)
     try:
+        if args.reload:
+            delays = measureReload(server.pid, directory, args.reload)
+            print(f"SIGHUP to new certificate served, {len(delays)} reloads: "
+                  f"median {1000 * sorted(delays)[len(delays) // 2]:.1f} ms, "
+                  f"max {1000 * max(delays):.1f} ms")
+            return
         trust = trustRootFromCertificates([Certificate.loadPEM((directory / "cert.pem").read_bytes())])
         ids = itertools.count()
         print(f"{args.seconds:g} s per run, {args.concurrency} concurrent clients, "
               f"fsync={'on' if args.fsync else 'off'}")
-        print(f"{'scheme':6} {'connections':12} {'callbacks/s':>11} {'failed':>6} {'server CPU ms/callback':>23}")
-        for scheme, keepAlive in [("http", False), ("https", False), ("http", True), ("https", True)]:
-            ok, failed, elapsed, cpu = yield run(
-                reactor, scheme, keepAlive, args.seconds, args.concurrency, ids, server.pid, trust
-            )
-            print(f"{scheme:6} {'keep-alive' if keepAlive else 'new each':12} {ok / elapsed:11.0f} "
-                  f"{failed:6d} {1000 * cpu / max(ok, 1):23.2f}")
+        print("CPU: milliseconds per callback, server process and this client")
+        print(f"{'scheme':6} {'connections':12} {'callbacks/s':>11} {'failed':>6} {'server CPU':>10} {'client CPU':>10}")
+        modes = [("http", False), ("https", False), ("http", True), ("https", True)]
+        for round in range(args.rounds):
+            # Alternate the order, so that drift in the machine's load is
+            # not always charged to the same mode.
+            for scheme, keepAlive in modes if round % 2 == 0 else modes[::-1]:
+                ok, failed, elapsed, cpu, clientCPU = yield run(
+                    reactor, scheme, keepAlive, args.seconds, args.concurrency, ids, server.pid, trust
+                )
+                n = max(ok, 1)
+                print(f"{scheme:6} {'keep-alive' if keepAlive else 'new each':12} {ok / elapsed:11.0f} "
+                      f"{failed:6d} {1000 * cpu / n:10.2f} {1000 * clientCPU / n:10.2f}")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -140,5 +199,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the four runs")
+    parser.add_argument("--reload", type=int, default=0, metavar="N",
+                        help="instead: time N certificate reloads (SIGHUP to new certificate served)")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false")
     task.react(main, [parser.parse_args()])
