@@ -13,8 +13,11 @@ from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from .config import Network
+
+log = Logger()
 
 
 @frozen
@@ -69,5 +72,6 @@ class PeerFilter(Factory):
 
     def buildProtocol(self, addr: IAddress):
         if not self.allow.allows(addr):
+            log.info("Dropped a connection from {client}: address not allowed", client=addr.host)
             return None
         return self.wrapped.buildProtocol(addr)

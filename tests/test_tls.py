@@ -308,10 +308,12 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
         without a byte from the server: no handshake is even attempted.
         """
         port = yield self.serve(self.files, allow=("10.0.0.0/8",))
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         client = yield connect(port)
         client.handshake.addErrback(lambda _: None)  # plain TCP: none expected
         yield client.lost
         self.assertEqual(client.received, b"")
+        self.assertIn("127.0.0.1", [e.get("client") for e in events if "Dropped" in e["log_format"]])
         tlsClient = yield connect(port, trusting(CA))
         yield self.assertFailure(tlsClient.handshake, Exception)
 
