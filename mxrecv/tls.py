@@ -86,7 +86,7 @@ class TLSListen:
 
 
 def isTLS(description: str) -> bool:
-    return description.split(":", 1)[0].strip().lower() == "ssl"
+    return description.split(":", 1)[0] == "ssl"
 
 
 def _fields(description: str) -> list[list[str]]:
@@ -155,7 +155,7 @@ def parseTLS(description: str) -> TLSListen:
 
 
 def _number(name: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
 

@@ -326,9 +326,10 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
         """
         port = yield self.serve(self.files)
         reloads = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        before = signal.getsignal(signal.SIGHUP)
         service = CertificateReloadService([self.certificate], reactor=reactor, handleSignal=True)
         service.startService()
-        self.addCleanup(service.stopService)
+        self.addCleanup(lambda: service.running and service.stopService())
 
         slow = yield connect(port, trusting(CA))
         self.assertEqual(commonName((yield slow.handshake)), "server one")
@@ -351,6 +352,8 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
         fresh = yield connect(port, trusting(CA))
         self.assertEqual(commonName((yield fresh.handshake)), "server two")
         fresh.transport.loseConnection()
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
         slow.transport.write(body[20:])
         answer = yield slow.waitFor(b"\r\n\r\nOK\n")
