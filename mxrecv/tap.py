@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -21,10 +21,13 @@ from .access import AllowList
 from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
+from .listen import parseListen, tlsEndpoint, tlsFactory
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
 from .spool import Spool, SpoolLocked
+from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
+from .tlsreload import CertificateReloadService, canHandleSignals
 
 log = Logger()
 
@@ -152,6 +155,8 @@ def makeService(options: Options, reactor: Any = None) -> OrderedService:
         from twisted.internet import reactor
     config: Config = options["settings"]
     service = OrderedService()
+    # Before the spool: a bad certificate should stop start-up untouched.
+    certificates = loadCertificates(config, reactor)
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
@@ -177,15 +182,69 @@ def makeService(options: Options, reactor: Any = None) -> OrderedService:
     PendingService(pending).setServiceParent(service)
 
     site = buildSite(config, spool, reactor, pending)
-    for description in config.server.listen:
-        # strports.service makes a failure to listen stop start-up.
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    addListeners(service, config, site, certificates, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}",
         spool=str(spool.root),
         listen=", ".join(config.server.listen),
     )
     return service
+
+
+def loadCertificates(config: Config, reactor: Any) -> dict[TLSFiles, ReloadableCertificate]:
+    """
+    Load and check the certificate of each HTTPS listener (once for listeners
+    that share their files).
+
+    @raise SystemExit: when a certificate or key cannot be used, naming the
+        listener and the file.
+    """
+    certificates: dict[TLSFiles, ReloadableCertificate] = {}
+    for i, description in enumerate(config.server.listen):
+        listen = parseListen(description)
+        if isinstance(listen, TLSListen) and listen.files not in certificates:
+            try:
+                certificates[listen.files] = ReloadableCertificate(
+                    listen.files,
+                    now=clockTime(reactor),
+                    warnDays=config.tls.expiry_warning_days,
+                )
+            except CertificateError as e:
+                raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+    return certificates
+
+
+def addListeners(
+    service: MultiService,
+    config: Config,
+    site: CallbackSite,
+    certificates: dict[TLSFiles, ReloadableCertificate],
+    reactor: Any,
+) -> None:
+    """
+    A listening service per C{[server] listen} string, and the reloading of
+    the certificates of the HTTPS ones.
+    """
+    for description in config.server.listen:
+        listen = parseListen(description)
+        if not isinstance(listen, TLSListen):
+            # strports.service makes a failure to listen stop start-up.
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+            continue
+        listener = StreamServerEndpointService(
+            tlsEndpoint(reactor, listen),
+            tlsFactory(site, site.allow, certificates[listen.files]),
+        )
+        # As strports.service does: a failure to listen stops start-up.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    if certificates:
+        CertificateReloadService(
+            list(certificates.values()),
+            reactor=reactor,
+            watch=config.tls.watch,
+            handleSignal=canHandleSignals(reactor),
+        ).setServiceParent(service)
 
 
 def _prune(spool: Spool) -> None:
