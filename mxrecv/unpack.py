@@ -16,12 +16,14 @@ without a zip; L{unpackInto} is the blocking step, run in a worker thread.
 
 from __future__ import annotations
 
+import lzma
 import mimetypes
 import os
 import re
 import struct
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
@@ -239,7 +241,7 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
                 return _unpack(archive, partsDir, limits)
     except Refused as e:
         error = str(e)
-    except (zipfile.BadZipFile, EOFError, ValueError, struct.error) as e:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
         error = f"the zip is corrupt: {e}"
     except NotImplementedError as e:
         error = f"the zip uses an unsupported feature: {e}"

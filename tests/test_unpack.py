@@ -3,6 +3,7 @@ Tests for L{mxrecv.unpack}: the pure naming and typing rules, and unpacking
 real zips (hostile ones included) into a temporary directory.
 """
 
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -241,6 +242,16 @@ class UnpackTests(TestCase):
         unpacked, partsDir = self.unpack(bytes(flipped))
         self.assertIsNotNone(unpacked.error)
         self.assertFalse(partsDir.exists())
+
+    def test_corruptDeflateStream(self):
+        """
+        Garbage where the compressed data should be is a corrupt zip, not
+        a crash.
+        """
+        data = bytearray(zipOf([("a.txt", os.urandom(3000) * 3)]))
+        start = data.find(b"a.txt") + len("a.txt")
+        data[start : start + 200] = b"\xff" * 200
+        self.assertRefused(bytes(data), "corrupt")
 
     def test_zip64(self):
         data = bytearray(zipOf([("a.txt", b"x")]))
