@@ -92,6 +92,19 @@ class RetrieveMMS(Resource):
         self._waiting: list[tuple[int, Deferred[None]]] = []
         self.active = 0
         self.peakActive = 0
+        self._idle: list[Deferred[None]] = []
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fire once no request is being answered (a client that went away
+        counts as answered once its connection is closed here too).
+        """
+        d: Deferred[None] = Deferred()
+        if self.active:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def whenRequested(self, count: int) -> Deferred[None]:
         """
@@ -118,6 +131,10 @@ class RetrieveMMS(Resource):
 
         def finished(_):
             self.active -= 1
+            if not self.active:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
 
         request.notifyFinish().addBoth(finished)
         self._reactor.callLater(0, self._notify)

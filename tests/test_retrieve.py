@@ -131,6 +131,7 @@ class RetrieveTestCase(TestCase):
             port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
             scheme = "https"
         self.addCleanup(port.stopListening)
+        self.addCleanup(resource.whenIdle)
         return resource, f"{scheme}://127.0.0.1:{port.getHost().port}/RetrieveMMS"
 
     def retriever(self, url: str, clock=None, maxBody: int = 1 << 20, **config) -> Retriever:
@@ -646,10 +647,10 @@ class EndToEndTests(RetrieveTestCase):
         failed/ with its attempt.
         """
         standIn, url = self.standIn([Serve(b"", status=500)])
-        service, retriever, base, _ = yield self.start(self.config(url, backoff_initial=5.0))
+        service, retriever, base, _ = yield self.start(self.config(url, backoff_initial=30.0))
         name = nameForId("e2e-2")
         done = retriever.whenDone(name)
-        code, _ = yield self.callback(base, "e2e-2", mxDate(reactor.seconds() + 2))
+        code, _ = yield self.callback(base, "e2e-2", mxDate(reactor.seconds() + 6))
         self.assertEqual(code, 200)
         self.assertIsInstance((yield done), GaveUp)
         document = self.document(FAILED, name)
