@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
 from .complete import MMS_ZIP, Attempt, Completer
@@ -262,7 +262,12 @@ class _Attempt:
             self._error = self._error or _statusOutcome(response.code, location)
             response.deliverBody(_BodyFile(self, None, 0))
             return
-        self._body = _BodyFile(self, self._part, self._fetcher._maxBody)
+        cap = self._fetcher._maxBody
+        if response.length is not UNKNOWN_LENGTH and response.length > cap:
+            self._error = RetrieveError(f"body larger than {cap} bytes")
+            response.deliverBody(_BodyFile(self, None, 0))
+            return
+        self._body = _BodyFile(self, self._part, cap)
         response.deliverBody(self._body)
 
     def _noResponse(self, reason: Failure) -> None:

@@ -39,9 +39,14 @@ def makeZip(size: int = 1024, name: str = "image.jpg") -> bytes:
 
 @frozen
 class Serve:
+    """
+    Answer with C{body}; C{chunked}: without a Content-Length.
+    """
+
     body: bytes
     status: int = 200
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    chunked: bool = False
 
 
 @frozen
@@ -143,6 +148,10 @@ class RetrieveMMS(Resource):
             for name, value in behaviour.headers:
                 request.setHeader(name, value)
             request.setHeader(b"Content-Type", b"application/zip")
+            if behaviour.chunked:
+                request.write(behaviour.body)
+                request.finish()
+                return NOT_DONE_YET
             return behaviour.body
         if isinstance(behaviour, Truncate):
             request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))

@@ -214,6 +214,15 @@ class DownloadTests(RetrieveTestCase):
         standIn, url = self.standIn()
         return self.assertDownloads(self.retriever(url), standIn, "mx/1 2&3")
 
+    @inlineCallbacks
+    def test_chunked(self):
+        """
+        A body without a Content-Length is taken whole.
+        """
+        standIn, url = self.standIn()
+        standIn.default = Serve(standIn.default.body, chunked=True)
+        yield self.assertDownloads(self.retriever(url), standIn, "chunked-1")
+
     def test_https(self):
         """
         Over HTTPS, a server whose certificate comes from C{ca_file}'s CA and
@@ -349,10 +358,18 @@ class FailureTests(RetrieveTestCase):
 
     def test_tooLarge(self):
         """
-        A body over server.max_body is cut off.
+        A body announced larger than server.max_body is not read.
         """
         return self.failsWith(
             [Serve(makeZip(10000))], "body larger than 5000 bytes", maxBody=5000
+        )
+
+    def test_tooLargeStreamed(self):
+        """
+        A body without a length is cut off once it passes server.max_body.
+        """
+        return self.failsWith(
+            [Serve(makeZip(10000), chunked=True)], "body larger than 5000 bytes", maxBody=5000
         )
 
     @inlineCallbacks
