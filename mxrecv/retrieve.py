@@ -51,6 +51,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
 from .complete import MMS_ZIP, Attempt, Completer
+from .config import RetrieveConfig
 from .dates import parseDate
 from .durable import fsyncPath, removeTree, replaceFile
 from .message import Message
@@ -533,10 +534,10 @@ class Retriever:
         messageId = self._ids[name]
         if not isinstance(result, Failure):
             completed = self.schedule.succeeded(name, now)
-            log.info("Retrieved MMS {id} into pending/{name}", id=messageId, name=name)
             self._serially(name, self._completer.complete, name).addCallbacks(
-                lambda _: self._done(completed),
+                self._completed,
                 lambda f: self._lost(name, f, "Completing pending/{name} failed"),
+                (completed,),
             )
         else:
             if result.check(RetrieveError):
@@ -598,6 +599,19 @@ class Retriever:
             lambda f: self._lost(name, f, "Moving pending/{name} to failed/ failed"),
         )
 
+    def _completed(self, message: Message, completed: Completed) -> None:
+        log.info(
+            "MMS {id} retrieved ({size} bytes, {count} attempt{s}) and completed in "
+            "new/{name}{error}",
+            id=message.id,
+            size=message.mms_size,
+            count=len(completed.attempts),
+            s="" if len(completed.attempts) == 1 else "s",
+            name=completed.name,
+            error=f" ({message.parts_error})" if message.parts_error else "",
+        )
+        self._done(completed)
+
     def _done(self, outcome: Completed | GaveUp) -> None:
         self._ids.pop(outcome.name, None)
         self._locks.pop(outcome.name, None)
@@ -647,7 +661,7 @@ class RetrieveService(Service):
 
 
 def makeRetriever(
-    retrieve: Any,
+    retrieve: RetrieveConfig,
     *,
     spool: Spool,
     completer: Completer,

@@ -13,13 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from mxrecv.complete import MMS_ZIP, Completer
@@ -36,6 +34,7 @@ from mxrecv.tap import makeService
 from .retrievemms import (
     Hang, QuietSite, RetrieveMMS, Serve, TestCA, Trickle, Truncate, makeZip,
 )
+from .support import httpClient, startedPool
 
 NOW = 1_800_000_000.0
 PASSWORD = "s3cr&t/pa ss"
@@ -97,9 +96,7 @@ class RetrieveTestCase(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.pool = ThreadPool(minthreads=1, maxthreads=4, name="test-retrieve")
-        self.pool.start()
-        self.addCleanup(self.pool.stop)
+        self.pool = startedPool(self)
         self.root = Path(self.mktemp())
         self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
         self.spool.open()
@@ -634,8 +631,8 @@ class EndToEndTests(RetrieveTestCase):
         ]
         if expiry:
             params.append(("expiry", expiry))
-        return treq.get(base, params=params, persistent=False).addCallback(
-            lambda r: treq.content(r).addCallback(lambda body: (r.code, body))
+        return httpClient(self).get(base, params=params).addCallback(
+            lambda r: r.content().addCallback(lambda body: (r.code, body))
         )
 
     @inlineCallbacks
