@@ -545,7 +545,12 @@ class Retriever:
             elif result.check(OSError):
                 error = RetrieveError(f"cannot store the zip: {result.value.strerror}")
             else:
-                log.failure("Retrieving pending/{name}: unexpected error", result, name=name)
+                # Not log.failure: the traceback could quote the request's URL.
+                log.error(
+                    "Retrieving pending/{name}: unexpected error\n{traceback}",
+                    name=name,
+                    traceback=self._fetcher.redact(result.getTraceback()),
+                )
                 error = RetrieveError("internal error (see the log)")
             self._failed(name, messageId, error, now)
         self._pump()
