@@ -26,7 +26,9 @@ from mxrecv.dates import isoFromTimestamp
 from mxrecv.message import Message
 from mxrecv.naming import nameForId
 from mxrecv.pending import PendingWork
-from mxrecv.retrieve import PART, STATE, Retriever, expiryOf, makeRetriever, redact
+from mxrecv.retrieve import (
+    PART, STATE, Retriever, expiryOf, makeRetriever, redact, tlsPolicy,
+)
 from mxrecv.schedule import Completed, GaveUp
 from mxrecv.spool import FAILED, NEW, PENDING, Spool
 from mxrecv.tap import makeService
@@ -490,6 +492,9 @@ class RetryTests(RetrieveTestCase):
             ],
         )
         self.assertEqual(len(standIn.requests), 3)
+        self.assertEqual(
+            [p.name for p in (self.spool.dir(FAILED) / name).iterdir()], ["message.json"]
+        )
 
 
 class RestartTests(RetrieveTestCase):
@@ -576,6 +581,15 @@ class ExpiryTests(TestCase):
             expiryOf(self.message(None), LONDON),
             datetime(2026, 11, 26, 10, 0, 1, tzinfo=timezone.utc).timestamp(),
         )
+
+    def test_caFileWithoutCertificate(self):
+        """
+        A ca_file that holds no certificate is refused, rather than silently
+        trusting nothing more.
+        """
+        path = Path(self.mktemp())
+        path.write_text("not a certificate\n")
+        self.assertRaises(ValueError, tlsPolicy, path)
 
     def test_redact(self):
         self.assertEqual(
