@@ -233,6 +233,17 @@ class DownloadTests(RetrieveTestCase):
         standIn, url = self.standIn(tls=ca)
         return self.assertDownloads(self.retriever(url, ca_file=caFile), standIn, "tls-1")
 
+    def test_httpsHostName(self):
+        """
+        Over HTTPS to a host name, the certificate must name that host.
+        """
+        ca = TestCA.make()
+        caFile = Path(self.mktemp())
+        caFile.write_bytes(ca.pem)
+        standIn, url = self.standIn(tls=ca, names=("localhost",))
+        url = url.replace("127.0.0.1", "localhost")
+        return self.assertDownloads(self.retriever(url, ca_file=caFile), standIn, "tls-2")
+
     @inlineCallbacks
     def test_concurrency(self):
         """
