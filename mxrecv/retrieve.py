@@ -27,7 +27,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
-
 from urllib.parse import quote, quote_plus
 
 from attrs import frozen
