@@ -89,6 +89,15 @@ def startServer(base: Path, fsync: bool) -> tuple[subprocess.Popen, int]:
     raise SystemExit(f"mxrecv did not start:\n{output.decode(errors='replace')}")
 
 
+def cpuSeconds(pid: int) -> float:
+    """
+    User + system CPU time of a process so far: the cost per callback, which
+    other load on the machine does not change as much as the rate.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def parseDuration(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
@@ -143,7 +152,9 @@ def main() -> None:
             base.mkdir()
             process, port = startServer(base, fsync)
             try:
+                before = cpuSeconds(process.pid)
                 result = runWrk(port, args.seconds, args.connections, f"r{run}", script)
+                result["cpuMs"] = (cpuSeconds(process.pid) - before) * 1000 / max(1, result["total"])
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -157,8 +168,8 @@ def main() -> None:
         return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
     print(f"\nDisk baseline: {baseline:.0f} serial write+fsync+rename+dir-fsync per second\n")
-    print(f"| spool.fsync | callbacks/s | p50 ms | p99 ms | non-2xx | every 200 in new/ |")
-    print("|---|---|---|---|---|---|")
+    print("| spool.fsync | callbacks/s | p50 ms | p99 ms | server CPU ms/callback | non-2xx | every 200 in new/ |")
+    print("|---|---|---|---|---|---|---|")
     for fsync in (True, False):
         rs = results[fsync]
         # wrk stops with requests in flight that the server may still store.
@@ -166,6 +177,7 @@ def main() -> None:
         print(
             f"| {str(fsync).lower()} | {summary([r['rate'] for r in rs], '{:.0f}')} "
             f"| {summary([r['p50'] for r in rs], '{:.1f}')} | {summary([r['p99'] for r in rs], '{:.1f}')} "
+            f"| {summary([r['cpuMs'] for r in rs], '{:.2f}')} "
             f"| {sum(r['non2xx'] for r in rs)} | {'yes' if consistent else 'NO'} |"
         )
     print(f"\n{args.runs} runs of {args.seconds} s, {args.connections} keep-alive connections, "

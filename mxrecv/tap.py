@@ -26,6 +26,7 @@ from .multipart import MultipartBody
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
+from .retrieve import RetrieveService, makeRetriever
 from .spool import Spool, SpoolLocked
 from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
 from .tlsreload import CertificateReloadService, canHandleSignals
@@ -181,7 +182,37 @@ def makeService(options: Options, reactor: Any = None) -> OrderedService:
     TimerService(PRUNE_INTERVAL, _prune, spool).setServiceParent(service)
 
     completer = Completer(spool, reactor=reactor, pool=pool)
-    pending = PendingWork(spool, completer)
+    retrieve = None
+    if config.retrieve.user:
+        try:
+            retriever = makeRetriever(
+                config.retrieve,
+                spool=spool,
+                completer=completer,
+                reactor=reactor,
+                pool=pool,
+                zone=config.server.timezone,
+                maxBody=config.server.max_body,
+            )
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mxrecv: retrieve.ca_file: {e}") from None
+        # Started before PendingService hands it the pending MMS, stopped
+        # after: stopping abandons the downloads in flight and closes its
+        # connections; their messages stay journaled in pending/.
+        RetrieveService(retriever).setServiceParent(service)
+        retrieve = retriever
+        log.info(
+            "Retrieving GET-mode MMS from {url} as {user}, {concurrency} at a time",
+            url=config.retrieve.url,
+            user=config.retrieve.user,
+            concurrency=config.retrieve.concurrency,
+        )
+    else:
+        log.warn(
+            "[retrieve] user is empty: GET-mode MMS notifications are kept in "
+            "pending/ but not downloaded"
+        )
+    pending = PendingWork(spool, completer, retrieve=retrieve)
     PendingService(pending).setServiceParent(service)
 
     site = buildSite(config, spool, reactor, pending)
