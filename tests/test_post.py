@@ -298,6 +298,20 @@ class PostTests(TestCase):
             yield self.assertAnswer(response, 400, reason)
 
     @inlineCallbacks
+    def test_otherPathOrMethod(self):
+        """
+        An upload to another path (404) or with another method (405) is
+        answered after its body has been read, and its zip is removed.
+        """
+        self.startServer()
+        body = multipartBody(BOUNDARY, mmsFields(), MMS_ZIP)
+        headers = {b"Content-Type": [contentTypeFor(BOUNDARY)]}
+        response = yield self.treq.post(self.url + "other", data=body, headers=headers)
+        yield self.assertAnswer(response, 404)
+        response = yield self.treq.put(self.url, data=body, headers=headers)
+        yield self.assertAnswer(response, 405)
+
+    @inlineCallbacks
     def test_truncatedChunkedBody(self):
         """
         A chunked body that ends (properly) in the middle of the zip is
