@@ -97,6 +97,21 @@ class DeliverConfig:
 
 
 @frozen
+class TLSConfig:
+    """
+    Settings of every C{ssl:} listener (their files are in the listen
+    strings).
+
+    @ivar watch: seconds between checks of the certificate files for changes,
+        which reload them; 0 reloads only on SIGHUP.
+    @ivar expiry_warning_days: warn when a certificate expires this soon.
+    """
+
+    watch: float = 0.0
+    expiry_warning_days: float = 14.0
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     spool: SpoolConfig = field(factory=SpoolConfig)
@@ -104,6 +119,7 @@ class Config:
     admin: AdminConfig = field(factory=AdminConfig)
     log: LogConfig = field(factory=LogConfig)
     deliver: DeliverConfig = field(factory=DeliverConfig)
+    tls: TLSConfig = field(factory=TLSConfig)
 
 
 # Checks: each takes the raw TOML value (and the key's dotted name, for the
@@ -169,10 +185,17 @@ def _listenOrNone(key: str, value: Any) -> tuple[str, ...]:
 def _oneOf(*choices: str) -> Check:
     def check(key: str, value: Any) -> str:
         if value not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            known = ", ".join(map(repr, choices))
+            raise ConfigError(f"{key}: expected one of {known}, got {value!r}")
         return value
 
     return check
+
+
+def _nonNegativeNumber(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(f"{key}: expected a number of at least 0, got {value!r}")
+    return float(value)
 
 
 def _path(key: str, value: Any) -> str:
@@ -256,6 +279,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
         },
+    ),
+    "tls": (
+        TLSConfig,
+        {"watch": _nonNegativeNumber, "expiry_warning_days": _nonNegativeNumber},
     ),
 }
 

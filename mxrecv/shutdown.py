@@ -5,16 +5,17 @@ Stopping without losing anything.
 On SIGTERM twistd stops the service tree.  The order matters: stop listening,
 let the requests in flight be answered (bounded by C{[server]
 shutdown_timeout}), then let the spool finish its commits, then close it and
-stop the threads.  L{StagedService} stops its children in that order, one
-after the other; L{InFlight} knows which requests are being answered.
+stop the threads.  L{mxrecv.tap.OrderedService} stops its children in that
+order, one after the other; L{InFlight} knows which requests are being
+answered, and L{DrainService} waits for them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,25 +23,6 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import directlyProvides
 
 log = Logger()
-
-
-class StagedService(MultiService):
-    """
-    A MultiService that stops its children one at a time, the last added
-    first, each once the one before it has stopped (twisted's MultiService
-    stops them all at once).  A child that fails to stop is logged and the
-    next one is stopped all the same.
-    """
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        d: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            d.addCallback(lambda _, child=child: maybeDeferred(child.stopService))
-            d.addErrback(
-                lambda f, child=child: log.failure("Stopping {service}", f, service=repr(child))
-            )
-        return d
 
 
 class InFlight:

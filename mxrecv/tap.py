@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -23,14 +24,19 @@ from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
 from .deliver import buildDelivery
+from .listen import parseListen, tlsEndpoint, tlsFactory
 from .logs import installObserver, logFileFor, observerFor
 from .metrics import Metrics, SpoolCollector
+from .multipart import MultipartBody
 from .outcome import CallbackOutcome
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
-from .shutdown import DrainService, InFlight, StagedService
+from .retrieve import RetrieveService, makeRetriever
+from .shutdown import DrainService, InFlight
 from .spool import TMP, Spool, SpoolLocked
+from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
+from .tlsreload import CertificateReloadService, canHandleSignals
 
 log = Logger()
 
@@ -56,6 +62,32 @@ class Options(usage.Options):
             self["settings"] = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+class OrderedService(MultiService):
+    """
+    A MultiService that stops its children one at a time, last started
+    first, each once the one before it has finished stopping.
+
+    MultiService stops them all at once; here the order matters: the
+    listeners stop taking callbacks, then the spool finishes the commits in
+    flight (which need the thread pool), and only then does the pool stop.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        async def stopAll() -> None:
+            # One child that fails to stop must not leave the spool open.
+            for child in children:
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("Stopping {service}", service=repr(child))
+
+        return Deferred.fromCoroutine(stopAll())
 
 
 class ThreadPoolService(Service):
@@ -136,16 +168,18 @@ def buildSite(
         allow=AllowList(server.allow),
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
-        chooseBody=BodyChooser(min(FORM_LIMIT, server.max_body)),
+        chooseBody=BodyChooser(
+            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool)
+        ),
         observe=observe,
     )
 
 
-class MxrecvService(StagedService):
+class MxrecvService(OrderedService):
     """
     The whole of a running mxrecv.  Its children stop one after the other,
-    the last added first (see L{mxrecv.shutdown}), so they are added in the
-    order: threads, spool, background work, admin, drain, callback listeners.
+    the last added first, so they are added in the order: threads, spool,
+    background work, admin listener, drain, callback listeners.
 
     @ivar logObserver: makes twistd's log observer (L{mxrecv.logs}), used
         when twistd attaches this service to its application.
@@ -179,6 +213,8 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     twistd = getattr(options, "parent", None)
     service.logObserver = lambda: _observer(config, twistd)
     metrics = service.metrics
+    # Before the spool: a bad certificate should stop start-up untouched.
+    certificates = loadCertificates(config, reactor)
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
@@ -201,7 +237,37 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     metrics.watch(SpoolCollector(spool))
 
     completer = Completer(spool, reactor=reactor, pool=pool)
-    pending = PendingWork(spool, completer)
+    retrieve = None
+    if config.retrieve.user:
+        try:
+            retriever = makeRetriever(
+                config.retrieve,
+                spool=spool,
+                completer=completer,
+                reactor=reactor,
+                pool=pool,
+                zone=config.server.timezone,
+                maxBody=config.server.max_body,
+            )
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mxrecv: retrieve.ca_file: {e}") from None
+        # Started before PendingService hands it the pending MMS, stopped
+        # after: stopping abandons the downloads in flight and closes its
+        # connections; their messages stay journaled in pending/.
+        RetrieveService(retriever).setServiceParent(service)
+        retrieve = retriever
+        log.info(
+            "Retrieving GET-mode MMS from {url} as {user}, {concurrency} at a time",
+            url=config.retrieve.url,
+            user=config.retrieve.user,
+            concurrency=config.retrieve.concurrency,
+        )
+    else:
+        log.warn(
+            "[retrieve] user is empty: GET-mode MMS notifications are kept in "
+            "pending/ but not downloaded"
+        )
+    pending = PendingWork(spool, completer, retrieve=retrieve)
     PendingService(pending).setServiceParent(service)
 
     if config.deliver.enabled:
@@ -210,29 +276,12 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
         ).setServiceParent(service)
 
     site = service.site = buildSite(config, spool, reactor, pending, metrics.callback)
-    inFlight = service.inFlight = InFlight()
-    inFlight.track(site)
-
-    health = Health(
-        directory=spool.dir(TMP),
-        sync=spool.sync,
-        listening=lambda: site.numPorts,
-        expected=len(config.server.listen),
-        reactor=reactor,
-        pool=pool,
+    service.inFlight.track(site)
+    addAdmin(service, config, spool, site, reactor, pool)
+    DrainService(service.inFlight, config.server.shutdown_timeout, reactor).setServiceParent(
+        service
     )
-    adminSite = AdminSite(health=health, registry=metrics.registry, reactor=reactor, pool=pool)
-    for description in config.admin.listen:
-        listener = strports.service(description, adminSite, reactor=reactor)
-        listener.setServiceParent(service)
-        service.adminListeners.append(listener)
-
-    DrainService(inFlight, config.server.shutdown_timeout, reactor).setServiceParent(service)
-    for description in config.server.listen:
-        # strports.service makes a failure to listen stop start-up.
-        listener = strports.service(description, site, reactor=reactor)
-        listener.setServiceParent(service)
-        service.listeners.append(listener)
+    service.listeners = addListeners(service, config, site, certificates, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}{admin}",
         spool=str(spool.root),
@@ -242,12 +291,103 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     return service
 
 
+def addAdmin(
+    service: MxrecvService,
+    config: Config,
+    spool: Spool,
+    site: CallbackSite,
+    reactor: Any,
+    pool: ThreadPool,
+) -> None:
+    """
+    The admin listeners (C{[admin] listen}): C{/metrics} and C{/health}.
+    """
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        # Each listening port starts the site (even behind TLS wrappers).
+        listening=lambda: site.numPorts,
+        expected=len(config.server.listen),
+        reactor=reactor,
+        pool=pool,
+    )
+    adminSite = AdminSite(
+        health=health, registry=service.metrics.registry, reactor=reactor, pool=pool
+    )
+    for description in config.admin.listen:
+        listener = strports.service(description, adminSite, reactor=reactor)
+        listener.setServiceParent(service)
+        service.adminListeners.append(listener)
+
+
 def _observer(config: Config, twistd: Any) -> Any:
     outFile = logFileFor(twistd)
     if outFile is None:
         return None
-    secrets = [config.retrieve.password]
-    return observerFor(config.log.format, outFile, secrets)
+    return observerFor(config.log.format, outFile, [config.retrieve.password])
+
+
+def loadCertificates(config: Config, reactor: Any) -> dict[TLSFiles, ReloadableCertificate]:
+    """
+    Load and check the certificate of each HTTPS listener (once for listeners
+    that share their files).
+
+    @raise SystemExit: when a certificate or key cannot be used, naming the
+        listener and the file.
+    """
+    certificates: dict[TLSFiles, ReloadableCertificate] = {}
+    for i, description in enumerate(config.server.listen):
+        listen = parseListen(description)
+        if isinstance(listen, TLSListen) and listen.files not in certificates:
+            try:
+                certificates[listen.files] = ReloadableCertificate(
+                    listen.files,
+                    now=clockTime(reactor),
+                    warnDays=config.tls.expiry_warning_days,
+                )
+            except CertificateError as e:
+                raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+    return certificates
+
+
+def addListeners(
+    service: MultiService,
+    config: Config,
+    site: CallbackSite,
+    certificates: dict[TLSFiles, ReloadableCertificate],
+    reactor: Any,
+) -> list[Service]:
+    """
+    A listening service per C{[server] listen} string, and the reloading of
+    the certificates of the HTTPS ones.
+
+    @return: the listening services.
+    """
+    listeners: list[Service] = []
+    for description in config.server.listen:
+        listen = parseListen(description)
+        if not isinstance(listen, TLSListen):
+            # strports.service makes a failure to listen stop start-up.
+            listener = strports.service(description, site, reactor=reactor)
+            listener.setServiceParent(service)
+            listeners.append(listener)
+            continue
+        listener = StreamServerEndpointService(
+            tlsEndpoint(reactor, listen),
+            tlsFactory(site, site.allow, certificates[listen.files]),
+        )
+        # As strports.service does: a failure to listen stops start-up.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+        listeners.append(listener)
+    if certificates:
+        CertificateReloadService(
+            list(certificates.values()),
+            reactor=reactor,
+            watch=config.tls.watch,
+            handleSignal=canHandleSignals(reactor),
+        ).setServiceParent(service)
+    return listeners
 
 
 def _prune(spool: Spool) -> None:

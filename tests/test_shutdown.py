@@ -11,7 +11,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IBodyProducer, INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer
 
-from mxrecv.shutdown import DrainService, InFlight, StagedService
+from mxrecv.shutdown import DrainService, InFlight
+from mxrecv.tap import OrderedService
 from twisted.application.service import Service
 
 from .running import SMS, client, rawConnection, run, runningConfig
@@ -135,7 +136,7 @@ class StopDuringUploadTests(TestCase):
         self.assertEqual(second.service.metrics.registry.get_sample_value("mxrecv_duplicates_total"), 1)
 
 
-class StagedServiceTests(TestCase):
+class OrderedServiceTests(TestCase):
     def test_oneAfterAnother(self):
         """
         Children stop last first, each once the one before it has stopped.
@@ -153,7 +154,7 @@ class StagedServiceTests(TestCase):
                 holds[self.name] = Deferred()
                 return holds[self.name]
 
-        parent = StagedService()
+        parent = OrderedService()
         for name in ("first", "second", "third"):
             Child(name).setServiceParent(parent)
         parent.startService()
