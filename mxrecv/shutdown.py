@@ -27,19 +27,26 @@ log = Logger()
 
 class InFlight:
     """
-    The requests of a site that have begun and are not answered yet.
+    The connections of a site that have carried a request, and the requests
+    they carry.
 
-    L{track} wraps the site's request factory, so that each request is known
-    from its request line to its answer (or its connection's loss).
+    L{track} wraps the site's request factory, so that each connection is
+    known from its first request to its loss.  A stop waits for connections,
+    not just requests: an answer is only delivered once it has left the
+    write buffer, which the reactor does not flush when it stops.  (A
+    connection that never sent a request has nothing to flush.)
     """
 
     def __init__(self) -> None:
-        self._requests: set[Any] = set()
+        self._channels: set[Any] = set()
         self._idle: list[Deferred[None]] = []
         self._closing = False
 
     def __len__(self) -> int:
-        return len(self._requests)
+        """
+        How many requests are in flight.
+        """
+        return sum(len(channel.requests) for channel in self._channels)
 
     def track(self, site: Any) -> None:
         factory = site.requestFactory
@@ -53,48 +60,60 @@ class InFlight:
         site.requestFactory = request
 
     def _began(self, request: Any) -> None:
-        self._requests.add(request)
+        channel = request.channel
+        if channel not in self._channels:
+            self._channels.add(channel)
+            lost = channel.connectionLost
+
+            def connectionLost(reason: Failure) -> None:
+                try:
+                    lost(reason)
+                finally:
+                    self._closed(channel)
+
+            channel.connectionLost = connectionLost
         if self._closing:
             _closeAfter(request)
-        request.notifyFinish().addBoth(self._ended, request)
 
-    def _ended(self, result: object, request: Any) -> None:
-        self._requests.discard(request)
-        if not self._requests:
+    def _closed(self, channel: Any) -> None:
+        self._channels.discard(channel)
+        if not self._channels:
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)
 
     def whenIdle(self) -> Deferred[None]:
         """
-        Fire once no request is in flight.
+        Fire once every connection has closed.
         """
-        if not self._requests:
+        if not self._channels:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
 
-    def closeWhenAnswered(self) -> None:
+    def close(self) -> None:
         """
-        From now on, close each connection once its request is answered,
-        rather than keep it open for another.
+        Close idle connections now, and the others once their requests are
+        answered, rather than keep them open for more.
         """
-        self._closing = True
-        for request in self._requests:
-            _closeAfter(request)
+        for channel in list(self._channels):
+            if channel.requests:
+                for request in channel.requests:
+                    _closeAfter(request)
+            else:
+                channel.loseConnection()
 
     def abort(self) -> int:
         """
-        Drop the connections of the requests still in flight.
+        Drop every connection left.
 
-        @return: how many there were.
+        @return: how many requests were still in flight.
         """
-        requests = list(self._requests)
-        for request in requests:
-            if request.channel is not None:
-                request.channel.transport.abortConnection()
-        return len(requests)
+        count = len(self)
+        for channel in list(self._channels):
+            channel.transport.abortConnection()
+        return count
 
 
 def _closeAfter(request: Any) -> None:
@@ -113,9 +132,10 @@ def _closeAfter(request: Any) -> None:
 
 class DrainService(Service):
     """
-    At shutdown (after the listeners have stopped), wait for the requests in
-    flight to be answered, for at most C{timeout} seconds; then drop those
-    that are left (their clients get no answer, so MX Telecom retries them).
+    At shutdown (after the listeners have stopped), close idle connections,
+    and wait for the requests in flight to be answered and their connections
+    closed, for at most C{timeout} seconds; then drop what is left (those
+    clients get no answer, so MX Telecom retries them).
     """
 
     def __init__(self, inFlight: InFlight, timeout: float, clock: Any) -> None:
@@ -125,7 +145,7 @@ class DrainService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.inFlight.closeWhenAnswered()
+        self.inFlight.close()
         if len(self.inFlight):
             log.info(
                 "Stopping: waiting up to {timeout}s for {count} requests in flight",
