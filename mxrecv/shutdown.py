@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.defer import TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import INonQueuedRequestFactory
@@ -97,6 +96,7 @@ class InFlight:
         Close idle connections now, and the others once their requests are
         answered, rather than keep them open for more.
         """
+        self._closing = True
         for channel in list(self._channels):
             if channel.requests:
                 for request in channel.requests:

@@ -47,7 +47,7 @@ class Held:
 
 def whenRequestBegins(site) -> Deferred[None]:
     """
-    Fires when C{site} has the first request line of a connection.
+    Fires once C{site} has the first request line of a connection.
     """
     began: Deferred[None] = Deferred()
     factory = site.requestFactory
@@ -55,7 +55,8 @@ def whenRequestBegins(site) -> Deferred[None]:
     def request(channel):
         r = factory(channel)
         if not began.called:
-            began.callback(None)
+            # Once the channel has the request: it adds it after this returns.
+            reactor.callLater(0, began.callback, None)
         return r
 
     directlyProvides(request, INonQueuedRequestFactory)
@@ -117,6 +118,22 @@ class StopDuringUploadTests(TestCase):
         yield running.stop()
         yield self.assertFailure(answered, Exception)
         self.assertEqual(list((running.spool / "new").iterdir()), [])
+
+    @inlineCallbacks
+    def test_idleKeepAliveClosed(self):
+        """
+        A kept-alive connection with no request in flight does not hold up
+        the stop: mxrecv closes it.
+        """
+        running = run(self, runningConfig(self))
+        connection = yield rawConnection(running.port)
+        query = "&".join(f"{k}={v}" for k, v in SMS.items()).replace(" ", "+")
+        connection.transport.write(b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n" % query.encode())
+        answer = yield connection.headers
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertNotIn(b"Connection: close", answer)
+        yield running.stop()
+        yield connection.lost
 
     @inlineCallbacks
     def test_restartKeepsNothingTwice(self):
