@@ -345,7 +345,9 @@ class Deliverer:
     def _delivered(self, _: object, name: str) -> Deferred[None]:
         self._onAttempt(self.target.name, True)
         log.info("Delivered new/{name} to the {target}", name=name, target=self.target.name)
-        d = deferToThreadPool(self._reactor, self._pool, self._records.mark, self.target.name, name)
+        d = deferToThreadPool(
+            self._reactor, self._pool, self._records.mark, self.target.name, name
+        )
 
         def recorded(_: object) -> None:
             self._failures = 0
@@ -407,7 +409,13 @@ class DeliveryService(Service):
     """
 
     def __init__(
-        self, deliverers: Sequence[Deliverer], *, spool: Spool, records: Records, reactor: Any, pool: Any
+        self,
+        deliverers: Sequence[Deliverer],
+        *,
+        spool: Spool,
+        records: Records,
+        reactor: Any,
+        pool: Any,
     ) -> None:
         self.deliverers = list(deliverers)
         self._records = records
@@ -425,7 +433,9 @@ class DeliveryService(Service):
             name = deliverer.target.name
             d = deferToThreadPool(self._reactor, self._pool, self._records.undelivered, name)
             d.addCallback(self._scanned, deliverer)
-            d.addErrback(lambda f, name=name: log.failure("Scanning new/ for the {target}", f, target=name))
+            d.addErrback(
+                lambda f, name=name: log.failure("Scanning new/ for the {target}", f, target=name)
+            )
 
     def _scanned(self, names: list[str], deliverer: Deliverer) -> None:
         if names:
@@ -441,8 +451,9 @@ class DeliveryService(Service):
         return DeferredList([d.stop() for d in self.deliverers])
 
 
-
-def buildDelivery(config: Any, *, spool: Spool, reactor: Any, pool: Any, metrics: Any) -> DeliveryService:
+def buildDelivery(
+    config: Any, *, spool: Spool, reactor: Any, pool: Any, metrics: Any
+) -> DeliveryService:
     """
     The delivery service for C{[deliver]} (a L{mxrecv.config.DeliverConfig}).
     """

@@ -164,4 +164,3 @@ class DrainService(Service):
             count=count,
             timeout=self.timeout,
         )
-

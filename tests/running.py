@@ -43,7 +43,7 @@ def runningConfig(case: TestCase, **tables: Any) -> Config:
     test's directory; C{tables} override whole tables (C{deliver=...}) or,
     as C{server_KEY=...}, keys of C{[server]}.
     """
-    server = {k[len("server_"):]: tables.pop(k) for k in list(tables) if k.startswith("server_")}
+    server = {k[len("server_") :]: tables.pop(k) for k in list(tables) if k.startswith("server_")}
     server.setdefault("allow", (ipaddress.ip_network("127.0.0.0/8"),))
     return Config(
         server=evolve(ServerConfig(), listen=ANY_PORT, **server),

@@ -3,7 +3,6 @@ The admin listener: /health says whether the spool is writable and the
 listeners are up; /metrics is the Prometheus text format.
 """
 
-import json
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -70,7 +69,9 @@ class HealthTests(TestCase):
             reactor=reactor,
             pool=startedPool(self),
         )
-        site = AdminSite(health=health, registry=Metrics().registry, reactor=reactor, pool=startedPool(self))
+        site = AdminSite(
+            health=health, registry=Metrics().registry, reactor=reactor, pool=startedPool(self)
+        )
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         code, body = yield self.health(f"http://127.0.0.1:{port.getHost().port}")

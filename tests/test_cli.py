@@ -50,9 +50,9 @@ class CheckConfigTests(TestCase):
 
     def test_badValues(self):
         self.assertRefused('[log]\nformat = "xml"\n', "log.format")
-        self.assertRefused('[admin]\nport = 9100\n', "admin.port: unknown key")
+        self.assertRefused("[admin]\nport = 9100\n", "admin.port: unknown key")
         self.assertRefused('[admin]\nlisten = ["nonsense:1"]\n', "admin.listen[0]")
-        self.assertRefused('[deliver]\ncommand = []\n', "deliver.command")
+        self.assertRefused("[deliver]\ncommand = []\n", "deliver.command")
         self.assertRefused('[deliver]\nurl = "ftp://x/"\n', "deliver.url")
         self.assertRefused(
             "[deliver]\nbackoff_initial = 10\nbackoff_max = 1\n", "deliver.backoff_max"
@@ -76,13 +76,17 @@ class SpoolCommandTests(TestCase):
         yield self.spool.accept(sms("a", received="2026-11-25T10:00:01.000Z"))
         yield self.spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
         completer = Completer(self.spool, reactor=reactor, pool=self.spool._pool)
-        yield completer.fail("m=2F1", "gave up after 3 attempts", [Attempt("2026-11-25T10:00:05Z", "HTTP 500")])
+        yield completer.fail(
+            "m=2F1", "gave up after 3 attempts", [Attempt("2026-11-25T10:00:05Z", "HTTP 500")]
+        )
 
     def test_list(self):
         code, out, err = command("-c", self.config, "list")
         self.assertEqual(code, 0)
         lines = [line.split("\t") for line in out.splitlines()]
-        self.assertEqual([(l[0], l[1]) for l in lines], [("new", "a"), ("new", "b"), ("failed", "m=2F1")])
+        self.assertEqual(
+            [(l[0], l[1]) for l in lines], [("new", "a"), ("new", "b"), ("failed", "m=2F1")]
+        )
         self.assertEqual(lines[2][-1], "gave up after 3 attempts")
 
     def test_listOne(self):

@@ -92,7 +92,9 @@ class DeliveryTests(TestCase):
         self.assertEqual(out.read_text(), f"{self.spool.dir('new') / 'a'}\n")
         self.assertTrue(self.records.isDelivered("command", "a"))
         self.assertTrue((self.spool.dir("state") / "delivered" / "command" / "a").is_file())
-        self.assertEqual(sorted(p.name for p in (self.spool.dir("new") / "a").iterdir()), ["message.json"])
+        self.assertEqual(
+            sorted(p.name for p in (self.spool.dir("new") / "a").iterdir()), ["message.json"]
+        )
 
     @inlineCallbacks
     def test_urlDownThenUp(self):
@@ -112,7 +114,9 @@ class DeliveryTests(TestCase):
             type="mms",
             message=None,
             charset=None,
-            parts=(Part(name="hello.txt", path="parts/hello.txt", size=5, content_type="text/plain"),),
+            parts=(
+                Part(name="hello.txt", path="parts/hello.txt", size=5, content_type="text/plain"),
+            ),
         )
         yield self.spool.accept(message, "new", staging)
         ok = yield self.attempts.get()

@@ -36,7 +36,10 @@ class CallbackEventTests(TestCase):
         self.assertEqual(response.code, 200)
         [event] = events
         self.assertEqual(
-            {k: event[k] for k in ("id", "type", "mode", "status", "bytes", "client", "duplicate")},
+            {
+                k: event[k]
+                for k in ("id", "type", "mode", "status", "bytes", "client", "duplicate")
+            },
             {
                 "id": "mx-1",
                 "type": "sms",

@@ -23,12 +23,16 @@ class CallbackMetricsTests(TestCase):
         as a message waiting in new/.
         """
         before = yield scrape(self.running)
-        self.assertEqual(value(before, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 0)
+        self.assertEqual(
+            value(before, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 0
+        )
         self.assertEqual(value(before, "mxrecv_spool_messages", dir="new"), 0)
         response = yield self.http.get(self.running.url, params=SMS)
         self.assertEqual(response.code, 200)
         after = yield scrape(self.running)
-        self.assertEqual(value(after, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 1)
+        self.assertEqual(
+            value(after, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 1
+        )
         self.assertEqual(value(after, "mxrecv_ack_seconds_count"), 1)
         self.assertGreater(value(after, "mxrecv_ack_seconds_sum"), 0)
         self.assertEqual(value(after, "mxrecv_spool_messages", dir="new"), 1)
@@ -41,7 +45,9 @@ class CallbackMetricsTests(TestCase):
         self.assertEqual(response.code, 200)
         samples = yield scrape(self.running)
         self.assertEqual(value(samples, "mxrecv_duplicates_total"), 1)
-        self.assertEqual(value(samples, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 2)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="sms", mode="get", status="200"), 2
+        )
         self.assertEqual(value(samples, "mxrecv_spool_messages", dir="new"), 1)
 
     @inlineCallbacks
@@ -58,14 +64,18 @@ class CallbackMetricsTests(TestCase):
         self.assertEqual(response.code, 200)
         samples = yield scrape(self.running)
         self.assertEqual(value(samples, "mxrecv_received_bytes_total"), len(body))
-        self.assertEqual(value(samples, "mxrecv_callbacks_total", type="sms", mode="post", status="200"), 1)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="sms", mode="post", status="200"), 1
+        )
 
     @inlineCallbacks
     def test_badParameter(self):
         response = yield self.http.get(self.running.url, params={**SMS, "id": ""})
         self.assertEqual(response.code, 400)
         samples = yield scrape(self.running)
-        self.assertEqual(value(samples, "mxrecv_callbacks_total", type="unknown", mode="get", status="400"), 1)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="unknown", mode="get", status="400"), 1
+        )
         self.assertEqual(value(samples, "mxrecv_ack_seconds_count"), 0)
 
     @inlineCallbacks
@@ -84,7 +94,9 @@ class CallbackMetricsTests(TestCase):
         connection.transport.loseConnection()
         yield connection.lost
         samples = yield scrape(self.running)
-        self.assertEqual(value(samples, "mxrecv_callbacks_total", type="unknown", mode="post", status="413"), 1)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="unknown", mode="post", status="413"), 1
+        )
 
     @inlineCallbacks
     def test_pendingDownload(self):
@@ -94,7 +106,9 @@ class CallbackMetricsTests(TestCase):
         response = yield self.http.get(self.running.url, params=MMS)
         self.assertEqual(response.code, 200)
         samples = yield scrape(self.running)
-        self.assertEqual(value(samples, "mxrecv_callbacks_total", type="mms", mode="get", status="200"), 1)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="mms", mode="get", status="200"), 1
+        )
         self.assertEqual(value(samples, "mxrecv_spool_messages", dir="pending"), 1)
         self.assertEqual(value(samples, "mxrecv_pending_downloads"), 1)
         self.assertEqual(value(samples, "mxrecv_spool_messages", dir="new"), 0)

@@ -4,7 +4,7 @@ is being uploaded over a real port.
 """
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -82,8 +82,7 @@ class StopDuringUploadTests(TestCase):
         connection = yield rawConnection(running.port)
         connection.transport.write(
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n%s"
-            % (len(body), body[:10])
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n%s" % (len(body), body[:10])
         )
         yield began
 
@@ -150,7 +149,9 @@ class StopDuringUploadTests(TestCase):
         response = yield client().get(second.url, params=SMS)
         self.assertEqual(response.code, 200)
         self.assertEqual([p.name for p in (config.spool.dir / "new").iterdir()], ["mx-1"])
-        self.assertEqual(second.service.metrics.registry.get_sample_value("mxrecv_duplicates_total"), 1)
+        self.assertEqual(
+            second.service.metrics.registry.get_sample_value("mxrecv_duplicates_total"), 1
+        )
 
 
 class OrderedServiceTests(TestCase):
