@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
-in the Prometheus text format and C{/health} for load balancers and
-supervisors.  Never on the callback port: what it tells is for operators.
+in the Prometheus text format, C{/health} for load balancers and
+supervisors, and C{POST /pending/NAME} to take up a requeued MMS.  Never on
+the callback port: it is for operators.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .durable import fsyncPath
+from .naming import isName
 
 log = Logger()
 
@@ -185,16 +187,53 @@ def _internalError(f: Failure, request: Request) -> None:
     _write(request, HTTPStatus.INTERNAL_SERVER_ERROR, b"text/plain", b"internal error\n")
 
 
-class AdminSite(Site):
+class PendingResource(Resource):
     """
-    The admin listener's site: C{/metrics} and C{/health}, no access log
-    (scrapes every few seconds would drown the callbacks' events).
+    C{POST /pending/NAME}: take up C{pending/NAME} now (an MMS that
+    C{mxrecv requeue} moved back from C{failed/}) rather than at the next
+    start.  202 if taken up, 404 if there is no such message.
     """
 
-    def __init__(self, *, health: Health, registry: Any, reactor: Any, pool: Any) -> None:
+    isLeaf = True
+
+    def __init__(self, takeUp: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._takeUp = takeUp
+
+    def render_POST(self, request: Request) -> bytes:
+        name = b"/".join(request.postpath).decode("utf-8", "replace")
+        request.setHeader(b"Content-Type", b"application/json")
+        if isName(name) and self._takeUp(name):
+            log.info("Taking up pending/{name} at the operator's request", name=name)
+            request.setResponseCode(HTTPStatus.ACCEPTED)
+            return json.dumps({"taken": name}).encode() + b"\n"
+        request.setResponseCode(HTTPStatus.NOT_FOUND)
+        return json.dumps({"error": "no such message in pending/"}).encode() + b"\n"
+
+
+class AdminSite(Site):
+    """
+    The admin listener's site: C{/metrics}, C{/health} and C{/pending/NAME};
+    no access log (scrapes every few seconds would drown the callbacks'
+    events).
+
+    @param takeUp: called with a name from C{POST /pending/NAME}; says
+        whether C{pending/NAME} exists and was taken up.
+    """
+
+    def __init__(
+        self,
+        *,
+        health: Health,
+        registry: Any,
+        reactor: Any,
+        pool: Any,
+        takeUp: Callable[[str], bool] = lambda name: False,
+    ) -> None:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
+        root.putChild(b"pending", PendingResource(takeUp))
         super().__init__(root, reactor=reactor)
 
     def log(self, request: Request) -> None:

@@ -5,12 +5,12 @@ C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
     mxrecv check-config FILE
     mxrecv [-c FILE] list [new|pending|failed]
     mxrecv [-c FILE] show NAME
-    mxrecv [-c FILE] requeue NAME
+    mxrecv [-c FILE] requeue NAME [--admin URL]
 
 It reads the spool directly and needs no running server.  C{requeue} moves
 a failed MMS back to C{pending/}; a running server takes it up at its next
-start (C{systemctl restart mxrecv} is a graceful restart), so that one
-process only ever works on C{pending/}.
+start (C{systemctl restart mxrecv} is a graceful restart), or at once when
+C{--admin} names its admin listener (C{POST /pending/NAME}).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -88,10 +89,13 @@ def show(root: Path, nameOrId: str, out: TextIO) -> None:
     out.write((path / MESSAGE_JSON).read_text("utf-8", "surrogateescape"))
 
 
-def requeue(root: Path, nameOrId: str, out: TextIO, sync: bool = True) -> None:
+def requeue(
+    root: Path, nameOrId: str, out: TextIO, sync: bool = True, admin: str | None = None
+) -> None:
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
-    C{attempts}, so that it is retrieved again.
+    C{attempts}, so that it is retrieved again: at the next start, or now if
+    C{admin} (the running server's admin URL) is given.
     """
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
@@ -105,10 +109,19 @@ def requeue(root: Path, nameOrId: str, out: TextIO, sync: bool = True) -> None:
         moveDir(path, root / PENDING / path.name, sync)
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
-    out.write(
-        f"failed/{path.name} -> pending/{path.name}; "
-        "a running mxrecv takes it up at its next start\n"
-    )
+    out.write(f"failed/{path.name} -> pending/{path.name}\n")
+    if admin is None:
+        out.write("a running mxrecv takes it up at its next start (or use --admin URL)\n")
+        return
+    url = f"{admin.rstrip('/')}/pending/{path.name}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+            pass
+    except (OSError, ValueError) as e:
+        raise CommandError(
+            f"moved, but {url} did not take it up ({e}); it will be at the next start"
+        ) from None
+    out.write(f"taken up by the server at {admin}\n")
 
 
 def _entries(directory: Path) -> list[Path]:
@@ -151,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("show", "show one message"), ("requeue", "retry a failed MMS")):
         command = commands.add_parser(name, help=text)
         command.add_argument("name", help="the message's directory name, or its id")
+    command.add_argument(
+        "--admin",
+        metavar="URL",
+        help="the running server's admin listener (http://127.0.0.1:9100): take it up now",
+    )
     return p
 
 
@@ -171,7 +189,7 @@ def main(
         elif args.command == "show":
             show(root, args.name, out)
         else:
-            requeue(root, args.name, out, config.spool.fsync)
+            requeue(root, args.name, out, config.spool.fsync, args.admin)
     except (ConfigError, CommandError) as e:
         err.write(f"mxrecv: {e}\n")
         return 1

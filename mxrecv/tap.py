@@ -34,7 +34,7 @@ from .pending import PendingWork
 from .resource import CallbackResource
 from .retrieve import RetrieveService, makeRetriever
 from .shutdown import DrainService, InFlight
-from .spool import TMP, Spool, SpoolLocked
+from .spool import PENDING, TMP, Spool, SpoolLocked
 from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
 from .tlsreload import CertificateReloadService, canHandleSignals
 
@@ -277,7 +277,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
 
     site = service.site = buildSite(config, spool, reactor, pending, metrics.callback)
     service.inFlight.track(site)
-    addAdmin(service, config, spool, site, reactor, pool)
+    addAdmin(service, config, spool, site, reactor, pool, pending)
     DrainService(service.inFlight, config.server.shutdown_timeout, reactor).setServiceParent(
         service
     )
@@ -298,10 +298,19 @@ def addAdmin(
     site: CallbackSite,
     reactor: Any,
     pool: ThreadPool,
+    pending: PendingWork,
 ) -> None:
     """
-    The admin listeners (C{[admin] listen}): C{/metrics} and C{/health}.
+    The admin listeners (C{[admin] listen}): C{/metrics}, C{/health}, and
+    C{POST /pending/NAME}.
     """
+
+    def takeUp(name: str) -> bool:
+        if not (spool.dir(PENDING) / name).is_dir():
+            return False
+        pending(name)
+        return True
+
     health = Health(
         directory=spool.dir(TMP),
         sync=spool.sync,
@@ -312,7 +321,11 @@ def addAdmin(
         pool=pool,
     )
     adminSite = AdminSite(
-        health=health, registry=service.metrics.registry, reactor=reactor, pool=pool
+        health=health,
+        registry=service.metrics.registry,
+        reactor=reactor,
+        pool=pool,
+        takeUp=takeUp,
     )
     for description in config.admin.listen:
         listener = strports.service(description, adminSite, reactor=reactor)

@@ -9,12 +9,15 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.cli import main
 from mxrecv.complete import Attempt, Completer
 from mxrecv.spool import FAILED, PENDING
 
+from .running import client, run, runningConfig
 from .support import openSpool
 from .test_deliver import sms
 
@@ -122,3 +125,45 @@ class SpoolCommandTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn("new/a is not in failed/", err)
         self.assertTrue((self.spool.dir("new") / "a").is_dir())
+
+
+class RequeueNowTests(TestCase):
+    @inlineCallbacks
+    def test_takenUpByRunningServer(self):
+        """
+        requeue --admin URL has the running server take the message up at
+        once (POST /pending/NAME on its admin listener).
+        """
+        config = runningConfig(self)
+        spool = openSpool(self, config.spool.dir)
+        yield spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
+        completer = Completer(spool, reactor=reactor, pool=spool._pool)
+        yield completer.fail("m=2F1", "gave up", [])
+        spool.close()
+        running = run(self, config)
+        path = Path(self.mktemp())
+        path.write_text(f'[spool]\ndir = "{config.spool.dir}"\n')
+
+        taken = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("Taking up pending/"):
+                taken.append(event["name"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        # The command blocks (urllib): run it beside the reactor.
+        code, out, err = yield deferToThread(
+            command, "-c", str(path), "requeue", "m/1", "--admin", running.admin
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"taken up by the server at {running.admin}", out)
+        self.assertEqual(taken, ["m=2F1"])
+        self.assertTrue((config.spool.dir / PENDING / "m=2F1").is_dir())
+
+    @inlineCallbacks
+    def test_unknown(self):
+        running = run(self, runningConfig(self))
+        response = yield client().post(running.admin + "/pending/nothing")
+        self.assertEqual(response.code, 404)
+        yield response.content()
