@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import treq
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
@@ -253,6 +253,7 @@ class Summary:
     bytes: int
     announced: int = 0
     retrieved: int = 0
+    drained: float | None = None
 
     @classmethod
     def of(cls, outcomes: Sequence[Outcome], seconds: float, bodyBytes: int = 0) -> Summary:
@@ -291,6 +292,8 @@ class Summary:
         ]
         if self.announced:
             parts.append(f"retrieved={self.retrieved}/{self.announced}")
+        if self.drained is not None:
+            parts.append(f"drained={self.drained:.3f}s")
         return "mxrecv-sim: " + " ".join(p for p in parts if p)
 
 
@@ -475,7 +478,7 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
         summary = Summary.of(outcomes, elapsed, bodyBytes * len(outcomes) // max(1, len(callbacks)))
         if retrieve is not None:
             yield _within(reactor, retrieve.whenAllRetrieved(), settings.linger)
-            summary = _withRetrieved(summary, retrieve)
+            summary = _withRetrieved(summary, retrieve, reactor.seconds() - start)
     finally:
         yield pool.closeCachedConnections()
         if listening is not None:
@@ -486,10 +489,14 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
     return summary
 
 
-def _withRetrieved(summary: Summary, retrieve: RetrieveMMS) -> Summary:
-    from attrs import evolve
-
-    return evolve(summary, announced=retrieve.announced, retrieved=len(retrieve.retrieved))
+def _withRetrieved(summary: Summary, retrieve: RetrieveMMS, elapsed: float) -> Summary:
+    """
+    C{summary} with what was retrieved and, if all was, how long it took
+    from the first callback to the last download.
+    """
+    retrieved = len(retrieve.retrieved)
+    drained = elapsed if retrieved >= retrieve.announced else None
+    return evolve(summary, announced=retrieve.announced, retrieved=retrieved, drained=drained)
 
 
 def _within(reactor: Any, d: Deferred, seconds: float) -> Deferred:
