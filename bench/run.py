@@ -252,6 +252,8 @@ class Server:
         return (self.workdir / "server.out").read_text(errors="replace")[-1500:]
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -278,6 +280,30 @@ class Server:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(rf"{key}:\s*(\d+) kB", text).group(1)) * 1024
 
+    def cpuSeconds(self) -> float:
+        """
+        CPU time (user + system, all threads) the server has used so far.
+        """
+        return sum(self.threadCPU().values())
+
+    def threadCPU(self) -> dict[str, float]:
+        """
+        CPU seconds so far, user and system, of the main (event loop) thread
+        and of all other threads (the I/O workers).
+        """
+        tick = os.sysconf("SC_CLK_TCK")
+        pid = self.proc.pid
+        split = dict.fromkeys(("loop user", "loop sys", "workers user", "workers sys"), 0.0)
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            who = "loop" if tid == str(pid) else "workers"
+            split[f"{who} user"] += int(fields[11]) / tick
+            split[f"{who} sys"] += int(fields[12]) / tick
+        return split
+
     def stored(self) -> int:
         return sum(
             1 for which in ("new", "pending") if (self.spool / which).is_dir()
@@ -290,7 +316,7 @@ class Server:
 
 def wrk(server: Server, seconds: float, runId: str, close: bool) -> dict:
     command = [
-        "taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c50", f"-d{seconds:g}s", "--timeout", "10s",
+        "taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c50", f"-d{int(seconds)}s", "--timeout", "10s",
         "-s", BENCH / "sms.lua", server.url, "--", runId,
     ]
     if close:
@@ -366,17 +392,17 @@ class Scenario:
 
 def scenarios(quick: bool) -> list[Scenario]:
     return [
-        Scenario("S1", "GET SMS, 50 keep-alive connections"),
-        Scenario("S2", "GET SMS, a new connection per request"),
+        Scenario("S1", "GET SMS, 50 keep-alive connections", metrics=("rate", "p50", "p99", "cpu", "cpums")),
+        Scenario("S2", "GET SMS, a new connection per request", metrics=("rate", "p50", "p99", "cpu", "cpums")),
         Scenario("S3", "POST MMS with a 1 MiB zip, 16 at a time", needs=("post",),
-                 metrics=("rate", "mibs", "p99")),
+                 metrics=("rate", "mibs", "p99", "cpu")),
         Scenario("S4", "one POST with a 200 MiB zip", needs=("post",), metrics=("mibs", "rss")),
         Scenario("S5", "32 concurrent POSTs of 16 MiB", needs=("post",), metrics=("mibs", "rss")),
         Scenario("S6", f"{200 if quick else 1000} GET-mode MMS drained through RetrieveMMS",
                  servers=("mxrecv",), needs=("retrieve",), metrics=("drained", "rss")),
         Scenario("S1-TLS", "S1 over HTTPS", needs=("tls",), tls=True),
         Scenario("S3-TLS", "S3 over HTTPS", needs=("post", "tls"), tls=True,
-                 metrics=("rate", "mibs", "p99")),
+                 metrics=("rate", "mibs", "p99", "cpu")),
     ]
 
 
@@ -385,7 +411,7 @@ class Bench:
         self.args = args
         self.quick = args.quick
         self.workdir = workdir
-        self.seconds = 3.0 if args.quick else 10.0
+        self.seconds = 2 if args.quick else 10
         self.cert = self.makeCert()
         self.counter = 0
 
@@ -428,10 +454,10 @@ class Bench:
         s = self.server("mxrecv", retrieve=True)
         s.start()
         try:
-            r = sim(s, ["--type", "mms", "-n", "3", "--linger", "4",
+            r = sim(s, ["--type", "mms", "-n", "3", "--linger", "3",
                         "--retrieve-listen", f"tcp:{PORT_BASE + 20}:interface=127.0.0.1"], 60)
             found["retrieve"] = None if r.get("retrieved") == 3 else (
-                f"RetrieveMMS downloads not available in mxrecv (retrieved {r.get('retrieved')}/3 in 4 s)"
+                f"RetrieveMMS downloads not available in mxrecv (retrieved {r.get('retrieved')}/3 in 3 s)"
             )
         finally:
             s.stop()
@@ -448,57 +474,80 @@ class Bench:
 
     # Running one scenario on one server
 
-    def once(self, scenario: Scenario, name: str, round: int) -> dict:
-        s = self.server(name, tls=scenario.tls, retrieve=scenario.name == "S6")
-        s.start()
-        try:
-            base = s.resetPeak()
-            runId = f"r{round}{name[0]}{self.counter}"
-            ca = self.cert[0] if scenario.tls else None
-            n = self.seconds
-            kind = scenario.name.split("-")[0]
-            if kind in ("S1", "S2"):
-                r = wrk(s, n, runId, close=kind == "S2")
-            elif kind == "S3":
-                r = sim(s, ["--mode", "post", "--type", "mms", "-c", "16", "-n", "100000",
-                            "--zip-size", str(MiB), "--duration", f"{n:g}", "--run-id", runId], n + 90, ca)
-            elif kind == "S4":
-                r = sim(s, ["--mode", "post", "--type", "mms", "-c", "1", "-n", "1",
-                            "--zip-size", str(200 * MiB), "--run-id", runId], 300, ca)
-            elif kind == "S5":
-                r = sim(s, ["--mode", "post", "--type", "mms", "-c", "32", "-n", "32",
-                            "--zip-size", str(16 * MiB), "--run-id", runId], 300, ca)
-            elif kind == "S6":
-                count = 200 if self.quick else 1000
-                r = sim(s, ["--type", "mms", "-c", "16", "-n", str(count), "--zip-size", str(100 * 1024),
-                            "--linger", "120", "--run-id", runId,
-                            "--retrieve-listen", f"tcp:{PORT_BASE + 20}:interface=127.0.0.1"], 300)
-            else:
-                raise ValueError(kind)
-            r["rss"] = (s.peak() - base) / MiB
-            r["stored"] = s.stored()
-            if r["stored"] < r["acked"]:
-                r["errors"] += r["acked"] - r["stored"]
-                r["lost"] = r["acked"] - r["stored"]
-            return r
-        finally:
-            s.stop()
-            if not self.args.keep:
-                shutil.rmtree(s.workdir, ignore_errors=True)
+    def once(self, scenario: Scenario, s: Server, round: int) -> dict:
+        """
+        One round of C{scenario} against the running server C{s}.
+        """
+        name = s.name
+        storedBefore = s.stored()
+        base = s.resetPeak()
+        split, wall = s.threadCPU(), time.monotonic()
+        runId = f"r{round}{name[0]}{self.counter}"
+        ca = self.cert[0] if scenario.tls else None
+        n = self.seconds
+        kind = scenario.name.split("-")[0]
+        if kind in ("S1", "S2"):
+            r = wrk(s, n, runId, close=kind == "S2")
+        elif kind == "S3":
+            r = sim(s, ["--mode", "post", "--type", "mms", "-c", "16", "-n", "100000",
+                        "--zip-size", str(MiB), "--duration", f"{n:g}", "--run-id", runId], n + 90, ca)
+        elif kind == "S4":
+            r = sim(s, ["--mode", "post", "--type", "mms", "-c", "1", "-n", "1",
+                        "--zip-size", str(200 * MiB), "--run-id", runId], 300, ca)
+        elif kind == "S5":
+            r = sim(s, ["--mode", "post", "--type", "mms", "-c", "32", "-n", "32",
+                        "--zip-size", str(16 * MiB), "--run-id", runId], 300, ca)
+        elif kind == "S6":
+            count = 200 if self.quick else 1000
+            r = sim(s, ["--type", "mms", "-c", "16", "-n", str(count), "--zip-size", str(100 * 1024),
+                        "--linger", "120", "--run-id", runId,
+                        "--retrieve-listen", f"tcp:{PORT_BASE + 20}:interface=127.0.0.1"], 300)
+        else:
+            raise ValueError(kind)
+        r["rss"] = (s.peak() - base) / MiB
+        after = s.threadCPU()
+        used = sum(after.values()) - sum(split.values())
+        r["cpu"] = used / (time.monotonic() - wall)
+        r["cpums"] = 1000 * used / r["acked"] if r["acked"] else None
+        if r["acked"]:
+            r["split"] = {k: 1000 * (after[k] - split[k]) / r["acked"] for k in split}
+        r["stored"] = s.stored() - storedBefore
+        if r["stored"] < r["acked"]:
+            r["errors"] += r["acked"] - r["stored"]
+            r["lost"] = r["acked"] - r["stored"]
+        return r
 
     def run(self, scenario: Scenario, features: dict[str, str | None]) -> None:
+        """
+        Three rounds of C{scenario}, the servers taking turns (each its own
+        process and spool, started once for the three rounds).
+        """
         missing = [features[f] for f in scenario.needs if features.get(f)]
         if missing:
             scenario.note = "; ".join(missing)
             say(f"{scenario.name}: skipped: {scenario.note}")
             return
-        for round in range(3):
-            order = scenario.servers[round % len(scenario.servers):] + scenario.servers[: round % len(scenario.servers)]
-            for name in order:
-                r = self.once(scenario, name, round)
-                scenario.results.setdefault(name, []).append(r)
-                say(f"{scenario.name} round {round + 1} {name}: " + ", ".join(
-                    f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "firstProblem"))
+        servers = {
+            name: self.server(name, tls=scenario.tls, retrieve=scenario.name == "S6")
+            for name in scenario.servers
+        }
+        try:
+            for server in servers.values():
+                server.start()
+            names = scenario.servers
+            for round in range(3):
+                order = names[round % len(names):] + names[: round % len(names)]
+                for name in order:
+                    r = self.once(scenario, servers[name], round)
+                    scenario.results.setdefault(name, []).append(r)
+                    say(f"{scenario.name} round {round + 1} {name}: " + ", ".join(
+                        f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in r.items() if k not in ("firstProblem", "split")))
+        finally:
+            for server in servers.values():
+                server.stop()
+                if not self.args.keep:
+                    shutil.rmtree(server.workdir, ignore_errors=True)
 
     def profile(self, seconds: float) -> str:
         """
@@ -510,7 +559,7 @@ class Bench:
         try:
             spy = subprocess.Popen(
                 [VENV / "bin" / "py-spy", "record", "--pid", str(s.proc.pid), "--duration", f"{int(seconds)}",
-                 "--rate", "200", "--format", "raw", "--output", raw, "--threads", "--nonblocking"],
+                 "--rate", "200", "--format", "raw", "--output", raw, "--threads", "--gil", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
             time.sleep(0.5)
@@ -568,6 +617,8 @@ METRIC = {
     "p99": ("p99 ms", "{:.1f}", False),
     "rss": ("peak RSS growth MiB", "{:.1f}", False),
     "drained": ("drain s", "{:.2f}", False),
+    "cpu": ("server CPU (cores)", "{:.2f}", False),
+    "cpums": ("server CPU ms per callback", "{:.2f}", False),
 }
 
 
@@ -604,6 +655,20 @@ def table(s: Scenario) -> list[str]:
                 if a is not None and b:
                     ratios.append(f"{METRIC[m][0]} x{a / b:.2f}")
             lines.append(f"- mxrecv / {peer}: " + ", ".join(ratios))
+    return lines
+
+
+def cpuSplit(s: Scenario) -> list[str]:
+    """
+    Server CPU per callback by thread and user/kernel, medians of the rounds.
+    """
+    keys = ("loop user", "loop sys", "workers user", "workers sys")
+    lines = ["| server (CPU ms per callback) | " + " | ".join(keys) + " |", "|" + "---|" * 5]
+    for name, runs in s.results.items():
+        splits = [r["split"] for r in runs if r.get("split")]
+        if splits:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{statistics.median(x[k] for x in splits):.3f}" for k in keys) + " |")
     return lines
 
 
@@ -649,7 +714,8 @@ def report(args, info, disk, cpuBefore, cpuAfter, all_: list[Scenario], profile:
         "# Benchmarks", "",
         f"Measured {now} with `python3 bench/run.py{' --quick' if args.quick else ''}"
         f"{' --only ' + ','.join(args.only) if args.only else ''}` in {took:.0f} s.", "",
-        "How: each server runs alone, pinned to core 0, with a fresh spool on the same disk; the load tool "
+        "How: each server runs as its own process pinned to core 0 (all three are started for a scenario, and "
+        "only the one under load is busy), each with its own spool on the same disk; the load tool "
         "(wrk for GET, `mxrecv-sim` for POST and RetrieveMMS) is pinned to core 1. The servers take turns "
         "within each of 3 rounds; each figure is the median of the 3 rounds with their range. "
         "\"Wrong answers\" counts non-200 answers, socket errors, and acknowledged callbacks missing from "
@@ -677,6 +743,8 @@ def report(args, info, disk, cpuBefore, cpuAfter, all_: list[Scenario], profile:
             lines.append("Not run (not selected).")
         else:
             lines += table(s)
+            if "cpums" in s.metrics:
+                lines += [""] + cpuSplit(s)
         lines.append("")
     v = verdicts(all_)
     if v:
