@@ -94,6 +94,7 @@ class Spool:
 
     @param reactor: runs the callbacks; blocking work goes to C{pool}.
     @param pool: a started L{twisted.python.threadpool.ThreadPool}.
+    @param clock: tells the time of acceptance (the reactor by default).
     @param sync: fsync, or not (benchmarks only: acks are then not durable).
     """
 
@@ -105,10 +106,12 @@ class Spool:
         pool: Any,
         sync: bool = True,
         dedupeSeconds: float = 7 * 86400,
+        clock: Any = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.sync = sync
         self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
         self._pool = pool
         self._seen = SeenIndex(self.root / STATE / "seen", dedupeSeconds, sync)
         self._lock: int | None = None
@@ -152,7 +155,7 @@ class Spool:
             for entry in self.dir(which).iterdir()
             if isName(entry.name)
         ]
-        self._seen.load(self._reactor.seconds(), present)
+        self._seen.load(self._clock.seconds(), present)
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -222,7 +225,7 @@ class Spool:
         if waiting is not None:
             return self._afterEarlier(waiting, message, target, staging)
         self._inflight[name] = []
-        commit = _Commit(name, target, message.encode(), staging, self._reactor.seconds())
+        commit = _Commit(name, target, message.encode(), staging, self._clock.seconds())
         d = deferToThreadPool(self._reactor, self._pool, self._prepare, commit)
         d.addCallbacks(lambda _: self._enqueue(commit), commit.fail)
         return commit.result.addBoth(self._settled, name)
@@ -254,7 +257,7 @@ class Spool:
     def _settled(self, outcome: Accepted | Failure, name: str) -> Accepted | Failure:
         waiting = self._inflight.pop(name)
         if not isinstance(outcome, Failure):
-            self._seen.add(name, self._reactor.seconds())
+            self._seen.add(name, self._clock.seconds())
         for settled in waiting:
             settled(outcome)
         self._checkIdle()
@@ -324,7 +327,7 @@ class Spool:
         except OSError as e:
             error = SpoolError(f"cannot write to the spool: {e.strerror}")
             outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
-        forgotten = self._seen.prune(self._reactor.seconds()) if prune else 0
+        forgotten = self._seen.prune(self._clock.seconds()) if prune else 0
         return outcomes, forgotten
 
     def _committed(

@@ -1,0 +1,162 @@
+"""
+What the tests need to run mxrecv for real: a started thread pool, a spool
+in a temporary directory, and the callback site listening on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve, frozen
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from treq.client import HTTPClient
+
+from mxrecv.config import Config, ServerConfig
+from mxrecv.spool import Spool
+from mxrecv.tap import buildSite
+
+LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
+
+
+def startedPool(case: TestCase) -> ThreadPool:
+    pool = ThreadPool(minthreads=1, maxthreads=8, name=case.id())
+    pool.start()
+    case.addCleanup(pool.stop)
+    return pool
+
+
+def openSpool(case: TestCase, root: Path | None = None, **kwargs: Any) -> Spool:
+    """
+    An open spool under the test's temporary directory (or C{root}), closed
+    at the end of the test.
+    """
+    if root is None:
+        root = Path(case.mktemp())
+    spool = Spool(root, reactor=reactor, pool=startedPool(case), **kwargs)
+    spool.open()
+    case.addCleanup(spool.close)
+    return spool
+
+
+@frozen
+class Server:
+    url: str
+    spool: Spool
+    port: Any
+    site: Any
+
+
+def serverConfig(**server: Any) -> Config:
+    """
+    The default configuration with C{server} keys changed; loopback is
+    allowed unless C{allow} is given.
+    """
+    import ipaddress
+
+    server.setdefault("allow", tuple(ipaddress.ip_network(n) for n in LOOPBACK_ONLY))
+    return Config(server=evolve(ServerConfig(), **server))
+
+
+def startServer(
+    case: TestCase,
+    spool: Spool | None = None,
+    config: Config | None = None,
+    siteReactor: Any = reactor,
+    **server: Any,
+) -> Server:
+    """
+    Listen on a fresh port of 127.0.0.1 with the callback site; stop at the
+    end of the test.
+    """
+    if spool is None:
+        spool = openSpool(case)
+    if config is None:
+        config = serverConfig(**server)
+    site = buildSite(config, spool, siteReactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return Server(f"http://127.0.0.1:{port.getHost().port}{config.server.path}", spool, port, site)
+
+
+SMS = {
+    "id": "mx-1",
+    "from": "447700900123",
+    "to": "80000",
+    "date": "2026-11-25 10:30:00",
+    "type": "6",
+    "network": "vodafone",
+    "message": "Hello",
+}
+
+
+class _RawClient(Protocol):
+    """
+    Sends bytes and collects the answer until one whole HTTP response (with
+    a Content-Length) has arrived or the server closes the connection.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        head, sep, body = self.received.partition(b"\r\n\r\n")
+        if sep and not head.startswith(b"HTTP/1.1 100 "):
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length" and len(body) >= int(value):
+                    self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.received)
+
+
+def rawExchange(port: Any, data: bytes) -> Deferred[bytes]:
+    """
+    Connect to C{port} on 127.0.0.1, send C{data} as it is, and fire with
+    everything the server answered.
+    """
+    client = _RawClient(data)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    return connectProtocol(endpoint, client).addCallback(lambda _: client.done)
+
+
+class DeadlineClock(Clock):
+    """
+    A Clock that says when something is scheduled C{delay} seconds ahead: the
+    request deadline, which a test then makes pass.
+    """
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self._delay = delay
+        self.scheduled: Deferred[None] = Deferred()
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        call = super().callLater(delay, f, *args, **kw)
+        if delay == self._delay and not self.scheduled.called:
+            self.scheduled.callback(None)
+        return call
+
+
+def httpClient(case: TestCase) -> HTTPClient:
+    """
+    A treq client with its own connection pool, closed at the end of the test
+    so that no connection outlives it.
+    """
+    pool = HTTPConnectionPool(reactor)
+    case.addCleanup(pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, pool=pool))

@@ -1,0 +1,102 @@
+import ipaddress
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxrecv.config import Config, ConfigError, loadConfig, parseConfig
+
+EXAMPLE = Path(__file__).parent.parent / "etc" / "mxrecv.toml"
+
+
+class ConfigTests(SynchronousTestCase):
+    def assertConfigError(self, document, *fragments: str) -> None:
+        e = self.assertRaises(ConfigError, parseConfig, document)
+        for fragment in fragments:
+            self.assertIn(fragment, str(e))
+
+    def test_defaults(self) -> None:
+        """
+        With no file every key has a safe default: loopback on 8080, MX
+        Telecom's networks only.
+        """
+        config = loadConfig(None)
+        self.assertEqual(config, Config())
+        self.assertEqual(config.server.listen, ("tcp:8080:interface=127.0.0.1",))
+        self.assertEqual(config.server.allow, (ipaddress.ip_network("83.166.68.0/23"),))
+        self.assertEqual(config.server.timezone, ZoneInfo("Europe/London"))
+        self.assertEqual(config.spool.dedupe_days, 7)
+        self.assertEqual(config.retrieve.concurrency, 8)
+
+    def test_example(self) -> None:
+        """
+        The example configuration is valid and says what the defaults say,
+        but for the loopback networks it allows.
+        """
+        config = loadConfig(EXAMPLE)
+        self.assertEqual(config.spool, Config().spool)
+        self.assertEqual(config.retrieve, Config().retrieve)
+        self.assertIn(ipaddress.ip_network("127.0.0.0/8"), config.server.allow)
+
+    def test_unknown(self) -> None:
+        self.assertConfigError({"serve": {}}, "[serve]: unknown table")
+        self.assertConfigError({"server": {"port": 1}}, "server.port: unknown key")
+
+    def test_badValues(self) -> None:
+        for table, key, value, fragment in [
+            ("server", "listen", ["nonsense:1"], "server.listen[0]"),
+            ("server", "listen", [], "server.listen"),
+            ("server", "path", "callback", "must start with '/'"),
+            ("server", "allow", ["83.166.68.1/23"], "server.allow[0]"),
+            ("server", "allow", ["not a network"], "server.allow[0]"),
+            ("server", "max_body", 0, "server.max_body"),
+            ("server", "max_body", "1M", "server.max_body"),
+            ("server", "timezone", "Mars/Olympus", "server.timezone: unknown time zone"),
+            ("server", "ack", "", "server.ack: must not be empty"),
+            ("spool", "dedupe_days", -1, "spool.dedupe_days"),
+            ("spool", "fsync", "yes", "spool.fsync"),
+            ("retrieve", "url", "ftp://x/", "retrieve.url"),
+            ("retrieve", "url", "https://h/RetrieveMMS?user=u", "retrieve.url"),
+            ("retrieve", "concurrency", True, "retrieve.concurrency"),
+            ("retrieve", "ca_file", "/nonexistent/ca.pem", "retrieve.ca_file"),
+        ]:
+            self.assertConfigError({table: {key: value}}, fragment)
+
+    def test_backoffOrder(self) -> None:
+        self.assertConfigError(
+            {"retrieve": {"backoff_initial": 10, "backoff_max": 5}}, "retrieve.backoff_max"
+        )
+
+    def test_passwordFile(self) -> None:
+        """
+        The password may come from a file beside the configuration, trailing
+        whitespace stripped; not both ways at once.
+        """
+        base = Path(self.mktemp())
+        base.mkdir()
+        (base / "secret").write_text("s3cret \n")
+        config = parseConfig({"retrieve": {"password_file": "secret"}}, base)
+        self.assertEqual(config.retrieve.password, "s3cret")
+        self.assertNotIn("s3cret", repr(config))
+        e = self.assertRaises(
+            ConfigError, parseConfig, {"retrieve": {"password_file": "missing"}}, base
+        )
+        self.assertIn("retrieve.password_file: cannot read it", str(e))
+        e = self.assertRaises(
+            ConfigError,
+            parseConfig,
+            {"retrieve": {"password_file": "secret", "password": "x"}},
+            base,
+        )
+        self.assertIn("not both", str(e))
+
+    def test_fileErrors(self) -> None:
+        path = Path(self.mktemp())
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertIn("cannot read", str(e))
+        path.write_text("[server\n")
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertIn("not valid TOML", str(e))
+        path.write_text("[server]\nmax_body = -5\n")
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertIn(f"{path}: server.max_body", str(e))

@@ -1,0 +1,247 @@
+import errno
+import json
+import subprocess
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, TestCase
+
+from mxrecv.message import Message
+from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
+
+from .support import openSpool, startedPool
+
+
+def sms(messageId: str = "mx-1", text: str = "Hello") -> Message:
+    return Message(
+        id=messageId,
+        type="sms",
+        sender="447700900123",
+        to=("80000",),
+        date="2026-11-25 10:30:00",
+        delivery="get",
+        received="2026-11-25T10:30:01.000Z",
+        message=text,
+        charset="utf-8",
+    )
+
+
+def contents(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+class AcceptTests(TestCase):
+    @inlineCallbacks
+    def test_storedInNew(self):
+        """
+        An accepted message is in new/NAME/message.json, fsynced and renamed
+        there, and nothing is left in tmp/.
+        """
+        spool = openSpool(self)
+        accepted = yield spool.accept(sms("a/b"))
+        self.assertEqual(accepted, Accepted("a=2Fb", duplicate=False))
+        path = spool.dir(NEW) / "a=2Fb" / "message.json"
+        self.assertEqual(Message.decode(path.read_bytes()), sms("a/b"))
+        self.assertEqual(contents(spool.dir("tmp")), [])
+
+    @inlineCallbacks
+    def test_pending(self):
+        spool = openSpool(self)
+        yield spool.accept(sms("m"), PENDING)
+        self.assertEqual(contents(spool.dir(PENDING)), ["m"])
+        self.assertEqual(contents(spool.dir(NEW)), [])
+
+    @inlineCallbacks
+    def test_stagedFilesKept(self):
+        """
+        Files written in a staging directory arrive beside message.json.
+        """
+        spool = openSpool(self)
+        staging = spool.stage()
+        staging.file("mms.zip").write_bytes(b"PK zip")
+        yield spool.accept(sms("m"), PENDING, staging)
+        self.assertEqual(contents(spool.dir(PENDING) / "m"), ["message.json", "mms.zip"])
+        self.assertEqual((spool.dir(PENDING) / "m" / "mms.zip").read_bytes(), b"PK zip")
+        self.assertFalse(staging.path.exists())
+
+    @inlineCallbacks
+    def test_duplicate(self):
+        """
+        A second message with the same id is reported as a duplicate and not
+        stored again, even after the application removed the first.
+        """
+        spool = openSpool(self)
+        yield spool.accept(sms(text="first"))
+        (spool.dir(NEW) / "mx-1" / "message.json").unlink()
+        (spool.dir(NEW) / "mx-1").rmdir()
+        accepted = yield spool.accept(sms(text="second"))
+        self.assertTrue(accepted.duplicate)
+        self.assertEqual(contents(spool.dir(NEW)), [])
+
+    @inlineCallbacks
+    def test_concurrentSameId(self):
+        """
+        Retries that arrive while the first copy is being committed are
+        answered with its outcome; one copy is stored.
+        """
+        spool = openSpool(self)
+        results = yield gatherResults([spool.accept(sms(text=str(i))) for i in range(5)])
+        self.assertEqual([r.duplicate for r in results], [False, True, True, True, True])
+        stored = Message.decode((spool.dir(NEW) / "mx-1" / "message.json").read_bytes())
+        self.assertEqual(stored.message, "0")
+
+    @inlineCallbacks
+    def test_groupCommit(self):
+        """
+        Many concurrent messages are all stored, each exactly once.
+        """
+        spool = openSpool(self)
+        ids = [f"id-{i}" for i in range(200)]
+        results = yield gatherResults([spool.accept(sms(i)) for i in ids])
+        self.assertEqual({r.name for r in results}, set(ids))
+        self.assertEqual(contents(spool.dir(NEW)), sorted(ids))
+        journal = (spool.dir("state") / "seen").read_text().split()
+        self.assertEqual(sorted(journal[1::2]), sorted(ids))
+
+    @inlineCallbacks
+    def test_unwritable(self):
+        """
+        When the message cannot be put in place, accept fails with
+        SpoolError, nothing is left in tmp/, and the id is not remembered:
+        the retry is stored.
+        """
+        spool = openSpool(self)
+        new = spool.dir(NEW)
+        new.rmdir()
+        new.write_bytes(b"not a directory")
+        yield self.assertFailure(spool.accept(sms()), SpoolError)
+        self.assertEqual(contents(spool.dir("tmp")), [])
+        self.assertFalse(spool.isSeen("mx-1"))
+        new.unlink()
+        new.mkdir()
+        accepted = yield spool.accept(sms())
+        self.assertFalse(accepted.duplicate)
+
+    @inlineCallbacks
+    def test_diskFull(self):
+        """
+        On a full filesystem accept fails with SpoolError and leaves nothing
+        half-written; once space is freed the retry is stored.
+        """
+        root = Path(self.mktemp())
+        root.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)],
+                          capture_output=True).returncode:
+            raise SkipTest("cannot mount a small tmpfs here (needs root)")
+        self.addCleanup(subprocess.run, ["umount", "-l", str(root)])
+        spool = openSpool(self, root / "spool")
+        filler = root / "filler"
+        with filler.open("wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+        failure = yield self.assertFailure(spool.accept(sms(text="x" * 20000)), SpoolError)
+        self.assertIn("No space left", str(failure))
+        self.assertEqual(contents(spool.dir("tmp")), [])
+        self.assertEqual(contents(spool.dir(NEW)), [])
+        filler.unlink()
+        accepted = yield spool.accept(sms(text="x" * 20000))
+        self.assertFalse(accepted.duplicate)
+        self.assertEqual(contents(spool.dir(NEW)), ["mx-1"])
+
+    def test_rejectsSecondProcess(self):
+        spool = openSpool(self)
+        other = Spool(spool.root, reactor=reactor, pool=startedPool(self))
+        self.assertRaises(SpoolLocked, other.open)
+
+
+class RestartTests(TestCase):
+    @inlineCallbacks
+    def test_seenSurvivesRestart(self):
+        """
+        The seen-id index survives a restart, and covers messages the
+        application already deleted.
+        """
+        root = Path(self.mktemp())
+        first = openSpool(self, root)
+        yield first.accept(sms("a"))
+        yield first.accept(sms("b"))
+        first.close()
+        for name in ("a", "b"):
+            for f in (root / NEW / name).iterdir():
+                f.unlink()
+            (root / NEW / name).rmdir()
+        second = openSpool(self, root)
+        self.assertTrue((yield second.accept(sms("a"))).duplicate)
+        self.assertFalse((yield second.accept(sms("c"))).duplicate)
+
+    @inlineCallbacks
+    def test_startUpCleansTmpAndReadsDirectories(self):
+        """
+        At start-up tmp/ is emptied, a torn journal line is ignored, and a
+        message present in new/ but missing from the journal (a crash between
+        rename and journal) counts as seen.
+        """
+        root = Path(self.mktemp())
+        first = openSpool(self, root)
+        yield first.accept(sms("a"))
+        first.close()
+        (root / "tmp" / "in.leftover").mkdir()
+        (root / "tmp" / "in.leftover" / "message.json").write_bytes(b"{")
+        (root / NEW / "crashed").mkdir()
+        with (root / "state" / "seen").open("ab") as f:
+            f.write(b"17000")
+        second = openSpool(self, root)
+        self.assertEqual(contents(root / "tmp"), [])
+        self.assertTrue(second.isSeen("a"))
+        self.assertTrue(second.isSeen("crashed"))
+
+    @inlineCallbacks
+    def test_prune(self):
+        """
+        Ids older than the dedupe window are forgotten, in memory and in the
+        journal; younger ones are kept.
+        """
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        root = Path(self.mktemp())
+        spool = openSpool(self, root, clock=clock, dedupeSeconds=7 * 86400)
+        yield spool.accept(sms("old"))
+        clock.advance(6 * 86400)
+        yield spool.accept(sms("young"))
+        clock.advance(86400 + 1)
+        forgotten = yield spool.prune()
+        self.assertEqual(forgotten, 1)
+        self.assertFalse(spool.isSeen("old"))
+        self.assertTrue(spool.isSeen("young"))
+        journal = (root / "state" / "seen").read_text()
+        self.assertNotIn("old", journal)
+        self.assertIn("young", journal)
+        spool.close()
+        # The journal is appended to after a prune; "old" stays forgotten
+        # once the application has taken it out of new/.
+        (root / NEW / "old" / "message.json").unlink()
+        (root / NEW / "old").rmdir()
+        again = openSpool(self, root, clock=clock)
+        yield again.accept(sms("later"))
+        self.assertEqual(
+            [line.split()[1] for line in (root / "state" / "seen").read_text().splitlines()],
+            ["young", "later"],
+        )
+
+    def test_messageJsonKeys(self):
+        """
+        message.json has every key of the public interface.
+        """
+        document = json.loads(sms().encode())
+        self.assertEqual(
+            list(document),
+            ["id", "type", "from", "to", "cc", "date", "network", "subject", "message",
+             "charset", "expiry", "delivery", "received", "mms_size", "mms_sha256",
+             "parts", "text", "parts_error"],
+        )
+

@@ -1,0 +1,147 @@
+"""
+The twistd plugin: discovered, configured, and run as a user runs it.
+"""
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SkipTest, TestCase
+
+from mxrecv.tap import Options
+
+from .support import SMS, httpClient
+
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class _Twistd(ProcessProtocol):
+    """
+    A twistd process: tells the port it listens on, and how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred = Deferred()
+        self.process = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = re.search(rb"CallbackSite starting on (\d+)", self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value)
+
+
+def runTwistd(case: TestCase, *args: str) -> _Twistd:
+    protocol = _Twistd()
+    process = reactor.spawnProcess(
+        protocol,
+        sys.executable,
+        [sys.executable, *TWISTD, "-n", "--pidfile=", "mxrecv", *args],
+        # The child imports what this test imports (trial runs in
+        # _trial_temp, so a relative PYTHONPATH would not do).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path)},
+    )
+    protocol.process = process
+
+    def stop():
+        if protocol.ended.called:
+            return None
+        try:
+            process.signalProcess(signal.SIGKILL)
+        except ProcessExitedAlready:
+            pass
+        return protocol.ended
+
+    case.addCleanup(stop)
+    return protocol
+
+
+class PluginTests(TestCase):
+    def test_discovered(self) -> None:
+        """
+        twistd finds the mxrecv plugin, pointing at mxrecv.tap.
+        """
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("mxrecv", makers)
+        self.assertEqual(makers["mxrecv"].module, "mxrecv.tap")
+
+    def test_badConfigIsUsageError(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text('[server]\nlisten = "tcp:8080"\n')
+        e = self.assertRaises(UsageError, Options().parseOptions, ["--config", str(path)])
+        self.assertIn("server.listen", str(e))
+
+    @inlineCallbacks
+    def test_twistdRunsExample(self):
+        """
+        twistd mxrecv with a configuration file takes a callback into its
+        spool, and stops cleanly on SIGTERM.
+        """
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        config = base / "mxrecv.toml"
+        config.write_text(
+            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
+        )
+        twistd = runTwistd(self, "--config", str(config))
+        port = yield twistd.listening
+        response = yield httpClient(self).get(f"http://127.0.0.1:{port}/", params=SMS)
+        self.assertEqual(response.code, 200)
+        self.assertTrue((base / "spool" / "new" / "mx-1" / "message.json").is_file())
+        twistd.process.signalProcess("TERM")
+        ended = yield twistd.ended
+        # twistd ends with the signal that stopped it, once it has shut down.
+        self.assertEqual(
+            (ended.exitCode, ended.signal), (None, signal.SIGTERM), twistd.output.decode()
+        )
+        self.assertIn(b"Server Shut Down.", twistd.output)
+
+    @inlineCallbacks
+    def test_twistdRefusesBadConfig(self):
+        """
+        A bad key stops start-up with a non-zero exit and names the key.
+        """
+        config = Path(self.mktemp())
+        config.write_text("[spool]\ndedupe_dayz = 7\n")
+        twistd = runTwistd(self, "--config", str(config))
+        twistd.listening.addErrback(lambda f: None)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(b"spool.dedupe_dayz: unknown key", twistd.output)
+
+
+class PackagingTests(TestCase):
+    def test_pluginInstalled(self) -> None:
+        """
+        An installed mxrecv (pip install ., not only a checkout) ships the
+        plugin file and no twisted/__init__.py or twisted/plugins/__init__.py,
+        which would break Twisted itself.
+        """
+        from importlib.metadata import PackageNotFoundError, files
+
+        try:
+            installed = {str(f) for f in files("mxrecv") or ()}
+        except PackageNotFoundError:
+            raise SkipTest("mxrecv is not installed; running from a checkout")
+        self.assertIn("twisted/plugins/mxrecv_plugin.py", installed)
+        self.assertNotIn("twisted/__init__.py", installed)
+        self.assertNotIn("twisted/plugins/__init__.py", installed)
