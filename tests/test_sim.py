@@ -6,7 +6,6 @@ mxrecv site listening on 127.0.0.1.
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import zipfile
 
@@ -16,11 +15,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mxrecv.config import Config, ServerConfig
 from mxrecv.sim import (
     Callback,
     Options,
@@ -33,10 +30,8 @@ from mxrecv.sim import (
     percentile,
     run,
 )
-from mxrecv.spool import Spool
-from mxrecv.tap import buildSite
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+from .support import startServer
 
 
 class PureTests(SynchronousTestCase):
@@ -114,18 +109,10 @@ class AgainstMxrecvTests(TestCase):
     The simulator against a real mxrecv site on a loopback port.
     """
 
-    @inlineCallbacks
     def setUp(self) -> None:
-        pool = ThreadPool(minthreads=1, maxthreads=4, name="test-sim")
-        pool.start()
-        self.addCleanup(pool.stop)
-        self.spool = Spool(self.mktemp(), reactor=reactor, pool=pool)
-        self.spool.open()
-        self.addCleanup(self.spool.close)
-        site = buildSite(Config(server=ServerConfig(allow=LOOPBACK)), self.spool, reactor)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        self.addCleanup(port.stopListening)
-        self.url = f"http://127.0.0.1:{port.getHost().port}/"
+        server = startServer(self)
+        self.spool = server.spool
+        self.url = server.url
         self.out = io.StringIO()
 
     def settings(self, **kwargs) -> Settings:
