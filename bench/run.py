@@ -195,6 +195,11 @@ class Server:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
 
     def command(self) -> list:
+        if self.name.startswith("mxrecv+"):
+            return [
+                PY, BENCH / "variants.py", self.name.partition("+")[2], "-n", "--pidfile=",
+                "--logfile", self.workdir / "twistd.log", "mxrecv", "--config", self.writeConfig(),
+            ]
         if self.name == "mxrecv":
             return [
                 VENV / "bin" / "twistd", "-n", "--pidfile=", "--logfile", self.workdir / "twistd.log",
@@ -414,6 +419,8 @@ class Bench:
         self.seconds = 2 if args.quick else 10
         self.cert = self.makeCert()
         self.counter = 0
+        self.variants = [f"mxrecv+{v}" for v in args.variants]
+        self.names = list(SERVERS) + self.variants
 
     def makeCert(self) -> tuple[Path, Path]:
         cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
@@ -429,7 +436,7 @@ class Bench:
         self.counter += 1
         return Server(
             name,
-            PORT_BASE + 10 + SERVERS.index(name),
+            PORT_BASE + 10 + self.names.index(name),
             self.workdir / f"{self.counter:03d}-{name}",
             tls=self.cert if tls else None,
             retrieveURL=f"http://127.0.0.1:{PORT_BASE + 20}/RetrieveMMS" if retrieve else None,
@@ -527,6 +534,8 @@ class Bench:
             scenario.note = "; ".join(missing)
             say(f"{scenario.name}: skipped: {scenario.note}")
             return
+        if scenario.name in ("S1", "S2"):
+            scenario.servers = tuple(scenario.servers) + tuple(self.variants)
         servers = {
             name: self.server(name, tls=scenario.tls, retrieve=scenario.name == "S6")
             for name in scenario.servers
@@ -646,15 +655,18 @@ def table(s: Scenario) -> list[str]:
             cells.append(f"{fmt.format(mr[0])} ({fmt.format(mr[1])}-{fmt.format(mr[2])})")
         cells.append(str(sum(r["errors"] for r in runs)))
         lines.append("| " + " | ".join(cells) + " |")
-    if "mxrecv" in medians and len(medians) > 1:
+    ours = [name for name in medians if name.startswith("mxrecv")]
+    peers = [name for name in medians if not name.startswith("mxrecv")]
+    if ours and peers:
         lines.append("")
-        for peer in (p for p in medians if p != "mxrecv"):
-            ratios = []
-            for m in s.metrics:
-                a, b = medians["mxrecv"].get(m), medians[peer].get(m)
-                if a is not None and b:
-                    ratios.append(f"{METRIC[m][0]} x{a / b:.2f}")
-            lines.append(f"- mxrecv / {peer}: " + ", ".join(ratios))
+        for mine in ours:
+            for peer in peers:
+                ratios = []
+                for m in s.metrics:
+                    a, b = medians[mine].get(m), medians[peer].get(m)
+                    if a is not None and b:
+                        ratios.append(f"{METRIC[m][0]} x{a / b:.2f}")
+                lines.append(f"- {mine} / {peer}: " + ", ".join(ratios))
     return lines
 
 
@@ -682,7 +694,7 @@ def verdicts(scenarios: list[Scenario]) -> list[str]:
 
     s1 = by["S1"]
     if s1.results:
-        peers = [p for p in s1.results if p != "mxrecv"]
+        peers = [p for p in s1.results if not p.startswith("mxrecv")]
         best = max(med(s1, p, "rate") for p in peers)
         rate, p99 = med(s1, "mxrecv", "rate"), med(s1, "mxrecv", "p99")
         ok = rate >= 2 * best and all(p99 < med(s1, p, "p99") for p in peers)
@@ -691,12 +703,12 @@ def verdicts(scenarios: list[Scenario]) -> list[str]:
                    + ", ".join(f"{p} {med(s1, p, 'p99'):.1f} ms" for p in peers))
     s3 = by["S3"]
     if s3.results:
-        best = max(med(s3, p, "rate") for p in s3.results if p != "mxrecv")
+        best = max(med(s3, p, "rate") for p in s3.results if not p.startswith("mxrecv"))
         rate = med(s3, "mxrecv", "rate")
         out.append(f"- S3 (>= 1.5x the best peer): {'met' if rate >= 1.5 * best else 'NOT met'}: x{rate / best:.2f}")
     s4 = by["S4"]
     if s4.results:
-        best = max(med(s4, p, "mibs") for p in s4.results if p != "mxrecv")
+        best = max(med(s4, p, "mibs") for p in s4.results if not p.startswith("mxrecv"))
         mibs, rss = med(s4, "mxrecv", "mibs"), med(s4, "mxrecv", "rss")
         ok = mibs >= best and rss < 16
         out.append(f"- S4 (>= best peer's MiB/s, RSS growth < 16 MiB): {'met' if ok else 'NOT met'}: "
@@ -713,7 +725,8 @@ def report(args, info, disk, cpuBefore, cpuAfter, all_: list[Scenario], profile:
     lines = [
         "# Benchmarks", "",
         f"Measured {now} with `python3 bench/run.py{' --quick' if args.quick else ''}"
-        f"{' --only ' + ','.join(args.only) if args.only else ''}` in {took:.0f} s.", "",
+        f"{' --only ' + ','.join(args.only) if args.only else ''}"
+        f"{' --variants ' + repr(';'.join(args.variants)) if args.variants else ''}` in {took:.0f} s.", "",
         "How: each server runs as its own process pinned to core 0 (all three are started for a scenario, and "
         "only the one under load is busy), each with its own spool on the same disk; the load tool "
         "(wrk for GET, `mxrecv-sim` for POST and RetrieveMMS) is pinned to core 1. The servers take turns "
@@ -761,6 +774,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile mxrecv under S1 load")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmark-results.md"))
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--variants", type=lambda s: s.split(";"), default=[],
+                        help="also run these bench/variants.py variants of mxrecv in S1 and S2, "
+                        "separated by ';' (each may combine several with ','), e.g. 'syncfs;nosync'")
     parser.add_argument("--keep", action="store_true", help="keep the spools and logs")
     args = parser.parse_args()
     started = time.monotonic()
