@@ -405,7 +405,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("S5", "32 concurrent POSTs of 16 MiB", needs=("post",), metrics=("mibs", "rss")),
         Scenario("S6", f"{200 if quick else 1000} GET-mode MMS drained through RetrieveMMS",
                  servers=("mxrecv",), needs=("retrieve",), metrics=("drained", "rss")),
-        Scenario("S1-TLS", "S1 over HTTPS", needs=("tls",), tls=True),
+        Scenario("S1-TLS", "S1 over HTTPS", needs=("tls",), tls=True,
+                 metrics=("rate", "p50", "p99", "cpu", "cpums")),
         Scenario("S3-TLS", "S3 over HTTPS", needs=("post", "tls"), tls=True,
                  metrics=("rate", "mibs", "p99", "cpu")),
     ]
@@ -496,7 +497,7 @@ class Bench:
         if kind in ("S1", "S2"):
             r = wrk(s, n, runId, close=kind == "S2")
         elif kind == "S3":
-            r = sim(s, ["--mode", "post", "--type", "mms", "-c", "16", "-n", "100000",
+            r = sim(s, ["--mode", "post", "--type", "mms", "-c", "16", "-n", "20000",
                         "--zip-size", str(MiB), "--duration", f"{n:g}", "--run-id", runId], n + 90, ca)
         elif kind == "S4":
             r = sim(s, ["--mode", "post", "--type", "mms", "-c", "1", "-n", "1",
@@ -579,13 +580,42 @@ class Bench:
         return summariseProfile(raw.read_text() if raw.exists() else "", r)
 
 
+AREAS = (
+    # (area, patterns matched against a frame), first match from the leaf up
+    ("thread hand-off (deferToThreadPool, callFromThread, wake-ups)",
+     ("Condition.notify", "deferToThreadPool", "callInThreadWithCallback", "callFromThread",
+      "Queue.put", "_team.py", "_threadworker.py", "Waker.", "_SocketWaker", "_UnixWaker")),
+    ("logging (one event per callback, twistd's text log)",
+     ("_logger.py", "_observer.py", "_format.py", "_file.py", "logfile.py", "_global.py",
+      "_legacy.py", "_filter.py", "_buffer.py", "_io.py")),
+    ("message.json encoding", ("encoder.py", "Message.encode", "Message.toJSON", "json/__init__")),
+    ("validation (params, dates, text, naming)",
+     ("params.py", "dates.py", "text.py", "naming.py", "zoneinfo", "ipaddress.py", "access.py")),
+    ("spool bookkeeping on the reactor", ("spool.py", "seen.py", "defer.py")),
+    ("twisted.web request and response", ("web/http.py", "web/server.py", "http_headers.py",
+                                          "web/resource.py", "mxrecv/request.py", "mxrecv/resource.py",
+                                          "basic.py", "urllib/parse.py")),
+    ("TCP and the reactor loop", ("tcp.py", "epollreactor.py", "posixbase.py", "abstract.py",
+                                  "fdesc.py", "base.py", "log.py", "context.py")),
+)
+
+
+def _area(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for area, patterns in AREAS:
+            if any(p in frame for p in patterns):
+                return area
+    return "other"
+
+
 def summariseProfile(raw: str, load: dict) -> str:
     """
-    Self and inclusive sample shares per function, reactor thread and worker
-    threads apart, from py-spy's collapsed stacks.
+    Where the reactor thread's GIL-holding samples go (by area, and by
+    function, self), from py-spy's collapsed stacks (--gil: only the thread
+    holding the GIL is sampled, so this is Python CPU, not waiting).
     """
     selfTime: Counter = Counter()
-    inclusive: Counter = Counter()
+    areas: Counter = Counter()
     threads: Counter = Counter()
     total = 0
     for line in raw.splitlines():
@@ -594,24 +624,26 @@ def summariseProfile(raw: str, load: dict) -> str:
             continue
         n = int(count)
         frames = stack.split(";")
-        thread = "reactor" if "MainThread" in frames[0] or "main" in frames[0].lower() else "workers"
+        thread = "reactor" if "MainThread" in frames[0] else "workers"
         threads[thread] += n
         total += n
-        funcs = [re.sub(r" \((.*/)?(site-packages/)?", " (", f) for f in frames[1:]]
+        funcs = frames[1:]
         if funcs:
-            selfTime[(thread, funcs[-1])] += n
-        for f in set(funcs):
-            inclusive[(thread, f)] += n
+            short = re.sub(r" \((.*/)?(site-packages/)?", " (", funcs[-1])
+            selfTime[(thread, short)] += n
+        if thread == "reactor":
+            areas[_area(funcs)] += n
     if not total:
         return "py-spy recorded nothing (permissions?)."
+    reactor = threads["reactor"] or 1
     lines = [f"Load during profiling: {load['rate']:.0f} callbacks/s, p99 {load['p99']:.1f} ms "
-             f"(py-spy at 200 Hz slows the server).", "",
-             "Samples by thread: " + ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in threads.items()), "",
-             "| thread | function (self) | % of samples |", "|---|---|---|"]
+             f"(py-spy at 200 Hz slows the server). {total} samples of the thread holding the GIL.", "",
+             "GIL-holding samples by thread: " + ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in threads.items()),
+             "", "| reactor thread, by area (leaf-most match) | % of reactor samples |", "|---|---|"]
+    for area, n in areas.most_common():
+        lines.append(f"| {area} | {100 * n / reactor:.1f} |")
+    lines += ["", "| thread | function (self time) | % of all samples |", "|---|---|---|"]
     for (t, f), n in selfTime.most_common(25):
-        lines.append(f"| {t} | `{f}` | {100 * n / total:.1f} |")
-    lines += ["", "| thread | function (inclusive) | % of samples |", "|---|---|---|"]
-    for (t, f), n in inclusive.most_common(40):
         lines.append(f"| {t} | `{f}` | {100 * n / total:.1f} |")
     return "\n".join(lines)
 
@@ -797,7 +829,7 @@ def main() -> None:
         say(f"features: {features}")
         for s in selected:
             bench.run(s, features)
-        profile = bench.profile(bench.seconds) if args.profile else None
+        profile = bench.profile(max(bench.seconds, 8)) if args.profile else None
         cpuAfter = cpuProbe()
         text = report(args, info, disk, cpuBefore, cpuAfter, all_, profile, time.monotonic() - started)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -455,6 +455,7 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
             file=out,
             flush=True,
         )
+    callbacks = list(makeCallbacks(settings.kind, settings.count, runId, settings.zipSize))
     client, pool = makeClient(reactor, settings)
     semaphore = DeferredSemaphore(settings.concurrency)
     start = reactor.seconds()
@@ -469,7 +470,6 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
             retrieve.announce(callback)
         return send(reactor, client, settings, callback).addCallback(outcomes.append)
 
-    callbacks = list(makeCallbacks(settings.kind, settings.count, runId, settings.zipSize))
     if settings.mode == "post":
         bodyBytes = sum(len(c.zip or b"") for c in callbacks)
     try:
