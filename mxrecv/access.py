@@ -13,8 +13,11 @@ from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from .config import Network
+
+log = Logger()
 
 
 @frozen
@@ -58,6 +61,9 @@ class PeerFilter(Factory):
         self.allow = allow
         self.wrapped = wrapped
 
+    def logPrefix(self) -> str:
+        return self.wrapped.logPrefix()
+
     def doStart(self) -> None:
         self.wrapped.doStart()
 
@@ -66,5 +72,6 @@ class PeerFilter(Factory):
 
     def buildProtocol(self, addr: IAddress):
         if not self.allow.allows(addr):
+            log.info("Dropped a connection from {client}: address not allowed", client=addr.host)
             return None
         return self.wrapped.buildProtocol(addr)

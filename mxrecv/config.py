@@ -61,10 +61,26 @@ class RetrieveConfig:
 
 
 @frozen
+class TLSConfig:
+    """
+    Settings of every C{ssl:} listener (their files are in the listen
+    strings).
+
+    @ivar watch: seconds between checks of the certificate files for changes,
+        which reload them; 0 reloads only on SIGHUP.
+    @ivar expiry_warning_days: warn when a certificate expires this soon.
+    """
+
+    watch: float = 0.0
+    expiry_warning_days: float = 14.0
+
+
+@frozen
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
     spool: SpoolConfig = field(factory=SpoolConfig)
     retrieve: RetrieveConfig = field(factory=RetrieveConfig)
+    tls: TLSConfig = field(factory=TLSConfig)
 
 
 # Checks: each takes the raw TOML value (and the key's dotted name, for the
@@ -119,6 +135,12 @@ def _listen(key: str, value: Any) -> tuple[str, ...]:
         except ValueError as e:
             raise ConfigError(f"{key}[{i}]: {e}") from None
     return descriptions
+
+
+def _nonNegativeNumber(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(f"{key}: expected a number of at least 0, got {value!r}")
+    return float(value)
 
 
 def _path(key: str, value: Any) -> str:
@@ -189,6 +211,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_max": _positiveNumber,
             "ca_file": _directory,
         },
+    ),
+    "tls": (
+        TLSConfig,
+        {"watch": _nonNegativeNumber, "expiry_warning_days": _nonNegativeNumber},
     ),
 }
 

@@ -1,32 +1,63 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_tls -*-
 """
 Listening endpoints from the C{[server] listen} strings.
 
-The strings are ordinary Twisted endpoint descriptions, so HTTP and HTTPS (and
-UNIX sockets behind a proxy) share one code path, as in C{twisted.web.tap}.
+The strings are Twisted endpoint descriptions, so HTTP (and UNIX sockets
+behind a proxy) share one code path, as in C{twisted.web.tap}.  C{ssl:}
+descriptions keep Twisted's syntax but are built here (L{mxrecv.tls}): a TCP
+port, a filter that drops clients outside C{allow} before any TLS work, and
+TLS with our policy and a certificate that can be reloaded.
 """
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import serverFromString
+from typing import Any
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from .access import AllowList, PeerFilter
+from .tls import ReloadableCertificate, TLSListen, isTLS, parseTLS
 
 
-def parseListen(description: str) -> str:
+def parseListen(description: str) -> str | TLSListen:
     """
-    Check that C{description} is an endpoint string Twisted can build.
+    Check a C{listen} string without reading files or listening.
 
+    @return: the L{TLSListen} for an C{ssl:} description, else the string.
     @raise ValueError: naming what is wrong with it.
     """
     try:
+        if isTLS(description):
+            return parseTLS(description)
         # Building an endpoint does not listen, so no reactor is needed yet.
         serverFromString(None, description)
-    except ValueError as e:
-        raise ValueError(f"bad endpoint {description!r}: {e}") from None
     except Exception as e:
         raise ValueError(f"bad endpoint {description!r}: {e}") from None
     return description
 
 
-def endpointFor(reactor, description: str) -> IStreamServerEndpoint:
+def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
+    endpoint = TCP6ServerEndpoint if isIPv6Address(listen.interface) else TCP4ServerEndpoint
+    return endpoint(reactor, listen.port, backlog=listen.backlog, interface=listen.interface)
+
+
+def tlsFactory(
+    site: Factory, allow: AllowList, certificate: ReloadableCertificate
+) -> Factory:
+    """
+    C{site} behind TLS, behind the allow list: a client outside C{allow} is
+    dropped on connection, before its handshake costs us anything.
+    """
+    return PeerFilter(allow, TLSMemoryBIOFactory(certificate, False, site))
+
+
+def endpointFor(reactor: Any, description: str) -> IStreamServerEndpoint:
     return serverFromString(reactor, description)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -20,10 +21,14 @@ from .access import AllowList
 from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
+from .listen import parseListen, tlsEndpoint, tlsFactory
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
+from .retrieve import RetrieveService, makeRetriever
 from .spool import Spool, SpoolLocked
+from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
+from .tlsreload import CertificateReloadService, canHandleSignals
 
 log = Logger()
 
@@ -49,6 +54,28 @@ class Options(usage.Options):
             self["settings"] = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+class OrderedService(MultiService):
+    """
+    A MultiService that stops its children one at a time, last started
+    first, each once the one before it has finished stopping.
+
+    MultiService stops them all at once; here the order matters: the
+    listeners stop taking callbacks, then the spool finishes the commits in
+    flight (which need the thread pool), and only then does the pool stop.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        async def stopAll() -> None:
+            for child in children:
+                await maybeDeferred(child.stopService)
+
+        return Deferred.fromCoroutine(stopAll())
 
 
 class ThreadPoolService(Service):
@@ -124,11 +151,13 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
     )
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None) -> OrderedService:
     if reactor is None:
         from twisted.internet import reactor
     config: Config = options["settings"]
-    service = MultiService()
+    service = OrderedService()
+    # Before the spool: a bad certificate should stop start-up untouched.
+    certificates = loadCertificates(config, reactor)
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
@@ -150,19 +179,103 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     TimerService(PRUNE_INTERVAL, _prune, spool).setServiceParent(service)
 
     completer = Completer(spool, reactor=reactor, pool=pool)
-    pending = PendingWork(spool, completer)
+    retrieve = None
+    if config.retrieve.user:
+        try:
+            retriever = makeRetriever(
+                config.retrieve,
+                spool=spool,
+                completer=completer,
+                reactor=reactor,
+                pool=pool,
+                zone=config.server.timezone,
+                maxBody=config.server.max_body,
+            )
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mxrecv: retrieve.ca_file: {e}") from None
+        # Started before PendingService hands it the pending MMS, stopped
+        # after: stopping abandons the downloads in flight and closes its
+        # connections; their messages stay journaled in pending/.
+        RetrieveService(retriever).setServiceParent(service)
+        retrieve = retriever
+        log.info(
+            "Retrieving GET-mode MMS from {url} as {user}, {concurrency} at a time",
+            url=config.retrieve.url,
+            user=config.retrieve.user,
+            concurrency=config.retrieve.concurrency,
+        )
+    else:
+        log.warn(
+            "[retrieve] user is empty: GET-mode MMS notifications are kept in "
+            "pending/ but not downloaded"
+        )
+    pending = PendingWork(spool, completer, retrieve=retrieve)
     PendingService(pending).setServiceParent(service)
 
     site = buildSite(config, spool, reactor, pending)
-    for description in config.server.listen:
-        # strports.service makes a failure to listen stop start-up.
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    addListeners(service, config, site, certificates, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}",
         spool=str(spool.root),
         listen=", ".join(config.server.listen),
     )
     return service
+
+
+def loadCertificates(config: Config, reactor: Any) -> dict[TLSFiles, ReloadableCertificate]:
+    """
+    Load and check the certificate of each HTTPS listener (once for listeners
+    that share their files).
+
+    @raise SystemExit: when a certificate or key cannot be used, naming the
+        listener and the file.
+    """
+    certificates: dict[TLSFiles, ReloadableCertificate] = {}
+    for i, description in enumerate(config.server.listen):
+        listen = parseListen(description)
+        if isinstance(listen, TLSListen) and listen.files not in certificates:
+            try:
+                certificates[listen.files] = ReloadableCertificate(
+                    listen.files,
+                    now=clockTime(reactor),
+                    warnDays=config.tls.expiry_warning_days,
+                )
+            except CertificateError as e:
+                raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+    return certificates
+
+
+def addListeners(
+    service: MultiService,
+    config: Config,
+    site: CallbackSite,
+    certificates: dict[TLSFiles, ReloadableCertificate],
+    reactor: Any,
+) -> None:
+    """
+    A listening service per C{[server] listen} string, and the reloading of
+    the certificates of the HTTPS ones.
+    """
+    for description in config.server.listen:
+        listen = parseListen(description)
+        if not isinstance(listen, TLSListen):
+            # strports.service makes a failure to listen stop start-up.
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+            continue
+        listener = StreamServerEndpointService(
+            tlsEndpoint(reactor, listen),
+            tlsFactory(site, site.allow, certificates[listen.files]),
+        )
+        # As strports.service does: a failure to listen stops start-up.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    if certificates:
+        CertificateReloadService(
+            list(certificates.values()),
+            reactor=reactor,
+            watch=config.tls.watch,
+            handleSignal=canHandleSignals(reactor),
+        ).setServiceParent(service)
 
 
 def _prune(spool: Spool) -> None:

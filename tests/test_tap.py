@@ -145,3 +145,37 @@ class PackagingTests(TestCase):
         self.assertIn("twisted/plugins/mxrecv_plugin.py", installed)
         self.assertNotIn("twisted/__init__.py", installed)
         self.assertNotIn("twisted/plugins/__init__.py", installed)
+
+
+class OrderedServiceTests(TestCase):
+    def test_stopsInReverseOrderWaiting(self) -> None:
+        """
+        Children stop last-first, each only after the previous one finished.
+        """
+        from twisted.application.service import Service
+
+        from mxrecv.tap import OrderedService
+
+        events = []
+        gate: Deferred[None] = Deferred()
+
+        class Child(Service):
+            def __init__(self, name, result=None):
+                self.name = name
+                self.result = result
+
+            def stopService(self):
+                events.append(self.name)
+                return self.result
+
+        parent = OrderedService()
+        Child("pool").setServiceParent(parent)
+        Child("spool", gate).setServiceParent(parent)
+        Child("listener").setServiceParent(parent)
+        parent.startService()
+        stopped = parent.stopService()
+        self.assertEqual(events, ["listener", "spool"])
+        self.assertNoResult(stopped)
+        gate.callback(None)
+        self.assertEqual(events, ["listener", "spool", "pool"])
+        self.successResultOf(stopped)

@@ -1,0 +1,221 @@
+# -*- test-case-name: tests.test_schedule -*-
+"""
+When to try downloading each pending MMS: the decisions of RetrieveMMS
+retrieval, without any I/O, so that they can be property-tested.
+
+Every message waiting for its download is in one of three states: ready (it
+may start as soon as a slot is free), backing off (after a failure, until its
+retry time) or in flight.  Ready messages start earliest expiry first, at
+most C{concurrency} at a time.  A failure is retried after an exponentially
+growing, jittered delay; a message whose expiry comes before it could be
+tried again, or passes while it waits, is given up with its attempts.  No
+attempt ever starts at or after a message's expiry, and each message has
+exactly one terminal outcome: L{Completed} or L{GaveUp}.
+
+Times are POSIX seconds from the caller's clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+
+from attrs import frozen
+
+from .complete import Attempt
+from .dates import isoFromTimestamp
+
+
+@frozen
+class Policy:
+    """
+    How hard to try.
+
+    @ivar concurrency: most attempts in flight at once.
+    @ivar timeout: longest an attempt may take, in seconds, whole body included.
+    @ivar backoffInitial: nominal wait before the first retry, in seconds.
+    @ivar backoffMax: nominal wait is doubled after each failure up to this.
+    @ivar jitter: the fraction of the nominal wait taken off at random, so
+        that retries after a common outage do not all start together.
+    """
+
+    concurrency: int = 8
+    timeout: float = 30.0
+    backoffInitial: float = 5.0
+    backoffMax: float = 600.0
+    jitter: float = 0.25
+
+    def delay(self, failures: int, random: float) -> float:
+        """
+        The wait after the C{failures}th failure (1 for the first), given a
+        random number in [0, 1).
+        """
+        nominal = min(self.backoffMax, self.backoffInitial * 2.0 ** min(failures - 1, 64))
+        return nominal * (1.0 - self.jitter * random)
+
+
+@frozen
+class Start:
+    """
+    Start an attempt now, abandoning it at C{deadline} (the attempt timeout
+    or the expiry, whichever comes first).
+    """
+
+    name: str
+    deadline: float
+
+
+@frozen
+class Completed:
+    name: str
+    attempts: tuple[Attempt, ...]
+
+
+@frozen
+class GaveUp:
+    """
+    The message expired before it could be downloaded.
+
+    @ivar error: a sentence for C{failed/NAME/message.json}.
+    """
+
+    name: str
+    error: str
+    attempts: tuple[Attempt, ...]
+
+
+Decision = Start | GaveUp
+
+
+class _Job:
+    __slots__ = ("name", "expiry", "attempts", "retryAt", "state")
+
+    def __init__(self, name: str, expiry: float, attempts: tuple[Attempt, ...]) -> None:
+        self.name = name
+        self.expiry = expiry
+        self.attempts = attempts
+        self.retryAt = 0.0
+        self.state = "ready"
+
+
+class Schedule:
+    """
+    The retrieval queue.  The caller asks L{poll} what to do now, reports
+    each attempt's end with L{succeeded} or L{failed}, and calls L{poll}
+    again at L{wakeAt} or after any report.
+
+    @param random: returns a float in [0, 1); the jitter's source.
+    """
+
+    def __init__(self, policy: Policy, random: Callable[[], float]) -> None:
+        self.policy = policy
+        self._random = random
+        self._jobs: dict[str, _Job] = {}
+        self._ready: list[tuple[float, int, str]] = []
+        self._waiting: list[tuple[float, int, str]] = []
+        self._order = 0
+        self.inFlight = 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def add(self, name: str, expiry: float, attempts: Sequence[Attempt] = ()) -> None:
+        """
+        Queue C{name} (ready at once), with the C{attempts} a previous run
+        made.  A name already queued is ignored.
+        """
+        if name in self._jobs:
+            return
+        job = _Job(name, expiry, tuple(attempts))
+        self._jobs[name] = job
+        self._push(self._ready, expiry, name)
+
+    def poll(self, now: float) -> list[Decision]:
+        """
+        What to do at C{now}: attempts to start, in order, and messages to give
+        up.  Each L{Start} counts as in flight until reported.
+        """
+        decisions: list[Decision] = []
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, name = heapq.heappop(self._waiting)
+            job = self._jobs[name]
+            job.state = "ready"
+            self._push(self._ready, job.expiry, name)
+        while self._ready:
+            expiry, _, name = self._ready[0]
+            job = self._jobs[name]
+            if expiry <= now:
+                heapq.heappop(self._ready)
+                decisions.append(self._giveUp(job, now))
+            elif self.inFlight < self.policy.concurrency:
+                heapq.heappop(self._ready)
+                job.state = "inFlight"
+                self.inFlight += 1
+                decisions.append(Start(name, min(now + self.policy.timeout, expiry)))
+            else:
+                break
+        return decisions
+
+    def wakeAt(self) -> float | None:
+        """
+        The next time L{poll} may have something to do, unless an attempt
+        ends first; L{None} if only the end of an attempt can change anything.
+        """
+        times = []
+        if self._waiting:
+            times.append(self._waiting[0][0])
+        if self._ready:
+            # Either a slot is free (then poll now) or the earliest expiry
+            # among the ready ones is the next thing to happen.
+            times.append(self._ready[0][0])
+        return min(times) if times else None
+
+    def succeeded(self, name: str, now: float) -> Completed:
+        job = self._finish(name)
+        del self._jobs[name]
+        return Completed(name, job.attempts + (Attempt(isoFromTimestamp(now), "downloaded"),))
+
+    def failed(self, name: str, now: float, outcome: str) -> GaveUp | None:
+        """
+        Record a failed attempt.
+
+        @return: L{GaveUp} if the message cannot be tried again before its
+            expiry; else L{None} and the message waits for its retry.
+        """
+        job = self._finish(name)
+        job.attempts += (Attempt(isoFromTimestamp(now), outcome),)
+        retryAt = now + self.policy.delay(len(job.attempts), self._random())
+        if retryAt >= job.expiry:
+            return self._giveUp(job, now)
+        job.retryAt = retryAt
+        job.state = "waiting"
+        self._push(self._waiting, retryAt, name)
+        return None
+
+    def attempts(self, name: str) -> tuple[Attempt, ...]:
+        return self._jobs[name].attempts
+
+    def _finish(self, name: str) -> _Job:
+        job = self._jobs[name]
+        if job.state != "inFlight":
+            raise ValueError(f"{name} has no attempt in flight")
+        self.inFlight -= 1
+        return job
+
+    def _giveUp(self, job: _Job, now: float) -> GaveUp:
+        del self._jobs[job.name]
+        count = len(job.attempts)
+        last = f"; the last one: {job.attempts[-1].outcome}" if job.attempts else ""
+        error = (
+            f"not downloaded from RetrieveMMS before its expiry "
+            f"({isoFromTimestamp(job.expiry)}) after {count} "
+            f"attempt{'' if count == 1 else 's'}{last}"
+        )
+        return GaveUp(job.name, error, job.attempts)
+
+    def _push(self, heap: list, when: float, name: str) -> None:
+        self._order += 1
+        heapq.heappush(heap, (when, self._order, name))

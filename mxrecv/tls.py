@@ -1,0 +1,366 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+HTTPS listeners: C{ssl:} descriptions, our TLS policy, certificates that can
+be replaced while the server runs.
+
+mxrecv faces MX Telecom without a proxy, so it terminates TLS itself.  An
+C{ssl:} string in C{[server] listen} uses Twisted's syntax, but mxrecv builds
+the listener: Twisted's own C{ssl:} endpoint cannot tighten the cipher list,
+cannot refuse a client before the handshake, and cannot swap its certificate.
+
+The policy (see C{docs/tls.md}): TLS 1.2 at least; forward-secret AEAD
+ciphers only (ECDHE with AES-GCM or ChaCha20-Poly1305, and TLS 1.3's suites,
+which all are); the server's cipher preference; no TLS compression; no
+renegotiation; no session tickets or session cache (Twisted's default).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+# ECDHE key exchange (forward secrecy) with an AEAD cipher.  TLS 1.3's suites
+# are fixed by OpenSSL and all qualify.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+MINIMUM_VERSION = TLSVersion.TLSv1_2
+# Warn when a certificate expires within this many days (at start-up, on each
+# reload and once a day while running).
+EXPIRY_WARNING_DAYS = 14
+
+_SUPPORTED = ("port", "privateKey", "certKey", "extraCertChain", "interface", "backlog")
+
+
+class CertificateError(Exception):
+    """
+    A certificate or key cannot be used; the message names the file.
+    """
+
+
+@frozen
+class TLSFiles:
+    """
+    Where a listener's key and certificates are read from, each time they are
+    (re)loaded.
+
+    @ivar certKey: the certificate, optionally followed by its chain (a
+        C{fullchain.pem}).
+    @ivar extraCertChain: intermediate certificates, when they are in a file
+        of their own.
+    """
+
+    privateKey: Path
+    certKey: Path
+    extraCertChain: Path | None = None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.privateKey, self.certKey) + (
+            (self.extraCertChain,) if self.extraCertChain else ()
+        )
+
+
+@frozen
+class TLSListen:
+    """
+    An C{ssl:} description, parsed.
+    """
+
+    port: int
+    files: TLSFiles
+    interface: str = ""
+    backlog: int = 50
+
+
+def isTLS(description: str) -> bool:
+    return description.split(":", 1)[0] == "ssl"
+
+
+def _fields(description: str) -> list[list[str]]:
+    """
+    Split an endpoint description like Twisted does: fields at C{:}, a key
+    from its value at the first C{=}, a backslash escapes either.
+    """
+    fields: list[list[str]] = [[""]]
+    chars = iter(description)
+    for c in chars:
+        if c == "\\":
+            fields[-1][-1] += next(chars, "")
+        elif c == ":":
+            fields.append([""])
+        elif c == "=" and len(fields[-1]) == 1:
+            fields[-1].append("")
+        else:
+            fields[-1][-1] += c
+    return fields
+
+
+def parseTLS(description: str) -> TLSListen:
+    """
+    Parse C{ssl:PORT:privateKey=KEY[:certKey=CERT][:extraCertChain=CHAIN]
+    [:interface=ADDR][:backlog=N]}; C{certKey} defaults to C{privateKey} (one
+    file holding both), as in Twisted.  Files are not read here.
+
+    @raise ValueError: naming what is wrong.
+    """
+    fields = _fields(description)
+    if fields[0] != ["ssl"]:
+        raise ValueError("not an ssl: description")
+    options: dict[str, str] = {}
+    for field in fields[1:]:
+        if len(field) == 1:
+            if options:
+                raise ValueError(f"unexpected {field[0]!r}: give options as name=value")
+            field = ["port", field[0]]
+        name, value = field
+        if name not in _SUPPORTED:
+            raise ValueError(
+                f"unsupported option {name!r} (mxrecv sets its own TLS policy); "
+                f"supported: {', '.join(_SUPPORTED)}"
+            )
+        if name in options:
+            raise ValueError(f"{name} given twice")
+        if not value:
+            raise ValueError(f"{name} is empty")
+        options[name] = value
+    for name in ("port", "privateKey"):
+        if name not in options:
+            raise ValueError(f"{name} is required")
+    port = _number("port", options["port"], 0, 65535)
+    backlog = _number("backlog", options.get("backlog", "50"), 1, 65535)
+    chain = options.get("extraCertChain")
+    return TLSListen(
+        port=port,
+        files=TLSFiles(
+            privateKey=Path(options["privateKey"]),
+            certKey=Path(options.get("certKey", options["privateKey"])),
+            extraCertChain=Path(chain) if chain else None,
+        ),
+        interface=options.get("interface", ""),
+        backlog=backlog,
+    )
+
+
+def _number(name: str, value: str, low: int, high: int) -> int:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+@frozen
+class Loaded:
+    """
+    A key and certificate that passed the checks, ready to serve.
+    """
+
+    options: CertificateOptions
+    subject: str
+    notAfter: datetime.datetime
+    fingerprint: str
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CertificateError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise CertificateError(f"the {what} {path} holds no PEM certificate")
+    return certificates
+
+
+def policy(**certificate) -> CertificateOptions:
+    """
+    Our TLS settings around a key and certificate chain (pyOpenSSL objects).
+    """
+    options = CertificateOptions(
+        raiseMinimumTo=MINIMUM_VERSION,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
+        **certificate,
+    )
+    # CertificateOptions already sets no compression and server preference;
+    # renegotiation has no switch, so set it on the context, which it caches.
+    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
+    return options
+
+
+def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
+    """
+    Read and check a key and its certificates.
+
+    @param now: the time (aware, UTC) against which validity is checked.
+    @raise CertificateError: unreadable or malformed file, a key that is not
+        the certificate's, or a certificate that is expired or not valid yet.
+    """
+    keyData = _read(files.privateKey, "private key")
+    try:
+        key = serialization.load_pem_private_key(keyData, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise CertificateError(
+            f"the private key {files.privateKey} is not an unencrypted PEM key: {e}"
+        ) from None
+    leaf, *chain = _certificates(files.certKey, "certificate")
+    if files.extraCertChain is not None:
+        chain += _certificates(files.extraCertChain, "certificate chain")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
+        raise CertificateError(
+            f"the private key {files.privateKey} does not match the certificate {files.certKey}"
+        )
+    notAfter = leaf.not_valid_after_utc
+    if notAfter <= now:
+        raise CertificateError(
+            f"the certificate {files.certKey} expired on {notAfter:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if leaf.not_valid_before_utc > now:
+        raise CertificateError(
+            f"the certificate {files.certKey} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    try:
+        options = policy(
+            privateKey=crypto.PKey.from_cryptography_key(key),
+            certificate=crypto.X509.from_cryptography(leaf),
+            extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
+        )
+    except (SSL.Error, ValueError, TypeError) as e:
+        raise CertificateError(f"OpenSSL refused {files.certKey} with {files.privateKey}: {e}") from None
+    return Loaded(
+        options=options,
+        subject=leaf.subject.rfc4514_string(),
+        notAfter=notAfter,
+        fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def _signature(files: TLSFiles) -> tuple:
+    """
+    What changes when one of the files is replaced or rewritten.
+    """
+    signature = []
+    for path in files.paths:
+        try:
+            s = os.stat(path)
+        except OSError:
+            signature.append(None)
+        else:
+            signature.append((s.st_ino, s.st_size, s.st_mtime_ns))
+    return tuple(signature)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableCertificate:
+    """
+    The connection creator of an HTTPS listener, whose certificate can be
+    replaced while it serves.
+
+    Each new connection takes the context in service at the moment it
+    arrives; a connection keeps its context to the end, so requests in flight
+    finish on the certificate they started with.
+
+    @param now: returns the current time (aware, UTC).
+    @param warnDays: log a warning when the certificate expires within this
+        many days.
+    @raise CertificateError: when the first load fails.
+    """
+
+    def __init__(
+        self,
+        files: TLSFiles,
+        *,
+        now: Callable[[], datetime.datetime],
+        warnDays: float = EXPIRY_WARNING_DAYS,
+    ) -> None:
+        self.files = files
+        self._now = now
+        self._warnDays = warnDays
+        self._signature = _signature(files)
+        self.current = loadCertificate(files, now())
+        log.info(
+            "Serving the certificate {certKey}: {subject} (expires {notAfter})",
+            certKey=str(files.certKey),
+            subject=self.current.subject,
+            notAfter=self.current.notAfter.isoformat(),
+            fingerprint=self.current.fingerprint,
+        )
+        self.checkExpiry()
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return self.current.options.serverConnectionForTLS(tlsProtocol)
+
+    def reload(self) -> bool:
+        """
+        Load the files again; put the result in service if it passes the
+        checks, else log why and keep the certificate in service.
+        """
+        self._signature = _signature(self.files)
+        try:
+            loaded = loadCertificate(self.files, self._now())
+        except CertificateError as e:
+            log.error(
+                "Certificate not reloaded, still serving {subject} (expires {notAfter}): {error}",
+                error=str(e),
+                subject=self.current.subject,
+                notAfter=self.current.notAfter.isoformat(),
+            )
+            return False
+        previous, self.current = self.current, loaded
+        log.info(
+            "Certificate reloaded from {certKey}: {subject} (expires {notAfter}){same}",
+            certKey=str(self.files.certKey),
+            subject=loaded.subject,
+            notAfter=loaded.notAfter.isoformat(),
+            fingerprint=loaded.fingerprint,
+            same=" (unchanged)" if loaded.fingerprint == previous.fingerprint else "",
+        )
+        self.checkExpiry()
+        return True
+
+    def reloadIfChanged(self) -> bool | None:
+        """
+        Reload if one of the files changed since the last attempt; L{None}
+        if none did.
+        """
+        if _signature(self.files) == self._signature:
+            return None
+        return self.reload()
+
+    def checkExpiry(self) -> None:
+        left = self.current.notAfter - self._now()
+        if left < datetime.timedelta(days=self._warnDays):
+            log.warn(
+                "The certificate {certKey} ({subject}) expires in {days:.1f} days, on {notAfter}",
+                certKey=str(self.files.certKey),
+                subject=self.current.subject,
+                days=left.total_seconds() / 86400,
+                notAfter=self.current.notAfter.isoformat(),
+            )
+
+
+def clockTime(clock: IReactorTime) -> Callable[[], datetime.datetime]:
+    """
+    The current time, aware and in UTC, as C{clock} tells it.
+    """
+    return lambda: datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)

@@ -1,0 +1,730 @@
+"""
+Tests for L{mxrecv.retrieve}: GET-mode MMS downloaded from a RetrieveMMS
+stand-in on 127.0.0.1, over HTTP and HTTPS, with real files; time (attempt
+deadlines, backoff, expiry) on a L{Clock} where it matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from mxrecv.complete import MMS_ZIP, Completer
+from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
+from mxrecv.dates import isoFromTimestamp
+from mxrecv.message import Message
+from mxrecv.naming import nameForId
+from mxrecv.pending import PendingWork
+from mxrecv.retrieve import (
+    PART, STATE, Retriever, expiryOf, makeRetriever, redact, tlsPolicy,
+)
+from mxrecv.schedule import Completed, GaveUp
+from mxrecv.spool import FAILED, NEW, PENDING, Spool
+from mxrecv.tap import makeService
+
+from .retrievemms import (
+    Hang, QuietSite, RetrieveMMS, Serve, TestCA, Trickle, Truncate, makeZip,
+)
+from .support import httpClient, startedPool
+
+NOW = 1_800_000_000.0
+PASSWORD = "s3cr&t/pa ss"
+LONDON = ZoneInfo("Europe/London")
+
+
+def mxDate(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+class LogWatch:
+    """
+    Collects every log event, and fires Deferreds on the ones asked for
+    (in a later turn of the reactor, so that the test goes on once the code
+    that logged has finished its step).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._waiting: list[tuple[object, Deferred]] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+        for entry in self._waiting:
+            if entry[0](event):
+                self._waiting.remove(entry)
+                reactor.callLater(0, entry[1].callback, event)
+                break
+
+    def next(self, predicate) -> Deferred[dict]:
+        d: Deferred[dict] = Deferred()
+        self._waiting.append((predicate, d))
+        return d
+
+    def text(self) -> str:
+        """
+        Everything logged, formatted, with the tracebacks.
+        """
+        pieces = []
+        for event in self.events:
+            pieces.append(formatEvent(event))
+            pieces.append(repr(event))
+            failure = event.get("log_failure")
+            if failure is not None:
+                pieces.append(failure.getTraceback())
+        return "\n".join(pieces)
+
+
+def attemptFailed(event: dict) -> bool:
+    return "outcome" in event and event.get("log_namespace") == "mxrecv.retrieve"
+
+
+class RetrieveTestCase(TestCase):
+    """
+    A spool, a completer, a log watch that proves the password never shows,
+    and RetrieveMMS stand-ins.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.pool = startedPool(self)
+        self.root = Path(self.mktemp())
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        self.log = LogWatch()
+        globalLogPublisher.addObserver(self.log)
+        self.addCleanup(self._noPassword)
+        self.addCleanup(globalLogPublisher.removeObserver, self.log)
+
+    def _noPassword(self) -> None:
+        text = self.log.text()
+        for path in self.root.rglob("*"):
+            if path.is_file() and path.suffix != ".zip":
+                text += path.read_text("utf-8", "replace")
+        for secret in (PASSWORD, "s3cr%26t", "s3cr&t"):
+            self.assertNotIn(secret, text)
+
+    def standIn(self, script=(), tls: TestCA | None = None, names=("127.0.0.1",), **kw):
+        """
+        Serve a stand-in on 127.0.0.1; return it and its URL.
+        """
+        resource = RetrieveMMS(reactor, list(script), **kw)
+        site = QuietSite(resource)
+        if tls is None:
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            scheme = "http"
+        else:
+            port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
+            scheme = "https"
+        self.addCleanup(port.stopListening)
+        self.addCleanup(resource.whenIdle)
+        return resource, f"{scheme}://127.0.0.1:{port.getHost().port}/RetrieveMMS"
+
+    def retriever(self, url: str, clock=None, maxBody: int = 1 << 20, **config) -> Retriever:
+        settings = {
+            "url": url,
+            "user": "acme",
+            "password": PASSWORD,
+            "concurrency": 2,
+            "timeout": 10.0,
+            "backoff_initial": 5.0,
+            "backoff_max": 40.0,
+        }
+        settings.update(config)
+        r = makeRetriever(
+            RetrieveConfig(**settings),
+            spool=self.spool,
+            completer=self.completer,
+            reactor=reactor,
+            pool=self.pool,
+            zone=LONDON,
+            maxBody=maxBody,
+            clock=self.clock if clock is None else clock,
+            random=lambda: 0.0,
+        )
+        self.addCleanup(r.stop)
+        return r
+
+    @inlineCallbacks
+    def pend(self, messageId: str, expiresIn: float | None = 3600.0, clock=None):
+        """
+        Journal a GET-mode MMS notification in pending/, as the callback does.
+        """
+        now = (clock or self.clock).seconds()
+        message = Message(
+            id=messageId,
+            type="mms",
+            sender="447700900123",
+            to=("84545",),
+            date="2026-11-25 10:00:00",
+            delivery="get",
+            received=isoFromTimestamp(now),
+            subject="Hello",
+            expiry=None if expiresIn is None else mxDate(now + expiresIn),
+        )
+        accepted = yield self.spool.accept(message, PENDING)
+        return accepted.name
+
+    def document(self, which: str, name: str) -> dict:
+        return json.loads((self.spool.dir(which) / name / "message.json").read_bytes())
+
+
+class DownloadTests(RetrieveTestCase):
+    @inlineCallbacks
+    def assertDownloads(self, retriever: Retriever, standIn: RetrieveMMS, messageId: str):
+        name = yield self.pend(messageId)
+        done = retriever.whenDone(name)
+        retriever(name)
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        directory = self.spool.dir(NEW) / name
+        zipBytes = standIn.default.body
+        self.assertEqual((directory / MMS_ZIP).read_bytes(), zipBytes)
+        document = self.document(NEW, name)
+        self.assertEqual(document["mms_size"], len(zipBytes))
+        self.assertEqual(document["mms_sha256"], hashlib.sha256(zipBytes).hexdigest())
+        self.assertEqual(document["delivery"], "get")
+        self.assertEqual(document["id"], messageId)
+        self.assertEqual(sorted(p.name for p in directory.iterdir() if p.name != "parts"),
+                         ["message.json", "mms.zip"])
+        self.assertFalse((self.spool.dir(PENDING) / name).exists())
+        self.assertEqual(
+            standIn.requests, [{"user": "acme", "pass": PASSWORD, "id": messageId}]
+        )
+
+    def test_http(self):
+        """
+        A notified MMS is downloaded with the account's credentials and its
+        id, and completed into new/ with its zip, size and hash.
+        """
+        standIn, url = self.standIn()
+        return self.assertDownloads(self.retriever(url), standIn, "mx/1 2&3")
+
+    @inlineCallbacks
+    def test_chunked(self):
+        """
+        A body without a Content-Length is taken whole.
+        """
+        standIn, url = self.standIn()
+        standIn.default = Serve(standIn.default.body, chunked=True)
+        yield self.assertDownloads(self.retriever(url), standIn, "chunked-1")
+
+    def test_https(self):
+        """
+        Over HTTPS, a server whose certificate comes from C{ca_file}'s CA and
+        names the host is trusted.
+        """
+        ca = TestCA.make()
+        caFile = Path(self.mktemp())
+        caFile.write_bytes(ca.pem)
+        standIn, url = self.standIn(tls=ca)
+        return self.assertDownloads(self.retriever(url, ca_file=caFile), standIn, "tls-1")
+
+    def test_httpsHostName(self):
+        """
+        Over HTTPS to a host name, the certificate must name that host.
+        """
+        ca = TestCA.make()
+        caFile = Path(self.mktemp())
+        caFile.write_bytes(ca.pem)
+        standIn, url = self.standIn(tls=ca, names=("localhost",))
+        url = url.replace("127.0.0.1", "localhost")
+        return self.assertDownloads(self.retriever(url, ca_file=caFile), standIn, "tls-2")
+
+    @inlineCallbacks
+    def test_concurrency(self):
+        """
+        No more than C{concurrency} downloads run at once: with both slots
+        held by a server that does not answer, the third waits; it starts
+        when they time out, and their retries follow.
+        """
+        standIn, url = self.standIn([Hang(), Hang()])
+        retriever = self.retriever(url, concurrency=2, timeout=10.0, backoff_initial=5.0)
+        names = []
+        for i in range(3):
+            names.append((yield self.pend(f"c{i}")))
+        done = [retriever.whenDone(n) for n in names]
+        for n in names:
+            retriever(n)
+        yield standIn.whenRequested(2)
+        self.assertEqual(retriever.schedule.inFlight, 2)
+        self.assertEqual(len(standIn.requests), 2)
+        failures = [self.log.next(attemptFailed), self.log.next(attemptFailed)]
+        self.clock.advance(10.0)
+        for d in failures:
+            yield d
+        hung = {r["id"] for r in standIn.requests[:2]}
+        [third] = [d for d, n in zip(done, names) if n not in hung]
+        self.assertEqual([a.outcome for a in (yield third).attempts], ["downloaded"])
+        self.clock.advance(5.0)
+        for d, n in zip(done, names):
+            if n in hung:
+                outcome = yield d
+                self.assertEqual(
+                    [a.outcome for a in outcome.attempts], ["timed out after 10 s", "downloaded"]
+                )
+        self.assertEqual(retriever.peakInFlight, 2)
+        self.assertEqual(len(standIn.requests), 5)
+        self.assertEqual(len(list(self.spool.dir(NEW).iterdir())), 3)
+
+
+class FailureTests(RetrieveTestCase):
+    """
+    Each way an attempt can fail is recorded as the attempt's outcome; the
+    expiry here leaves room for one attempt only, so the message goes to
+    failed/ at once, with that attempt.
+    """
+
+    @inlineCallbacks
+    def failsWith(self, script, expected: str, *, url=None, **config):
+        if url is None:
+            standIn, url = self.standIn(script)
+        retriever = self.retriever(url, **config)
+        name = yield self.pend("fail-1", expiresIn=4.0)
+        done = retriever.whenDone(name)
+        retriever(name)
+        outcome = yield done
+        self.assertIsInstance(outcome, GaveUp)
+        document = self.document(FAILED, name)
+        [attempt] = document["attempts"]
+        self.assertEqual(attempt["outcome"], expected)
+        self.assertEqual(attempt["at"], isoFromTimestamp(NOW))
+        self.assertIn(expected, document["error"])
+        self.assertIn("before its expiry", document["error"])
+        self.assertEqual(document["mms_sha256"], None)
+        directory = self.spool.dir(FAILED) / name
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["message.json"])
+        self.assertFalse((self.spool.dir(PENDING) / name).exists())
+        return document
+
+    def test_refused(self):
+        port = reactor.listenTCP(0, QuietSite(RetrieveMMS(reactor)), interface="127.0.0.1")
+        url = f"http://127.0.0.1:{port.getHost().port}/RetrieveMMS"
+        return port.stopListening().addCallback(
+            lambda _: self.failsWith([], "connection refused", url=url)
+        )
+
+    def test_serverError(self):
+        return self.failsWith([Serve(b"oops", status=500)], "HTTP 500")
+
+    def test_notFound(self):
+        return self.failsWith([Serve(b"no such id", status=404)], "HTTP 404")
+
+    @inlineCallbacks
+    def test_unauthorized(self):
+        """
+        A refusal of our credentials is logged at the critical level, without
+        the password.
+        """
+        yield self.failsWith(
+            [Serve(b"bad password", status=401)], "HTTP 401: RetrieveMMS refused our credentials"
+        )
+        critical = [e for e in self.log.events if e["log_level"].name == "critical"]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("refused our credentials", formatEvent(critical[0]))
+
+    def test_redirect(self):
+        """
+        Redirects are not followed.
+        """
+        return self.failsWith(
+            [Serve(b"", status=302, headers=((b"Location", b"http://elsewhere.example/x"),))],
+            "HTTP 302: redirect to http://elsewhere.example/x not followed",
+        )
+
+    def test_notZip(self):
+        """
+        A 200 whose body does not start like a zip is stopped early.
+        """
+        return self.failsWith(
+            [Serve(b"<html>Service unavailable</html>")], "HTTP 200 but the body is not a zip"
+        )
+
+    def test_brokenZip(self):
+        """
+        A 200 whose body starts like a zip but is not one is refused.
+        """
+        return self.failsWith(
+            [Serve(b"PK\x03\x04" + b"\0" * 200)], "HTTP 200 but the body (204 bytes) is not a zip"
+        )
+
+    def test_truncated(self):
+        body = makeZip(10000)
+        return self.failsWith([Truncate(body, 3000)], "body cut short after 3000 bytes")
+
+    def test_tooLarge(self):
+        """
+        A body announced larger than server.max_body is not read.
+        """
+        return self.failsWith(
+            [Serve(makeZip(10000))], "body larger than 5000 bytes", maxBody=5000
+        )
+
+    def test_tooLargeStreamed(self):
+        """
+        A body without a length is cut off once it passes server.max_body.
+        """
+        return self.failsWith(
+            [Serve(makeZip(10000), chunked=True)], "body larger than 5000 bytes", maxBody=5000
+        )
+
+    @inlineCallbacks
+    def test_timeoutBeforeHeaders(self):
+        """
+        A server that never answers is abandoned at the attempt's deadline,
+        on the clock.
+        """
+        standIn, url = self.standIn([Hang()])
+        retriever = self.retriever(url, timeout=3.0)
+        name = yield self.pend("slow", expiresIn=6.0)
+        done = retriever.whenDone(name)
+        retriever(name)
+        yield standIn.whenRequested(1)
+        self.assertFalse(done.called)
+        self.clock.advance(2.5)
+        self.assertFalse(done.called)
+        self.clock.advance(0.5)
+        outcome = yield done
+        self.assertEqual([a.outcome for a in outcome.attempts], ["timed out after 3 s"])
+
+    @inlineCallbacks
+    def test_timeoutCoversBody(self):
+        """
+        The deadline covers the whole body: a server that sends a byte now
+        and then is cut off.  (On the reactor's own clock, with a short
+        timeout: the server never finishes, so only the deadline can end it.)
+        """
+        standIn, url = self.standIn([Trickle(0.02)])
+        retriever = self.retriever(url, clock=reactor, timeout=0.3)
+        name = yield self.pend("trickle", expiresIn=3.0, clock=reactor)
+        done = retriever.whenDone(name)
+        retriever(name)
+        outcome = yield done
+        self.assertEqual([a.outcome for a in outcome.attempts], ["timed out after 0.3 s"])
+
+    def test_untrustedCertificate(self):
+        """
+        Without C{ca_file}, a certificate from an unknown CA is refused.
+        """
+        standIn, url = self.standIn(tls=TestCA.make())
+        return self.failsWith(
+            [], "TLS handshake failed: certificate verify failed", url=url
+        )
+
+    def test_wrongHost(self):
+        """
+        A certificate from the trusted CA for another host is refused.
+        """
+        ca = TestCA.make()
+        caFile = Path(self.mktemp())
+        caFile.write_bytes(ca.pem)
+        standIn, url = self.standIn(tls=ca, names=("elsewhere.example",))
+        return self.failsWith(
+            [], "TLS handshake failed: the certificate does not name the host",
+            url=url, ca_file=caFile,
+        )
+
+
+class RetryTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_backoff(self):
+        """
+        Failures are retried after backoff_initial, then twice as long; the
+        attempts so far are journaled in pending/NAME between attempts.
+        """
+        standIn, url = self.standIn([Serve(b"", status=503), Serve(b"", status=500)])
+        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0)
+        name = yield self.pend("retry-1")
+        done = retriever.whenDone(name)
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        yield failed
+        self.assertEqual(retriever.schedule.inFlight, 0)
+        self.clock.advance(4.5)
+        self.assertEqual(retriever.schedule.inFlight, 0)
+        failed = self.log.next(attemptFailed)
+        self.clock.advance(0.5)
+        self.assertEqual(retriever.schedule.inFlight, 1)
+        yield failed
+        self.clock.advance(9.5)
+        self.assertEqual(retriever.schedule.inFlight, 0)
+        self.clock.advance(0.5)
+        self.assertEqual(retriever.schedule.inFlight, 1)
+        outcome = yield done
+        self.assertEqual(
+            [a.outcome for a in outcome.attempts], ["HTTP 503", "HTTP 500", "downloaded"]
+        )
+        self.assertEqual(len(standIn.requests), 3)
+        self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
+
+    @inlineCallbacks
+    def test_expiresAfterRetries(self):
+        """
+        Retries stop at the expiry; the message goes to failed/ with every
+        attempt, in order, with its time.
+        """
+        standIn, url = self.standIn([Serve(b"", status=500)] * 3)
+        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0)
+        name = yield self.pend("expires", expiresIn=20.0)
+        done = retriever.whenDone(name)
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        yield failed
+        failed = self.log.next(attemptFailed)
+        self.clock.advance(5.0)
+        yield failed
+        # The next retry would be at 15 s: still before the expiry.
+        failed = self.log.next(attemptFailed)
+        self.clock.advance(10.0)
+        yield failed
+        outcome = yield done
+        self.assertIsInstance(outcome, GaveUp)
+        document = self.document(FAILED, name)
+        self.assertEqual(
+            document["attempts"],
+            [
+                {"at": isoFromTimestamp(NOW), "outcome": "HTTP 500"},
+                {"at": isoFromTimestamp(NOW + 5), "outcome": "HTTP 500"},
+                {"at": isoFromTimestamp(NOW + 15), "outcome": "HTTP 500"},
+            ],
+        )
+        self.assertEqual(len(standIn.requests), 3)
+        self.assertEqual(
+            [p.name for p in (self.spool.dir(FAILED) / name).iterdir()], ["message.json"]
+        )
+
+
+class RestartTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_resumeWithHistory(self):
+        """
+        A restart takes up a pending download with its attempts so far, and
+        discards a half-written download.
+        """
+        standIn, url = self.standIn([Serve(b"", status=500), Hang(), Serve(b"", status=502)])
+        first = self.retriever(url, timeout=10.0, backoff_initial=5.0)
+        name = yield self.pend("restart-1", expiresIn=16.0)
+        failed = self.log.next(attemptFailed)
+        first(name)
+        yield failed
+        yield first.stop()
+        directory = self.spool.dir(PENDING) / name
+        state = json.loads((directory / STATE).read_bytes())
+        self.assertEqual(state["attempts"], [{"at": isoFromTimestamp(NOW), "outcome": "HTTP 500"}])
+        (directory / PART).write_bytes(b"PK\x03\x04half")
+
+        self.clock.advance(1.0)
+        second = self.retriever(url, timeout=10.0, backoff_initial=5.0)
+        done = second.whenDone(name)
+        second(name)
+        yield standIn.whenRequested(2)
+        self.assertFalse((directory / PART).exists())
+        self.clock.advance(10.0)
+        outcome = yield done
+        self.assertIsInstance(outcome, GaveUp)
+        self.assertEqual(
+            [a["outcome"] for a in self.document(FAILED, name)["attempts"]],
+            ["HTTP 500", "timed out after 10 s"],
+        )
+
+    @inlineCallbacks
+    def test_neverDownloadedTwice(self):
+        """
+        An MMS whose zip is in place (a crash after the download) is
+        completed, not downloaded again; a completed one is not retrieved.
+        """
+        standIn, url = self.standIn()
+        retriever = self.retriever(url)
+        name = yield self.pend("once")
+        zipBytes = makeZip(100)
+        (self.spool.dir(PENDING) / name / MMS_ZIP).write_bytes(zipBytes)
+        pending = PendingWork(self.spool, self.completer, retrieve=retriever)
+        completed = self.log.next(lambda e: e.get("name") == name and "parts" in e)
+        self.assertEqual(pending.resume(), 1)
+        yield completed
+        self.assertEqual(self.document(NEW, name)["mms_size"], len(zipBytes))
+        self.assertEqual(pending.resume(), 0)
+        self.assertEqual(standIn.requests, [])
+
+
+class ExpiryTests(TestCase):
+    def message(self, expiry):
+        return Message(
+            id="x", type="mms", sender="1", to=("2",), date="2026-11-25 10:00:00",
+            delivery="get", received="2026-11-25T10:00:01.000Z", expiry=expiry,
+        )
+
+    def test_expiryInZone(self):
+        """
+        An expiry without an offset is in the configured zone.
+        """
+        self.assertEqual(
+            expiryOf(self.message("2026-07-01 12:00:00"), LONDON),
+            datetime(2026, 7, 1, 11, 0, 0, tzinfo=timezone.utc).timestamp(),
+        )
+
+    def test_expiryWithOffset(self):
+        self.assertEqual(
+            expiryOf(self.message("2026-07-01 12:00:00 +0000"), LONDON),
+            datetime(2026, 7, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp(),
+        )
+
+    def test_noExpiry(self):
+        """
+        Without an expiry, the message is assumed available for 24 hours
+        after it was received.
+        """
+        self.assertEqual(
+            expiryOf(self.message(None), LONDON),
+            datetime(2026, 11, 26, 10, 0, 1, tzinfo=timezone.utc).timestamp(),
+        )
+
+    def test_caFileWithoutCertificate(self):
+        """
+        A ca_file that holds no certificate is refused, rather than silently
+        trusting nothing more.
+        """
+        path = Path(self.mktemp())
+        path.write_text("not a certificate\n")
+        self.assertRaises(ValueError, tlsPolicy, path)
+
+    def test_redact(self):
+        self.assertEqual(
+            redact("GET ?user=u&pass=s3cr%26t%2Fpa%20ss and s3cr&t/pa ss", PASSWORD),
+            "GET ?user=u&pass=*** and ***",
+        )
+
+
+class EndToEndTests(RetrieveTestCase):
+    """
+    The whole server from L{makeService}: a GET MMS callback over a real
+    port, journaled in pending/, downloaded, completed into new/.
+    """
+
+    def config(self, url: str, **retrieve) -> Config:
+        return Config(
+            server=ServerConfig(
+                listen=("tcp:0:interface=127.0.0.1",),
+                allow=(ipaddress.ip_network("127.0.0.0/8"),),
+            ),
+            spool=SpoolConfig(dir=self.root),
+            retrieve=RetrieveConfig(url=url, user="acme", password=PASSWORD, **retrieve),
+        )
+
+    def setUp(self) -> None:
+        super().setUp()
+        # makeService opens the spool itself.
+        self.spool.close()
+
+    @inlineCallbacks
+    def start(self, config: Config, waitFor: str | None = None):
+        """
+        Start the server; return it, its retriever, its URL, and (with
+        C{waitFor}) a Deferred for that message's outcome, asked for before
+        start-up takes up pending/.
+        """
+        service = makeService({"settings": config}, reactor)
+        [retriever] = [s.retriever for s in service if hasattr(s, "retriever")]
+        done = retriever.whenDone(waitFor) if waitFor else None
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        [web] = [s for s in service if isinstance(s, StreamServerEndpointService)]
+        # Observe the port without consuming it: stopService needs it.
+        listening: Deferred = Deferred()
+        web._waitingForPort.addBoth(lambda port: (listening.callback(port), port)[1])
+        port = yield listening
+        return service, retriever, f"http://127.0.0.1:{port.getHost().port}/", done
+
+    def callback(self, base: str, messageId: str, expiry: str | None) -> Deferred:
+        params = [
+            ("id", messageId), ("from", "447700900123"), ("to", "84545"),
+            ("date", "2026-11-25 10:00:00"), ("type", "2"), ("subject", "Hi"),
+        ]
+        if expiry:
+            params.append(("expiry", expiry))
+        return httpClient(self).get(base, params=params).addCallback(
+            lambda r: r.content().addCallback(lambda body: (r.code, body))
+        )
+
+    @inlineCallbacks
+    def test_callbackToNew(self):
+        standIn, url = self.standIn()
+        service, retriever, base, _ = yield self.start(self.config(url))
+        name = nameForId("e2e-1")
+        done = retriever.whenDone(name)
+        code, body = yield self.callback(base, "e2e-1", mxDate(reactor.seconds() + 86400))
+        self.assertEqual((code, body), (200, b"OK\n"))
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        document = self.document(NEW, name)
+        self.assertEqual(document["delivery"], "get")
+        self.assertEqual(document["mms_size"], len(standIn.default.body))
+        self.assertEqual(
+            document["mms_sha256"], hashlib.sha256(standIn.default.body).hexdigest()
+        )
+        self.assertEqual((self.spool.dir(NEW) / name / MMS_ZIP).read_bytes(), standIn.default.body)
+        yield service.stopService()
+
+    @inlineCallbacks
+    def test_callbackExpires(self):
+        """
+        A notification whose expiry passes before a download succeeds ends in
+        failed/ with its attempt.
+        """
+        standIn, url = self.standIn([Serve(b"", status=500)])
+        service, retriever, base, _ = yield self.start(self.config(url, backoff_initial=30.0))
+        name = nameForId("e2e-2")
+        done = retriever.whenDone(name)
+        code, _ = yield self.callback(base, "e2e-2", mxDate(reactor.seconds() + 6))
+        self.assertEqual(code, 200)
+        self.assertIsInstance((yield done), GaveUp)
+        document = self.document(FAILED, name)
+        self.assertEqual([a["outcome"] for a in document["attempts"]], ["HTTP 500"])
+        yield service.stopService()
+
+    @inlineCallbacks
+    def test_restart(self):
+        """
+        A download in flight at shutdown is abandoned, the message stays in
+        pending/, and the next run on the same spool downloads it.
+        """
+        standIn, url = self.standIn([Hang()])
+        service, retriever, base, _ = yield self.start(self.config(url))
+        code, _ = yield self.callback(base, "e2e-3", mxDate(reactor.seconds() + 86400))
+        self.assertEqual(code, 200)
+        yield standIn.whenRequested(1)
+        yield service.stopService()
+        name = nameForId("e2e-3")
+        self.assertTrue((self.spool.dir(PENDING) / name / "message.json").is_file())
+
+        service, retriever, base, done = yield self.start(self.config(url), waitFor=name)
+        self.assertIsInstance((yield done), Completed)
+        self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
+        self.assertEqual(len(standIn.requests), 2)
+        yield service.stopService()
+
+    def test_disabledWithoutUser(self):
+        """
+        Without a user, retrieval is off, with a warning.
+        """
+        config = Config(spool=SpoolConfig(dir=self.root))
+        service = makeService({"settings": config}, reactor)
+        self.assertEqual([s for s in service if hasattr(s, "retriever")], [])
+        self.assertTrue(
+            any("user is empty" in formatEvent(e) for e in self.log.events)
+        )
+        # Nothing was started: release the spool's lock.
+        [s for s in service if hasattr(s, "spool")][0].spool.close()

@@ -1,0 +1,219 @@
+"""
+Tests for L{mxrecv.schedule}: the retrieval queue's decisions, without I/O.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from mxrecv.complete import Attempt
+from mxrecv.schedule import Completed, GaveUp, Policy, Schedule, Start
+
+
+def schedule(random: float = 0.0, **policy) -> Schedule:
+    return Schedule(Policy(**policy), lambda: random)
+
+
+class PolicyTests(SynchronousTestCase):
+    def test_doubling(self) -> None:
+        """
+        The nominal wait starts at backoffInitial, doubles after each
+        failure, and stops at backoffMax.
+        """
+        policy = Policy(backoffInitial=5.0, backoffMax=60.0)
+        self.assertEqual(
+            [policy.delay(n, 0.0) for n in range(1, 7)], [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+        )
+
+    def test_jitter(self) -> None:
+        """
+        Jitter takes up to a quarter off the nominal wait, never adds to it.
+        """
+        policy = Policy(backoffInitial=8.0, backoffMax=600.0)
+        self.assertEqual(policy.delay(1, 0.5), 7.0)
+        self.assertAlmostEqual(policy.delay(1, 0.999999), 6.0, places=4)
+        self.assertEqual(policy.delay(100, 0.0), 600.0)
+
+
+class ScheduleTests(SynchronousTestCase):
+    def test_earliestExpiryFirst(self) -> None:
+        """
+        With one slot, ready messages start in order of expiry, whatever the
+        order they were added in.
+        """
+        s = schedule(concurrency=1, timeout=10.0)
+        s.add("late", 300.0)
+        s.add("early", 100.0)
+        s.add("middle", 200.0)
+        self.assertEqual(s.poll(0.0), [Start("early", 10.0)])
+        self.assertEqual(s.poll(1.0), [])
+        self.assertIsInstance(s.succeeded("early", 2.0), Completed)
+        self.assertEqual(s.poll(2.0), [Start("middle", 12.0)])
+
+    def test_deadlineNotPastExpiry(self) -> None:
+        """
+        An attempt's deadline is the timeout, or the expiry if sooner.
+        """
+        s = schedule(timeout=30.0)
+        s.add("a", 20.0)
+        self.assertEqual(s.poll(5.0), [Start("a", 20.0)])
+
+    def test_retryAfterBackoff(self) -> None:
+        """
+        A failed message waits for its backoff, then starts again; the
+        attempts are kept, with their outcomes.
+        """
+        s = schedule(backoffInitial=5.0, backoffMax=100.0)
+        s.add("a", 1000.0)
+        s.poll(0.0)
+        self.assertIsNone(s.failed("a", 1.0, "HTTP 500"))
+        self.assertEqual(s.wakeAt(), 6.0)
+        self.assertEqual(s.poll(5.9), [])
+        self.assertEqual(s.poll(6.0), [Start("a", 36.0)])
+        self.assertIsNone(s.failed("a", 7.0, "connection refused"))
+        self.assertEqual(s.wakeAt(), 17.0)
+        self.assertEqual(
+            [a.outcome for a in s.attempts("a")], ["HTTP 500", "connection refused"]
+        )
+
+    def test_giveUpWhenRetryWouldBeLate(self) -> None:
+        """
+        A failure whose retry would come at or after the expiry ends the
+        message, with every attempt and the last outcome in the error.
+        """
+        s = schedule(backoffInitial=50.0, backoffMax=100.0)
+        s.add("a", 40.0, [Attempt("2026-01-01T00:00:00.000Z", "HTTP 503")])
+        s.poll(0.0)
+        gaveUp = s.failed("a", 1.0, "HTTP 500")
+        self.assertIsInstance(gaveUp, GaveUp)
+        self.assertEqual([a.outcome for a in gaveUp.attempts], ["HTTP 503", "HTTP 500"])
+        self.assertIn("2 attempts", gaveUp.error)
+        self.assertIn("HTTP 500", gaveUp.error)
+        self.assertNotIn("a", s)
+
+    def test_expiresWhileWaitingForSlot(self) -> None:
+        """
+        A message that waits for a slot past its expiry is given up, never
+        started; poll is due again at that expiry.
+        """
+        s = schedule(concurrency=1, timeout=100.0)
+        s.add("blocker", 1000.0)
+        self.assertEqual(s.poll(0.0), [Start("blocker", 100.0)])
+        s.add("waiter", 50.0)
+        self.assertEqual(s.poll(1.0), [])
+        self.assertEqual(s.wakeAt(), 50.0)
+        [decision] = s.poll(50.0)
+        self.assertIsInstance(decision, GaveUp)
+        self.assertEqual(decision.name, "waiter")
+        self.assertEqual(decision.attempts, ())
+        self.assertIn("0 attempts", decision.error)
+        self.assertIsNone(s.wakeAt())
+        self.assertEqual(s.inFlight, 1)
+
+    def test_alreadyExpired(self) -> None:
+        """
+        A message added after its expiry is given up at once.
+        """
+        s = schedule()
+        s.add("a", 10.0)
+        [decision] = s.poll(10.0)
+        self.assertIsInstance(decision, GaveUp)
+
+    def test_addTwice(self) -> None:
+        s = schedule()
+        s.add("a", 10.0)
+        s.add("a", 10.0)
+        self.assertEqual(len(s.poll(0.0)), 1)
+
+    def test_reportWithoutAttempt(self) -> None:
+        s = schedule()
+        s.add("a", 10.0)
+        self.assertRaises(ValueError, s.failed, "a", 0.0, "x")
+
+
+policies = st.builds(
+    Policy,
+    concurrency=st.integers(1, 4),
+    timeout=st.floats(1.0, 60.0),
+    backoffInitial=st.floats(0.5, 30.0),
+    backoffMax=st.floats(30.0, 300.0),
+)
+jobs = st.lists(
+    st.tuples(st.floats(0.0, 500.0), st.floats(0.0, 3000.0)), min_size=1, max_size=12
+)
+
+
+class SchedulePropertyTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(policy=policies, jobs=jobs, random=st.floats(0.0, 0.999), data=st.data())
+    def test_everyMessageEndsOnce(self, policy, jobs, random, data) -> None:
+        """
+        Whatever the arrivals and the sequence of attempt outcomes: each
+        message has exactly one terminal outcome; no attempt starts at or
+        after its message's expiry or runs past it; never more than
+        C{concurrency} attempts are in flight; a message is given up only
+        when its expiry has passed or its next retry would be too late.
+        """
+        s = Schedule(policy, lambda: random)
+        arrivals = sorted(
+            (arrival, f"m{i}", arrival + lifetime) for i, (arrival, lifetime) in enumerate(jobs)
+        )
+        expiries = {name: expiry for _, name, expiry in arrivals}
+        inFlight: dict[str, tuple[float, bool, float]] = {}
+        ended: dict[str, Completed | GaveUp] = {}
+        failures: dict[str, int] = {}
+        now = 0.0
+        for _ in range(100_000):
+            while arrivals and arrivals[0][0] <= now:
+                _, name, expiry = arrivals.pop(0)
+                s.add(name, expiry)
+            for name, (endsAt, success, deadline) in sorted(inFlight.items()):
+                if min(endsAt, deadline) > now:
+                    continue
+                del inFlight[name]
+                if success and endsAt <= deadline:
+                    outcome = s.succeeded(name, now)
+                else:
+                    failures[name] = failures.get(name, 0) + 1
+                    outcome = s.failed(name, now, "HTTP 500")
+                    if outcome is not None:
+                        self.assertGreaterEqual(
+                            now + policy.delay(failures[name], random), expiries[name]
+                        )
+                if outcome is not None:
+                    self.assertNotIn(name, ended)
+                    ended[name] = outcome
+            for decision in s.poll(now):
+                name = decision.name
+                if isinstance(decision, Start):
+                    self.assertLess(now, expiries[name])
+                    self.assertLessEqual(decision.deadline, expiries[name])
+                    self.assertNotIn(name, inFlight)
+                    self.assertNotIn(name, ended)
+                    success = data.draw(st.booleans())
+                    duration = data.draw(st.floats(0.0, policy.timeout * 1.5))
+                    inFlight[name] = (now + duration, success, decision.deadline)
+                else:
+                    self.assertGreaterEqual(now, expiries[name])
+                    self.assertNotIn(name, ended)
+                    ended[name] = decision
+                self.assertLessEqual(len(inFlight), policy.concurrency)
+            self.assertEqual(s.inFlight, len(inFlight))
+            upcoming = [min(e, d) for e, _, d in inFlight.values()]
+            if arrivals:
+                upcoming.append(arrivals[0][0])
+            wake = s.wakeAt()
+            if wake is not None:
+                upcoming.append(wake)
+            if not upcoming:
+                break
+            nextTime = min(upcoming)
+            self.assertGreaterEqual(nextTime, now)
+            now = nextTime
+        self.assertEqual(sorted(ended), sorted(expiries))
+        self.assertEqual(len(s), 0)
+        for name, outcome in ended.items():
+            if isinstance(outcome, GaveUp):
+                self.assertEqual(len(outcome.attempts), failures.get(name, 0))

@@ -1,0 +1,685 @@
+"""
+HTTPS: real handshakes on 127.0.0.1 against certificates made here by a test
+CA; reloading; start-up checks; the C{ssl:} syntax; C{mxrecv-selfsigned}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import json
+import os
+import re
+import signal
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from urllib.parse import urlencode
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings, strategies as st
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from zope.interface import implementer
+
+from mxrecv import selfsigned
+from mxrecv.config import ConfigError, parseConfig
+from mxrecv.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.tap import Options, buildSite, makeService
+from mxrecv.tls import (
+    CertificateError,
+    ReloadableCertificate,
+    TLSFiles,
+    TLSListen,
+    clockTime,
+    loadCertificate,
+    parseTLS,
+)
+from mxrecv.tlsreload import CertificateReloadService
+
+from .support import LOOPBACK_ONLY, SMS, httpClient, openSpool, serverConfig
+from .test_tap import runTwistd
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+HOSTS = ("127.0.0.1", "localhost")
+
+
+def _ca(name: str):
+    key = newKey()
+    cert = certificate(key, commonName=name, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, ca=True)
+    return key, cert
+
+
+CA_KEY, CA = _ca("mxrecv test CA")
+OTHER_CA_KEY, OTHER_CA = _ca("some other CA")
+
+
+def issue(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, key=None):
+    key = key or newKey()
+    cert = certificate(
+        key, hosts=HOSTS, commonName=name, notBefore=notBefore, notAfter=notAfter,
+        issuer=CA, issuerKey=CA_KEY,
+    )
+    return key, cert
+
+
+def writeFiles(directory: Path, key, cert, *, keyData: bytes | None = None) -> TLSFiles:
+    """
+    Put a key and certificate in place atomically (as a renewal should).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(directory / "key.pem", directory / "cert.pem")
+    for path, data in ((files.privateKey, keyData or keyPEM(key)), (files.certKey, certificatePEM(cert))):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return files
+
+
+def commonName(x509cert) -> str:
+    return x509cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def trusting(*cas: x509.Certificate):
+    return optionsForClientTLS("127.0.0.1", trustRoot=_trustRoot(*cas))
+
+
+def _trustRoot(*cas):
+    return trustRootFromCertificates([Certificate.loadPEM(certificatePEM(c)) for c in cas])
+
+
+def treqTrusting(*cas) -> HTTPClient:
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(_trustRoot(*cas)), pool=pool))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class OldTLSClient:
+    """
+    A client that offers only TLS 1.0 and 1.1 (with the security level that
+    OpenSSL needs to send them at all).
+    """
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_VERSION)
+        context.set_max_proto_version(SSL.TLS1_1_VERSION)
+        context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
+
+
+@implementer(IHandshakeListener)
+class RawClient(Protocol):
+    """
+    Records what the server sends; C{handshake} fires with the server's
+    certificate, or fails with why the connection went.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.handshake: Deferred = Deferred()
+        self.lost: Deferred = Deferred()
+        self._waiting: list[tuple[bytes, Deferred]] = []
+
+    def handshakeCompleted(self) -> None:
+        self.handshake.callback(self.transport.getPeerCertificate())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for marker, d in list(self._waiting):
+            if marker in self.received:
+                self._waiting.remove((marker, d))
+                d.callback(self.received)
+
+    def waitFor(self, marker: bytes) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiting.append((marker, d))
+        self.dataReceived(b"")
+        return d
+
+    def connectionLost(self, reason) -> None:
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        for _, d in self._waiting:
+            d.errback(reason)
+        self.reason = reason
+        self.lost.callback(None)
+
+
+def connect(port: int, creator=None) -> Deferred:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if creator is not None:
+        endpoint = wrapClientTLS(creator, endpoint)
+    return connectProtocol(endpoint, RawClient())
+
+
+def smsParams(id: str, text: str = "hello") -> dict[str, str]:
+    return {**SMS, "id": id, "message": text}
+
+
+class HTTPSServerMixin:
+    """
+    An HTTPS listener built as C{mxrecv.tap} builds it, on a spool of its
+    own, on an ephemeral port of 127.0.0.1.
+    """
+
+    @inlineCallbacks
+    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY):
+        spool = openSpool(self)
+        self.spoolDir = spool.root
+        config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
+        site = buildSite(config, spool, reactor)
+        self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
+        factory = tlsFactory(site, site.allow, self.certificate)
+        port = yield tlsEndpoint(reactor, TLSListen(0, files, "127.0.0.1")).listen(factory)
+        self.addCleanup(self._closeAll, port, factory.wrapped)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def _closeAll(self, port, tlsFactory):
+        yield port.stopListening()
+        for protocol in list(tlsFactory.protocols):
+            protocol.transport.abortConnection()
+        # The server side of a closed connection goes on a later turn.
+        for _ in range(200):
+            if not tlsFactory.protocols:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+
+    def newMessages(self) -> list[dict]:
+        new = self.spoolDir / "new"
+        return [json.loads((d / "message.json").read_text()) for d in sorted(new.iterdir())]
+
+
+class HTTPSTests(HTTPSServerMixin, TestCase):
+    def setUp(self):
+        key, cert = issue("server one")
+        self.files = writeFiles(Path(self.mktemp()), key, cert)
+
+    @inlineCallbacks
+    def test_getCallback(self):
+        """
+        A client that trusts the CA completes a GET callback over HTTPS; the
+        message is in new/ when the 200 arrives.
+        """
+        port = yield self.serve(self.files)
+        response = yield treqTrusting(CA).get(
+            f"https://127.0.0.1:{port}/?{urlencode(smsParams('tls-1', 'über'))}"
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual((yield response.content()), b"OK\n")
+        [message] = self.newMessages()
+        self.assertEqual((message["id"], message["message"]), ("tls-1", "über"))
+
+    @inlineCallbacks
+    def test_policy(self):
+        """
+        The connection uses TLS 1.2 or later, an ECDHE AEAD cipher, and
+        http/1.1 over ALPN.
+        """
+        port = yield self.serve(self.files)
+        client = yield connect(port, trusting(CA))
+        yield client.handshake
+        connection = client.transport._tlsConnection
+        self.assertIn(connection.get_protocol_version_name(), ("TLSv1.2", "TLSv1.3"))
+        cipher = connection.get_cipher_name()
+        self.assertTrue(cipher.startswith(("TLS_", "ECDHE-")) and ("GCM" in cipher or "CHACHA20" in cipher), cipher)
+        self.assertEqual(connection.get_alpn_proto_negotiated(), b"")
+        # A context cannot be changed (nor read) once used: check a fresh one.
+        options = loadCertificate(self.files, NOW).options.getContext().set_options(0)
+        for flag in (SSL.OP_NO_RENEGOTIATION, SSL.OP_NO_COMPRESSION, SSL.OP_CIPHER_SERVER_PREFERENCE):
+            self.assertTrue(options & flag, flag)
+        client.transport.loseConnection()
+        yield client.lost
+
+    @inlineCallbacks
+    def test_tls12NonForwardSecret(self):
+        """
+        A TLS 1.2 client that offers only RSA key exchange (no forward
+        secrecy), which Twisted's default list would accept, is refused.
+        """
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        port = yield self.serve(writeFiles(Path(self.mktemp()), *issue("rsa", key=key)))
+        client = yield connect(
+            port,
+            optionsForClientTLS(
+                "127.0.0.1",
+                trustRoot=_trustRoot(CA),
+                extraCertificateOptions={
+                    "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
+                        "AES128-SHA:AES256-GCM-SHA384"
+                    ),
+                    "lowerMaximumSecurityTo": TLSVersion.TLSv1_2,
+                },
+            ),
+        )
+        failure = yield self.assertFailure(client.handshake, SSL.Error)
+        self.assertIn("handshake failure", str(failure))
+
+    @inlineCallbacks
+    def test_oldTLSRefused(self):
+        """
+        A client limited to TLS 1.0 and 1.1 is refused by the server with a
+        protocol version alert.
+        """
+        port = yield self.serve(self.files)
+        client = yield connect(port, OldTLSClient())
+        failure = yield self.assertFailure(client.handshake, SSL.Error)
+        self.assertIn("alert protocol version", str(failure))
+
+    @inlineCallbacks
+    def test_untrustedCA(self):
+        """
+        A client that does not trust the CA gives up; nothing is stored.
+        """
+        port = yield self.serve(self.files)
+        d = treqTrusting(OTHER_CA).get(f"https://127.0.0.1:{port}/?{urlencode(smsParams('tls-2'))}")
+        failure = yield self.assertFailure(d, Exception)
+        self.assertIn("certificate verify failed", repr(failure.reasons if hasattr(failure, "reasons") else failure))
+        self.assertEqual(self.newMessages(), [])
+
+    @inlineCallbacks
+    def test_notAllowedDroppedBeforeHandshake(self):
+        """
+        A client outside C{allow} is disconnected as soon as it connects,
+        without a byte from the server: no handshake is even attempted.
+        """
+        port = yield self.serve(self.files, allow=("10.0.0.0/8",))
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        client = yield connect(port)
+        client.handshake.addErrback(lambda _: None)  # plain TCP: none expected
+        yield client.lost
+        self.assertEqual(client.received, b"")
+        self.assertIn("127.0.0.1", [e.get("client") for e in events if "Dropped" in e["log_format"]])
+        tlsClient = yield connect(port, trusting(CA))
+        yield self.assertFailure(tlsClient.handshake, Exception)
+
+    @inlineCallbacks
+    def test_reloadOnSIGHUPKeepsUploadInFlight(self):
+        """
+        On SIGHUP new connections get the new certificate, while a POST whose
+        body is still arriving on a connection made before finishes with a
+        200 on the old one.
+        """
+        port = yield self.serve(self.files)
+        reloads = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        before = signal.getsignal(signal.SIGHUP)
+        service = CertificateReloadService([self.certificate], reactor=reactor, handleSignal=True)
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+
+        slow = yield connect(port, trusting(CA))
+        self.assertEqual(commonName((yield slow.handshake)), "server one")
+        body = urlencode(smsParams("tls-slow", "in flight")).encode()
+        slow.transport.write(
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body)
+        )
+        yield slow.waitFor(b"100 Continue\r\n\r\n")
+        slow.transport.write(body[:20])
+
+        key, cert = issue("server two")
+        writeFiles(self.files.privateKey.parent, key, cert)
+        reloaded = Deferred()
+        globalLogPublisher.addObserver(_whenLogged("Certificate reloaded", reloaded))
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield reloaded
+
+        fresh = yield connect(port, trusting(CA))
+        self.assertEqual(commonName((yield fresh.handshake)), "server two")
+        fresh.transport.loseConnection()
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+        slow.transport.write(body[20:])
+        answer = yield slow.waitFor(b"\r\n\r\nOK\n")
+        self.assertIn(b"HTTP/1.1 200 OK", answer)
+        self.assertEqual(commonName(slow.transport.getPeerCertificate()), "server one")
+        slow.transport.loseConnection()
+        yield fresh.lost
+        yield slow.lost
+        self.assertEqual([m["id"] for m in self.newMessages()], ["tls-slow"])
+        self.assertTrue(any("Certificate reloaded" in e.get("log_format", "") for e in reloads))
+
+    @inlineCallbacks
+    def test_brokenReloadKeepsOldCertificate(self):
+        """
+        A new key that does not match the new certificate is refused with an
+        error logged; clients keep getting the old certificate.
+        """
+        port = yield self.serve(self.files)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        _, cert = issue("server two")
+        writeFiles(self.files.privateKey.parent, newKey(), cert)
+        self.assertFalse(self.certificate.reload())
+        [error] = [e for e in events if e["log_level"].name == "error"]
+        self.assertIn("does not match", error["error"])
+        client = yield connect(port, trusting(CA))
+        self.assertEqual(commonName((yield client.handshake)), "server one")
+        client.transport.loseConnection()
+        yield client.lost
+
+
+def _whenLogged(text: str, d: Deferred):
+    def observer(event):
+        if text in event.get("log_format", "") and not d.called:
+            globalLogPublisher.removeObserver(observer)
+            reactor.callLater(0, d.callback, event)
+
+    return observer
+
+
+class WatchTests(SynchronousTestCase):
+    def test_watchReloadsChangedFiles(self):
+        """
+        With C{watch}, a replaced certificate is in service after the next
+        check; files left alone are not reloaded.
+        """
+        clock = Clock()
+        files = writeFiles(Path(self.mktemp()), *issue("server one"))
+        current = ReloadableCertificate(files, now=lambda: NOW)
+        service = CertificateReloadService([current], reactor=clock, watch=1.0)
+        service.startService()
+        self.addCleanup(service.stopService)
+        before = current.current
+        clock.advance(1)
+        self.assertIs(current.current, before)
+        self.assertIsNone(current.reloadIfChanged())
+        writeFiles(files.privateKey.parent, *issue("server two"))
+        clock.advance(1)
+        self.assertEqual(current.current.subject, "CN=server two")
+
+    def test_expiryWarning(self):
+        """
+        A certificate that expires within the threshold is served with a
+        warning; the daily check warns again.
+        """
+        clock = Clock()
+        clock.advance(NOW.timestamp())
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        files = writeFiles(Path(self.mktemp()), *issue("soon", notAfter=NOW + 5 * DAY))
+        current = ReloadableCertificate(files, now=clockTime(clock), warnDays=14)
+        service = CertificateReloadService([current], reactor=clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        warnings = lambda: [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings()), 1)
+        self.assertAlmostEqual(warnings()[0]["days"], 5.0, places=2)
+        clock.advance(86400)
+        self.assertEqual(len(warnings()), 2)
+        self.assertAlmostEqual(warnings()[1]["days"], 4.0, places=2)
+
+    def test_noWarningFarFromExpiry(self):
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        files = writeFiles(Path(self.mktemp()), *issue("later", notAfter=NOW + 30 * DAY))
+        ReloadableCertificate(files, now=lambda: NOW, warnDays=14)
+        self.assertEqual([e for e in events if e["log_level"].name == "warn"], [])
+
+
+class LoadTests(SynchronousTestCase):
+    """
+    What L{loadCertificate} refuses, each error naming the file.
+    """
+
+    def setUp(self):
+        self.dir = Path(self.mktemp())
+        self.key, self.cert = issue("server one")
+
+    def assertRefused(self, files: TLSFiles, *fragments: str) -> None:
+        e = self.assertRaises(CertificateError, loadCertificate, files, NOW)
+        for fragment in fragments:
+            self.assertIn(fragment, str(e))
+
+    def test_missingKey(self):
+        files = writeFiles(self.dir, self.key, self.cert)
+        files.privateKey.unlink()
+        self.assertRefused(files, str(files.privateKey), "cannot read")
+
+    def test_unreadableKey(self):
+        files = writeFiles(self.dir, self.key, self.cert)
+        files.privateKey.unlink()
+        files.privateKey.mkdir()
+        self.assertRefused(files, str(files.privateKey), "cannot read")
+
+    def test_notAKey(self):
+        files = writeFiles(self.dir, self.key, self.cert, keyData=b"not a key\n")
+        self.assertRefused(files, str(files.privateKey), "not an unencrypted PEM key")
+
+    def test_mismatch(self):
+        files = writeFiles(self.dir, newKey(), self.cert)
+        self.assertRefused(files, str(files.privateKey), str(files.certKey), "does not match")
+
+    def test_expired(self):
+        files = writeFiles(self.dir, *issue("old", notBefore=NOW - 60 * DAY, notAfter=NOW - DAY))
+        self.assertRefused(files, str(files.certKey), "expired on")
+
+    def test_notYetValid(self):
+        files = writeFiles(self.dir, *issue("future", notBefore=NOW + DAY))
+        self.assertRefused(files, str(files.certKey), "not valid before")
+
+    def test_notACertificate(self):
+        files = writeFiles(self.dir, self.key, self.cert)
+        files.certKey.write_text("garbage\n")
+        self.assertRefused(files, str(files.certKey), "no PEM certificate")
+
+    def test_chain(self):
+        """
+        A chain in its own file or after the certificate is sent along.
+        """
+        files = writeFiles(self.dir, self.key, self.cert)
+        files.certKey.write_bytes(certificatePEM(self.cert, CA))
+        self.assertEqual(loadCertificate(files, NOW).options.extraCertChain[0].get_subject().CN, "mxrecv test CA")
+        chain = self.dir / "chain.pem"
+        chain.write_bytes(certificatePEM(CA))
+        files = TLSFiles(files.privateKey, files.certKey, chain)
+        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 2)
+
+
+class StartupTests(TestCase):
+    """
+    twistd refuses to start on a certificate it could not serve.
+    """
+
+    def config(self, files: TLSFiles) -> Path:
+        path = Path(self.mktemp() + ".toml").absolute()
+        spool = Path(self.mktemp()).absolute()
+        path.write_text(
+            "[server]\n"
+            f'listen = ["tcp:0:interface=127.0.0.1", '
+            f'"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"]\n'
+            f'[spool]\ndir = "{spool}"\n'
+        )
+        return path
+
+    def makeService(self, files: TLSFiles) -> str:
+        options = Options()
+        options.parseOptions(["--config", str(self.config(files))])
+        return str(self.assertRaises(SystemExit, makeService, options, reactor))
+
+    def test_mismatch(self):
+        files = writeFiles(Path(self.mktemp()), newKey(), issue("one")[1])
+        message = self.makeService(files)
+        self.assertIn("server.listen[1]", message)
+        self.assertIn(f"the private key {files.privateKey} does not match", message)
+
+    def test_missingKey(self):
+        files = writeFiles(Path(self.mktemp()), *issue("one"))
+        files.privateKey.unlink()
+        self.assertIn(f"cannot read the private key {files.privateKey}", self.makeService(files))
+
+    @inlineCallbacks
+    def test_twistdExpired(self):
+        """
+        twistd exits non-zero, saying which certificate expired.
+        """
+        files = writeFiles(
+            Path(self.mktemp()).absolute(), *issue("old", notBefore=NOW - 60 * DAY, notAfter=NOW - DAY)
+        )
+        twistd = runTwistd(self, "--config", str(self.config(files)))
+        twistd.listening.addErrback(lambda _: None)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(f"the certificate {files.certKey} expired on".encode(), twistd.output)
+
+
+def outputMatching(twistd, pattern: bytes) -> Deferred:
+    """
+    Fires with the match once the twistd process has written C{pattern}.
+    """
+    d: Deferred = Deferred()
+    received = twistd.outReceived
+
+    def outReceived(data: bytes) -> None:
+        received(data)
+        match = re.search(pattern, twistd.output)
+        if match and not d.called:
+            d.callback(match)
+
+    twistd.outReceived = twistd.errReceived = outReceived
+    outReceived(b"")
+    return d
+
+
+class TwistdTests(TestCase):
+    @inlineCallbacks
+    def test_httpAndHTTPSWithReload(self):
+        """
+        Under twistd, HTTP and HTTPS listeners serve side by side, and a
+        SIGHUP to the process puts a renewed certificate in service.
+        """
+        base = Path(self.mktemp()).absolute()
+        files = writeFiles(base / "tls", *issue("server one"))
+        config = base / "mxrecv.toml"
+        config.write_text(
+            "[server]\n"
+            f'listen = ["ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}", '
+            '"tcp:0:interface=127.0.0.1"]\n'
+            'allow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
+        )
+        twistd = runTwistd(self, "--config", str(config))
+        tls = outputMatching(twistd, rb"CallbackSite \(TLS\) starting on (\d+)")
+        httpPort = yield twistd.listening
+        httpsPort = int((yield tls).group(1))
+
+        response = yield treqTrusting(CA).get(f"https://127.0.0.1:{httpsPort}/", params=smsParams("over-https"))
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        response = yield httpClient(self).get(f"http://127.0.0.1:{httpPort}/", params=smsParams("over-http"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            sorted(p.name for p in (base / "spool" / "new").iterdir()), ["over-http", "over-https"]
+        )
+
+        writeFiles(files.privateKey.parent, *issue("server two"))
+        reloaded = outputMatching(twistd, rb"Certificate reloaded from .*CN=server two")
+        twistd.process.signalProcess("HUP")
+        yield reloaded
+        client = yield connect(httpsPort, trusting(CA))
+        self.assertEqual(commonName((yield client.handshake)), "server two")
+        client.transport.loseConnection()
+        yield client.lost
+
+        twistd.process.signalProcess("TERM")
+        ended = yield twistd.ended
+        self.assertEqual((ended.exitCode, ended.signal), (None, signal.SIGTERM), twistd.output.decode())
+
+
+class DescriptionTests(SynchronousTestCase):
+    def test_parse(self):
+        self.assertEqual(
+            parseTLS("ssl:8443:privateKey=k.pem:certKey=c.pem:extraCertChain=ch.pem:interface=\\:\\:1:backlog=10"),
+            TLSListen(8443, TLSFiles(Path("k.pem"), Path("c.pem"), Path("ch.pem")), "::1", 10),
+        )
+
+    def test_defaults(self):
+        """
+        C{certKey} defaults to the key file (one file holding both), as in
+        Twisted; the port may be given by name.
+        """
+        self.assertEqual(
+            parseTLS("ssl:port=443:privateKey=both.pem"),
+            TLSListen(443, TLSFiles(Path("both.pem"), Path("both.pem"))),
+        )
+
+    @settings(max_examples=50)
+    @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1))
+    def test_escapedPaths(self, name):
+        """
+        Any file name survives Twisted's backslash escapes.
+        """
+        escaped = name.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+        self.assertEqual(parseTLS(f"ssl:443:privateKey={escaped}").files.privateKey, Path(name))
+
+    def test_configErrorsNameTheKey(self):
+        for description, reason in [
+            ("ssl:443:certKey=c.pem", "privateKey is required"),
+            ("ssl:privateKey=k.pem", "port is required"),
+            ("ssl:99999:privateKey=k.pem", "port must be a whole number"),
+            ("ssl:443:privateKey=k.pem:sslmethod=TLSv1_METHOD", "unsupported option 'sslmethod'"),
+            ("ssl:443:privateKey=k.pem:privateKey=j.pem", "privateKey given twice"),
+        ]:
+            e = self.assertRaises(
+                ConfigError, parseConfig, {"server": {"listen": ["tcp:8080", description]}}
+            )
+            self.assertIn("server.listen[1]: bad endpoint", str(e))
+            self.assertIn(reason, str(e))
+
+    def test_otherEndpointsUnchanged(self):
+        self.assertEqual(parseListen("tcp:8080:interface=127.0.0.1"), "tcp:8080:interface=127.0.0.1")
+        self.assertIsInstance(parseListen("ssl:443:privateKey=k.pem"), TLSListen)
+
+    def test_tlsConfig(self):
+        config = parseConfig({"tls": {"watch": 5, "expiry_warning_days": 30}})
+        self.assertEqual((config.tls.watch, config.tls.expiry_warning_days), (5.0, 30.0))
+        e = self.assertRaises(ConfigError, parseConfig, {"tls": {"watch": -1}})
+        self.assertIn("tls.watch", str(e))
+
+
+class SelfSignedTests(HTTPSServerMixin, TestCase):
+    @inlineCallbacks
+    def test_selfSigned(self):
+        """
+        C{mxrecv-selfsigned} writes a private key (mode 0600) and a
+        certificate that mxrecv serves and that a client trusting the
+        certificate itself accepts; it does not overwrite them.
+        """
+        directory = Path(self.mktemp())
+        files = TLSFiles(directory / "tls" / "key.pem", directory / "tls" / "cert.pem")
+        argv = ["--out-key", str(files.privateKey), "--out-cert", str(files.certKey), "--host", "127.0.0.1"]
+        with redirect_stdout(io.StringIO()) as out:
+            self.assertEqual(selfsigned.main(argv), 0)
+        self.assertIn(f"privateKey={files.privateKey}", out.getvalue())
+        self.assertEqual(files.privateKey.stat().st_mode & 0o777, 0o600)
+        with redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(selfsigned.main(argv), 1)
+        self.assertIn("--force", err.getvalue())
+        port = yield self.serve(files)
+        cert = x509.load_pem_x509_certificate(files.certKey.read_bytes())
+        response = yield treqTrusting(cert).get(f"https://127.0.0.1:{port}/?{urlencode(smsParams('self'))}")
+        self.assertEqual(response.code, 200)
+        yield response.content()
