@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import treq
 from attrs import evolve, field, frozen
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import Certificate
 from twisted.python import usage
@@ -85,13 +85,13 @@ def makeZip(size: int, seed: int = 0) -> bytes:
 
 
 def makeCallbacks(
-    kind: str, count: int, runId: str, zipSize: int = 10 * 1024
+    kind: str, count: int, runId: str, zipSize: int = 10 * 1024, zip: bytes | None = None
 ) -> Iterator[Callback]:
     """
     C{count} callbacks of C{kind} (C{"sms"} or C{"mms"}) with ids unique to
-    C{runId}, sharing one zip.
+    C{runId}, sharing one zip (C{zip}, or one of C{zipSize} bytes).
     """
-    mms = makeZip(zipSize) if kind == "mms" else None
+    mms = (zip or makeZip(zipSize)) if kind == "mms" else None
     for i in range(count):
         ident = f"sim-{runId}-{i}"
         params: list[tuple[str, str]] = [
@@ -455,27 +455,31 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
             file=out,
             flush=True,
         )
-    callbacks = list(makeCallbacks(settings.kind, settings.count, runId, settings.zipSize))
+    zipData = makeZip(settings.zipSize) if settings.kind == "mms" else None
+    callbacks = makeCallbacks(settings.kind, settings.count, runId, zip=zipData)
     client, pool = makeClient(reactor, settings)
-    semaphore = DeferredSemaphore(settings.concurrency)
     start = reactor.seconds()
     stopAt = start + settings.duration
     outcomes: list[Outcome] = []
     bodyBytes = 0
 
-    def one(callback: Callback) -> Any:
-        if reactor.seconds() >= stopAt:
-            return None
-        if retrieve is not None:
-            retrieve.announce(callback)
-        return send(reactor, client, settings, callback).addCallback(outcomes.append)
+    @inlineCallbacks
+    def worker() -> Any:
+        # Each of the concurrency workers takes the next callback until
+        # none are left or the duration is over.
+        nonlocal bodyBytes
+        for callback in callbacks:
+            if reactor.seconds() >= stopAt:
+                return
+            if retrieve is not None:
+                retrieve.announce(callback)
+            outcomes.append((yield send(reactor, client, settings, callback)))
+            if settings.mode == "post":
+                bodyBytes += len(callback.zip or b"")
 
-    if settings.mode == "post":
-        bodyBytes = sum(len(c.zip or b"") for c in callbacks)
     try:
-        yield gatherResults([semaphore.run(one, c) for c in callbacks])
-        elapsed = reactor.seconds() - start
-        summary = Summary.of(outcomes, elapsed, bodyBytes * len(outcomes) // max(1, len(callbacks)))
+        yield gatherResults([worker() for _ in range(settings.concurrency)])
+        summary = Summary.of(outcomes, reactor.seconds() - start, bodyBytes)
         if retrieve is not None:
             yield _within(reactor, retrieve.whenAllRetrieved(), settings.linger)
             summary = _withRetrieved(summary, retrieve, reactor.seconds() - start)

@@ -139,6 +139,17 @@ class AgainstMxrecvTests(TestCase):
         self.assertEqual(summary.ok, 12, self.out.getvalue())
 
     @inlineCallbacks
+    def test_durationBounds(self) -> None:
+        """
+        --duration stops the sending however many callbacks were asked for.
+        """
+        settings = Settings(url=self.url, count=1_000_000, concurrency=4, duration=0.3)
+        summary = yield run(reactor, settings, self.out)
+        self.assertGreater(summary.sent, 0)
+        self.assertLess(summary.sent, 1_000_000)
+        self.assertEqual(summary.ok, summary.sent, self.out.getvalue())
+
+    @inlineCallbacks
     def test_wrongAnswersCounted(self) -> None:
         """
         Answers other than 200 are reported, one line each, and in the summary.
