@@ -516,7 +516,12 @@ def _within(reactor: Any, d: Deferred, seconds: float) -> Deferred:
 
 class Options(usage.Options):
     synopsis = "--url URL [options]"
-    longdesc = __doc__
+    longdesc = (
+        "Plays MX Telecom: sends SMS and MMS callbacks to --url (GET with a query "
+        "string, or multipart/form-data POST with the zip as the part mms.zip), "
+        "serves RetrieveMMS for the GET-mode MMS it announced, and checks every "
+        "answer (200, non-empty body, within 10 s). Exits 1 if any answer was wrong."
+    )
     optParameters = [
         ["url", "u", None, "The callback URL (http:// or https://)."],
         ["type", "t", "sms", "sms or mms."],
