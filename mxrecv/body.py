@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 
+from attrs import frozen
 from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
@@ -33,6 +34,22 @@ class Refusal(Exception):
         return f"{self.code} {self.reason}"
 
 
+@frozen
+class Upload:
+    """
+    A file that arrived in a body, written to the body's staging directory
+    and measured on the way, so that nothing has to read it again to know
+    its size and digest.
+
+    @ivar name: its file name in the staging directory.
+    @ivar sha256: lowercase hex.
+    """
+
+    name: str
+    size: int
+    sha256: str
+
+
 class IBody(Interface):
     """
     The consumer of one request body.
@@ -40,6 +57,7 @@ class IBody(Interface):
 
     params = Attribute("The callback parameters the body carried, once finished.")
     staging = Attribute("The L{Staging} holding the body's files, or L{None}.")
+    upload = Attribute("The L{Upload} written into C{staging}, or L{None}.")
 
     def write(data: bytes) -> None:
         """
@@ -69,6 +87,7 @@ class DiscardBody:
 
     params: Params = {}
     staging = None
+    upload = None
 
     def write(self, data: bytes) -> None:
         pass
@@ -88,6 +107,7 @@ class FormBody:
     """
 
     staging = None
+    upload = None
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -107,7 +127,6 @@ class FormBody:
 
     def abort(self) -> None:
         self._chunks = []
-
 
 
 class BodyChooser:

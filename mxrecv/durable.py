@@ -34,13 +34,20 @@ def writeNew(path: Path, data: bytes, sync: bool = True) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        writeAll(fd, data)
         if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def writeAll(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data} to the file descriptor C{fd}.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def replaceFile(path: Path, data: bytes, sync: bool = True) -> None:

@@ -57,8 +57,10 @@ class CallbackResource(Resource):
 
     def render(self, request: CallbackRequest) -> bytes | int:
         if request.path != self._path:
+            self._discardBody(request)
             return self._answer(request, HTTPStatus.NOT_FOUND, "no callback at this path")
         if request.method not in (b"GET", b"POST"):
+            self._discardBody(request)
             request.setHeader(b"Allow", b"GET, POST")
             return self._answer(
                 request, HTTPStatus.METHOD_NOT_ALLOWED, "callbacks are GET or POST"
@@ -84,10 +86,18 @@ class CallbackResource(Resource):
         if message.type != MMS and staging is not None:
             self._spool.discard(staging)
             staging = None
+        upload = request.body.upload
+        if staging is not None and upload is not None:
+            # Measured as it streamed in: completion need not read it again.
+            message = message.replace(mms_size=upload.size, mms_sha256=upload.sha256)
         target = PENDING if message.type == MMS else NEW
         d = self._spool.accept(message, target, staging)
         d.addCallbacks(self._accepted, self._notStored, (request, message), None, (request, message))
         return NOT_DONE_YET
+
+    def _discardBody(self, request: CallbackRequest) -> None:
+        if request.body.staging is not None:
+            self._spool.discard(request.body.staging)
 
     def _accepted(self, accepted: Accepted, request: CallbackRequest, message: Message) -> None:
         if not accepted.duplicate and message.type == MMS:

@@ -120,6 +120,7 @@ class Spool:
         self._committing = False
         self._pruneWaiting: list[Deferred[int]] = []
         self._idleWaiting: list[Deferred[None]] = []
+        self._discarding = 0
 
     @property
     def isOpen(self) -> bool:
@@ -159,7 +160,8 @@ class Spool:
 
     def whenIdle(self) -> Deferred[None]:
         """
-        Fire once no message is being committed.
+        Fire once no message is being committed and no staging directory is
+        being removed.
         """
         d: Deferred[None] = Deferred()
         self._idleWaiting.append(d)
@@ -167,7 +169,7 @@ class Spool:
         return d
 
     def _checkIdle(self) -> None:
-        if self._inflight or self._queue or self._committing:
+        if self._inflight or self._queue or self._committing or self._discarding:
             return
         waiting, self._idleWaiting = self._idleWaiting, []
         for d in waiting:
@@ -192,13 +194,20 @@ class Spool:
         except OSError as e:
             raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
 
-    def discard(self, staging: Staging) -> None:
+    def discard(self, staging: Staging) -> Deferred[None]:
         """
         Remove a staging directory that will not be committed, in a worker.
+        L{whenIdle} waits for it too.
         """
-        deferToThreadPool(self._reactor, self._pool, removeTree, staging.path).addErrback(
-            lambda f: log.failure("Removing {path}", f, path=str(staging.path))
-        )
+        self._discarding += 1
+        d = deferToThreadPool(self._reactor, self._pool, removeTree, staging.path)
+        d.addErrback(lambda f: log.failure("Removing {path}", f, path=str(staging.path)))
+
+        def removed(_: object) -> None:
+            self._discarding -= 1
+            self._checkIdle()
+
+        return d.addBoth(removed)
 
     # Accepting messages
 

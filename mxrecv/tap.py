@@ -22,6 +22,7 @@ from .body import BodyChooser
 from .complete import Completer
 from .config import Config, ConfigError, loadConfig
 from .listen import parseListen, tlsEndpoint, tlsFactory
+from .multipart import MultipartBody
 from .request import CallbackSite
 from .pending import PendingWork
 from .resource import CallbackResource
@@ -147,7 +148,9 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
         allow=AllowList(server.allow),
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
-        chooseBody=BodyChooser(min(FORM_LIMIT, server.max_body)),
+        chooseBody=BodyChooser(
+            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool)
+        ),
     )
 
 

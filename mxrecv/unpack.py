@@ -1,18 +1,101 @@
 # -*- test-case-name: tests.test_unpack -*-
 """
-Unpacking an MMS zip into C{parts/}.
+Unpacking an MMS zip into C{parts/}, safely.
 
-Placeholder until the POST-mode work lands: nothing is unpacked, and the
-message says so in C{parts_error}; the raw C{mms.zip} is always delivered.
+The zip comes from the network, so nothing in it is trusted: entry names
+may try to leave C{parts/}, the central directory may claim a million
+entries, an entry may inflate a thousandfold, or be encrypted, or corrupt.
+Every check is made on what is actually read, not on what the zip's headers
+claim, and all or nothing is unpacked: a zip that fails a check leaves no
+C{parts/} and an L{Unpacked} whose C{error} says why (the message is still
+delivered with its raw C{mms.zip}).
+
+The naming and content-type rules are pure functions, property-tested
+without a zip; L{unpackInto} is the blocking step, run in a worker thread.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import lzma
+import mimetypes
+import os
+import re
+import struct
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from xml.etree import ElementTree
 
 from attrs import frozen
 
+from .durable import removeTree
 from .message import Part
+from .text import decodeText
+
+PARTS = "parts"
+TEXT_PLAIN = "text/plain"
+OCTET_STREAM = "application/octet-stream"
+SMIL = "application/smil"
+
+# MMS media types, before Python's own table (whose answers for these are
+# missing or differ between versions).
+_MMS_TYPES = {
+    ".smil": SMIL,
+    ".smi": SMIL,
+    ".txt": TEXT_PLAIN,
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".png": "image/png",
+    ".bmp": "image/bmp",
+    ".wbmp": "image/vnd.wap.wbmp",
+    ".amr": "audio/amr",
+    ".awb": "audio/amr-wb",
+    ".mid": "audio/midi",
+    ".midi": "audio/midi",
+    ".mp3": "audio/mpeg",
+    ".aac": "audio/aac",
+    ".wav": "audio/wav",
+    ".imy": "text/x-imelody",
+    ".3gp": "video/3gpp",
+    ".3g2": "video/3gpp2",
+    ".mp4": "video/mp4",
+    ".vcf": "text/x-vcard",
+    ".vcs": "text/x-vcalendar",
+}
+# Only the built-in table: the system's /etc/mime.types differs by host.
+_PYTHON_TYPES = mimetypes.MimeTypes(filenames=())
+# SMIL media elements whose kind fixes a content type when the extension
+# does not tell.
+_SMIL_KINDS = {"text": TEXT_PLAIN}
+_SMIL_MEDIA = frozenset({"text", "img", "image", "audio", "video", "ref", "animation", "textstream"})
+
+_UNSAFE_CHARACTER = re.compile(r"[^\w.+-]")
+_MAX_FILE_NAME = 100
+_CHUNK = 64 * 1024
+
+
+@frozen
+class Limits:
+    """
+    What a zip may hold before it is refused.
+
+    @ivar entries: most entries (directories included).
+    @ivar total: most bytes unpacked, all entries together.
+    @ivar ratio: most bytes unpacked per compressed byte of an entry, once
+        the entry is over C{ratioFloor} bytes (small files compress well).
+    @ivar text: most bytes of text/plain parts read into C{text}.
+    @ivar smil: largest SMIL document read for content types.
+    """
+
+    entries: int = 500
+    total: int = 512 * 1024 * 1024
+    ratio: int = 100
+    ratioFloor: int = 1024 * 1024
+    text: int = 1024 * 1024
+    smil: int = 256 * 1024
 
 
 @frozen
@@ -27,9 +110,257 @@ class Unpacked:
     error: str | None = None
 
 
-def unpackInto(zipPath: Path, partsDir: Path) -> Unpacked:
+class Refused(Exception):
+    """
+    The zip fails a check; the message is a sentence for C{parts_error}.
+    """
+
+
+# Pure rules
+
+
+def unsafeName(name: str) -> str | None:
+    """
+    Why the entry name C{name} is not acceptable, or L{None} if it is.
+
+    Backslashes count as separators (zips made on Windows use them), so
+    neither C{../x} nor C{..\\x} nor C{/x}, C{\\x} or C{C:x} gets through.
+    """
+    if not name:
+        return "has an empty name"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "has a control character in its name"
+    components = name.replace("\\", "/").split("/")
+    if components[0] == "" or re.match(r"\A[A-Za-z]:", components[0]):
+        return "has an absolute name"
+    if ".." in components:
+        return "has '..' in its name"
+    return None
+
+
+def fileNameFor(name: str, taken: Iterable[str] = ()) -> str:
+    """
+    The file name under C{parts/} of the entry C{name} (a safe one): its
+    last component, with characters other than letters, digits, C{.+-_}
+    replaced, no leading dot, at most 100 characters, and numbered if
+    C{taken} already holds it.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE_CHARACTER.sub("_", unicodedata.normalize("NFC", base))
+    if base.startswith("."):
+        base = "_" + base[1:]
+    stem, dot, extension = base.rpartition(".")
+    if not dot or not stem or len(extension) > 10:
+        stem, extension = base, ""
+    extension = "." + extension if extension else ""
+    stem = stem[: _MAX_FILE_NAME - len(extension) - 8] or "part"
+    taken = {t.casefold() for t in taken}
+    candidate = stem + extension
+    number = 1
+    while candidate.casefold() in taken:
+        number += 1
+        candidate = f"{stem}-{number}{extension}"
+    return candidate
+
+
+def typeByExtension(name: str) -> str | None:
+    extension = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    if not extension:
+        return None
+    return _MMS_TYPES.get(extension) or _PYTHON_TYPES.types_map[1].get(extension)
+
+
+def smilTypes(document: bytes) -> dict[str, str]:
+    """
+    From a SMIL document, the content type it implies for each file it
+    refers to, by C{src} (with any C{cid:} dropped): a C{type} attribute
+    if given, else C{text/plain} for a C{<text>} element.  A document that
+    does not parse, or declares a DTD (entities are not expanded), gives
+    nothing.
+    """
+    if b"<!DOCTYPE" in document or b"<!ENTITY" in document:
+        return {}
+    try:
+        root = ElementTree.fromstring(document)
+    except ElementTree.ParseError:
+        return {}
+    types: dict[str, str] = {}
+    for element in root.iter():
+        kind = element.tag.rsplit("}", 1)[-1].lower()
+        source = element.get("src")
+        if kind not in _SMIL_MEDIA or not source:
+            continue
+        if source.lower().startswith("cid:"):
+            source = source[4:].strip("<>")
+        declared = element.get("type", "").strip().lower()
+        found = declared if "/" in declared else _SMIL_KINDS.get(kind)
+        if found:
+            types.setdefault(source, found)
+    return types
+
+
+def contentType(name: str, fromSmil: Mapping[str, str]) -> str:
+    """
+    The content type of entry C{name}: as the SMIL says (by full name or
+    last component), else by its extension, else C{application/octet-stream}.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return (
+        fromSmil.get(name)
+        or fromSmil.get(base)
+        or typeByExtension(name)
+        or OCTET_STREAM
+    )
+
+
+def joinText(texts: Sequence[bytes]) -> str | None:
+    """
+    The C{text} of a message: its text parts, each decoded as UTF-8 if
+    valid else ISO-8859-15, joined by newlines; L{None} if there are none.
+    """
+    if not texts:
+        return None
+    return "\n".join(decodeText(t)[0] for t in texts)
+
+
+# The blocking step
+
+
+def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpacked:
     """
     Unpack the zip at C{zipPath} into C{partsDir} (which does not exist yet).
-    Blocking: called in a worker thread.
+    Blocking: called in a worker thread.  The caller fsyncs what is written.
+
+    @return: the parts, or no parts and the reason in C{error}; C{partsDir}
+        exists only when parts were written.
     """
-    return Unpacked(error="unpacking is not implemented yet")
+    try:
+        with zipPath.open("rb") as raw:
+            _checkDirectorySize(raw, limits)
+            with zipfile.ZipFile(raw) as archive:
+                return _unpack(archive, partsDir, limits)
+    except Refused as e:
+        error = str(e)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
+        error = f"the zip is corrupt: {e}"
+    except NotImplementedError as e:
+        error = f"the zip uses an unsupported feature: {e}"
+    except OSError as e:
+        error = f"the zip could not be read or unpacked: {e.strerror or e}"
+    removeTree(partsDir)
+    return Unpacked(error=error)
+
+
+def _checkDirectorySize(raw, limits: Limits) -> None:
+    """
+    Refuse a zip whose central directory is too big, before C{zipfile}
+    reads it all into memory (it makes an object per entry).
+    """
+    size = raw.seek(0, os.SEEK_END)
+    tail = min(size, 20 + 22 + 65535)
+    raw.seek(size - tail)
+    data = raw.read(tail)
+    at = data.rfind(b"PK\x05\x06")
+    if at < 0 or len(data) - at < 22:
+        raise zipfile.BadZipFile("no end of central directory")
+    if at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07":
+        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
+    entries, directorySize = struct.unpack("<xxxxxxxxxxHI", data[at : at + 16])
+    if entries == 0xFFFF or directorySize == 0xFFFFFFFF:
+        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
+    # An entry takes at least 46 bytes, plus its name, extra and comment.
+    if entries > limits.entries or directorySize > limits.entries * (46 + 3 * 1024):
+        raise Refused(f"the zip has more than {limits.entries} entries")
+
+
+def _unpack(archive: zipfile.ZipFile, partsDir: Path, limits: Limits) -> Unpacked:
+    entries = archive.infolist()
+    if len(entries) > limits.entries:
+        raise Refused(f"the zip has more than {limits.entries} entries")
+    files = []
+    for entry in entries:
+        reason = unsafeName(entry.filename)
+        if reason is not None:
+            raise Refused(f"entry {entry.filename!r} {reason}")
+        if entry.flag_bits & 0x1:
+            raise Refused(f"entry {entry.filename!r} is encrypted")
+        if not entry.filename.endswith(("/", "\\")):
+            files.append(entry)
+
+    fromSmil = _readSmil(archive, files, limits)
+    budget = _Budget(limits)
+    partsDir.mkdir()
+    parts: list[Part] = []
+    texts: list[bytes] = []
+    textRoom = limits.text
+    for entry in files:
+        fileName = fileNameFor(entry.filename, (p.path[len(PARTS) + 1 :] for p in parts))
+        kind = contentType(entry.filename, fromSmil)
+        keep = textRoom if kind == TEXT_PLAIN else 0
+        size, kept = _extract(archive, entry, partsDir / fileName, budget, keep)
+        parts.append(Part(entry.filename, f"{PARTS}/{fileName}", size, kind))
+        if kind == TEXT_PLAIN and size <= textRoom:
+            texts.append(kept)
+            textRoom -= size
+    return Unpacked(parts=tuple(parts), text=joinText(texts))
+
+
+def _readSmil(
+    archive: zipfile.ZipFile, files: Sequence[zipfile.ZipInfo], limits: Limits
+) -> dict[str, str]:
+    """
+    The content types the zip's first SMIL document gives, if it is small.
+    """
+    for entry in files:
+        if typeByExtension(entry.filename) == SMIL:
+            with archive.open(entry) as source:
+                document = source.read(limits.smil + 1)
+            return smilTypes(document) if len(document) <= limits.smil else {}
+    return {}
+
+
+class _Budget:
+    """
+    Counts what is actually inflated, against the limits.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+
+    def spend(self, entry: zipfile.ZipInfo, entryBytes: int, more: int) -> None:
+        limits = self.limits
+        self.total += more
+        if self.total > limits.total:
+            raise Refused(f"the zip unpacks to more than {limits.total} bytes")
+        if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(
+            entry.compress_size, 1
+        ):
+            raise Refused(
+                f"entry {entry.filename!r} inflates more than {limits.ratio} times"
+                " (a zip bomb?)"
+            )
+
+
+def _extract(
+    archive: zipfile.ZipFile,
+    entry: zipfile.ZipInfo,
+    path: Path,
+    budget: _Budget,
+    keep: int,
+) -> tuple[int, bytes]:
+    """
+    Copy one entry to C{path}, counting every byte inflated.
+
+    @return: its size, and its first C{keep} bytes.
+    """
+    size = 0
+    kept: list[bytes] = []
+    with archive.open(entry) as source, path.open("xb") as target:
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            budget.spend(entry, size, len(chunk))
+            target.write(chunk)
+            if size - len(chunk) < keep:
+                kept.append(chunk[: keep - (size - len(chunk))])
+    return size, b"".join(kept)

@@ -59,3 +59,135 @@ def callbackParams(draw) -> dict[bytes, list[bytes]]:
         if draw(st.booleans()):
             params[b"expiry"] = [draw(mxDates()).encode()]
     return params
+
+
+# Multipart bodies and zips (POST mode).  Self-contained: used by
+# tests.test_multipart, tests.test_unpack and tests.test_post.
+
+import io as _io
+import warnings as _warnings
+import zipfile as _zipfile
+
+# Characters RFC 2046 allows in a boundary (bchars, no trailing space).
+_BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=?"
+boundaries = st.text(alphabet=_BCHARS, min_size=1, max_size=70)
+
+# Field names and values as they appear in a form: names without quotes,
+# CR or LF (browsers escape those), values any bytes.
+fieldNames = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'),
+    min_size=1,
+    max_size=20,
+).filter(lambda n: n != "mms.zip")
+fieldValues = st.binary(max_size=200)
+
+
+def contentTypeFor(boundary: str) -> bytes:
+    """
+    The C{Content-Type} value of a multipart body; the boundary is quoted,
+    as it must be when it holds characters such as C{/}, C{=} or C{?}.
+    """
+    return b'multipart/form-data; boundary="%s"' % boundary.encode()
+
+
+def multipartBody(
+    boundary: str,
+    fields: list[tuple[str, bytes]],
+    file: bytes | None = None,
+    fileName: str = "mms.zip",
+) -> bytes:
+    """
+    A C{multipart/form-data} body as a browser or curl writes it.
+    """
+    out = []
+    b = boundary.encode()
+    for name, value in fields:
+        out.append(
+            b"--" + b + b"\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n"
+            % name.encode() + value + b"\r\n"
+        )
+    if file is not None:
+        out.append(
+            b"--" + b + b"\r\nContent-Disposition: form-data; name=\"%s\"; "
+            b"filename=\"%s\"\r\nContent-Type: application/zip\r\n\r\n"
+            % (fileName.encode(), fileName.encode()) + file + b"\r\n"
+        )
+    out.append(b"--" + b + b"--\r\n")
+    return b"".join(out)
+
+
+def _scrub(data: bytes, boundary: str) -> bytes:
+    """
+    C{data} without the delimiter of C{boundary}, which no client could
+    send inside a part.
+    """
+    return data.replace(b"\r\n--" + boundary.encode(), b"\r\n-+" + boundary.encode())
+
+
+@st.composite
+def fileBytes(draw, boundary: str) -> bytes:
+    """
+    File data dense in CR, LF, dashes and pieces of C{boundary} (but never
+    the whole delimiter).
+    """
+    pieces = st.sampled_from(
+        [b"\r", b"\n", b"\r\n", b"-", b"--", b"\r\n--", boundary.encode()[:-1] or b"x"]
+    )
+    data = b"".join(draw(st.lists(st.one_of(pieces, st.binary(max_size=50)), max_size=40)))
+    return _scrub(data, boundary)
+
+
+@st.composite
+def formSubmissions(draw, withFile: bool | None = None):
+    """
+    C{(boundary, fields, file)}: a boundary, a list of C{(name, value)}
+    fields (names may repeat) and the bytes of the mms.zip part or L{None}.
+    """
+    boundary = draw(boundaries)
+    fields = [
+        (name, _scrub(value, boundary))
+        for name, value in draw(st.lists(st.tuples(fieldNames, fieldValues), max_size=8))
+    ]
+    if withFile is None:
+        withFile = draw(st.booleans())
+    file = draw(fileBytes(boundary)) if withFile else None
+    return boundary, fields, file
+
+
+def splits(data: bytes):
+    """
+    C{data} cut into a list of chunks at arbitrary points.
+    """
+    return st.lists(st.integers(0, len(data)), max_size=20).map(
+        lambda cuts: [data[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(data)])]
+    )
+
+
+# Zip entry names: ordinary ones and the hostile shapes.
+entryNames = st.one_of(
+    st.text(min_size=1, max_size=30),
+    st.lists(
+        st.sampled_from(["..", ".", "", "a", "b.txt", "C:", "\\..", "..\\x", ".hidden", "/"]),
+        min_size=1,
+        max_size=5,
+    ).map("/".join),
+)
+
+
+def zipOf(entries: list[tuple[str, bytes]], compression: int = _zipfile.ZIP_DEFLATED) -> bytes:
+    """
+    The bytes of a zip holding C{entries} in that order (names may repeat).
+    """
+    out = _io.BytesIO()
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # duplicate names are wanted
+        _write(out, entries, compression)
+    return out.getvalue()
+
+
+def _write(out, entries, compression) -> None:
+    with _zipfile.ZipFile(out, "w", compression) as archive:
+        for name, data in entries:
+            info = _zipfile.ZipInfo(name, (2026, 11, 25, 10, 0, 0))
+            info.compress_type = compression
+            archive.writestr(info, data)

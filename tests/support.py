@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from mxrecv.config import Config, ServerConfig
+from mxrecv.message import Message
 from mxrecv.spool import Spool
 from mxrecv.tap import buildSite
 
@@ -160,3 +161,24 @@ def httpClient(case: TestCase) -> HTTPClient:
     pool = HTTPConnectionPool(reactor)
     case.addCleanup(pool.closeCachedConnections)
     return HTTPClient(Agent(reactor, pool=pool))
+
+
+def exampleMessage(**changes: Any) -> Message:
+    """
+    A valid message as the callback would build it: an SMS unless
+    C{changes} say otherwise.
+    """
+    fields: dict[str, Any] = {
+        "id": "mx-1",
+        "type": "sms",
+        "sender": "447700900123",
+        "to": ("80000",),
+        "date": "2026-11-25 10:30:00",
+        "delivery": "get",
+        "received": "2026-11-25T10:30:01.000Z",
+        "message": "Hello",
+        "charset": "utf-8",
+    }
+    if changes.get("type") == "mms":
+        fields.update(message=None, charset=None)
+    return Message(**{**fields, **changes})

@@ -23,7 +23,6 @@ from twisted.trial.unittest import TestCase
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.dates import isoFromTimestamp
-from mxrecv.message import Message
 from mxrecv.naming import nameForId
 from mxrecv.pending import PendingWork
 from mxrecv.retrieve import (
@@ -36,7 +35,7 @@ from mxrecv.tap import makeService
 from .retrievemms import (
     Hang, QuietSite, RetrieveMMS, Serve, TestCA, Trickle, Truncate, makeZip,
 )
-from .support import httpClient, startedPool
+from .support import exampleMessage, httpClient, startedPool
 
 NOW = 1_800_000_000.0
 PASSWORD = "s3cr&t/pa ss"
@@ -164,13 +163,9 @@ class RetrieveTestCase(TestCase):
         Journal a GET-mode MMS notification in pending/, as the callback does.
         """
         now = (clock or self.clock).seconds()
-        message = Message(
+        message = exampleMessage(
             id=messageId,
             type="mms",
-            sender="447700900123",
-            to=("84545",),
-            date="2026-11-25 10:00:00",
-            delivery="get",
             received=isoFromTimestamp(now),
             subject="Hello",
             expiry=None if expiresIn is None else mxDate(now + expiresIn),
@@ -562,9 +557,8 @@ class RestartTests(RetrieveTestCase):
 
 class ExpiryTests(TestCase):
     def message(self, expiry):
-        return Message(
-            id="x", type="mms", sender="1", to=("2",), date="2026-11-25 10:00:00",
-            delivery="get", received="2026-11-25T10:00:01.000Z", expiry=expiry,
+        return exampleMessage(
+            id="x", type="mms", received="2026-11-25T10:00:01.000Z", expiry=expiry
         )
 
     def test_expiryInZone(self):

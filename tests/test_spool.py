@@ -11,21 +11,11 @@ from twisted.trial.unittest import SkipTest, TestCase
 from mxrecv.message import Message
 from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
 
-from .support import openSpool, startedPool
+from .support import exampleMessage, openSpool, startedPool
 
 
 def sms(messageId: str = "mx-1", text: str = "Hello") -> Message:
-    return Message(
-        id=messageId,
-        type="sms",
-        sender="447700900123",
-        to=("80000",),
-        date="2026-11-25 10:30:00",
-        delivery="get",
-        received="2026-11-25T10:30:01.000Z",
-        message=text,
-        charset="utf-8",
-    )
+    return exampleMessage(id=messageId, message=text)
 
 
 def contents(directory: Path) -> list[str]:

@@ -1,0 +1,260 @@
+"""
+Tests for L{mxrecv.unpack}: the pure naming and typing rules, and unpacking
+real zips (hostile ones included) into a temporary directory.
+"""
+
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import TestCase
+
+from mxrecv.message import Part
+from mxrecv.unpack import (
+    Limits,
+    contentType,
+    fileNameFor,
+    smilTypes,
+    unpackInto,
+    unsafeName,
+)
+
+from .strategies import entryNames, zipOf
+
+SMIL = b"""<smil xmlns="http://www.w3.org/2001/SMIL20/Language">
+<head><layout><region id="Image"/><region id="Text"/></layout></head>
+<body><par dur="5000ms">
+  <img src="cid:photo" region="Image"/>
+  <text src="words" region="Text"/>
+  <audio src="sound.bin" type="audio/amr"/>
+</par></body></smil>"""
+
+
+class RuleTests(TestCase):
+    @given(entryNames, st.lists(st.text(max_size=10), max_size=5))
+    def test_fileNameIsOneSafeComponent(self, name, taken):
+        """
+        Any entry name maps to one plain file name: no separator, not
+        hidden, not C{..}, not empty, short, and unlike those taken.
+        """
+        result = fileNameFor(name, taken)
+        self.assertNotIn("/", result)
+        self.assertNotIn("\\", result)
+        self.assertNotIn("\0", result)
+        self.assertFalse(result.startswith("."))
+        self.assertTrue(0 < len(result) <= 100)
+        self.assertNotIn(result.casefold(), {t.casefold() for t in taken})
+
+    @given(entryNames)
+    def test_unsafeNames(self, name):
+        """
+        A name is refused exactly when it is empty, absolute (C{/}, C{\\},
+        drive letter), has a C{..} component or a control character.
+        """
+        components = name.replace("\\", "/").split("/")
+        expected = (
+            not name
+            or components[0] == ""
+            or (len(components[0]) >= 2 and components[0][1] == ":" and components[0][0].isascii() and components[0][0].isalpha())
+            or ".." in components
+            or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name)
+        )
+        self.assertEqual(unsafeName(name) is not None, expected, unsafeName(name))
+
+    def test_examples(self):
+        for name in ["../x", "a/../../x", "/etc/passwd", "\\x", "..\\x", "C:x", "c:\\x", "a\0b", ""]:
+            self.assertIsNotNone(unsafeName(name), name)
+        for name in ["image1.jpg", "a/b.txt", "..x", "x..", "é.txt"]:
+            self.assertIsNone(unsafeName(name), name)
+        self.assertEqual(fileNameFor(".htaccess"), "_htaccess")
+        self.assertEqual(fileNameFor("a/b c.jpg", ["b_c.jpg"]), "b_c-2.jpg")
+        self.assertEqual(fileNameFor("фото.JPG"), "фото.JPG")
+
+    def test_contentTypes(self):
+        """
+        The SMIL's type attribute, then the file's extension, then the
+        SMIL element (text), else application/octet-stream.
+        """
+        types = smilTypes(SMIL)
+        self.assertEqual(types, {"words": "text/plain", "sound.bin": "audio/amr"})
+        self.assertEqual(contentType("words", types), "text/plain")
+        self.assertEqual(contentType("dir/sound.bin", types), "audio/amr")
+        self.assertEqual(contentType("a.JPG", {}), "image/jpeg")
+        self.assertEqual(contentType("clip.3gp", {}), "video/3gpp")
+        self.assertEqual(contentType("photo", types), "application/octet-stream")
+
+    def test_hostileSmil(self):
+        """
+        A SMIL with a DTD (entity expansion) or that does not parse gives
+        no types, and no error.
+        """
+        bomb = b'<!DOCTYPE s [<!ENTITY a "aaaa">]><smil><text src="&a;"/></smil>'
+        self.assertEqual(smilTypes(bomb), {})
+        self.assertEqual(smilTypes(b"<smil><text src="), {})
+
+
+class UnpackTests(TestCase):
+    def unpack(self, data: bytes, limits: Limits = Limits()):
+        base = Path(self.mktemp())
+        base.mkdir()
+        zipPath = base / "mms.zip"
+        zipPath.write_bytes(data)
+        partsDir = base / "parts"
+        return unpackInto(zipPath, partsDir, limits), partsDir
+
+    def assertRefused(self, data: bytes, reason: str, limits: Limits = Limits()):
+        unpacked, partsDir = self.unpack(data, limits)
+        self.assertEqual((unpacked.parts, unpacked.text), ((), None))
+        self.assertIn(reason, unpacked.error)
+        self.assertFalse(partsDir.exists())
+
+    def test_mms(self):
+        """
+        Each file entry becomes a part, typed from the SMIL or its
+        extension; text parts make C{text}, decoded as UTF-8 if valid, else
+        ISO-8859-15.
+        """
+        unpacked, partsDir = self.unpack(
+            zipOf(
+                [
+                    ("mms.smil", SMIL),
+                    ("photo", b"\xff\xd8\xff"),
+                    ("words", "Grüße".encode()),
+                    ("images/", b""),
+                    ("images/x.gif", b"GIF89a"),
+                    ("note.txt", b"\xa4 50"),
+                ]
+            )
+        )
+        self.assertIsNone(unpacked.error)
+        self.assertEqual(
+            unpacked.parts,
+            (
+                Part("mms.smil", "parts/mms.smil", len(SMIL), "application/smil"),
+                Part("photo", "parts/photo", 3, "application/octet-stream"),
+                Part("words", "parts/words", len("Grüße".encode()), "text/plain"),
+                Part("images/x.gif", "parts/x.gif", 6, "image/gif"),
+                Part("note.txt", "parts/note.txt", 4, "text/plain"),
+            ),
+        )
+        self.assertEqual(unpacked.text, "Grüße\n\u20ac 50")
+        self.assertEqual((partsDir / "x.gif").read_bytes(), b"GIF89a")
+        self.assertEqual(sorted(p.name for p in partsDir.iterdir()), sorted(p.path[6:] for p in unpacked.parts))
+
+    def test_noText(self):
+        unpacked, _ = self.unpack(zipOf([("a.jpg", b"x")]))
+        self.assertIsNone(unpacked.text)
+
+    def test_textLimit(self):
+        """
+        Text parts beyond the text limit are unpacked but left out of C{text}.
+        """
+        unpacked, _ = self.unpack(
+            zipOf([("a.txt", b"a" * 10), ("b.txt", b"b" * 10), ("c.txt", b"c")]), Limits(text=12)
+        )
+        self.assertEqual(len(unpacked.parts), 3)
+        self.assertEqual(unpacked.text, "a" * 10 + "\nc")
+
+    def test_sameNames(self):
+        unpacked, partsDir = self.unpack(zipOf([("a.txt", b"1"), ("x/a.txt", b"2"), ("a.txt", b"3")]))
+        self.assertEqual([p.path for p in unpacked.parts], ["parts/a.txt", "parts/a-2.txt", "parts/a-3.txt"])
+        self.assertEqual((partsDir / "a-3.txt").read_bytes(), b"3")
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(entryNames, min_size=1, max_size=6))
+    def test_anyNamesInsidePartsOrRefused(self, names):
+        """
+        Whatever the entry names, every file written is inside parts/, one
+        per file entry; or the zip is refused and parts/ does not exist.
+        """
+        unpacked, partsDir = self.unpack(zipOf([(n, n.encode()) for n in names]))
+        base = partsDir.parent
+        written = sorted(
+            str(p.relative_to(base)) for p in base.rglob("*") if p.name != "mms.zip"
+        )
+        if unpacked.error is not None:
+            self.assertEqual(written, [])
+            self.assertEqual(unpacked.parts, ())
+            return
+        stored = [n for n in (zipfile.ZipInfo(n).filename for n in names) if not n.endswith("/")]
+        self.assertEqual([p.name for p in unpacked.parts], stored)
+        self.assertEqual(sorted(["parts"] + [p.path for p in unpacked.parts]), written)
+        for part in unpacked.parts:
+            path = (base / part.path).resolve()
+            self.assertEqual(path.parent, partsDir.resolve())
+
+    def test_traversal(self):
+        self.assertRefused(zipOf([("ok.txt", b"1"), ("../evil", b"x")]), "'../evil' has '..'")
+        self.assertRefused(zipOf([("a/../../evil", b"x")]), "has '..'")
+        self.assertRefused(zipOf([("/etc/evil", b"x")]), "absolute")
+        self.assertRefused(zipOf([("..\\evil", b"x")]), "has '..'")
+        self.assertRefused(zipOf([("C:\\evil", b"x")]), "absolute")
+
+    def test_zipBomb(self):
+        """
+        An entry that inflates beyond the ratio is refused once the bytes
+        actually inflated say so, whatever its header claims.
+        """
+        self.assertRefused(zipOf([("bomb.txt", b"\0" * (20 * 1024 * 1024))]), "inflates more than 100 times")
+
+    def test_lyingSize(self):
+        """
+        An entry whose header understates its size is caught by its CRC,
+        not trusted.
+        """
+        data = bytearray(zipOf([("a.txt", b"x" * 5000)]))
+        for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+            at = data.find(signature)
+            data[at + offset : at + offset + 4] = struct.pack("<I", 10)
+        self.assertRefused(bytes(data), "corrupt")
+
+    def test_totalSize(self):
+        self.assertRefused(
+            zipOf([("a", b"1" * 600), ("b", b"2" * 600)], zipfile.ZIP_STORED),
+            "unpacks to more than 1000 bytes",
+            Limits(total=1000),
+        )
+
+    def test_tooManyEntries(self):
+        """
+        The count in the end of central directory is checked before zipfile
+        reads the directory, and the directory itself after.
+        """
+        self.assertRefused(zipOf([(f"f{i}", b"") for i in range(11)]), "more than 10 entries", Limits(entries=10))
+
+    def test_encrypted(self):
+        data = bytearray(zipOf([("a.txt", b"secret")], zipfile.ZIP_STORED))
+        for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            at = data.find(signature)
+            data[at + offset] |= 1
+        self.assertRefused(bytes(data), "'a.txt' is encrypted")
+
+    def test_corrupt(self):
+        data = zipOf([("a.txt", b"hello" * 100)])
+        self.assertRefused(data[: len(data) // 2], "corrupt")
+        self.assertRefused(b"not a zip at all", "corrupt")
+        self.assertRefused(b"", "corrupt")
+        flipped = bytearray(data)
+        flipped[40] ^= 0xFF
+        unpacked, partsDir = self.unpack(bytes(flipped))
+        self.assertIsNotNone(unpacked.error)
+        self.assertFalse(partsDir.exists())
+
+    def test_corruptDeflateStream(self):
+        """
+        Garbage where the compressed data should be is a corrupt zip, not
+        a crash.
+        """
+        data = bytearray(zipOf([("a.txt", os.urandom(3000) * 3)]))
+        start = data.find(b"a.txt") + len("a.txt")
+        data[start : start + 200] = b"\xff" * 200
+        self.assertRefused(bytes(data), "corrupt")
+
+    def test_zip64(self):
+        data = bytearray(zipOf([("a.txt", b"x")]))
+        at = data.rfind(b"PK\x05\x06")
+        data[at + 10 : at + 12] = b"\xff\xff"
+        self.assertRefused(bytes(data), "ZIP64")
