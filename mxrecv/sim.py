@@ -176,10 +176,10 @@ class _Producer:
     Sends a L{Multipart} body in chunks, honouring flow control.
     """
 
-    def __init__(self, body: Multipart, cooperator: Any) -> None:
+    def __init__(self, body: Multipart, cooperate: Any = task.cooperate) -> None:
         self.length = len(body)
         self._chunks = body.chunks()
-        self._cooperator = cooperator
+        self._cooperate = cooperate
         self._task: Any = None
 
     def startProducing(self, consumer: Any) -> Deferred:
@@ -188,7 +188,7 @@ class _Producer:
                 consumer.write(chunk)
                 yield None
 
-        self._task = self._cooperator.cooperate(produce())
+        self._task = self._cooperate(produce())
         return self._task.whenDone().addCallback(lambda _: None)
 
     def pauseProducing(self) -> None:
@@ -410,7 +410,7 @@ def send(
             headers.addRawHeader(b"Content-Type", body.contentType)
             response = yield client.post(
                 settings.url,
-                data=_Producer(body, task),
+                data=_Producer(body),
                 headers=headers,
                 timeout=settings.timeout,
             )
