@@ -109,6 +109,7 @@ class CallbackRequest(Request):
     _deadline: IDelayedCall | None = None
     _closing: IDelayedCall | None = None
     _bodyDone = False
+    _gone = False
 
     def gotLength(self, length: int | None) -> None:
         site: CallbackSite = self.channel.site
@@ -126,6 +127,7 @@ class CallbackRequest(Request):
         except Refusal as refusal:
             self._refuse(refusal)
             return
+        self.body.registerProducer(self.channel.transport)
         self._deadline = site.reactor.callLater(site.requestTimeout, self._timedOut)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -146,18 +148,45 @@ class CallbackRequest(Request):
             self._refuse(refusal)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        The whole body has arrived: once the body has finished with it (its
+        files written and closed, which may take a while), render.  The
+        deadline still runs while the body finishes.
+        """
         if self._refused is not None:
             self.channel.transport.loseConnection()
             return
-        self._cancelDeadline()
         try:
-            self.body.finish()
+            finishing = self.body.finish()
         except Refusal as refusal:
-            self._refuse(refusal)
-            self.channel.transport.loseConnection()
+            self._notFinished(Failure(refusal))
             return
+        if finishing is None:
+            self._finished(command, path, version)
+            return
+        finishing.addCallbacks(
+            lambda _: self._finished(command, path, version), self._notFinished
+        )
+        finishing.addErrback(lambda f: log.failure("Rendering a callback", f))
+
+    def _finished(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused is not None or self._gone:
+            return
+        self._cancelDeadline()
         self._bodyDone = True
         super().requestReceived(command, path, version)
+
+    def _notFinished(self, reason: Failure) -> None:
+        if self._refused is not None or self._gone:
+            return
+        self._cancelDeadline()
+        if reason.check(Refusal):
+            refusal = reason.value
+        else:
+            log.failure("Finishing a request body", reason)
+            refusal = Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "internal error, please retry")
+        self._refuse(refusal)
+        self.channel.transport.loseConnection()
 
     @property
     def bodyBytes(self) -> int:
@@ -167,6 +196,7 @@ class CallbackRequest(Request):
         return self._received
 
     def connectionLost(self, reason: Failure) -> None:
+        self._gone = True
         self._cancelDeadline()
         if self._closing is not None and self._closing.active():
             self._closing.cancel()

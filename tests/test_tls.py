@@ -57,7 +57,7 @@ from mxrecv.tls import (
 )
 from mxrecv.tlsreload import CertificateReloadService
 
-from .support import LOOPBACK_ONLY, SMS, httpClient, openSpool, serverConfig
+from .support import LOOPBACK_ONLY, SMS, fileWriters, httpClient, openSpool, serverConfig
 from .test_tap import runTwistd
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -191,7 +191,7 @@ class HTTPSServerMixin:
         spool = openSpool(self)
         self.spoolDir = spool.root
         config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
-        site = buildSite(config, spool, reactor)
+        site = buildSite(config, spool, reactor, writers=fileWriters(self))
         self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
         factory = tlsFactory(site, site.allow, self.certificate)
         port = yield tlsEndpoint(reactor, TLSListen(0, files, "127.0.0.1")).listen(factory)
