@@ -7,8 +7,11 @@ twisted.web calls C{gotLength} once the headers are in, C{handleContentChunk}
 for each piece of body, and C{requestReceived} when the body is complete; the
 resource renders only after that.  Here C{gotLength} decides, from the peer
 address and the headers, whether to refuse (403, 413, 415) or which L{IBody}
-takes the body; chunks go to it as they arrive; and a request that takes
-longer than the site's C{requestTimeout} in all is cut off.
+takes the body; chunks go to it as they arrive (the body may pause the
+connection while it cannot keep up); the resource renders once the body has
+finished, which for an upload means its file is written and closed; and a
+request that takes longer than the site's C{requestTimeout} in all is cut
+off.
 """
 
 from __future__ import annotations

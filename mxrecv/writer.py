@@ -28,7 +28,6 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from .durable import writeAll
 
 MiB = 1024 * 1024
 # Bytes buffered for one upload, and for all of them, before pausing.  The
@@ -38,6 +37,7 @@ TOTAL_LIMIT = 8 * MiB
 # A worker job takes at least this much (unless the upload is ending), so
 # that the hand-over between threads is paid per batch, not per 64 KiB read.
 BATCH = 256 * 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 @frozen
@@ -291,8 +291,16 @@ def _writeChunks(fd: int, chunks: list[bytes], last: bool) -> None:
     write failed).
     """
     try:
-        for chunk in chunks:
-            writeAll(fd, chunk)
+        views = [memoryview(chunk) for chunk in chunks if chunk]
+        first = 0
+        while first < len(views):
+            # One system call (and one release of the GIL) per batch.
+            written = os.writev(fd, views[first : first + _IOV_MAX])
+            while written and written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
+            if written:
+                views[first] = views[first][written:]
     finally:
         if last:
             os.close(fd)

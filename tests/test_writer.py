@@ -24,15 +24,10 @@ from mxrecv.writer import FileWriters, Written
 
 from .strategies import contentTypeFor, examples, multipartBody
 from .support import openSpool, rawExchange, serverConfig, startServer
+from .test_post import mmsFields
 
 BOUNDARY = "mxrecv-writer-test"
-FIELDS = [
-    ("id", b"mms-1"),
-    ("from", b"447700900123"),
-    ("to", b"80000"),
-    ("date", b"2026-11-25 10:30:00"),
-    ("type", b"2"),
-]
+FIELDS = mmsFields()
 
 
 class Producer:
