@@ -30,10 +30,11 @@ from twisted.python.failure import Failure
 
 
 MiB = 1024 * 1024
-# Bytes buffered for one upload, and for all of them, before pausing.  The
-# total keeps 32 concurrent uploads within the memory target (docs/post.md).
+# Bytes buffered for one upload, and for all of them, before pausing.  On
+# top of the total, each connection holds at most one read (256 KiB): 32
+# concurrent uploads stay within 14 MiB however slow the disk (docs/post.md).
 FILE_LIMIT = 4 * MiB
-TOTAL_LIMIT = 8 * MiB
+TOTAL_LIMIT = 6 * MiB
 # A worker job takes at least this much (unless the upload is ending or over
 # its bounds), so that the hand-over between threads, which costs context
 # switches and GIL hand-offs, is paid per batch, not per read: measured, a
