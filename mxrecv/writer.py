@@ -81,6 +81,8 @@ class FileWriters:
         self.batch = batch
         self.buffered = 0
         self._paused: set[FileWriter] = set()
+        # Writers holding chunks (less than a batch) with no job running.
+        self._holding: set[FileWriter] = set()
 
     def open(self, path: Path, producer: IPushProducer | None) -> FileWriter:
         """
@@ -105,6 +107,17 @@ class FileWriters:
 
     def _pausing(self, writer: FileWriter) -> None:
         self._paused.add(writer)
+        self._flush()
+
+    def _flush(self) -> None:
+        """
+        Over the total bound: hand the workers what the other uploads hold
+        short of a batch, or a paused upload could wait on bytes held by
+        uploads whose clients have gone quiet.
+        """
+        if self.buffered > self.totalLimit // 2:
+            for writer in list(self._holding):
+                writer._next()
 
     def _released(self, writer: FileWriter) -> None:
         self._paused.discard(writer)
@@ -116,6 +129,8 @@ class FileWriters:
         paused and resumed for every chunk).
         """
         if self.buffered > self.totalLimit // 2:
+            if self._paused:
+                self._flush()
             return
         for writer in [w for w in self._paused if w.buffered <= self.fileLimit // 2]:
             writer._resume()
@@ -157,6 +172,8 @@ class FileWriter:
         self._chunks.append(data)
         self._pending += len(data)
         self._account(len(data))
+        if not self._running:
+            self._writers._holding.add(self)
         overBudget = self._writers._overBudget(self)
         if overBudget or self._pending >= self._writers.batch:
             self._next()
@@ -209,6 +226,7 @@ class FileWriter:
         self._writers.buffered += size
 
     def _drop(self) -> None:
+        self._writers._holding.discard(self)
         self._account(-self._pending)
         self._chunks = []
         self._pending = 0
@@ -220,6 +238,7 @@ class FileWriter:
         """
         if self._running or self._fd is None:
             return
+        self._writers._holding.discard(self)
         if self._error is not None:
             self._drop()
         chunks, self._chunks = self._chunks, []

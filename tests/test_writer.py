@@ -104,15 +104,20 @@ class FileWriterTests(TestCase):
     @inlineCallbacks
     def test_anyChunkingKeepsOrderAndContent(self):
         """
-        Whatever the chunks, the bounds, the batch size and the moments the
-        reactor lets completions in, the file holds the chunks in order, the
-        digest and size are theirs, the producer is paused and resumed in
-        turn and ends resumed, and nothing stays buffered.
+        Whatever the chunks, how they interleave between uploads, the
+        bounds, the batch size and the moments the reactor lets completions
+        in: each file holds its chunks in order, with their digest and size;
+        each producer is paused and resumed in turn; once the chunks stop
+        coming every paused producer is resumed (nothing waits forever on
+        bytes another upload holds); and nothing stays buffered.
         """
         strategy = st.tuples(
-            st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), max_size=40),
+            st.lists(
+                st.tuples(st.integers(0, 2), st.binary(max_size=3000), st.booleans()),
+                max_size=40,
+            ),
             st.integers(1, 5000),
-            st.integers(1, 20000),
+            st.integers(1, 8000),
             st.integers(1, 4000),
         )
         for index, (chunks, fileLimit, totalLimit, batch) in enumerate(examples(strategy, 40)):
@@ -123,20 +128,28 @@ class FileWriterTests(TestCase):
                 totalLimit=totalLimit,
                 batch=batch,
             )
-            producer = Producer(self)
-            path = self.directory / f"upload-{index}"
-            writer = writers.open(path, producer)
-            for data, turn in chunks:
-                writer.write(data)
+            producers = [Producer(self) for _ in range(3)]
+            paths = [self.directory / f"upload-{index}-{n}" for n in range(3)]
+            uploads = [writers.open(path, p) for path, p in zip(paths, producers)]
+            for n, data, turn in chunks:
+                uploads[n].write(data)
                 if turn:
                     yield deferLater(reactor, 0, lambda: None)
-            written = yield writer.close()
-            content = b"".join(data for data, _ in chunks)
-            self.assertEqual(path.read_bytes(), content)
-            self.assertEqual(written, Written(len(content), hashlib.sha256(content).hexdigest()))
-            self.assertFalse(producer.paused)
-            self.assertEqual((writer.buffered, writers.buffered), (0, 0))
+            for producer in producers:
+                if producer.paused:
+                    yield producer.resumed
+            for n in range(3):
+                written = yield uploads[n].close()
+                content = b"".join(data for m, data, _ in chunks if m == n)
+                self.assertEqual(paths[n].read_bytes(), content)
+                self.assertEqual(
+                    written, Written(len(content), hashlib.sha256(content).hexdigest())
+                )
+                self.assertFalse(producers[n].paused)
+            self.assertEqual(writers.buffered, 0)
         self.assertEqual(openFiles(self.directory), [])
+
+    test_anyChunkingKeepsOrderAndContent.timeout = 60
 
     @inlineCallbacks
     def test_pausedWhileBehind(self):
@@ -180,6 +193,27 @@ class FileWriterTests(TestCase):
         self.assertEqual(closed.size, 600)
         for upload in uploads[1:]:
             yield upload.close()
+
+    @inlineCallbacks
+    def test_heldBytesDoNotStallOthers(self):
+        """
+        Bytes that quiet uploads hold short of a batch are written once the
+        total bound is reached, so that the upload paused by it resumes.
+        """
+        writers = FileWriters(
+            reactor=reactor, pool=self.pool.pool, fileLimit=10000, totalLimit=1000, batch=10000
+        )
+        producers = [Producer(self) for _ in range(3)]
+        uploads = [writers.open(self.directory / f"u{i}", p) for i, p in enumerate(producers)]
+        for upload in uploads:
+            upload.write(b"q" * 400)
+        self.assertEqual([p.paused for p in producers], [False, False, True])
+        yield producers[2].resumed
+        self.assertLessEqual(writers.buffered, 500)
+        for upload in uploads:
+            self.assertEqual((yield upload.close()).size, 400)
+
+    test_heldBytesDoNotStallOthers.timeout = 10
 
     @inlineCallbacks
     def test_abortWaitsForTheJobInFlight(self):
