@@ -30,6 +30,7 @@ from .retrieve import RetrieveService, makeRetriever
 from .spool import Spool, SpoolLocked
 from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
 from .tlsreload import CertificateReloadService, canHandleSignals
+from .writer import FileWriters
 
 log = Logger()
 
@@ -38,6 +39,11 @@ FORM_LIMIT = 1024 * 1024
 # Threads that write and fsync messages; concurrent fsyncs share journal
 # commits, so more threads than cores pays off.
 IO_THREADS = 16
+# Threads that write and hash uploads as they stream in: that is CPU work
+# (SHA-256, copying into the page cache), so about as many as cores, in a
+# pool of their own so that uploads never delay the fsyncs of the messages
+# being acknowledged.
+UPLOAD_THREADS = 4
 PRUNE_INTERVAL = 3600.0
 
 
@@ -129,9 +135,11 @@ class PendingService(Service):
             log.info("Resumed {count} pending MMS", count=count)
 
 
-def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None) -> CallbackSite:
+def buildSite(
+    config: Config, spool: Spool, reactor: Any, onPending: Any = None, *, writers: FileWriters
+) -> CallbackSite:
     """
-    The web site that takes the callbacks.
+    The web site that takes the callbacks; C{writers} write their uploads.
     """
     server = config.server
     resource = CallbackResource(
@@ -149,7 +157,7 @@ def buildSite(config: Config, spool: Spool, reactor: Any, onPending: Any = None)
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
         chooseBody=BodyChooser(
-            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool)
+            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
         ),
     )
 
@@ -164,6 +172,9 @@ def makeService(options: Options, reactor: Any = None) -> OrderedService:
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
+    # Stopped after the listeners and the spool, before the pool above.
+    uploadPool = ThreadPool(minthreads=1, maxthreads=UPLOAD_THREADS, name="mxrecv-upload")
+    ThreadPoolService(uploadPool).setServiceParent(service)
 
     spool = Spool(
         config.spool.dir,
@@ -215,7 +226,9 @@ def makeService(options: Options, reactor: Any = None) -> OrderedService:
     pending = PendingWork(spool, completer, retrieve=retrieve)
     PendingService(pending).setServiceParent(service)
 
-    site = buildSite(config, spool, reactor, pending)
+    site = buildSite(
+        config, spool, reactor, pending, writers=FileWriters(reactor=reactor, pool=uploadPool)
+    )
     addListeners(service, config, site, certificates, reactor)
     log.info(
         "mxrecv spooling to {spool}, listening on {listen}",
