@@ -5,7 +5,6 @@ written raw to a TCP connection), into a real spool, completed to new/.
 """
 
 import hashlib
-import io
 import ipaddress
 import json
 import os
