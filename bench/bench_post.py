@@ -141,7 +141,9 @@ class Server:
     A twistd mxrecv of our own, on its own spool, pinned to one core.
     """
 
-    def __init__(self, work: Path, port: int, maxBody: int, timeout: float) -> None:
+    def __init__(
+        self, work: Path, port: int, maxBody: int, timeout: float, cpus: set[int]
+    ) -> None:
         self.work = work
         self.spool = work / "spool"
         config = work / "mxrecv.toml"
@@ -155,7 +157,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        os.sched_setaffinity(self.process.pid, {0})
+        os.sched_setaffinity(self.process.pid, cpus)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -232,7 +234,9 @@ def waitForNew(spool: Path, names: list[str], timeout: float) -> None:
 
 
 def scenario(args, work: Path, bodies: list[Path], names: list[str], zipPaths) -> dict:
-    server = Server(work, args.port, maxBody=300 * MiB, timeout=args.timeout)
+    server = Server(
+        work, args.port, maxBody=300 * MiB, timeout=args.timeout, cpus=args.server_cpus
+    )
     url = f"http://127.0.0.1:{args.port}/"
     try:
         # Warm up (imports, first spool writes), then take the baseline.
@@ -340,5 +344,11 @@ if __name__ == "__main__":
     parser.add_argument("--small", type=int, default=16, help="MiB")
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--server-cpus",
+        type=lambda v: {int(c) for c in v.split(",")},
+        default={0},
+        help="cores the server may use, e.g. 0,1 (default 0; curl always runs on core 1)",
+    )
     parser.add_argument("--dir", default=None, help="where the spool goes (default: TMPDIR)")
     main(parser.parse_args())

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
@@ -66,10 +68,19 @@ class IBody(Interface):
         @raise Refusal: if the body is unacceptable; no more is written.
         """
 
-    def finish() -> None:
+    def registerProducer(producer: IPushProducer) -> None:
+        """
+        The producer of the chunks (the connection), for a body that pauses
+        it while it cannot keep up.
+        """
+
+    def finish() -> Deferred[None] | None:
         """
         The whole body has arrived.
 
+        @return: L{None} if the body is complete now, or a L{Deferred} that
+            fires once it is (its files written and closed), or fails with
+            L{Refusal}.
         @raise Refusal: if it is incomplete or unacceptable.
         """
 
@@ -88,6 +99,9 @@ class DiscardBody:
     params: Params = {}
     staging = None
     upload = None
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        pass
 
     def write(self, data: bytes) -> None:
         pass
@@ -114,6 +128,9 @@ class FormBody:
         self._chunks: list[bytes] = []
         self._size = 0
         self.params: Params = {}
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        pass
 
     def write(self, data: bytes) -> None:
         self._size += len(data)

@@ -58,6 +58,3 @@ def tlsFactory(
     """
     return PeerFilter(allow, TLSMemoryBIOFactory(certificate, False, site))
 
-
-def endpointFor(reactor: Any, description: str) -> IStreamServerEndpoint:
-    return serverFromString(reactor, description)

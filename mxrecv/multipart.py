@@ -4,8 +4,9 @@ A C{multipart/form-data} callback body, parsed as it arrives.
 
 MX Telecom's POST-mode callbacks carry the usual parameters as text fields
 and, for an MMS, the zipped message as the part C{mms.zip}.  The zip goes
-straight to a file in a staging directory of the spool, hashed on the way;
-the text fields are held in memory, bounded in size and in count.  Nothing
+to a file in a staging directory of the spool, written and hashed in worker
+threads by a L{FileWriter} (which pauses the connection while the disk is
+behind), so that the reactor only parses; the text fields are held in memory, bounded in size and in count.  Nothing
 holds a whole body or a whole zip.
 
 The push parser is C{multipart}'s L{PushMultipartParser}: it was the fastest
@@ -15,21 +16,21 @@ cut off before its closing boundary (see docs/post.md).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 from multipart import parse_options_header
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .body import IBody, Refusal, Upload
-from .durable import writeAll
 from .params import LIMITS, MAX_RECIPIENTS
 from .spool import Spool, SpoolError, Staging
+from .writer import FileWriter, FileWriters, Written
 
 log = Logger()
 
@@ -62,18 +63,21 @@ def boundaryOf(contentType: bytes) -> str:
 class MultipartBody:
     """
     Takes a multipart body chunk by chunk: fields into C{params}, the
-    C{mms.zip} part into C{staging}/mms.zip with its size and SHA-256 in
-    C{upload}.
+    C{mms.zip} part into C{staging}/mms.zip (by C{writers}) with its size
+    and SHA-256 in C{upload} once L{finish} has waited for the writer.
 
     A malformed body is refused with 400 (L{Refusal}) as soon as it is seen
-    to be malformed, and L{abort} removes whatever was written.
+    to be malformed, a failed write with 503, and L{abort} removes whatever
+    was written.
     """
 
     staging: Staging | None = None
     upload: Upload | None = None
 
-    def __init__(self, contentType: bytes, *, spool: Spool) -> None:
+    def __init__(self, contentType: bytes, *, spool: Spool, writers: FileWriters) -> None:
         self._spool = spool
+        self._writers = writers
+        self._producer: IPushProducer | None = None
         self._parser = PushMultipartParser(
             boundaryOf(contentType),
             max_header_size=MAX_HEADER_BYTES,
@@ -86,15 +90,20 @@ class MultipartBody:
         self._segment: MultipartSegment | None = None
         self._pieces: list[bytes] = []
         self._size = 0
-        self._file: int | None = None
-        self._digest: Any = None
+        # The zip's writer, and the same while its part is being received.
+        self._writer: FileWriter | None = None
+        self._file: FileWriter | None = None
+        self._written: Deferred[Written] | None = None
 
     @classmethod
-    def factory(cls, spool: Spool) -> Callable[[bytes], MultipartBody]:
+    def factory(cls, spool: Spool, writers: FileWriters) -> Callable[[bytes], MultipartBody]:
         """
         The C{multipart} argument of L{mxrecv.body.BodyChooser}.
         """
-        return lambda contentType: cls(contentType, spool=spool)
+        return lambda contentType: cls(contentType, spool=spool, writers=writers)
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        self._producer = producer
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -115,20 +124,40 @@ class MultipartBody:
                 HTTPStatus.SERVICE_UNAVAILABLE, f"cannot write to the spool: {e.strerror}"
             ) from None
 
-    def finish(self) -> None:
+    def finish(self) -> Deferred[None] | None:
         try:
             self._parser.close()
         except MultipartError as e:
             raise Refusal(HTTPStatus.BAD_REQUEST, f"malformed multipart body: {e}") from None
+        if self._written is None:
+            return None
+        return self._written.addCallbacks(self._uploaded, self._notWritten)
+
+    def _uploaded(self, written: Written) -> None:
+        self.upload = Upload(MMS_ZIP, written.size, written.sha256)
+
+    def _notWritten(self, reason: Failure) -> Failure:
+        if reason.check(OSError):
+            log.error("Cannot write an upload: {error}", error=reason.value.strerror)
+            return Failure(
+                Refusal(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"cannot write to the spool: {reason.value.strerror}",
+                )
+            )
+        return reason
 
     def abort(self) -> None:
-        try:
-            self._closeFile()
-        except OSError:
-            pass
+        closed = None
+        if self._writer is not None:
+            closed = self._writer.abort()
+            self._writer = self._file = None
+        if self._written is not None:
+            self._written.addErrback(lambda _: None)
+            self._written = None
         self._pieces = []
         if self.staging is not None:
-            self._spool.discard(self.staging)
+            self._spool.discard(self.staging, after=closed)
             self.staging = None
         self.upload = None
 
@@ -142,12 +171,9 @@ class MultipartBody:
                 self.staging = self._spool.stage()
             except SpoolError as e:
                 raise Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
-            self._file = os.open(
-                self.staging.file(MMS_ZIP),
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                0o640,
+            self._writer = self._file = self._writers.open(
+                self.staging.file(MMS_ZIP), self._producer
             )
-            self._digest = hashlib.sha256()
             return
         self._fields += 1
         if self._fields > MAX_FIELDS:
@@ -156,10 +182,7 @@ class MultipartBody:
     def _take(self, data: bytes) -> None:
         self._size += len(data)
         if self._file is not None:
-            # The chunks are twisted.web's reads (64 KiB at most): written
-            # as they come, no buffer of ours.
-            self._digest.update(data)
-            writeAll(self._file, data)
+            self._file.write(data)
             return
         if self._size > MAX_FIELD_BYTES:
             raise Refusal(
@@ -171,20 +194,14 @@ class MultipartBody:
     def _end(self) -> None:
         segment, self._segment = self._segment, None
         if self._file is not None:
-            self._closeFile()
-            self.upload = Upload(MMS_ZIP, self._size, self._digest.hexdigest())
+            self._written = self._file.close()
+            self._file = None
             return
         value = b"".join(self._pieces)
         self._pieces = []
         self.params.setdefault(segment.name.encode("utf-8"), []).append(
             _asUTF8(value, segment.charset)
         )
-
-    def _closeFile(self) -> None:
-        if self._file is not None:
-            fd, self._file = self._file, None
-            os.close(fd)
-
 
 def _asUTF8(value: bytes, charset: str | None) -> bytes:
     """

@@ -20,6 +20,8 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 # which an escaped name never does (it would be written "=7E"), so the two
 # forms cannot collide.
 _MAX_ESCAPED = 120
+# Most ids (MX Telecom's are digits) are their own name: skip the escaping.
+_ALREADY_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,119}")
 _NAME = re.compile(
     r"\A(?:[A-Za-z0-9_]|=[0-9A-F]{2})(?:[A-Za-z0-9_-]|=[0-9A-F]{2})*\Z"
     r"|\A[A-Za-z0-9_=-]{0,80}~[0-9a-f]{64}\Z"
@@ -35,6 +37,8 @@ def nameForId(messageId: str) -> str:
     escaped name longer than 120 characters is cut to 80 and followed by
     C{~} and the SHA-256 of the id.
     """
+    if _ALREADY_SAFE.fullmatch(messageId):
+        return messageId
     raw = messageId.encode("utf-8", "surrogatepass")
     escaped = "".join(
         chr(b) if b in _SAFE and not (i == 0 and b == ord("-")) else f"={b:02X}"

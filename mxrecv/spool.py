@@ -215,13 +215,18 @@ class Spool:
         except OSError as e:
             raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
 
-    def discard(self, staging: Staging) -> Deferred[None]:
+    def discard(self, staging: Staging, after: Deferred[None] | None = None) -> Deferred[None]:
         """
-        Remove a staging directory that will not be committed, in a worker.
+        Remove a staging directory that will not be committed, in a worker,
+        once C{after} (if given: a file in it being closed) has fired.
         L{whenIdle} waits for it too.
         """
         self._discarding += 1
-        d = deferToThreadPool(self._reactor, self._pool, removeTree, staging.path)
+        if after is None:
+            after = succeed(None)
+        d = after.addBoth(
+            lambda _: deferToThreadPool(self._reactor, self._pool, removeTree, staging.path)
+        )
         d.addErrback(lambda f: log.failure("Removing {path}", f, path=str(staging.path)))
 
         def removed(_: object) -> None:

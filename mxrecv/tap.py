@@ -37,6 +37,7 @@ from .shutdown import DrainService, InFlight
 from .spool import PENDING, TMP, Spool, SpoolLocked
 from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
 from .tlsreload import CertificateReloadService, canHandleSignals
+from .writer import FileWriters
 
 log = Logger()
 
@@ -45,6 +46,11 @@ FORM_LIMIT = 1024 * 1024
 # Threads that write and fsync messages; concurrent fsyncs share journal
 # commits, so more threads than cores pays off.
 IO_THREADS = 16
+# Threads that write and hash uploads as they stream in: that is CPU work
+# (SHA-256, copying into the page cache), so about as many as cores, in a
+# pool of their own so that uploads never delay the fsyncs of the messages
+# being acknowledged.
+UPLOAD_THREADS = 4
 PRUNE_INTERVAL = 3600.0
 
 
@@ -145,10 +151,12 @@ def buildSite(
     spool: Spool,
     reactor: Any,
     onPending: Any = None,
+    *,
+    writers: FileWriters,
     observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
 ) -> CallbackSite:
     """
-    The web site that takes the callbacks.
+    The web site that takes the callbacks; C{writers} write their uploads.
 
     @param observe: called with the outcome of each callback (metrics).
     """
@@ -169,7 +177,7 @@ def buildSite(
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
         chooseBody=BodyChooser(
-            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool)
+            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
         ),
         observe=observe,
     )
@@ -218,6 +226,9 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
 
     pool = ThreadPool(minthreads=1, maxthreads=IO_THREADS, name="mxrecv-io")
     ThreadPoolService(pool).setServiceParent(service)
+    # Stopped after the listeners and the spool, before the pool above.
+    uploadPool = ThreadPool(minthreads=1, maxthreads=UPLOAD_THREADS, name="mxrecv-upload")
+    ThreadPoolService(uploadPool).setServiceParent(service)
 
     spool = Spool(
         config.spool.dir,
@@ -275,7 +286,14 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
             config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
         ).setServiceParent(service)
 
-    site = service.site = buildSite(config, spool, reactor, pending, metrics.callback)
+    site = service.site = buildSite(
+        config,
+        spool,
+        reactor,
+        pending,
+        writers=FileWriters(reactor=reactor, pool=uploadPool),
+        observe=metrics.callback,
+    )
     service.inFlight.track(site)
     addAdmin(service, config, spool, site, reactor, pool, pending)
     DrainService(service.inFlight, config.server.shutdown_timeout, reactor).setServiceParent(

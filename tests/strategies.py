@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mxrecv.params import LIMITS, MAX_RECIPIENTS
@@ -191,3 +192,20 @@ def _write(out, entries, compression) -> None:
             info = _zipfile.ZipInfo(name, (2026, 11, 25, 10, 0, 0))
             info.compress_type = compression
             archive.writestr(info, data)
+
+
+def examples(strategy, count):
+    """
+    C{count} values drawn by hypothesis, for properties whose every example
+    needs the reactor (hypothesis runs examples synchronously).
+    """
+    found = []
+
+    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(value):
+        found.append(value)
+
+    collect()
+    return found

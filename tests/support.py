@@ -23,6 +23,7 @@ from mxrecv.config import Config, ServerConfig
 from mxrecv.message import Message
 from mxrecv.spool import Spool
 from mxrecv.tap import buildSite
+from mxrecv.writer import FileWriters
 
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 
@@ -32,6 +33,14 @@ def startedPool(case: TestCase) -> ThreadPool:
     pool.start()
     case.addCleanup(pool.stop)
     return pool
+
+
+def fileWriters(case: TestCase, **limits: Any) -> FileWriters:
+    """
+    Upload writers on a started pool of their own, with the default
+    limits unless C{limits} are given.
+    """
+    return FileWriters(reactor=reactor, pool=startedPool(case), **limits)
 
 
 def openSpool(case: TestCase, root: Path | None = None, **kwargs: Any) -> Spool:
@@ -81,7 +90,7 @@ def startServer(
         spool = openSpool(case)
     if config is None:
         config = serverConfig(**server)
-    site = buildSite(config, spool, siteReactor)
+    site = buildSite(config, spool, siteReactor, writers=fileWriters(case))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     case.addCleanup(port.stopListening)
     return Server(f"http://127.0.0.1:{port.getHost().port}{config.server.path}", spool, port, site)

@@ -5,7 +5,6 @@ real spool's staging directory.
 
 import hashlib
 
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
@@ -13,8 +12,8 @@ from twisted.trial.unittest import TestCase
 from mxrecv.body import Refusal, Upload
 from mxrecv.multipart import MAX_FIELD_BYTES, MAX_FIELDS, MultipartBody, boundaryOf
 
-from .strategies import contentTypeFor, formSubmissions, multipartBody, splits
-from .support import openSpool
+from .strategies import contentTypeFor, examples, formSubmissions, multipartBody, splits
+from .support import fileWriters, openSpool
 
 BOUNDARY = "----mxrecv-test-7f3a"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}".encode()
@@ -29,24 +28,31 @@ def fieldsAsParams(fields):
 
 class Feeding:
     """
-    Helpers to feed bodies to a L{MultipartBody} on a real spool.
+    Helpers to feed bodies to a L{MultipartBody} on a real spool, its zip
+    written by real worker threads.
     """
 
     def setUp(self):
         self.spool = openSpool(self)
+        self.writers = fileWriters(self)
 
+    @inlineCallbacks
     def feed(self, chunks, contentType=CONTENT_TYPE):
-        body = MultipartBody(contentType, spool=self.spool)
+        """
+        Fire with the body once C{chunks} are fed and it has finished.
+        """
+        body = MultipartBody(contentType, spool=self.spool, writers=self.writers)
+        self.addCleanup(self.discard, body)
         for chunk in chunks:
             body.write(chunk)
-        body.finish()
-        self.addCleanup(self.discard, body)
+        yield body.finish()
         return body
 
     def discard(self, body):
         body.abort()
         return self.spool.whenIdle()
 
+    @inlineCallbacks
     def refusal(self, chunks, contentType=CONTENT_TYPE):
         """
         Feed C{chunks} and return the L{Refusal}, after checking that the
@@ -54,15 +60,15 @@ class Feeding:
         """
         body = None
         try:
-            body = MultipartBody(contentType, spool=self.spool)
+            body = MultipartBody(contentType, spool=self.spool, writers=self.writers)
             for chunk in chunks:
                 body.write(chunk)
-            body.finish()
+            yield body.finish()
         except Refusal as e:
-            refusal = e
             if body is not None:
                 body.abort()
-            return self.spool.whenIdle().addCallback(lambda _: self.tmpEmpty(refusal))
+            yield self.spool.whenIdle()
+            return self.tmpEmpty(e)
         self.fail(f"not refused: {body.params!r}")
 
     def tmpEmpty(self, refusal):
@@ -71,39 +77,47 @@ class Feeding:
 
 
 class PropertyTests(Feeding, TestCase):
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(st.data())
-    def test_anySplitParsesTheSame(self, data):
+    @inlineCallbacks
+    def test_anySplitParsesTheSame(self):
         """
         A body split into any sequence of chunks parses as it does in one
         piece: the same fields and the same file, byte for byte.
         """
-        boundary, fields, file = data.draw(formSubmissions())
-        raw = multipartBody(boundary, fields, file)
-        contentType = contentTypeFor(boundary)
-        whole = self.feed([raw], contentType)
-        pieces = self.feed(data.draw(splits(raw)), contentType)
-        self.assertEqual(pieces.params, whole.params)
-        self.assertEqual(pieces.upload, whole.upload)
-        if file is not None:
-            self.assertEqual(
-                pieces.staging.file("mms.zip").read_bytes(),
-                whole.staging.file("mms.zip").read_bytes(),
-            )
-        whole.abort()
-        pieces.abort()
+        submissions = formSubmissions().flatmap(
+            lambda s: st.tuples(st.just(s), splits(multipartBody(*s)))
+        )
+        for (boundary, fields, file), chunks in examples(submissions, 60):
+            raw = multipartBody(boundary, fields, file)
+            contentType = contentTypeFor(boundary)
+            whole = yield self.feed([raw], contentType)
+            pieces = yield self.feed(chunks, contentType)
+            self.assertEqual(pieces.params, whole.params)
+            self.assertEqual(pieces.upload, whole.upload)
+            if file is not None:
+                self.assertEqual(
+                    pieces.staging.file("mms.zip").read_bytes(),
+                    whole.staging.file("mms.zip").read_bytes(),
+                )
+            whole.abort()
+            pieces.abort()
 
-    @settings(max_examples=60, deadline=None)
-    @given(formSubmissions(), st.integers(1, 300))
-    def test_roundTrip(self, submission, chunkSize):
+    @inlineCallbacks
+    def test_roundTrip(self):
         """
         Any fields and file bytes come out as they went in: the fields in
         C{params} (repeats in order), the file in staging/mms.zip with its
         size and SHA-256 in C{upload}.
         """
+        for submission, chunkSize in examples(
+            st.tuples(formSubmissions(), st.integers(1, 300)), 60
+        ):
+            yield self.roundTrip(submission, chunkSize)
+
+    @inlineCallbacks
+    def roundTrip(self, submission, chunkSize):
         boundary, fields, file = submission
         raw = multipartBody(boundary, fields, file)
-        body = self.feed(
+        body = yield self.feed(
             [raw[i : i + chunkSize] for i in range(0, len(raw), chunkSize)],
             contentTypeFor(boundary),
         )
@@ -124,6 +138,7 @@ class HostileTests(Feeding, TestCase):
     Each hostile input and its documented answer.
     """
 
+    @inlineCallbacks
     def test_boundaryLikeBytesInTheZip(self):
         """
         The boundary without its leading CRLF, CR/LF runs and partial
@@ -134,7 +149,7 @@ class HostileTests(Feeding, TestCase):
             b"\r\n--" + BOUNDARY.encode()[:-1] + b"\r\n"
             b"\r\r\n\n-" + BOUNDARY.encode() + b"--\r\n\r\n-"
         )
-        body = self.feed([multipartBody(BOUNDARY, [("id", b"1")], file)])
+        body = yield self.feed([multipartBody(BOUNDARY, [("id", b"1")], file)])
         self.assertEqual(body.staging.file("mms.zip").read_bytes(), file)
 
     @inlineCallbacks
@@ -157,13 +172,16 @@ class HostileTests(Feeding, TestCase):
         self.assertEqual(refusal.code, 400)
         self.assertIn("Content-Disposition", refusal.reason)
 
+    @inlineCallbacks
     def test_duplicatedFields(self):
         """
         Repeated fields are all kept, in order: C{parseCallback} accepts
         repeated C{to} and C{cc} and refuses any other repeat with 400
         (see L{tests.test_post}).
         """
-        body = self.feed([multipartBody(BOUNDARY, [("to", b"1"), ("id", b"a"), ("to", b"2")])])
+        body = yield self.feed(
+            [multipartBody(BOUNDARY, [("to", b"1"), ("id", b"a"), ("to", b"2")])]
+        )
         self.assertEqual(body.params, {b"to": [b"1", b"2"], b"id": [b"a"]})
 
     @inlineCallbacks
@@ -237,6 +255,7 @@ class HostileTests(Feeding, TestCase):
         refusal = yield self.refusal([raw])
         self.assertEqual(refusal.code, 400)
 
+    @inlineCallbacks
     def test_fieldCharset(self):
         """
         A field whose part names its charset is stored as UTF-8; one
@@ -248,15 +267,16 @@ class HostileTests(Feeding, TestCase):
             b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"subject\"\r\n"
             b"\r\n\xa4\r\n--" + BOUNDARY.encode() + b"--\r\n"
         )
-        body = self.feed([raw])
+        body = yield self.feed([raw])
         self.assertEqual(body.params, {b"message": ["\u20acuro".encode()], b"subject": [b"\xa4"]})
 
+    @inlineCallbacks
     def test_zipAsFileName(self):
         """
         A file part named otherwise but with file name mms.zip is the zip.
         """
         raw = multipartBody(BOUNDARY, [], b"zip").replace(b'data; name="mms.zip"', b'data; name="file"')
-        body = self.feed([raw])
+        body = yield self.feed([raw])
         self.assertEqual(body.upload.size, 3)
 
     @inlineCallbacks
@@ -265,7 +285,7 @@ class HostileTests(Feeding, TestCase):
         A body aborted mid-zip (the client went away, or the request timed
         out) leaves nothing in tmp/.
         """
-        body = MultipartBody(CONTENT_TYPE, spool=self.spool)
+        body = MultipartBody(CONTENT_TYPE, spool=self.spool, writers=self.writers)
         body.write(multipartBody(BOUNDARY, [("id", b"1")], b"z" * 100000)[:60000])
         self.assertTrue(body.staging.file("mms.zip").exists())
         body.abort()

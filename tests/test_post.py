@@ -5,14 +5,12 @@ written raw to a TCP connection), into a real spool, completed to new/.
 """
 
 import hashlib
-import io
 import ipaddress
 import json
 import os
 import zipfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -27,8 +25,8 @@ from mxrecv.params import parseCallback
 from mxrecv.spool import NEW, PENDING, TMP
 from mxrecv.tap import buildSite
 
-from .strategies import callbackParams, contentTypeFor, multipartBody, zipOf
-from .support import httpClient, openSpool, rawExchange, serverConfig, startedPool
+from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
+from .support import fileWriters, httpClient, openSpool, rawExchange, serverConfig, startedPool
 
 BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
 SMS_FIELDS = [
@@ -57,23 +55,6 @@ def mmsFields(messageId="mms-1"):
     ]
 
 
-def examples(strategy, count):
-    """
-    C{count} values drawn by hypothesis, for properties whose every example
-    needs the reactor (hypothesis runs examples synchronously).
-    """
-    found = []
-
-    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(strategy)
-    def collect(value):
-        found.append(value)
-
-    collect()
-    return found
-
-
 def listing(directory: Path):
     return sorted(p.name for p in directory.iterdir())
 
@@ -94,7 +75,7 @@ class PostTests(TestCase):
         self.completions = []
         completer = Completer(self.spool, reactor=reactor, pool=startedPool(self))
         onPending = (lambda name: self.completions.append(completer.complete(name))) if complete else None
-        site = buildSite(self.config, self.spool, reactor, onPending)
+        site = buildSite(self.config, self.spool, reactor, onPending, writers=fileWriters(self))
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port
@@ -378,7 +359,7 @@ class StalledTests(TestCase):
         self.clock = Clock()
         self.spool = openSpool(self)
         config = serverConfig(request_timeout=30.0)
-        site = buildSite(config, self.spool, self.clock)
+        site = buildSite(config, self.spool, self.clock, writers=fileWriters(self))
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.transport = StringTransport(peerAddress=peer)
         protocol = site.buildProtocol(peer)

@@ -57,7 +57,9 @@ from mxrecv.tls import (
 )
 from mxrecv.tlsreload import CertificateReloadService
 
-from .support import LOOPBACK_ONLY, SMS, httpClient, openSpool, serverConfig
+from .support import LOOPBACK_ONLY, SMS, fileWriters, httpClient, openSpool, serverConfig
+from .strategies import contentTypeFor, multipartBody
+from .test_post import BOUNDARY, mmsFields
 from .test_tap import runTwistd
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -187,11 +189,11 @@ class HTTPSServerMixin:
     """
 
     @inlineCallbacks
-    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY):
+    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY, **writerLimits):
         spool = openSpool(self)
         self.spoolDir = spool.root
         config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
-        site = buildSite(config, spool, reactor)
+        site = buildSite(config, spool, reactor, writers=fileWriters(self, **writerLimits))
         self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
         factory = tlsFactory(site, site.allow, self.certificate)
         port = yield tlsEndpoint(reactor, TLSListen(0, files, "127.0.0.1")).listen(factory)
@@ -233,6 +235,24 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
         self.assertEqual((yield response.content()), b"OK\n")
         [message] = self.newMessages()
         self.assertEqual((message["id"], message["message"]), ("tls-1", "über"))
+
+    @inlineCallbacks
+    def test_uploadPausedAndResumed(self):
+        """
+        An MMS upload over HTTPS whose writer is bounded to far less than
+        the zip (so that the TLS connection is paused and resumed many
+        times) arrives whole.
+        """
+        port = yield self.serve(self.files, fileLimit=32 * 1024, totalLimit=64 * 1024, batch=8192)
+        zipData = os.urandom(2 * 1024 * 1024)
+        fields = mmsFields("tls-mms")
+        response = yield treqTrusting(CA).post(
+            f"https://127.0.0.1:{port}/",
+            data=multipartBody(BOUNDARY, fields, zipData),
+            headers={b"Content-Type": [contentTypeFor(BOUNDARY)]},
+        )
+        self.assertEqual(response.code, 200, (yield response.text()))
+        self.assertEqual((self.spoolDir / "pending" / "tls-mms" / "mms.zip").read_bytes(), zipData)
 
     @inlineCallbacks
     def test_policy(self):
