@@ -54,6 +54,7 @@ from .config import RetrieveConfig
 from .dates import parseDate
 from .durable import fsyncPath, removeTree, replaceFile
 from .message import Message
+from .metrics import Metrics
 from .schedule import Completed, GaveUp, Policy, Schedule, Start
 from .spool import MESSAGE_JSON, PENDING, Spool
 
@@ -72,11 +73,15 @@ class RetrieveError(Exception):
     One attempt failed.  C{str()} is the attempt's outcome, a sentence fit
     for logs and C{failed/NAME/message.json} (no secrets).
 
+    @ivar kind: the attempt's outcome for the metrics: C{timeout},
+        C{connection}, C{http_4xx}, C{http_5xx}, C{invalid} (not a zip, too
+        large) or C{other}.
     @ivar refused: the server refused our credentials (HTTP 401 or 403).
     """
 
-    def __init__(self, outcome: str, refused: bool = False) -> None:
+    def __init__(self, outcome: str, kind: str = "other", refused: bool = False) -> None:
         super().__init__(outcome)
+        self.kind = kind
         self.refused = refused
 
 
@@ -136,11 +141,14 @@ def redact(text: str, secret: str) -> str:
 
 def _statusOutcome(code: int, location: bytes | None) -> RetrieveError:
     if code in (401, 403):
-        return RetrieveError(f"HTTP {code}: RetrieveMMS refused our credentials", refused=True)
+        return RetrieveError(
+            f"HTTP {code}: RetrieveMMS refused our credentials", "http_4xx", refused=True
+        )
     if 300 <= code < 400:
         where = location.decode("ascii", "replace")[:200] if location else "nowhere"
         return RetrieveError(f"HTTP {code}: redirect to {where} not followed")
-    return RetrieveError(f"HTTP {code}")
+    kind = {4: "http_4xx", 5: "http_5xx"}.get(code // 100, "other")
+    return RetrieveError(f"HTTP {code}", kind)
 
 
 def _requestOutcome(reason: Failure) -> RetrieveError:
@@ -148,20 +156,20 @@ def _requestOutcome(reason: Failure) -> RetrieveError:
     A sentence for a request that got no usable response.
     """
     if reason.check(netError.ConnectionRefusedError):
-        return RetrieveError("connection refused")
+        return RetrieveError("connection refused", "connection")
     if reason.check(netError.DNSLookupError):
-        return RetrieveError("host name not found")
+        return RetrieveError("host name not found", "connection")
     if reason.check(netError.TimeoutError):
-        return RetrieveError("connection timed out")
+        return RetrieveError("connection timed out", "timeout")
     inner = getattr(reason.value, "reasons", None) or []
     for f in inner:
         if f.check(VerificationError):
-            return RetrieveError("TLS handshake failed: the certificate does not name the host")
+            return RetrieveError("TLS handshake failed: the certificate does not name the host", "connection")
         if f.check(SSL.Error):
-            return RetrieveError(f"TLS handshake failed: {_tlsReason(f.value)}")
+            return RetrieveError(f"TLS handshake failed: {_tlsReason(f.value)}", "connection")
     if inner:
         what = ", ".join(sorted({f.getErrorMessage() or f.type.__name__ for f in inner}))
-        return RetrieveError(f"no response: {what}")
+        return RetrieveError(f"no response: {what}", "connection")
     return RetrieveError(f"{reason.type.__name__}: {reason.getErrorMessage()}")
 
 
@@ -236,7 +244,7 @@ class _Attempt:
         clock = fetcher._clock
         timeout = max(0.0, deadline - clock.seconds())
         self._timer = clock.callLater(
-            timeout, self._stop, RetrieveError(f"timed out after {round(timeout, 1):g} s")
+            timeout, self._stop, RetrieveError(f"timed out after {round(timeout, 1):g} s", "timeout")
         )
         self._request = fetcher._http.get(
             fetcher.url,
@@ -264,7 +272,7 @@ class _Attempt:
             return
         cap = self._fetcher._maxBody
         if response.length is not UNKNOWN_LENGTH and response.length > cap:
-            self._error = RetrieveError(f"body larger than {cap} bytes")
+            self._error = RetrieveError(f"body larger than {cap} bytes", "invalid")
             response.deliverBody(_BodyFile(self, None, 0))
             return
         self._body = _BodyFile(self, self._part, cap)
@@ -282,7 +290,9 @@ class _Attempt:
             self.result.callback(outcome)
         else:
             if isinstance(outcome, RetrieveError):
-                outcome = RetrieveError(self._fetcher.redact(str(outcome)), outcome.refused)
+                outcome = RetrieveError(
+                    self._fetcher.redact(str(outcome)), outcome.kind, outcome.refused
+                )
             self.result.errback(outcome)
 
 
@@ -316,12 +326,12 @@ class _BodyFile(Protocol):
             return
         self.size += len(data)
         if self.size > self._cap:
-            self._attempt._stop(RetrieveError(f"body larger than {self._cap} bytes"))
+            self._attempt._stop(RetrieveError(f"body larger than {self._cap} bytes", "invalid"))
             return
         if len(self._head) < 4:
             self._head = (self._head + data)[:4]
             if len(self._head) == 4 and self._head not in _ZIP_MAGIC:
-                self._attempt._stop(RetrieveError("HTTP 200 but the body is not a zip"))
+                self._attempt._stop(RetrieveError("HTTP 200 but the body is not a zip", "invalid"))
                 return
         self._hash.update(data)
         try:
@@ -343,7 +353,7 @@ class _BodyFile(Protocol):
         elif reason.check(ResponseDone, PotentialDataLoss):
             attempt._settle(Download(self.size, self._hash.hexdigest()))
         else:
-            attempt._settle(RetrieveError(f"body cut short after {self.size} bytes"))
+            attempt._settle(RetrieveError(f"body cut short after {self.size} bytes", "connection"))
 
 
 # The queue of pending downloads
@@ -391,7 +401,9 @@ class Retriever:
         reactor: Any,
         pool: Any,
         zone: tzinfo,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = Metrics() if metrics is None else metrics
         self._spool = spool
         self._completer = completer
         self._fetcher = fetcher
@@ -508,7 +520,7 @@ class Retriever:
         directory = self._spool.dir(PENDING) / name
         part = directory / PART
         if not zipfile.is_zipfile(part):
-            raise RetrieveError(f"HTTP 200 but the body ({download.size} bytes) is not a zip")
+            raise RetrieveError(f"HTTP 200 but the body ({download.size} bytes) is not a zip", "invalid")
         fsyncPath(part, sync)
         message = Message.decode((directory / MESSAGE_JSON).read_bytes())
         message = message.replace(mms_size=download.size, mms_sha256=download.sha256)
@@ -532,6 +544,7 @@ class Retriever:
         now = self._clock.seconds()
         messageId = self._ids[name]
         if not isinstance(result, Failure):
+            self._metrics.retrievalAttempt("ok")
             completed = self.schedule.succeeded(name, now)
             self._serially(name, self._completer.complete, name).addCallbacks(
                 self._completed,
@@ -555,6 +568,7 @@ class Retriever:
         self._pump()
 
     def _failed(self, name: str, messageId: str, error: RetrieveError, now: float) -> None:
+        self._metrics.retrievalAttempt(error.kind)
         outcome = self._fetcher.redact(str(error))
         gaveUp = self.schedule.failed(name, now, outcome)
         if gaveUp is None:
@@ -589,6 +603,7 @@ class Retriever:
         replaceFile(directory / STATE, data + b"\n", self._spool.sync)
 
     def _giveUp(self, gaveUp: GaveUp) -> None:
+        self._metrics.expired()
         name = gaveUp.name
         log.error(
             "MMS {id} moved to failed/{name}: {error}",
@@ -675,6 +690,7 @@ def makeRetriever(
     maxBody: int,
     clock: Any = None,
     random: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
 ) -> Retriever:
     """
     A retriever configured from C{[retrieve]} (a L{RetrieveConfig}).
@@ -710,4 +726,5 @@ def makeRetriever(
         reactor=reactor,
         pool=pool,
         zone=zone,
+        metrics=metrics,
     )

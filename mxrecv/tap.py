@@ -259,6 +259,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
                 pool=pool,
                 zone=config.server.timezone,
                 maxBody=config.server.max_body,
+                metrics=metrics,
             )
         except (OSError, ValueError) as e:
             raise SystemExit(f"mxrecv: retrieve.ca_file: {e}") from None

@@ -35,6 +35,8 @@ from mxrecv.tap import makeService
 from .retrievemms import (
     Hang, QuietSite, RetrieveMMS, Serve, TestCA, Trickle, Truncate, makeZip,
 )
+from mxrecv.metrics import RETRIEVAL_OUTCOMES, Metrics
+
 from .support import exampleMessage, httpClient, startedPool
 
 NOW = 1_800_000_000.0
@@ -132,7 +134,9 @@ class RetrieveTestCase(TestCase):
         self.addCleanup(resource.whenIdle)
         return resource, f"{scheme}://127.0.0.1:{port.getHost().port}/RetrieveMMS"
 
-    def retriever(self, url: str, clock=None, maxBody: int = 1 << 20, **config) -> Retriever:
+    def retriever(
+        self, url: str, clock=None, maxBody: int = 1 << 20, metrics=None, **config
+    ) -> Retriever:
         settings = {
             "url": url,
             "user": "acme",
@@ -153,6 +157,7 @@ class RetrieveTestCase(TestCase):
             maxBody=maxBody,
             clock=self.clock if clock is None else clock,
             random=lambda: 0.0,
+            metrics=metrics,
         )
         self.addCleanup(r.stop)
         return r
@@ -433,6 +438,19 @@ class FailureTests(RetrieveTestCase):
         )
 
 
+def attemptCounts(metrics: Metrics) -> dict[str, float]:
+    """
+    The retrieval attempts counted, by outcome (those counted at all).
+    """
+    counts = {
+        outcome: metrics.registry.get_sample_value(
+            "mxrecv_retrieval_attempts_total", {"outcome": outcome}
+        )
+        for outcome in RETRIEVAL_OUTCOMES
+    }
+    return {outcome: n for outcome, n in counts.items() if n}
+
+
 class RetryTests(RetrieveTestCase):
     @inlineCallbacks
     def test_backoff(self):
@@ -441,7 +459,8 @@ class RetryTests(RetrieveTestCase):
         attempts so far are journaled in pending/NAME between attempts.
         """
         standIn, url = self.standIn([Serve(b"", status=503), Serve(b"", status=500)])
-        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0)
+        metrics = Metrics()
+        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0, metrics=metrics)
         name = yield self.pend("retry-1")
         done = retriever.whenDone(name)
         failed = self.log.next(attemptFailed)
@@ -464,6 +483,7 @@ class RetryTests(RetrieveTestCase):
         )
         self.assertEqual(len(standIn.requests), 3)
         self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
+        self.assertEqual(attemptCounts(metrics), {"http_5xx": 2, "ok": 1})
 
     @inlineCallbacks
     def test_expiresAfterRetries(self):
@@ -472,7 +492,8 @@ class RetryTests(RetrieveTestCase):
         attempt, in order, with its time.
         """
         standIn, url = self.standIn([Serve(b"", status=500)] * 3)
-        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0)
+        metrics = Metrics()
+        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0, metrics=metrics)
         name = yield self.pend("expires", expiresIn=20.0)
         done = retriever.whenDone(name)
         failed = self.log.next(attemptFailed)
@@ -500,6 +521,8 @@ class RetryTests(RetrieveTestCase):
         self.assertEqual(
             [p.name for p in (self.spool.dir(FAILED) / name).iterdir()], ["message.json"]
         )
+        self.assertEqual(attemptCounts(metrics), {"http_5xx": 3})
+        self.assertEqual(metrics.registry.get_sample_value("mxrecv_expired_total"), 1)
 
 
 class RestartTests(RetrieveTestCase):
