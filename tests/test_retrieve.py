@@ -25,9 +25,8 @@ from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.dates import isoFromTimestamp
 from mxrecv.naming import nameForId
 from mxrecv.pending import PendingWork
-from mxrecv.retrieve import (
-    PART, STATE, Retriever, expiryOf, makeRetriever, redact, tlsPolicy,
-)
+from mxrecv.fetch import PART, redact, tlsPolicy
+from mxrecv.retrieve import STATE, Retriever, expiryOf, makeRetriever
 from mxrecv.schedule import Completed, GaveUp
 from mxrecv.spool import FAILED, NEW, PENDING, Spool
 from mxrecv.tap import makeService

@@ -1,0 +1,328 @@
+# -*- test-case-name: tests.test_retrieve -*-
+"""
+One RetrieveMMS attempt: a treq GET whose body streams into
+C{pending/NAME/mms.zip.part} (hashed and counted on the way, never held in
+memory), cut off at a deadline that covers the whole body and at a byte cap,
+and its outcome as a sentence with the password masked.
+
+L{mxrecv.retrieve} decides when attempts run and what becomes of the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from attrs import frozen
+from OpenSSL import SSL
+from service_identity import VerificationError
+from treq.client import HTTPClient
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+# Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
+from zope.interface import implementer
+
+from .complete import MMS_ZIP
+
+PART = MMS_ZIP + ".part"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+class RetrieveError(Exception):
+    """
+    One attempt failed.  C{str()} is the attempt's outcome, a sentence fit
+    for logs and C{failed/NAME/message.json} (no secrets).
+
+    @ivar kind: the attempt's outcome for the metrics: C{timeout},
+        C{connection}, C{http_4xx}, C{http_5xx}, C{invalid} (not a zip, too
+        large) or C{other}.
+    @ivar refused: the server refused our credentials (HTTP 401 or 403).
+    """
+
+    def __init__(self, outcome: str, kind: str = "other", refused: bool = False) -> None:
+        super().__init__(outcome)
+        self.kind = kind
+        self.refused = refused
+
+
+@frozen
+class Download:
+    size: int
+    sha256: str
+
+
+# TLS
+
+
+@implementer(IOpenSSLTrustRoot)
+class _AllOf:
+    """
+    Trust what any of several trust roots trusts.
+    """
+
+    def __init__(self, *roots: Any) -> None:
+        self._roots = roots
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        for root in self._roots:
+            root._addCACertsToContext(context)
+
+
+def tlsPolicy(caFile: Path | None = None) -> IPolicyForHTTPS:
+    """
+    Verify servers against the platform's CAs, plus the certificates in the
+    PEM file C{caFile}, with hostname checks.  There is deliberately no way
+    to turn verification off.
+
+    @raise ValueError: if C{caFile} holds no certificate.
+    """
+    if caFile is None:
+        return BrowserLikePolicyForHTTPS(platformTrust())
+    blocks = _PEM.findall(Path(caFile).read_bytes())
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {caFile}")
+    extra = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+    return BrowserLikePolicyForHTTPS(_AllOf(platformTrust(), extra))
+
+
+# One attempt
+
+
+def redact(text: str, secret: str) -> str:
+    """
+    C{text} with C{secret} (and its URL-encoded forms) masked.
+    """
+    if not secret:
+        return text
+    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+        text = text.replace(form, "***")
+    return text
+
+
+def _statusOutcome(code: int, location: bytes | None) -> RetrieveError:
+    if code in (401, 403):
+        return RetrieveError(
+            f"HTTP {code}: RetrieveMMS refused our credentials", "http_4xx", refused=True
+        )
+    if 300 <= code < 400:
+        where = location.decode("ascii", "replace")[:200] if location else "nowhere"
+        return RetrieveError(f"HTTP {code}: redirect to {where} not followed")
+    kind = {4: "http_4xx", 5: "http_5xx"}.get(code // 100, "other")
+    return RetrieveError(f"HTTP {code}", kind)
+
+
+def _requestOutcome(reason: Failure) -> RetrieveError:
+    """
+    A sentence for a request that got no usable response.
+    """
+    if reason.check(netError.ConnectionRefusedError):
+        return RetrieveError("connection refused", "connection")
+    if reason.check(netError.DNSLookupError):
+        return RetrieveError("host name not found", "connection")
+    if reason.check(netError.TimeoutError):
+        return RetrieveError("connection timed out", "timeout")
+    inner = getattr(reason.value, "reasons", None) or []
+    for f in inner:
+        if f.check(VerificationError):
+            return RetrieveError("TLS handshake failed: the certificate does not name the host", "connection")
+        if f.check(SSL.Error):
+            return RetrieveError(f"TLS handshake failed: {_tlsReason(f.value)}", "connection")
+    if inner:
+        what = ", ".join(sorted({f.getErrorMessage() or f.type.__name__ for f in inner}))
+        return RetrieveError(f"no response: {what}", "connection")
+    return RetrieveError(f"{reason.type.__name__}: {reason.getErrorMessage()}")
+
+
+def _tlsReason(e: BaseException) -> str:
+    text = str(e)
+    match = re.search(r"'([^']*verify[^']*)'|(certificate verify failed|hostname mismatch)", text)
+    return match.group(1) or match.group(2) if match else text[:200]
+
+
+class Fetcher:
+    """
+    Downloads from RetrieveMMS, one attempt per call, over its own
+    connection pool.
+
+    @param reactor: makes connections.
+    @param clock: times the attempts' deadlines.
+    @param maxBody: the largest zip accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        clock: Any,
+        url: str,
+        user: str,
+        password: str,
+        maxBody: int,
+        connectTimeout: float,
+        policy: IPolicyForHTTPS,
+        concurrency: int = 8,
+    ) -> None:
+        self.url = url
+        self._user = user
+        self._password = password
+        self._clock = clock
+        self._maxBody = maxBody
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = concurrency
+        agent = Agent(
+            reactor, contextFactory=policy, connectTimeout=connectTimeout, pool=self._pool
+        )
+        self._http = HTTPClient(agent)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._password)
+
+    def fetch(self, messageId: str, part: Path, deadline: float) -> Deferred[Download]:
+        """
+        Download the zip of C{messageId} into C{part}, by C{deadline} (on the
+        clock).  C{part} may be left behind, complete or not, either way.
+
+        @return: fires with the zip's size and hash, or fails with
+            L{RetrieveError}; cancelling it abandons the attempt.
+        """
+        return _Attempt(self, messageId, part, deadline).result
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the cached connections.
+        """
+        return self._pool.closeCachedConnections()
+
+
+class _Attempt:
+    def __init__(self, fetcher: Fetcher, messageId: str, part: Path, deadline: float) -> None:
+        self._fetcher = fetcher
+        self._part = part
+        self._body: _BodyFile | None = None
+        self._error: RetrieveError | CancelledError | None = None
+        self.result: Deferred[Download] = Deferred(lambda d: self._stop(CancelledError()))
+        clock = fetcher._clock
+        timeout = max(0.0, deadline - clock.seconds())
+        self._timer = clock.callLater(
+            timeout, self._stop, RetrieveError(f"timed out after {round(timeout, 1):g} s", "timeout")
+        )
+        self._request = fetcher._http.get(
+            fetcher.url,
+            params=[("user", fetcher._user), ("pass", fetcher._password), ("id", messageId)],
+            headers=Headers({b"User-Agent": [b"mxrecv"]}),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        self._request.addCallbacks(self._response, self._noResponse)
+
+    def _stop(self, error: RetrieveError | CancelledError) -> None:
+        if self._error is not None or self.result.called:
+            return
+        self._error = error
+        if self._body is not None:
+            self._body.transport.stopProducing()
+        else:
+            self._request.cancel()
+
+    def _response(self, response: Any) -> None:
+        if response.code != 200:
+            location = response.headers.getRawHeaders(b"location", [None])[0]
+            self._error = self._error or _statusOutcome(response.code, location)
+            response.deliverBody(_BodyFile(self, None, 0))
+            return
+        cap = self._fetcher._maxBody
+        if response.length is not UNKNOWN_LENGTH and response.length > cap:
+            self._error = RetrieveError(f"body larger than {cap} bytes", "invalid")
+            response.deliverBody(_BodyFile(self, None, 0))
+            return
+        self._body = _BodyFile(self, self._part, cap)
+        response.deliverBody(self._body)
+
+    def _noResponse(self, reason: Failure) -> None:
+        self._settle(self._error or _requestOutcome(reason))
+
+    def _settle(self, outcome: Download | RetrieveError | CancelledError) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self.result.called:
+            return
+        if isinstance(outcome, Download):
+            self.result.callback(outcome)
+        else:
+            if isinstance(outcome, RetrieveError):
+                outcome = RetrieveError(
+                    self._fetcher.redact(str(outcome)), outcome.kind, outcome.refused
+                )
+            self.result.errback(outcome)
+
+
+class _BodyFile(Protocol):
+    """
+    Streams a response body into a file, hashing and counting it, refusing
+    more than C{cap} bytes and anything that does not start like a zip.
+    With C{path} L{None}, the body is dropped at once.
+    """
+
+    def __init__(self, attempt: _Attempt, path: Path | None, cap: int) -> None:
+        self._attempt = attempt
+        self._path = path
+        self._cap = cap
+        self._file: Any = None
+        self._hash = hashlib.sha256()
+        self._head = b""
+        self.size = 0
+
+    def connectionMade(self) -> None:
+        if self._path is None:
+            self.transport.stopProducing()
+            return
+        try:
+            self._file = open(self._path, "wb")
+        except OSError as e:
+            self._attempt._stop(RetrieveError(f"cannot write {PART}: {e.strerror}"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._file is None or self._attempt._error is not None:
+            return
+        self.size += len(data)
+        if self.size > self._cap:
+            self._attempt._stop(RetrieveError(f"body larger than {self._cap} bytes", "invalid"))
+            return
+        if len(self._head) < 4:
+            self._head = (self._head + data)[:4]
+            if len(self._head) == 4 and self._head not in _ZIP_MAGIC:
+                self._attempt._stop(RetrieveError("HTTP 200 but the body is not a zip", "invalid"))
+                return
+        self._hash.update(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._attempt._stop(RetrieveError(f"cannot write {PART}: {e.strerror}"))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as e:
+                self._attempt._error = self._attempt._error or RetrieveError(
+                    f"cannot write {PART}: {e.strerror}"
+                )
+        attempt = self._attempt
+        if attempt._error is not None:
+            attempt._settle(attempt._error)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            attempt._settle(Download(self.size, self._hash.hexdigest()))
+        else:
+            attempt._settle(RetrieveError(f"body cut short after {self.size} bytes", "connection"))
