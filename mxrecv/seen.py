@@ -49,6 +49,37 @@ class SeenIndex:
         directories) count as seen now if the journal lacks them, which covers
         a crash between a rename and its journal line.
         """
+        times = self._read()
+        for name in alsoPresent:
+            times.setdefault(name, now)
+        cutoff = now - self._keep
+        self._times = {n: t for n, t in times.items() if t >= cutoff}
+        self._rewrite(self._times)
+
+    def rewrite(self, now: float) -> float:
+        """
+        In the worker that appends: rewrite the journal without the names
+        older than the window.  The journal file, not memory, is the source:
+        memory learns of a group's names only after its commit.  On failure
+        the journal in place (old or new) stays open for appending.
+
+        @return: the cutoff, for L{forget}.
+        """
+        cutoff = now - self._keep
+        self._rewrite({n: t for n, t in self._read().items() if t >= cutoff})
+        return cutoff
+
+    def forget(self, cutoff: float) -> int:
+        """
+        On the reactor, after L{rewrite}: forget the names older than it.
+
+        @return: how many names were forgotten.
+        """
+        before = len(self._times)
+        self._times = {n: t for n, t in self._times.items() if t >= cutoff}
+        return before - len(self._times)
+
+    def _read(self) -> dict[str, float]:
         times: dict[str, float] = {}
         try:
             data = self._path.read_bytes()
@@ -65,24 +96,16 @@ class SeenIndex:
                 continue
             if isName(name):
                 times.setdefault(name, when)
-        for name in alsoPresent:
-            times.setdefault(name, now)
-        self._times = times
-        self.prune(now)
+        return times
 
-    def prune(self, now: float) -> int:
-        """
-        Forget names older than the window and rewrite the journal.
-
-        @return: how many names were forgotten.
-        """
-        cutoff = now - self._keep
-        before = len(self._times)
-        self._times = {n: t for n, t in self._times.items() if t >= cutoff}
-        self.close()
-        replaceFile(self._path, _lines(self._times.items()), self._sync)
-        self._journal = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return before - len(self._times)
+    def _rewrite(self, times: dict[str, float]) -> None:
+        try:
+            replaceFile(self._path, _lines(times.items()), self._sync)
+        finally:
+            # Whether or not the new file replaced the old one, append to
+            # the one now in place.
+            self.close()
+            self._journal = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def append(self, entries: Iterable[tuple[str, float]]) -> None:
         """

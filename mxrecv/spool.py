@@ -331,7 +331,9 @@ class Spool:
         d = deferToThreadPool(self._reactor, self._pool, self._commitGroup, group, bool(prunes))
         d.addBoth(self._committed, group, prunes)
 
-    def _commitGroup(self, group: list[_Commit], prune: bool) -> tuple[list, int]:
+    def _commitGroup(
+        self, group: list[_Commit], prune: bool
+    ) -> tuple[list, float | Failure | None]:
         """
         In a worker, one group at a time: rename each prepared message into
         place, fsync each parent directory once, and journal the names once.
@@ -362,11 +364,20 @@ class Spool:
         except OSError as e:
             error = SpoolError(f"cannot write to the spool: {e.strerror}")
             outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
-        forgotten = self._seen.prune(self._clock.seconds()) if prune else 0
-        return outcomes, forgotten
+        pruned: float | Failure | None = None
+        if prune:
+            try:
+                pruned = self._seen.rewrite(self._clock.seconds())
+            except OSError:
+                # Only the prune fails: the messages of this group are fine.
+                pruned = Failure()
+        return outcomes, pruned
 
     def _committed(
-        self, result: tuple[list, int] | Failure, group: list[_Commit], prunes: list[Deferred]
+        self,
+        result: tuple[list, float | Failure | None] | Failure,
+        group: list[_Commit],
+        prunes: list[Deferred],
     ) -> None:
         self._committing = False
         if isinstance(result, Failure):
@@ -376,7 +387,7 @@ class Spool:
             for d in prunes:
                 d.errback(result)
         else:
-            outcomes, forgotten = result
+            outcomes, pruned = result
             for commit, outcome in zip(group, outcomes):
                 if isinstance(outcome, Accepted):
                     commit.result.callback(outcome)
@@ -385,8 +396,13 @@ class Spool:
                         self.landed(commit.name)
                 else:
                     commit.fail(outcome)
-            for d in prunes:
-                d.callback(forgotten)
+            if isinstance(pruned, Failure):
+                for d in prunes:
+                    d.errback(pruned)
+            elif prunes:
+                forgotten = self._seen.forget(pruned)
+                for d in prunes:
+                    d.callback(forgotten)
         self._next()
         # A group of prunes only settles no message: check here too.
         self._checkIdle()

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mxrecv.message import Message
+from mxrecv.seen import SeenIndex
 from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
 
 from .support import exampleMessage, openSpool, startedPool
@@ -235,3 +236,52 @@ class RestartTests(TestCase):
              "parts", "text", "parts_error"],
         )
 
+
+
+class PruneFailureTests(TestCase):
+    @inlineCallbacks
+    def test_failedPruneFailsOnlyThePrune(self):
+        """
+        A prune that cannot rewrite the journal fails alone: messages
+        committed with it and after it are accepted, and journaled.
+        """
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        root = Path(self.mktemp())
+        spool = openSpool(self, root, clock=clock)
+        (root / "state" / "seen.new").mkdir()
+        pruned = spool.prune()
+        during = spool.accept(sms("during"))
+        yield self.assertFailure(pruned, OSError)
+        self.assertFalse((yield during).duplicate)
+        self.assertFalse((yield spool.accept(sms("after"))).duplicate)
+        (root / "state" / "seen.new").rmdir()
+        spool.close()
+        for name in ("during", "after"):
+            for f in (root / NEW / name).iterdir():
+                f.unlink()
+            (root / NEW / name).rmdir()
+        again = openSpool(self, root, clock=clock)
+        self.assertTrue(again.isSeen("during"))
+        self.assertTrue(again.isSeen("after"))
+
+    def test_rewriteKeepsJournaledNames(self):
+        """
+        A prune keeps what the journal holds, not only what memory knows:
+        the names of the group committed with the prune are journaled
+        before the reactor learns of them.
+        """
+        path = Path(self.mktemp())
+        index = SeenIndex(path, keepSeconds=100)
+        index.load(1000.0)
+        index.append([("journaled", 1000.0), ("old", 800.0)])
+        self.assertNotIn("journaled", index)
+        cutoff = index.rewrite(1050.0)
+        self.assertEqual(path.read_text().split(), ["1000", "journaled"])
+        index.add("journaled", 1000.0)
+        index.add("old", 800.0)
+        self.assertEqual(index.forget(cutoff), 1)
+        self.assertIn("journaled", index)
+        index.append([("later", 1060.0)])
+        index.close()
+        self.assertEqual(path.read_text().split(), ["1000", "journaled", "1060", "later"])
