@@ -21,6 +21,7 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
 from .durable import fsyncPath, moveDir, removeTree, replaceFile
 from .message import Message
@@ -81,20 +82,35 @@ class Completer:
         self._pool = pool
         self._unpack = unpack
         self._limit = DeferredSemaphore(CONCURRENT_COMPLETIONS)
+        self._running: dict[str, list[Deferred[Message]]] = {}
 
     def complete(self, name: str) -> Deferred[Message]:
         """
         Unpack C{pending/NAME/mms.zip} and move the message to C{new/NAME}.
+        A call for a message already being completed waits for that
+        completion (two at once would unpack over each other).
 
         @return: fires with the completed message, once it is in C{new/}
             and the spool's observers have been told.
         """
-        d = self._limit.run(deferToThreadPool, self._reactor, self._pool, self._complete, name)
-        return d.addCallback(self._landed, name)
+        if name not in self._running:
+            self._running[name] = []
+            d = self._limit.run(deferToThreadPool, self._reactor, self._pool, self._complete, name)
+            d.addCallback(self._landed, name).addBoth(self._completed, name)
+        result: Deferred[Message] = Deferred()
+        self._running[name].append(result)
+        return result
 
     def _landed(self, message: Message, name: str) -> Message:
         self._spool.landed(name)
         return message
+
+    def _completed(self, outcome: Message | Failure, name: str) -> None:
+        for d in self._running.pop(name):
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def fail(self, name: str, error: str, attempts: Sequence[Attempt]) -> Deferred[None]:
         """

@@ -36,7 +36,14 @@ class PendingWork:
         self.retrieve = retrieve
 
     def __call__(self, name: str) -> None:
-        if (self._spool.dir(PENDING) / name / MMS_ZIP).is_file():
+        """
+        Take up C{pending/NAME}; nothing happens if it is not there (already
+        completed or failed) or already being completed or retrieved.
+        """
+        directory = self._spool.dir(PENDING) / name
+        if not directory.is_dir():
+            return
+        if (directory / MMS_ZIP).is_file():
             self._completer.complete(name).addCallbacks(
                 lambda message: log.info(
                     "MMS {id} complete in new/{name}: {parts} parts{error}",

@@ -105,9 +105,12 @@ class CallbackResource(Resource):
             self._spool.discard(request.body.staging)
 
     def _accepted(self, accepted: Accepted, request: CallbackRequest, message: Message) -> None:
-        if not accepted.duplicate and message.type == MMS:
-            self._onPending(accepted.name)
         self._finish(request, HTTPStatus.OK, self._ack, message, accepted.duplicate)
+        if message.type == MMS:
+            # A duplicate too: the first copy may be in pending/ with nothing
+            # working on it (its commit failed after the rename).  Taking up
+            # a message already in hand does nothing.
+            self._onPending(accepted.name)
 
     def _notStored(self, reason: Failure, request: CallbackRequest, message: Message) -> None:
         if reason.check(SpoolError):

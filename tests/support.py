@@ -80,6 +80,7 @@ def startServer(
     spool: Spool | None = None,
     config: Config | None = None,
     siteReactor: Any = reactor,
+    onPending: Any = None,
     **server: Any,
 ) -> Server:
     """
@@ -90,7 +91,7 @@ def startServer(
         spool = openSpool(case)
     if config is None:
         config = serverConfig(**server)
-    site = buildSite(config, spool, siteReactor, writers=fileWriters(case))
+    site = buildSite(config, spool, siteReactor, onPending, writers=fileWriters(case))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     case.addCleanup(port.stopListening)
     return Server(f"http://127.0.0.1:{port.getHost().port}{config.server.path}", spool, port, site)

@@ -1,0 +1,101 @@
+"""
+Completing an MMS out of pending/, and taking up what is there.
+"""
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from mxrecv.complete import MMS_ZIP, Completer
+from mxrecv.message import Message
+from mxrecv.pending import PendingWork
+from mxrecv.spool import NEW, PENDING, MESSAGE_JSON
+from mxrecv.unpack import unpackInto
+
+from .retrievemms import makeZip
+from .support import exampleMessage, httpClient, openSpool, startServer, startedPool
+
+
+def pendingMMS(spool, messageId: str) -> Deferred:
+    """
+    An MMS with its zip, accepted into pending/ without being taken up.
+    """
+    staging = spool.stage()
+    staging.file(MMS_ZIP).write_bytes(makeZip(2048, "image1.jpg"))
+    return spool.accept(exampleMessage(id=messageId, type="mms"), PENDING, staging)
+
+
+class CompleterTests(TestCase):
+    @inlineCallbacks
+    def test_onceAtATime(self):
+        """
+        Two completions of one message at once unpack it once; both learn
+        the outcome, and new/NAME has the parts message.json lists.
+        """
+        spool = openSpool(self)
+        calls = []
+
+        def unpack(zipPath: Path, partsDir: Path):
+            calls.append(zipPath)
+            return unpackInto(zipPath, partsDir)
+
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self), unpack=unpack)
+        yield pendingMMS(spool, "m1")
+        first, second = yield gatherResults([completer.complete("m1"), completer.complete("m1")])
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(first, second)
+        stored = Message.decode((spool.dir(NEW) / "m1" / MESSAGE_JSON).read_bytes())
+        self.assertEqual([p.name for p in stored.parts], ["text.txt", "image1.jpg"])
+        for part in stored.parts:
+            self.assertTrue((spool.dir(NEW) / "m1" / part.path).is_file())
+        self.assertFalse((spool.dir(PENDING) / "m1").exists())
+
+
+class TakeUpTests(TestCase):
+    @inlineCallbacks
+    def test_duplicateTakesUpStrandedMMS(self):
+        """
+        An MMS left in pending/ with nothing working on it (its first commit
+        failed after the rename, so its callback got 503) is completed when
+        MX Telecom's retry arrives, although the retry is a duplicate.
+        """
+        spool = openSpool(self)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        pending = PendingWork(spool, completer)
+        yield pendingMMS(spool, "stranded")
+        completed: Deferred[None] = Deferred()
+
+        def observe(event):
+            if event.get("name") == "stranded" and "parts" in event and not completed.called:
+                completed.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        server = startServer(self, spool=spool, onPending=pending)
+        response = yield httpClient(self).get(
+            server.url,
+            params={"id": "stranded", "from": "1", "to": "2", "type": "2",
+                    "date": "2026-11-25 10:30:00"},
+        )
+        self.assertEqual(response.code, 200)
+        yield completed
+        self.assertTrue((spool.dir(NEW) / "stranded" / MMS_ZIP).is_file())
+        self.assertFalse((spool.dir(PENDING) / "stranded").exists())
+
+    @inlineCallbacks
+    def test_takingUpWhatIsNotThere(self):
+        """
+        Taking up a name that is not (or no longer) in pending/ does nothing.
+        """
+        spool = openSpool(self)
+        retrieved = []
+        pending = PendingWork(
+            spool, Completer(spool, reactor=reactor, pool=startedPool(self)), retrieved.append
+        )
+        pending("absent")
+        yield spool.accept(exampleMessage(id="n1", type="mms"), PENDING)
+        pending("n1")
+        self.assertEqual(retrieved, ["n1"])
