@@ -40,6 +40,8 @@ MMS_ZIP = "mms.zip"
 # count.
 MAX_FIELD_BYTES = max(LIMITS.values())
 MAX_FIELDS = 2 * MAX_RECIPIENTS + 2 * len(LIMITS)
+# All text fields together: as much as an urlencoded form may hold.
+MAX_FIELDS_BYTES = 1024 * 1024
 # One part header line, and headers per part: RFC 7578 needs three.
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 8
@@ -86,6 +88,7 @@ class MultipartBody:
         )
         self.params: dict[bytes, list[bytes]] = {}
         self._fields = 0
+        self._fieldsBytes = 0
         # The part being received: a field's pieces, or the zip's file.
         self._segment: MultipartSegment | None = None
         self._pieces: list[bytes] = []
@@ -189,6 +192,11 @@ class MultipartBody:
                 HTTPStatus.BAD_REQUEST,
                 f"field {self._segment.name!r} longer than {MAX_FIELD_BYTES} bytes",
             )
+        self._fieldsBytes += len(data)
+        if self._fieldsBytes > MAX_FIELDS_BYTES:
+            raise Refusal(
+                HTTPStatus.BAD_REQUEST, f"fields longer than {MAX_FIELDS_BYTES} bytes in all"
+            )
         self._pieces.append(data)
 
     def _end(self) -> None:
@@ -213,5 +221,5 @@ def _asUTF8(value: bytes, charset: str | None) -> bytes:
         return value
     try:
         return value.decode(charset).encode("utf-8")
-    except (LookupError, UnicodeDecodeError):
+    except (LookupError, UnicodeError):
         return value

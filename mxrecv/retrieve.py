@@ -332,9 +332,13 @@ class Retriever:
     def _lost(self, name: str, reason: Failure, format: str) -> None:
         """
         A step failed that should not (the disk, most likely): the message
-        stays in C{pending/} and is taken up again at the next start.
+        stays in C{pending/}, to be taken up again by MX Telecom's retry of
+        its callback, the admin listener's C{POST /pending/NAME} or the next
+        start.
         """
         log.failure(format, reason, name=name)
+        self._ids.pop(name, None)
+        self._locks.pop(name, None)
         for d in self._waiters.pop(name, []):
             d.errback(reason)
 

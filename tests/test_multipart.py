@@ -10,7 +10,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from mxrecv.body import Refusal, Upload
-from mxrecv.multipart import MAX_FIELD_BYTES, MAX_FIELDS, MultipartBody, boundaryOf
+from mxrecv.multipart import (
+    MAX_FIELD_BYTES,
+    MAX_FIELDS,
+    MAX_FIELDS_BYTES,
+    MultipartBody,
+    boundaryOf,
+)
 
 from .strategies import contentTypeFor, examples, formSubmissions, multipartBody, splits
 from .support import fileWriters, openSpool
@@ -254,6 +260,32 @@ class HostileTests(Feeding, TestCase):
         raw = multipartBody(BOUNDARY, [("to", b"1")] * (MAX_FIELDS + 1))
         refusal = yield self.refusal([raw])
         self.assertEqual(refusal.code, 400)
+
+    @inlineCallbacks
+    def test_fieldsTooLongInAll(self):
+        """
+        Text fields are bounded in all, not only each: many long ones are
+        refused before they add up.
+        """
+        fields = [("message", b"m" * MAX_FIELD_BYTES)] * (MAX_FIELDS_BYTES // MAX_FIELD_BYTES + 1)
+        refusal = yield self.refusal([multipartBody(BOUNDARY, fields)])
+        self.assertEqual(refusal.code, 400)
+        self.assertIn("in all", refusal.reason)
+
+    @inlineCallbacks
+    def test_charsetGivingSurrogates(self):
+        """
+        A field whose declared charset decodes to text that is not valid
+        Unicode (UTF-7 can encode a lone surrogate) is kept as sent, not a
+        crash that drops the connection unanswered.
+        """
+        raw = (
+            b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"message\"\r\n"
+            b"Content-Type: text/plain; charset=utf-7\r\n\r\n+2D0-\r\n"
+            b"--" + BOUNDARY.encode() + b"--\r\n"
+        )
+        body = yield self.feed([raw])
+        self.assertEqual(body.params, {b"message": [b"+2D0-"]})
 
     @inlineCallbacks
     def test_fieldCharset(self):

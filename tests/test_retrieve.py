@@ -450,6 +450,32 @@ def attemptCounts(metrics: Metrics) -> dict[str, float]:
     return {outcome: n for outcome, n in counts.items() if n}
 
 
+class LostTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_takenUpAgainAfterAFailedStep(self):
+        """
+        A message whose step failed (here, an unreadable message.json) is
+        not forgotten until the next start: taken up again once the cause
+        is gone, it is downloaded.
+        """
+        standIn, url = self.standIn()
+        retriever = self.retriever(url)
+        name = yield self.pend("lost-1")
+        document = self.spool.dir(PENDING) / name / "message.json"
+        good = document.read_bytes()
+        document.write_bytes(b"{")
+        failed = retriever.whenDone(name)
+        retriever(name)
+        yield self.assertFailure(failed, ValueError)
+        self.flushLoggedErrors(ValueError)
+        document.write_bytes(good)
+        done = retriever.whenDone(name)
+        retriever(name)
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
+
+
 class RetryTests(RetrieveTestCase):
     @inlineCallbacks
     def test_backoff(self):
