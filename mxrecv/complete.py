@@ -133,6 +133,11 @@ class Completer:
         removeTree(partsDir)
         try:
             unpacked = self._unpack(zipPath, partsDir)
+        except OSError:
+            # Our disk, not the zip (the unpacker reports the zip's own
+            # faults): the message stays in pending/ to be completed later.
+            removeTree(partsDir)
+            raise
         except Exception as e:
             removeTree(partsDir)
             unpacked = Unpacked(error=f"the zip could not be unpacked: {e}")

@@ -16,6 +16,7 @@ without a zip; L{unpackInto} is the blocking step, run in a worker thread.
 
 from __future__ import annotations
 
+import errno
 import lzma
 import mimetypes
 import os
@@ -246,9 +247,20 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     except NotImplementedError as e:
         error = f"the zip uses an unsupported feature: {e}"
     except OSError as e:
+        removeTree(partsDir)
+        if e.errno in _LOCAL_TROUBLE:
+            # Not the zip's fault: the message stays in pending/ and is
+            # unpacked again later, rather than delivered without parts.
+            raise
         error = f"the zip could not be read or unpacked: {e.strerror or e}"
     removeTree(partsDir)
     return Unpacked(error=error)
+
+
+# Errors of our own disk, not of the zip: worth trying again.
+_LOCAL_TROUBLE = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
 
 
 def _checkDirectorySize(raw, limits: Limits) -> None:

@@ -2,12 +2,15 @@
 Completing an MMS out of pending/, and taking up what is there.
 """
 
+import errno
+import subprocess
+import zipfile
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.message import Message
@@ -99,3 +102,33 @@ class TakeUpTests(TestCase):
         yield spool.accept(exampleMessage(id="n1", type="mms"), PENDING)
         pending("n1")
         self.assertEqual(retrieved, ["n1"])
+
+
+class DiskTroubleTests(TestCase):
+    @inlineCallbacks
+    def test_fullDiskKeepsMessagePending(self):
+        """
+        When the disk fills up while the parts are written, the MMS stays in
+        pending/ with its zip (not delivered without parts), and is
+        completed once there is room.
+        """
+        root = Path(self.mktemp())
+        root.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(root)],
+                          capture_output=True).returncode:
+            raise SkipTest("cannot mount a small tmpfs here (needs root)")
+        self.addCleanup(subprocess.run, ["umount", "-l", str(root)])
+        spool = openSpool(self, root / "spool")
+        staging = spool.stage()
+        with zipfile.ZipFile(staging.file(MMS_ZIP), "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("big.txt", b"\0" * (900 * 1024))
+        yield spool.accept(exampleMessage(id="m1", type="mms"), PENDING, staging)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        failure = yield self.assertFailure(completer.complete("m1"), OSError)
+        self.assertEqual(failure.errno, errno.ENOSPC)
+        self.assertEqual(sorted(p.name for p in (spool.dir(PENDING) / "m1").iterdir()),
+                         [MESSAGE_JSON, MMS_ZIP])
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        message = yield completer.complete("m1")
+        self.assertIsNone(message.parts_error)
+        self.assertEqual([p.size for p in message.parts], [900 * 1024])
