@@ -195,12 +195,16 @@ class Retriever:
             "Retrieving MMS {id} from {url}", id=messageId, url=self._fetcher.url, name=name
         )
         part = self._spool.dir(PENDING) / name / PART
-        d = self._fetcher.fetch(messageId, part, start.deadline)
-        d.addCallback(
-            lambda download: self._serially(name, self._inThread, self._install, name, download)
-        )
-        self._attempts[name] = d
-        d.addBoth(self._ended, name)
+        fetched = self._fetcher.fetch(messageId, part, start.deadline)
+        self._attempts[name] = fetched
+
+        def install(download: Download) -> Deferred[None]:
+            # Downloaded: from here a stop waits for the install (a step in
+            # _busy) instead of cancelling it and losing the zip.
+            del self._attempts[name]
+            return self._serially(name, self._inThread, self._install, name, download)
+
+        fetched.addCallback(install).addBoth(self._ended, name)
 
     def _install(self, name: str, download: Download) -> None:
         """
@@ -222,7 +226,7 @@ class Retriever:
         fsyncPath(directory, sync)
 
     def _ended(self, result: None | Failure, name: str) -> None:
-        del self._attempts[name]
+        self._attempts.pop(name, None)
         if isinstance(result, Failure):
             # Here, not in a worker, so that it cannot race the next attempt.
             try:
