@@ -192,3 +192,21 @@ def exampleMessage(**changes: Any) -> Message:
     if changes.get("type") == "mms":
         fields.update(message=None, charset=None)
     return Message(**{**fields, **changes})
+
+
+def smallFilesystem(case: TestCase, size: str) -> Path:
+    """
+    A real filesystem of C{size} (a tmpfs, e.g. "256k") to fill up, mounted
+    for the test; skips where mounting is not allowed (it needs root).
+    """
+    import subprocess
+
+    from twisted.trial.unittest import SkipTest
+
+    root = Path(case.mktemp())
+    root.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        raise SkipTest("cannot mount a small tmpfs here (needs root)")
+    case.addCleanup(subprocess.run, ["umount", "-l", str(root)])
+    return root

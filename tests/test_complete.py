@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.message import Message
@@ -19,7 +19,14 @@ from mxrecv.spool import NEW, PENDING, MESSAGE_JSON
 from mxrecv.unpack import unpackInto
 
 from .retrievemms import makeZip
-from .support import exampleMessage, httpClient, openSpool, startServer, startedPool
+from .support import (
+    exampleMessage,
+    httpClient,
+    openSpool,
+    smallFilesystem,
+    startedPool,
+    startServer,
+)
 
 
 def pendingMMS(spool, messageId: str) -> Deferred:
@@ -112,12 +119,7 @@ class DiskTroubleTests(TestCase):
         pending/ with its zip (not delivered without parts), and is
         completed once there is room.
         """
-        root = Path(self.mktemp())
-        root.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(root)],
-                          capture_output=True).returncode:
-            raise SkipTest("cannot mount a small tmpfs here (needs root)")
-        self.addCleanup(subprocess.run, ["umount", "-l", str(root)])
+        root = smallFilesystem(self, "512k")
         spool = openSpool(self, root / "spool")
         staging = spool.stage()
         with zipfile.ZipFile(staging.file(MMS_ZIP), "w", zipfile.ZIP_DEFLATED) as z:

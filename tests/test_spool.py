@@ -1,18 +1,17 @@
 import errno
 import json
-import subprocess
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from mxrecv.message import Message
 from mxrecv.seen import SeenIndex
 from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
 
-from .support import exampleMessage, openSpool, startedPool
+from .support import exampleMessage, openSpool, smallFilesystem, startedPool
 
 
 def sms(messageId: str = "mx-1", text: str = "Hello") -> Message:
@@ -121,12 +120,7 @@ class AcceptTests(TestCase):
         On a full filesystem accept fails with SpoolError and leaves nothing
         half-written; once space is freed the retry is stored.
         """
-        root = Path(self.mktemp())
-        root.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)],
-                          capture_output=True).returncode:
-            raise SkipTest("cannot mount a small tmpfs here (needs root)")
-        self.addCleanup(subprocess.run, ["umount", "-l", str(root)])
+        root = smallFilesystem(self, "256k")
         spool = openSpool(self, root / "spool")
         filler = root / "filler"
         with filler.open("wb", buffering=0) as f:
