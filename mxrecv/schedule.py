@@ -7,9 +7,12 @@ Every message waiting for its download is in one of three states: ready (it
 may start as soon as a slot is free), backing off (after a failure, until its
 retry time) or in flight.  Ready messages start earliest expiry first, at
 most C{concurrency} at a time.  A failure is retried after an exponentially
-growing, jittered delay; a message whose expiry comes before it could be
-tried again, or passes while it waits, is given up with its attempts.  No
-attempt ever starts at or after a message's expiry, and each message has
+growing, jittered delay.  When that delay would run past the expiry, the
+message gets one last attempt instead, timed to end by the expiry (a
+message notified with a day to live should not be given up hours early
+because its backoff reached C{backoffMax}); if that one fails too, or the
+expiry passes while the message waits, it is given up with its attempts.
+No attempt ever starts at or after a message's expiry, and each message has
 exactly one terminal outcome: L{Completed} or L{GaveUp}.
 
 Times are POSIX seconds from the caller's clock.
@@ -53,6 +56,16 @@ class Policy:
         nominal = min(self.backoffMax, self.backoffInitial * 2.0 ** min(failures - 1, 64))
         return nominal * (1.0 - self.jitter * random)
 
+    def lastChance(self, now: float, expiry: float) -> float | None:
+        """
+        When to make the last attempt on a message whose next retry would come
+        too late: so that a whole attempt fits before the expiry, but never
+        sooner after the failure at C{now} than the shortest first retry;
+        L{None} if no attempt can start before the expiry.
+        """
+        at = max(expiry - self.timeout, now + self.backoffInitial * (1.0 - self.jitter))
+        return at if at < expiry else None
+
 
 @frozen
 class Start:
@@ -88,7 +101,7 @@ Decision = Start | GaveUp
 
 
 class _Job:
-    __slots__ = ("name", "expiry", "attempts", "retryAt", "state")
+    __slots__ = ("name", "expiry", "attempts", "retryAt", "state", "lastChance")
 
     def __init__(self, name: str, expiry: float, attempts: tuple[Attempt, ...]) -> None:
         self.name = name
@@ -96,6 +109,7 @@ class _Job:
         self.attempts = attempts
         self.retryAt = 0.0
         self.state = "ready"
+        self.lastChance = False
 
 
 class Schedule:
@@ -183,13 +197,17 @@ class Schedule:
         Record a failed attempt.
 
         @return: L{GaveUp} if the message cannot be tried again before its
-            expiry; else L{None} and the message waits for its retry.
+            expiry, or this was its last chance; else L{None} and the message
+            waits for its retry.
         """
         job = self._finish(name)
         job.attempts += (Attempt(isoFromTimestamp(now), outcome),)
-        retryAt = now + self.policy.delay(len(job.attempts), self._random())
+        retryAt: float | None = now + self.policy.delay(len(job.attempts), self._random())
         if retryAt >= job.expiry:
-            return self._giveUp(job, now)
+            retryAt = None if job.lastChance else self.policy.lastChance(now, job.expiry)
+            if retryAt is None:
+                return self._giveUp(job, now)
+            job.lastChance = True
         job.retryAt = retryAt
         job.state = "waiting"
         self._push(self._waiting, retryAt, name)

@@ -292,7 +292,7 @@ class FailureTests(RetrieveTestCase):
         if url is None:
             standIn, url = self.standIn(script)
         retriever = self.retriever(url, **config)
-        name = yield self.pend("fail-1", expiresIn=4.0)
+        name = yield self.pend("fail-1", expiresIn=3.0)
         done = retriever.whenDone(name)
         retriever(name)
         outcome = yield done
@@ -513,10 +513,11 @@ class RetryTests(RetrieveTestCase):
     @inlineCallbacks
     def test_expiresAfterRetries(self):
         """
-        Retries stop at the expiry; the message goes to failed/ with every
-        attempt, in order, with its time.
+        Retries stop at the expiry: when the next backoff would pass it, one
+        last attempt is made so that it ends by the expiry, then the message
+        goes to failed/ with every attempt, in order, with its time.
         """
-        standIn, url = self.standIn([Serve(b"", status=500)] * 3)
+        standIn, url = self.standIn([Serve(b"", status=500)] * 4)
         metrics = Metrics()
         retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0, metrics=metrics)
         name = yield self.pend("expires", expiresIn=20.0)
@@ -531,6 +532,13 @@ class RetryTests(RetrieveTestCase):
         failed = self.log.next(attemptFailed)
         self.clock.advance(10.0)
         yield failed
+        # The next would be at 35 s, past the expiry: the last chance comes
+        # at 18.75 s (the shortest first retry after the failure at 15 s).
+        self.clock.advance(3.7)
+        self.assertEqual(len(standIn.requests), 3)
+        failed = self.log.next(attemptFailed)
+        self.clock.advance(0.05)
+        yield failed
         outcome = yield done
         self.assertIsInstance(outcome, GaveUp)
         document = self.document(FAILED, name)
@@ -540,13 +548,14 @@ class RetryTests(RetrieveTestCase):
                 {"at": isoFromTimestamp(NOW), "outcome": "HTTP 500"},
                 {"at": isoFromTimestamp(NOW + 5), "outcome": "HTTP 500"},
                 {"at": isoFromTimestamp(NOW + 15), "outcome": "HTTP 500"},
+                {"at": isoFromTimestamp(NOW + 18.75), "outcome": "HTTP 500"},
             ],
         )
-        self.assertEqual(len(standIn.requests), 3)
+        self.assertEqual(len(standIn.requests), 4)
         self.assertEqual(
             [p.name for p in (self.spool.dir(FAILED) / name).iterdir()], ["message.json"]
         )
-        self.assertEqual(attemptCounts(metrics), {"http_5xx": 3})
+        self.assertEqual(attemptCounts(metrics), {"http_5xx": 4})
         self.assertEqual(metrics.registry.get_sample_value("mxrecv_expired_total"), 1)
 
 
@@ -559,7 +568,7 @@ class RestartTests(RetrieveTestCase):
         """
         standIn, url = self.standIn([Serve(b"", status=500), Hang(), Serve(b"", status=502)])
         first = self.retriever(url, timeout=10.0, backoff_initial=5.0)
-        name = yield self.pend("restart-1", expiresIn=16.0)
+        name = yield self.pend("restart-1", expiresIn=14.0)
         failed = self.log.next(attemptFailed)
         first(name)
         yield failed

@@ -78,19 +78,63 @@ class ScheduleTests(SynchronousTestCase):
             [a.outcome for a in s.attempts("a")], ["HTTP 500", "connection refused"]
         )
 
-    def test_giveUpWhenRetryWouldBeLate(self) -> None:
+    def test_lastChanceBeforeExpiry(self) -> None:
         """
-        A failure whose retry would come at or after the expiry ends the
-        message, with every attempt and the last outcome in the error.
+        A failure whose next retry would come at or after the expiry is
+        followed by one last attempt, timed so that a whole attempt ends by
+        the expiry, rather than an early give-up.
+        """
+        s = schedule(timeout=30.0, backoffInitial=5.0, backoffMax=600.0)
+        s.add("a", 1000.0, [Attempt("2026-01-01T00:00:00.000Z", "HTTP 503")] * 7)
+        s.poll(0.0)
+        self.assertIsNone(s.failed("a", 500.0, "HTTP 503"))
+        self.assertEqual(s.wakeAt(), 970.0)
+        self.assertEqual(s.poll(969.0), [])
+        self.assertEqual(s.poll(970.0), [Start("a", 1000.0)])
+
+    def test_lastChanceNotTooSoon(self) -> None:
+        """
+        The last attempt never follows a failure sooner than the shortest
+        first retry, even when that leaves it less than a whole timeout.
+        """
+        s = schedule(timeout=30.0, backoffInitial=8.0, backoffMax=600.0)
+        s.add("a", 1000.0)
+        s.poll(0.0)
+        self.assertIsNone(s.failed("a", 993.0, "HTTP 503"))
+        self.assertEqual(s.wakeAt(), 999.0)
+        self.assertEqual(s.poll(999.0), [Start("a", 1000.0)])
+
+    def test_giveUpAfterLastChance(self) -> None:
+        """
+        When the last attempt fails too, the message ends, with every attempt
+        and the last outcome in the error.
+        """
+        s = schedule(timeout=30.0, backoffInitial=50.0, backoffMax=100.0)
+        s.add("a", 100.0, [Attempt("2026-01-01T00:00:00.000Z", "HTTP 503")])
+        s.poll(0.0)
+        self.assertIsNone(s.failed("a", 1.0, "HTTP 500"))
+        [start] = s.poll(s.wakeAt())
+        self.assertEqual(start, Start("a", 100.0))
+        gaveUp = s.failed("a", 71.0, "connection refused")
+        self.assertIsInstance(gaveUp, GaveUp)
+        self.assertEqual(
+            [a.outcome for a in gaveUp.attempts], ["HTTP 503", "HTTP 500", "connection refused"]
+        )
+        self.assertIn("3 attempts", gaveUp.error)
+        self.assertIn("connection refused", gaveUp.error)
+        self.assertNotIn("a", s)
+
+    def test_giveUpWhenNoAttemptFits(self) -> None:
+        """
+        A failure so close to the expiry that not even the shortest retry
+        could start before it ends the message at once.
         """
         s = schedule(backoffInitial=50.0, backoffMax=100.0)
-        s.add("a", 40.0, [Attempt("2026-01-01T00:00:00.000Z", "HTTP 503")])
+        s.add("a", 40.0)
         s.poll(0.0)
-        gaveUp = s.failed("a", 1.0, "HTTP 500")
+        gaveUp = s.failed("a", 3.0, "HTTP 500")
         self.assertIsInstance(gaveUp, GaveUp)
-        self.assertEqual([a.outcome for a in gaveUp.attempts], ["HTTP 503", "HTTP 500"])
-        self.assertIn("2 attempts", gaveUp.error)
-        self.assertIn("HTTP 500", gaveUp.error)
+        self.assertIn("1 attempt;", gaveUp.error)
         self.assertNotIn("a", s)
 
     def test_expiresWhileWaitingForSlot(self) -> None:
@@ -153,8 +197,10 @@ class SchedulePropertyTests(SynchronousTestCase):
         Whatever the arrivals and the sequence of attempt outcomes: each
         message has exactly one terminal outcome; no attempt starts at or
         after its message's expiry or runs past it; never more than
-        C{concurrency} attempts are in flight; a message is given up only
-        when its expiry has passed or its next retry would be too late.
+        C{concurrency} attempts are in flight; a retry comes sooner than its
+        backoff at most once (the last chance); a message is given up only
+        when its expiry has passed, or its next retry would be too late and
+        it had its last chance or none could start in time.
         """
         s = Schedule(policy, lambda: random)
         arrivals = sorted(
@@ -164,6 +210,8 @@ class SchedulePropertyTests(SynchronousTestCase):
         inFlight: dict[str, tuple[float, bool, float]] = {}
         ended: dict[str, Completed | GaveUp] = {}
         failures: dict[str, int] = {}
+        failedAt: dict[str, tuple[float, int]] = {}
+        lastChances: set[str] = set()
         now = 0.0
         for _ in range(100_000):
             while arrivals and arrivals[0][0] <= now:
@@ -177,10 +225,14 @@ class SchedulePropertyTests(SynchronousTestCase):
                     outcome = s.succeeded(name, now)
                 else:
                     failures[name] = failures.get(name, 0) + 1
+                    failedAt[name] = (now, failures[name])
                     outcome = s.failed(name, now, "HTTP 500")
                     if outcome is not None:
                         self.assertGreaterEqual(
                             now + policy.delay(failures[name], random), expiries[name]
+                        )
+                        self.assertTrue(
+                            name in lastChances or policy.lastChance(now, expiries[name]) is None
                         )
                 if outcome is not None:
                     self.assertNotIn(name, ended)
@@ -192,6 +244,11 @@ class SchedulePropertyTests(SynchronousTestCase):
                     self.assertLessEqual(decision.deadline, expiries[name])
                     self.assertNotIn(name, inFlight)
                     self.assertNotIn(name, ended)
+                    if name in failedAt and now < failedAt[name][0] + policy.delay(
+                        failedAt[name][1], random
+                    ):
+                        self.assertNotIn(name, lastChances)
+                        lastChances.add(name)
                     success = data.draw(st.booleans())
                     duration = data.draw(st.floats(0.0, policy.timeout * 1.5))
                     inFlight[name] = (now + duration, success, decision.deadline)
