@@ -36,11 +36,18 @@ def parseDate(text: str, zone: tzinfo) -> datetime:
     else:
         tz = zone
     try:
-        return datetime(
+        moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
         )
     except ValueError as e:
         raise ValueError(f"not a real date and time: {e}") from None
+    try:
+        # Its offset may carry it out of years 1-9999, which nothing can
+        # then format or compare.
+        moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise ValueError("out of the range of dates") from None
+    return moment
 
 
 def isoUTC(moment: datetime) -> str:

@@ -163,16 +163,21 @@ class UrlTarget:
     def deliver(self, directory: Path) -> Deferred[None]:
         document = (directory / MESSAGE_JSON).read_bytes()
         files = [("message", (MESSAGE_JSON, "application/json", io.BytesIO(document)))]
-        opened = []
-        for part in json.loads(document).get("parts") or []:
-            f = (directory / part["path"]).open("rb")
-            opened.append(f)
-            files.append(("part", (part["name"], part["content_type"], f)))
+        opened: list[Any] = []
 
         def close(result: object) -> object:
             for f in opened:
                 f.close()
             return result
+
+        try:
+            for part in json.loads(document).get("parts") or []:
+                f = (directory / part["path"]).open("rb")
+                opened.append(f)
+                files.append(("part", (part["name"], part["content_type"], f)))
+        except BaseException:
+            close(None)
+            raise
 
         d = self._client.post(self._url, files=files, timeout=self._timeout)
         d.addCallback(self._answered)

@@ -221,5 +221,6 @@ def _asUTF8(value: bytes, charset: str | None) -> bytes:
         return value
     try:
         return value.decode(charset).encode("utf-8")
-    except (LookupError, UnicodeError):
+    except (LookupError, ValueError):
+        # ValueError covers UnicodeError and a charset name with a NUL in it.
         return value

@@ -4,6 +4,7 @@ is down then up, order of arrival, durable records, start-up scan.
 """
 
 import json
+import os
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -163,6 +164,26 @@ class DeliveryTests(TestCase):
         self.assertFalse((yield self.attempts.get()))
         self.clock.advance(1.0)
         self.assertTrue((yield self.attempts.get()))
+
+    def test_urlPartMissingClosesOthers(self):
+        """
+        A message whose part file is gone (the application removed it) fails
+        to deliver without leaving the parts already opened open: each retry
+        would otherwise leak file descriptors.
+        """
+        directory = self.spool.dir("new") / "m"
+        (directory / "parts").mkdir(parents=True)
+        (directory / "parts" / "a.txt").write_bytes(b"a")
+        parts = [
+            {"name": n, "path": f"parts/{n}", "size": 1, "content_type": "text/plain"}
+            for n in ("a.txt", "gone.txt")
+        ]
+        (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
+        target = UrlTarget("http://127.0.0.1:9/", client=client(), timeout=5.0)
+        before = set(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            self.assertRaises(FileNotFoundError, target.deliver, directory)
+        self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
 
     @inlineCallbacks
     def test_startUpScanInOrder(self):

@@ -288,6 +288,21 @@ class HostileTests(Feeding, TestCase):
         self.assertEqual(body.params, {b"message": [b"+2D0-"]})
 
     @inlineCallbacks
+    def test_charsetWithNul(self):
+        """
+        A charset name with a NUL in it (which makes C{bytes.decode} raise
+        ValueError, not LookupError) leaves the field as sent rather than
+        dropping the connection unanswered.
+        """
+        raw = (
+            b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"message\"\r\n"
+            b'Content-Type: text/plain; charset="utf\x008"\r\n\r\nHello\r\n'
+            b"--" + BOUNDARY.encode() + b"--\r\n"
+        )
+        body = yield self.feed([raw])
+        self.assertEqual(body.params, {b"message": [b"Hello"]})
+
+    @inlineCallbacks
     def test_fieldCharset(self):
         """
         A field whose part names its charset is stored as UTF-8; one

@@ -97,6 +97,9 @@ class ParseCallbackTests(SynchronousTestCase):
         for bad in [b"25/11/2026 10:30", b"2026-11-25", b"2026-02-30 10:00:00", b"2026-11-25 25:00:00"]:
             self.assertBad({**VALID, b"date": [bad]}, "date")
         self.assertBad({**VALID, b"type": [b"2"], b"expiry": [b"tomorrow"]}, "expiry")
+        self.assertBad(
+            {**VALID, b"type": [b"2"], b"expiry": [b"0001-01-01 00:00:00+2359"]}, "expiry", "range"
+        )
 
     def test_tooLong(self) -> None:
         for name, limit in LIMITS.items():
@@ -128,6 +131,15 @@ class DateTests(SynchronousTestCase):
         self.assertEqual(parseDate("2010-08-21 16:32:21 +0000", LONDON), utc)
         self.assertEqual(parseDate("2010-08-21 18:32:21+02:00", LONDON), utc)
         self.assertEqual(parseDate("2010-08-21 16:32:21Z", LONDON), utc)
+
+    def test_offsetOutOfRange(self) -> None:
+        """
+        A date whose offset carries it out of years 1-9999 is refused: it
+        could be neither formatted nor compared later (an MMS with such an
+        expiry could never reach failed/).
+        """
+        for text in ["0001-01-01 00:00:00+2359", "9999-12-31 23:59:59-0100"]:
+            self.assertRaises(ValueError, parseDate, text, LONDON)
 
     @given(mxDates())
     def test_generated(self, text: str) -> None:
