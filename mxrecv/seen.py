@@ -32,6 +32,7 @@ class SeenIndex:
         self._sync = sync
         self._times: dict[str, float] = {}
         self._journal: int | None = None
+        self._unjournaled: list[tuple[str, float]] = []
 
     def __contains__(self, name: str) -> bool:
         return name in self._times
@@ -111,17 +112,35 @@ class SeenIndex:
         """
         Durably record C{entries} in the journal (not in memory: the reactor
         does that once the whole group commit succeeded).
+
+        On failure (a full disk) the journal is cut back to its last whole
+        line, so that the next append does not glue its first line to a
+        fragment, and C{entries} are kept to be written with the next
+        append.
+
+        @raise OSError: if the entries could not be journaled (this time).
         """
+        entries = self._unjournaled + list(entries)
         data = _lines(entries)
         if not data:
             return
         if self._journal is None:
             raise RuntimeError("seen index is not open")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._journal, view) :]
-        if self._sync:
-            os.fsync(self._journal)
+        end = os.fstat(self._journal).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._journal, view) :]
+            if self._sync:
+                os.fsync(self._journal)
+        except OSError:
+            self._unjournaled = entries
+            try:
+                os.ftruncate(self._journal, end)
+            except OSError:
+                pass
+            raise
+        self._unjournaled = []
 
     def close(self) -> None:
         if self._journal is not None:

@@ -151,6 +151,10 @@ class Spool:
         self._lock = lock
         for leftover in self.dir(TMP).iterdir():
             removeTree(leftover)
+        # A crash between a rename and its directory's fsync leaves a message
+        # visible but not durable: make it durable before it counts as seen.
+        for which in (NEW, PENDING, FAILED):
+            fsyncPath(self.dir(which), self.sync)
         present = [
             entry.name
             for which in (NEW, PENDING, FAILED)
@@ -333,7 +337,7 @@ class Spool:
 
     def _commitGroup(
         self, group: list[_Commit], prune: bool
-    ) -> tuple[list, float | Failure | None]:
+    ) -> tuple[list, float | Failure | None, str | None]:
         """
         In a worker, one group at a time: rename each prepared message into
         place, fsync each parent directory once, and journal the names once.
@@ -347,6 +351,8 @@ class Spool:
             except OSError as e:
                 removeTree(commit.staging.path)
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    # Answered as stored: so its entry must be durable too.
+                    parents.add(destination.parent)
                     outcomes.append(Accepted(commit.name, duplicate=True))
                 else:
                     outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
@@ -356,14 +362,21 @@ class Spool:
         try:
             for parent in parents:
                 fsyncPath(parent, self.sync)
+        except OSError as e:
+            error = SpoolError(f"cannot write to the spool: {e.strerror}")
+            self._unrename(group, outcomes)
+            outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
+        journalError: str | None = None
+        try:
             self._seen.append(
                 (c.name, c.received)
                 for c, o in zip(group, outcomes)
                 if isinstance(o, Accepted)
             )
         except OSError as e:
-            error = SpoolError(f"cannot write to the spool: {e.strerror}")
-            outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
+            # The messages are durable where they are: answer 200.  Their
+            # names are still remembered in memory, and journaled next time.
+            journalError = e.strerror
         pruned: float | Failure | None = None
         if prune:
             try:
@@ -371,11 +384,27 @@ class Spool:
             except OSError:
                 # Only the prune fails: the messages of this group are fine.
                 pruned = Failure()
-        return outcomes, pruned
+        return outcomes, pruned, journalError
+
+    def _unrename(self, group: list[_Commit], outcomes: list) -> None:
+        """
+        In a worker, after a failed directory fsync: take the messages this
+        group renamed back out of their targets, so that none that will be
+        answered 503 (and retried by MX Telecom) is left for the
+        application.  Best effort: one that cannot be moved back stays, and
+        the retry finds it there (a duplicate).
+        """
+        for commit, outcome in zip(group, outcomes):
+            if isinstance(outcome, Accepted) and not outcome.duplicate:
+                try:
+                    os.rename(self.dir(commit.target) / commit.name, commit.staging.path)
+                except OSError:
+                    continue
+                removeTree(commit.staging.path)
 
     def _committed(
         self,
-        result: tuple[list, float | Failure | None] | Failure,
+        result: tuple[list, float | Failure | None, str | None] | Failure,
         group: list[_Commit],
         prunes: list[Deferred],
     ) -> None:
@@ -387,7 +416,14 @@ class Spool:
             for d in prunes:
                 d.errback(result)
         else:
-            outcomes, pruned = result
+            outcomes, pruned, journalError = result
+            if journalError is not None:
+                log.error(
+                    "Cannot journal accepted ids in {journal} ({error}): the messages are "
+                    "stored; their ids will be journaled with the next group",
+                    journal=str(self.dir(STATE) / "seen"),
+                    error=journalError,
+                )
             for commit, outcome in zip(group, outcomes):
                 if isinstance(outcome, Accepted):
                     commit.result.callback(outcome)

@@ -1,5 +1,7 @@
 import errno
 import json
+import os
+import time
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -137,6 +139,73 @@ class AcceptTests(TestCase):
         accepted = yield spool.accept(sms(text="x" * 20000))
         self.assertFalse(accepted.duplicate)
         self.assertEqual(contents(spool.dir(NEW)), ["mx-1"])
+
+    def fullButOnePage(self, journalSize: int):
+        """
+        A spool on a small filesystem whose journal is C{journalSize} bytes,
+        then filled up but for one page: a message's message.json takes that
+        page, so the rename into new/ works and the journal append fails.
+        """
+        root = smallFilesystem(self, "256k")
+        (root / "spool" / "state").mkdir(parents=True)
+        head = b"%d " % int(time.time())
+        padding = head + b"p" * (journalSize - len(head) - 1) + b"\n"
+        (root / "spool" / "state" / "seen").write_bytes(padding)
+        spool = openSpool(self, root / "spool")
+        self.assertEqual((root / "spool" / "state" / "seen").stat().st_size, journalSize)
+        filler = root / "filler"
+        with filler.open("wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+        os.truncate(filler, filler.stat().st_size - 4096)
+        return spool, filler
+
+    def journal(self, spool: Spool) -> list[bytes]:
+        return (spool.dir("state") / "seen").read_bytes().split(b"\n")
+
+    @inlineCallbacks
+    def test_journalFullMessageStored(self):
+        """
+        A message that is durable in new/ when only its journal line cannot
+        be written is accepted (the 200 is due: it is stored, and a 503 would
+        have MX Telecom send it again), and its line is written with the next
+        group once there is room.
+        """
+        spool, filler = self.fullButOnePage(4096 - 5)
+        accepted = yield spool.accept(sms("mx-1"))
+        self.assertEqual(accepted, Accepted("mx-1", duplicate=False))
+        self.assertEqual(contents(spool.dir(NEW)), ["mx-1"])
+        self.assertNotIn(b"mx-1", b"\n".join(self.journal(spool)))
+        again = yield spool.accept(sms("mx-1"))
+        self.assertTrue(again.duplicate)
+        filler.unlink()
+        yield spool.accept(sms("mx-2"))
+        names = [line.split(b" ")[1] for line in self.journal(spool)[1:] if line]
+        self.assertEqual(names, [b"mx-1", b"mx-2"])
+
+    @inlineCallbacks
+    def test_shortJournalWriteCutBack(self):
+        """
+        A journal append cut short by a full disk is cut back to its last
+        whole line: the next line is not glued to a fragment, and both ids
+        are remembered after a restart, after the application has taken
+        their messages.
+        """
+        spool, filler = self.fullButOnePage(4096 - 12)
+        yield spool.accept(sms("mx-1"))
+        filler.unlink()
+        yield spool.accept(sms("mx-2"))
+        spool.close()
+        for name in ("mx-1", "mx-2"):
+            os.rename(spool.dir(NEW) / name, spool.dir("cur") / name)
+        reopened = openSpool(self, spool.root)
+        for name in ("mx-1", "mx-2"):
+            accepted = yield reopened.accept(sms(name))
+            self.assertTrue(accepted.duplicate, name)
+        self.assertEqual(contents(reopened.dir(NEW)), [])
 
     def test_rejectsSecondProcess(self):
         spool = openSpool(self)
