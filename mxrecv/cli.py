@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from .config import Config, ConfigError, loadConfig
 from .deliver import DELIVERED
 from .durable import moveDir, replaceFile
 from .naming import isName, nameForId
+from .retrieve import STATE as RETRIEVE_STATE, requeuedState
 from .spool import FAILED, MESSAGE_JSON, NEW, PENDING, STATE
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -90,11 +92,17 @@ def show(root: Path, nameOrId: str, out: TextIO) -> None:
 
 
 def requeue(
-    root: Path, nameOrId: str, out: TextIO, sync: bool = True, admin: str | None = None
+    root: Path,
+    nameOrId: str,
+    out: TextIO,
+    sync: bool = True,
+    admin: str | None = None,
+    now: float | None = None,
 ) -> None:
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
-    C{attempts}, so that it is retrieved again: at the next start, or now if
+    C{attempts} and with a new retrieval window from C{now} (its expiry has
+    passed), so that it is retrieved again: at the next start, or now if
     C{admin} (the running server's admin URL) is given.
     """
     directory, path = _find(root, nameOrId)
@@ -105,13 +113,17 @@ def requeue(
     document.pop("attempts", None)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
     replaceFile(path / MESSAGE_JSON, data, sync)
+    replaceFile(path / RETRIEVE_STATE, requeuedState(time.time() if now is None else now), sync)
     try:
         moveDir(path, root / PENDING / path.name, sync)
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
     out.write(f"failed/{path.name} -> pending/{path.name}\n")
     if admin is None:
-        out.write("a running mxrecv takes it up at its next start (or use --admin URL)\n")
+        out.write(
+            "a running mxrecv takes it up within 5 minutes, at its next sweep of pending/ "
+            "(or at once with --admin URL)\n"
+        )
         return
     url = f"{admin.rstrip('/')}/pending/{path.name}"
     try:
@@ -119,7 +131,8 @@ def requeue(
             pass
     except (OSError, ValueError) as e:
         raise CommandError(
-            f"moved, but {url} did not take it up ({e}); it will be at the next start"
+            f"moved, but {url} did not take it up ({e}); it will be at the next sweep "
+            "of pending/ (within 5 minutes) or start"
         ) from None
     out.write(f"taken up by the server at {admin}\n")
 

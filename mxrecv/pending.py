@@ -2,14 +2,18 @@
 """
 What each MMS in C{pending/} waits for: unpacking, if its zip is there (a
 POST-mode upload, or a finished download), or retrieval from RetrieveMMS (a
-GET-mode notification).  Called for each newly accepted MMS and, at start-up,
-for everything a previous run left in C{pending/}.
+GET-mode notification).  Called for each newly accepted MMS, at start-up
+for everything a previous run left in C{pending/}, and then every
+L{SWEEP_SECONDS} for whatever is still there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .complete import MMS_ZIP, Completer
@@ -17,6 +21,11 @@ from .naming import isName
 from .spool import PENDING, Spool
 
 log = Logger()
+
+# How often pending/ is swept.  Once MX Telecom has its 200, nothing else
+# takes up an MMS whose completion or retrieval stopped on a local error (a
+# full disk): every few minutes is soon enough, and cheap.
+SWEEP_SECONDS = 300.0
 
 
 class PendingWork:
@@ -59,15 +68,50 @@ class PendingWork:
         else:
             log.warn("MMS pending/{name} waits for retrieval, which is not configured", name=name)
 
-    def resume(self) -> int:
+    def resume(self, *, sweep: bool = False) -> int:
         """
         Take up everything in C{pending/}; blocking (a directory listing).
+        Messages already being completed or retrieved are left alone.
 
+        @param sweep: a periodic sweep, not the start-up: skip (rather than
+            warn again about) notifications while retrieval is off.
         @return: how many messages were taken up.
         """
-        names = sorted(
-            entry.name for entry in self._spool.dir(PENDING).iterdir() if isName(entry.name)
-        )
+        directory = self._spool.dir(PENDING)
+        names = sorted(entry.name for entry in directory.iterdir() if isName(entry.name))
+        if sweep and self.retrieve is None:
+            names = [n for n in names if (directory / n / MMS_ZIP).is_file()]
         for name in names:
             self(name)
         return len(names)
+
+
+class PendingService(Service):
+    """
+    Takes up the MMS a previous run left in C{pending/} once we are running,
+    then sweeps C{pending/} every C{interval} seconds on C{clock}.
+    """
+
+    def __init__(self, pending: PendingWork, clock: Any, interval: float = SWEEP_SECONDS) -> None:
+        self.pending = pending
+        self._sweeps = LoopingCall(self._sweep)
+        self._sweeps.clock = clock
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        count = self.pending.resume()
+        if count:
+            log.info("Resumed {count} pending MMS", count=count)
+        self._sweeps.start(self._interval, now=False)
+
+    def stopService(self) -> Any:
+        if self._sweeps.running:
+            self._sweeps.stop()
+        return super().stopService()
+
+    def _sweep(self) -> None:
+        try:
+            self.pending.resume(sweep=True)
+        except OSError as e:
+            log.error("Cannot sweep pending/: {error}", error=e.strerror)

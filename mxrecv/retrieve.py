@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from .complete import MMS_ZIP, Attempt, Completer
 from .config import RetrieveConfig
-from .dates import parseDate
+from .dates import isoFromTimestamp, parseDate
 from .fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
 from .durable import fsyncPath, removeTree, replaceFile
 from .message import Message
@@ -46,6 +46,23 @@ log = Logger()
 STATE = "retrieve.json"
 # A notification without an expiry: MX Telecom promises at least this long.
 DEFAULT_LIFETIME = timedelta(hours=24)
+# A requeued MMS (mxrecv requeue) is tried for this long, whatever its expiry:
+# it reached failed/ because its expiry passed, and RetrieveMMS may still
+# have it.
+REQUEUE_WINDOW = timedelta(hours=1)
+
+
+def requeuedState(now: float) -> bytes:
+    """
+    The C{retrieve.json} of an MMS requeued at C{now}: no attempts yet, and
+    a new retrieval window from C{now} (see L{REQUEUE_WINDOW}).
+    """
+    document = {"attempts": [], "requeued": isoFromTimestamp(now)}
+    return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def _fromISO(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # The queue of pending downloads
@@ -69,8 +86,7 @@ def expiryOf(message: Message, zone: tzinfo) -> float:
             return parseDate(message.expiry, zone).timestamp()
         except ValueError:
             pass
-    received = datetime.fromisoformat(message.received.replace("Z", "+00:00"))
-    return (received + DEFAULT_LIFETIME).timestamp()
+    return (_fromISO(message.received) + DEFAULT_LIFETIME).timestamp()
 
 
 class Retriever:
@@ -155,14 +171,18 @@ class Retriever:
         message = Message.decode((directory / MESSAGE_JSON).read_bytes())
         removeTree(directory / PART)
         attempts: tuple[Attempt, ...] = ()
+        expiry = expiryOf(message, self._zone)
         try:
             document = json.loads((directory / STATE).read_bytes())
             attempts = tuple(Attempt(a["at"], a["outcome"]) for a in document["attempts"])
+            if document.get("requeued"):
+                window = _fromISO(document["requeued"]) + REQUEUE_WINDOW
+                expiry = max(expiry, window.timestamp())
         except FileNotFoundError:
             pass
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warn("Ignoring unreadable {path}: {error}", path=str(directory / STATE), error=e)
-        return _Job(message.id, expiryOf(message, self._zone), attempts)
+        return _Job(message.id, expiry, attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
         if self._stopped:
@@ -294,9 +314,17 @@ class Retriever:
         """
         In a worker: journal the attempts so far.
         """
-        directory = self._spool.dir(PENDING) / name
-        data = json.dumps({"attempts": [a.toJSON() for a in attempts]}, indent=2).encode()
-        replaceFile(directory / STATE, data + b"\n", self._spool.sync)
+        path = self._spool.dir(PENDING) / name / STATE
+        try:
+            document = json.loads(path.read_bytes())
+            if not isinstance(document, dict):
+                document = {}
+        except (OSError, ValueError):
+            document = {}
+        # Keep what else is there (when it was requeued).
+        document["attempts"] = [a.toJSON() for a in attempts]
+        data = json.dumps(document, indent=2).encode()
+        replaceFile(path, data + b"\n", self._spool.sync)
 
     def _giveUp(self, gaveUp: GaveUp) -> None:
         self._metrics.expired()
@@ -336,9 +364,9 @@ class Retriever:
     def _lost(self, name: str, reason: Failure, format: str) -> None:
         """
         A step failed that should not (the disk, most likely): the message
-        stays in C{pending/}, to be taken up again by MX Telecom's retry of
-        its callback, the admin listener's C{POST /pending/NAME} or the next
-        start.
+        stays in C{pending/}, to be taken up again by the periodic sweep of
+        C{pending/}, MX Telecom's retry of its callback, the admin listener's
+        C{POST /pending/NAME} or the next start.
         """
         log.failure(format, reason, name=name)
         self._ids.pop(name, None)

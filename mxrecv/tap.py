@@ -30,7 +30,7 @@ from .metrics import Metrics, SpoolCollector
 from .multipart import MultipartBody
 from .outcome import CallbackOutcome
 from .request import CallbackSite
-from .pending import PendingWork
+from .pending import PendingService, PendingWork
 from .resource import CallbackResource
 from .retrieve import RetrieveService, makeRetriever
 from .shutdown import DrainService, InFlight
@@ -129,21 +129,6 @@ class SpoolService(Service):
     def stopService(self) -> Any:
         super().stopService()
         return self.spool.whenIdle().addBoth(lambda _: self.spool.close())
-
-
-class PendingService(Service):
-    """
-    Takes up the MMS a previous run left in C{pending/} once we are running.
-    """
-
-    def __init__(self, pending: PendingWork) -> None:
-        self.pending = pending
-
-    def startService(self) -> None:
-        super().startService()
-        count = self.pending.resume()
-        if count:
-            log.info("Resumed {count} pending MMS", count=count)
 
 
 def buildSite(
@@ -280,7 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
             "pending/ but not downloaded"
         )
     pending = PendingWork(spool, completer, retrieve=retrieve)
-    PendingService(pending).setServiceParent(service)
+    PendingService(pending, reactor).setServiceParent(service)
 
     if config.deliver.enabled:
         buildDelivery(

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.message import Message
-from mxrecv.pending import PendingWork
+from mxrecv.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.spool import NEW, PENDING, MESSAGE_JSON
 from mxrecv.unpack import unpackInto
 
@@ -134,3 +135,36 @@ class DiskTroubleTests(TestCase):
         message = yield completer.complete("m1")
         self.assertIsNone(message.parts_error)
         self.assertEqual([p.size for p in message.parts], [900 * 1024])
+
+    @inlineCallbacks
+    def test_sweepTakesUpStranded(self):
+        """
+        An MMS left in pending/ by a full disk is completed by the next sweep
+        of pending/ once there is room: MX Telecom has had its 200 and will
+        not send it again, so nothing else would take it up before a restart.
+        """
+        root = smallFilesystem(self, "512k")
+        spool = openSpool(self, root / "spool")
+        staging = spool.stage()
+        with zipfile.ZipFile(staging.file(MMS_ZIP), "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("big.txt", b"\0" * (900 * 1024))
+        yield spool.accept(exampleMessage(id="m1", type="mms"), PENDING, staging)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        landed: Deferred[str] = Deferred()
+        spool.observeNew(landed.callback)
+        clock = Clock()
+        service = PendingService(PendingWork(spool, completer), clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        # The start-up's completion, which the disk stops.
+        yield self.assertFailure(completer.complete("m1"), OSError)
+        self.flushLoggedErrors(OSError)
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        clock.advance(SWEEP_SECONDS - 1)
+        self.assertFalse(landed.called)
+        clock.advance(1)
+        # A bound on a failure, not a synchronisation: without the sweep
+        # nothing would ever complete it.
+        name = yield landed.addTimeout(30, reactor)
+        self.assertEqual(name, "m1")
+        self.assertTrue((spool.dir(NEW) / "m1" / "parts" / "big.txt").is_file())

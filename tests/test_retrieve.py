@@ -7,6 +7,7 @@ deadlines, backoff, expiry) on a L{Clock} where it matters.
 from __future__ import annotations
 
 import hashlib
+import io
 import ipaddress
 import json
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from mxrecv.cli import requeue
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.dates import isoFromTimestamp
@@ -610,6 +612,45 @@ class RestartTests(RetrieveTestCase):
         self.assertEqual(self.document(NEW, name)["mms_size"], len(zipBytes))
         self.assertEqual(pending.resume(), 0)
         self.assertEqual(standIn.requests, [])
+
+
+class RequeueTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_requeuedRetrievedAgain(self):
+        """
+        An MMS reaches failed/ because its expiry passed; requeued (mxrecv
+        requeue), it gets a new window from the requeue and is downloaded,
+        rather than given up again at once with no attempt.  The window
+        survives a failed attempt's record (and so a restart).
+        """
+        standIn, url = self.standIn([Serve(b"", status=500), Serve(b"", status=503)])
+        retriever = self.retriever(url, backoff_initial=5.0)
+        name = yield self.pend("rq-1", expiresIn=2.0)
+        done = retriever.whenDone(name)
+        retriever(name)
+        self.assertIsInstance((yield done), GaveUp)
+
+        self.clock.advance(60.0)
+        requeue(self.root, name, io.StringIO(), now=self.clock.seconds())
+        state = json.loads((self.spool.dir(PENDING) / name / STATE).read_bytes())
+        self.assertEqual(state, {"attempts": [], "requeued": isoFromTimestamp(NOW + 60)})
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        yield failed
+        self.assertEqual(len(standIn.requests), 2)
+        yield retriever.stop()
+        state = json.loads((self.spool.dir(PENDING) / name / STATE).read_bytes())
+        self.assertEqual(state["requeued"], isoFromTimestamp(NOW + 60))
+        self.assertEqual([a["outcome"] for a in state["attempts"]], ["HTTP 503"])
+
+        second = self.retriever(url, backoff_initial=5.0)
+        done = second.whenDone(name)
+        second(name)
+        yield standIn.whenRequested(3)
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        self.assertEqual([a.outcome for a in outcome.attempts], ["HTTP 503", "downloaded"])
+        self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
 
 
 class ExpiryTests(TestCase):
