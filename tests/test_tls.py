@@ -829,3 +829,23 @@ class SelfSignedTests(HTTPSServerMixin, TestCase):
         response = yield treqTrusting(cert).get(f"https://127.0.0.1:{port}/?{urlencode(smsParams('self'))}")
         self.assertEqual(response.code, 200)
         yield response.content()
+
+    def test_forceOverWorldReadableKey(self):
+        """
+        With C{--force}, a key file that was world-readable is replaced by
+        a new file of mode 0600: the key is never written into the old
+        file (which a hard link still shows unchanged).
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        key, cert = directory / "key.pem", directory / "cert.pem"
+        key.write_text("placeholder\n")
+        key.chmod(0o644)
+        old = directory / "old-key.pem"
+        os.link(key, old)
+        with redirect_stdout(io.StringIO()):
+            self.assertEqual(selfsigned.main(["--out-key", str(key), "--out-cert", str(cert), "--force"]), 0)
+        self.assertIn(b"PRIVATE KEY", key.read_bytes())
+        self.assertEqual(key.stat().st_mode & 0o777, 0o600)
+        self.assertEqual(old.read_text(), "placeholder\n")
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["cert.pem", "key.pem", "old-key.pem"])
