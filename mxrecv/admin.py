@@ -8,10 +8,11 @@ the callback port: it is for operators.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .durable import fsyncPath
 from .naming import isName
+from .tls import ReloadableCertificate, clockTime
 
 log = Logger()
 
@@ -68,10 +70,13 @@ def probeWritable(directory: Path, sync: bool = True) -> None:
 class Health:
     """
     Whether mxrecv can take callbacks: its spool is writable (a real write
-    and fsync in a worker thread) and all its listeners are up.
+    and fsync in a worker thread), all its listeners are up, and (with HTTPS
+    listeners) no certificate in service has expired.
 
     @param listening: returns how many callback listeners are up.
     @param expected: how many there should be.
+    @param certificates: the HTTPS listeners' certificates; their expiry is
+        checked against C{reactor}'s time.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class Health:
         reactor: Any,
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
+        certificates: Sequence[ReloadableCertificate] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -92,9 +98,13 @@ class Health:
         self._reactor = reactor
         self._pool = pool
         self._timeout = timeout
+        self._certificates = tuple(certificates)
 
     def check(self) -> Deferred[list[Check]]:
-        return gatherResults([self._spool(), self._listeners()])
+        checks = [self._spool(), self._listeners()]
+        if self._certificates:
+            checks.append(succeed(self._tls()))
+        return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
         d = deferToThreadPool(
@@ -114,6 +124,31 @@ class Health:
     def _listeners(self) -> Deferred[Check]:
         up = self._listening()
         return succeed(Check("listeners", up >= self._expected, f"{up} of {self._expected} up"))
+
+    def _tls(self) -> Check:
+        """
+        Every certificate in service is before its notAfter (a certificate
+        is only put in service after its notBefore).
+        """
+        now = clockTime(self._reactor)()
+        expired = [c for c in self._certificates if c.current.notAfter <= now]
+        total = len(self._certificates)
+        detail = f"{total - len(expired)} of {total} valid"
+        if expired:
+            return Check(
+                "tls",
+                False,
+                detail + "; expired: " + ", ".join(
+                    f"{c.files.certKey} ({c.current.subject}) on {_utc(c.current.notAfter)}"
+                    for c in expired
+                ),
+            )
+        first = min(c.current.notAfter for c in self._certificates)
+        return Check("tls", True, f"{detail}; the first expires on {_utc(first)}")
+
+
+def _utc(when: datetime.datetime) -> str:
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 class HealthResource(Resource):

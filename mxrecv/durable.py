@@ -27,12 +27,14 @@ def fsyncPath(path: Path, sync: bool = True) -> None:
         os.close(fd)
 
 
-def writeNew(path: Path, data: bytes, sync: bool = True) -> None:
+def writeNew(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
     """
     Create C{path} (which must not exist) holding C{data}, and fsync it.
     The caller fsyncs the directory.
+
+    @param mode: the new file's permissions (less the umask).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         writeAll(fd, data)
         if sync:
@@ -50,13 +52,15 @@ def writeAll(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def replaceFile(path: Path, data: bytes, sync: bool = True) -> None:
+def replaceFile(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
     """
     Replace C{path} with a file holding C{data}, atomically and durably.
+    The new file has C{mode} (less the umask) from its creation, whatever
+    the permissions of the file it replaces.
     """
     temporary = path.with_name(path.name + ".new")
     temporary.unlink(missing_ok=True)
-    writeNew(temporary, data, sync)
+    writeNew(temporary, data, sync, mode)
     os.replace(temporary, path)
     fsyncPath(path.parent, sync)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .durable import replaceFile
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 DEFAULT_DAYS = 90
@@ -105,11 +106,13 @@ def certificatePEM(*certificates: x509.Certificate) -> bytes:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
+    """
+    Write C{path} as a new file with C{mode}, renamed over any file there: a
+    mode given to C{open} applies only to a file it creates, so writing into
+    an existing world-readable file would leave the new key readable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    replaceFile(path, data, mode=mode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

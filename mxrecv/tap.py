@@ -281,7 +281,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
         observe=metrics.callback,
     )
     service.inFlight.track(site)
-    addAdmin(service, config, spool, site, reactor, pool, pending)
+    addAdmin(service, config, spool, site, reactor, pool, pending, list(certificates.values()))
     DrainService(service.inFlight, config.server.shutdown_timeout, reactor).setServiceParent(
         service
     )
@@ -303,9 +303,11 @@ def addAdmin(
     reactor: Any,
     pool: ThreadPool,
     pending: PendingWork,
+    certificates: list[ReloadableCertificate],
 ) -> None:
     """
-    The admin listeners (C{[admin] listen}): C{/metrics}, C{/health}, and
+    The admin listeners (C{[admin] listen}): C{/metrics}, C{/health} (which
+    also checks that the HTTPS C{certificates} have not expired), and
     C{POST /pending/NAME}.
     """
 
@@ -323,6 +325,7 @@ def addAdmin(
         expected=len(config.server.listen),
         reactor=reactor,
         pool=pool,
+        certificates=certificates,
     )
     adminSite = AdminSite(
         health=health,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from attrs import frozen
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
@@ -211,7 +211,9 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
 
     @param now: the time (aware, UTC) against which validity is checked.
     @raise CertificateError: unreadable or malformed file, a key that is not
-        the certificate's, or a certificate that is expired or not valid yet.
+        the certificate's, a certificate (the server's or one of its chain)
+        that is expired or not valid yet, or a chain certificate that did
+        not issue the one before it.
     """
     keyData = _read(files.privateKey, "private key")
     try:
@@ -221,8 +223,11 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
             f"the private key {files.privateKey} is not an unencrypted PEM key: {e}"
         ) from None
     leaf, *chain = _certificates(files.certKey, "certificate")
+    sources = [files.certKey] * (1 + len(chain))
     if files.extraCertChain is not None:
-        chain += _certificates(files.extraCertChain, "certificate chain")
+        extra = _certificates(files.extraCertChain, "certificate chain")
+        chain += extra
+        sources += [files.extraCertChain] * len(extra)
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
@@ -239,6 +244,7 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
             f"the certificate {files.certKey} is not valid before "
             f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
         )
+    _checkChain([leaf, *chain], sources, now)
     try:
         options = policy(
             privateKey=crypto.PKey.from_cryptography_key(key),
@@ -253,6 +259,46 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
         notAfter=notAfter,
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def _checkChain(certificates: list[x509.Certificate], sources: list[Path], now: datetime.datetime) -> None:
+    """
+    Check that each certificate after the first (the chain) issued the one
+    before it and is within its dates.  The chain may stop at an
+    intermediate: clients have the root.
+
+    @param sources: the file each certificate was read from.
+    @raise CertificateError: naming the certificate and its file.
+    """
+    read = list(zip(certificates, sources))
+    for (issued, issuedFrom), (issuer, path) in zip(read, read[1:]):
+        name = issuer.subject.rfc4514_string()
+        why = ""
+        if issued.issuer != issuer.subject:
+            why = f"its issuer is {issued.issuer.rfc4514_string()}"
+        else:
+            try:
+                issued.verify_directly_issued_by(issuer)
+            except InvalidSignature:
+                why = "same name, but its signature is not from this key: an old intermediate?"
+            except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+                why = f"its signature cannot be checked: {e}"
+        if why:
+            raise CertificateError(
+                f"the chain certificate {name} in {path} did not issue "
+                f"{issued.subject.rfc4514_string()} in {issuedFrom} ({why}); "
+                f"each chain certificate must be the issuer of the one before it"
+            )
+        if issuer.not_valid_after_utc <= now:
+            raise CertificateError(
+                f"the chain certificate {name} in {path} expired on "
+                f"{issuer.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        if issuer.not_valid_before_utc > now:
+            raise CertificateError(
+                f"the chain certificate {name} in {path} is not valid before "
+                f"{issuer.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
 
 
 def _signature(files: TLSFiles) -> tuple:

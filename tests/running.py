@@ -45,8 +45,9 @@ def runningConfig(case: TestCase, **tables: Any) -> Config:
     """
     server = {k[len("server_") :]: tables.pop(k) for k in list(tables) if k.startswith("server_")}
     server.setdefault("allow", (ipaddress.ip_network("127.0.0.0/8"),))
+    server.setdefault("listen", ANY_PORT)
     return Config(
-        server=evolve(ServerConfig(), listen=ANY_PORT, **server),
+        server=evolve(ServerConfig(), **server),
         spool=SpoolConfig(dir=Path(case.mktemp())),
         admin=AdminConfig(listen=ANY_PORT),
         **tables,

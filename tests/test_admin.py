@@ -1,6 +1,7 @@
 """
-The admin listener: /health says whether the spool is writable and the
-listeners are up; /metrics is the Prometheus text format.
+The admin listener: /health says whether the spool is writable, the
+listeners are up and the HTTPS certificates unexpired; /metrics is the
+Prometheus text format.
 """
 
 from pathlib import Path
@@ -11,9 +12,11 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.admin import AdminSite, Health, probeWritable
 from mxrecv.metrics import Metrics
+from mxrecv.tls import ReloadableCertificate
 
-from .running import client, run, runningConfig
+from .running import ANY_PORT, client, run, runningConfig
 from .support import startedPool
+from .test_tls import DAY, NOW, issue, writeFiles
 
 
 class HealthTests(TestCase):
@@ -55,29 +58,80 @@ class HealthTests(TestCase):
         self.assertEqual(body["checks"]["listeners"], {"ok": False, "detail": "0 of 1 up"})
         self.assertTrue(body["checks"]["spool"]["ok"])
 
-    @inlineCallbacks
-    def test_spoolUnwritable(self):
+    def adminFor(self, directory: Path, **health) -> str:
         """
-        A spool directory that cannot be written to makes /health 503.
+        An admin listener of its own for a L{Health} on C{directory}, with
+        one callback listener up; its URL.
         """
-        missing = Path(self.mktemp())
         health = Health(
-            directory=missing,
+            directory=directory,
             sync=True,
             listening=lambda: 1,
             expected=1,
             reactor=reactor,
             pool=startedPool(self),
+            **health,
         )
         site = AdminSite(
             health=health, registry=Metrics().registry, reactor=reactor, pool=startedPool(self)
         )
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        code, body = yield self.health(f"http://127.0.0.1:{port.getHost().port}")
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    @inlineCallbacks
+    def test_spoolUnwritable(self):
+        """
+        A spool directory that cannot be written to makes /health 503.
+        """
+        code, body = yield self.health(self.adminFor(Path(self.mktemp())))
         self.assertEqual(code, 503)
         self.assertFalse(body["checks"]["spool"]["ok"])
         self.assertIn("cannot write", body["checks"]["spool"]["detail"])
+
+    @inlineCallbacks
+    def test_certificateExpiredInService(self):
+        """
+        A certificate in service past its notAfter (put in service the day
+        before it expired, never renewed) makes /health 503, naming it.
+        """
+        fresh = writeFiles(Path(self.mktemp()), *issue("fresh", notAfter=NOW + 30 * DAY))
+        old = writeFiles(Path(self.mktemp()), *issue("old", notBefore=NOW - 60 * DAY, notAfter=NOW - DAY))
+        certificates = [
+            ReloadableCertificate(fresh, now=lambda: NOW),
+            ReloadableCertificate(old, now=lambda: NOW - 2 * DAY),
+        ]
+        code, body = yield self.health(
+            self.adminFor(self.running.spool / "tmp", certificates=certificates)
+        )
+        self.assertEqual(code, 503)
+        self.assertFalse(body["ok"])
+        self.assertEqual(
+            body["checks"]["tls"],
+            {
+                "ok": False,
+                "detail": f"1 of 2 valid; expired: {old.certKey} (CN=old) on "
+                f"{NOW - DAY:%Y-%m-%d %H:%M:%S} UTC",
+            },
+        )
+        self.assertTrue(body["checks"]["spool"]["ok"])
+
+    @inlineCallbacks
+    def test_certificateValid(self):
+        """
+        With an HTTPS listener whose certificate has not expired, /health
+        answers 200 and says when the first certificate expires.
+        """
+        files = writeFiles(Path(self.mktemp()).absolute(), *issue("server", notAfter=NOW + 30 * DAY))
+        https = f"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"
+        running = run(self, runningConfig(self, server_listen=ANY_PORT + (https,)))
+        code, body = yield self.health(running.admin)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            body["checks"]["tls"],
+            {"ok": True, "detail": f"1 of 1 valid; the first expires on {NOW + 30 * DAY:%Y-%m-%d %H:%M:%S} UTC"},
+        )
+        self.assertEqual(body["checks"]["listeners"], {"ok": True, "detail": "2 of 2 up"})
 
     @inlineCallbacks
     def test_metricsFormat(self):

@@ -77,11 +77,28 @@ CA_KEY, CA = _ca("mxrecv test CA")
 OTHER_CA_KEY, OTHER_CA = _ca("some other CA")
 
 
-def issue(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, key=None):
+def issue(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, key=None, by=(CA_KEY, CA)):
+    """
+    A server certificate from the test CA, or from the C{(key, certificate)}
+    of another issuer.
+    """
     key = key or newKey()
+    issuerKey, issuer = by
     cert = certificate(
         key, hosts=HOSTS, commonName=name, notBefore=notBefore, notAfter=notAfter,
-        issuer=CA, issuerKey=CA_KEY,
+        issuer=issuer, issuerKey=issuerKey,
+    )
+    return key, cert
+
+
+def intermediate(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY):
+    """
+    An intermediate CA issued by the test CA, as C{(key, certificate)}.
+    """
+    key = newKey()
+    cert = certificate(
+        key, commonName=name, notBefore=notBefore, notAfter=notAfter,
+        issuer=CA, issuerKey=CA_KEY, ca=True,
     )
     return key, cert
 
@@ -433,6 +450,35 @@ class WatchTests(SynchronousTestCase):
         clock.advance(1)
         self.assertEqual(current.current.subject, "CN=server two")
 
+    def test_reloadRefusesChainNotIssuing(self):
+        """
+        A renewed certificate from a new intermediate, while the
+        C{extraCertChain} file still holds the old one, is not put in
+        service: the error names the chain file, and the certificate in
+        service stays.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        base = Path(self.mktemp())
+        oldKey, old = intermediate("R1")
+        files = writeFiles(base, *issue("server one", by=(oldKey, old)))
+        chain = base / "chain.pem"
+        chain.write_bytes(certificatePEM(old))
+        files = TLSFiles(files.privateKey, files.certKey, chain)
+        current = ReloadableCertificate(files, now=lambda: NOW)
+        before = current.current
+
+        newKey_, new = intermediate("R2")
+        writeFiles(base, *issue("server two", by=(newKey_, new)))
+        self.assertFalse(current.reload())
+        self.assertIs(current.current, before)
+        [error] = [e for e in events if e["log_level"].name == "error"]
+        self.assertEqual(error["subject"], "CN=server one")
+        self.assertIn(f"the chain certificate CN=R1 in {chain} did not issue CN=server two", error["error"])
+
+        chain.write_bytes(certificatePEM(new))
+        self.assertTrue(current.reload())
+        self.assertEqual(current.current.subject, "CN=server two")
+
     def test_expiryWarning(self):
         """
         A certificate that expires within the threshold is served with a
@@ -518,6 +564,73 @@ class LoadTests(SynchronousTestCase):
         files = TLSFiles(files.privateKey, files.certKey, chain)
         self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 2)
 
+    def withChain(self, cert, *chain) -> TLSFiles:
+        """
+        Our key, C{cert} in C{certKey}, C{chain} in C{extraCertChain}.
+        """
+        files = writeFiles(self.dir, self.key, cert)
+        path = self.dir / "chain.pem"
+        path.write_bytes(certificatePEM(*chain))
+        return TLSFiles(files.privateKey, files.certKey, path)
+
+    def test_chainEndingInIntermediate(self):
+        """
+        A chain that stops at the intermediate, without the root (as public
+        CAs issue it), is accepted, in C{certKey} after the certificate or
+        in C{extraCertChain}; so is one that goes on to the root.
+        """
+        by = intermediate("intermediate")
+        _, cert = issue("server one", key=self.key, by=by)
+        files = self.withChain(cert, by[1])
+        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
+        self.assertEqual(len(loadCertificate(self.withChain(cert, by[1], CA), NOW).options.extraCertChain), 2)
+        files.certKey.write_bytes(certificatePEM(cert, by[1]))
+        files = TLSFiles(files.privateKey, files.certKey)
+        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
+
+    def test_chainNotTheIssuer(self):
+        """
+        A chain certificate that did not issue the one before it (an
+        unrelated CA, or certificates out of order) is refused, naming it,
+        its file, and the certificate's real issuer.
+        """
+        files = self.withChain(self.cert, OTHER_CA)
+        self.assertRefused(
+            files,
+            f"the chain certificate CN=some other CA in {files.extraCertChain} did not issue "
+            f"CN=server one in {files.certKey}",
+            "its issuer is CN=mxrecv test CA",
+        )
+        by = intermediate("intermediate")
+        _, cert = issue("server one", key=self.key, by=by)
+        self.assertRefused(self.withChain(cert, CA, by[1]), "CN=mxrecv test CA", "did not issue CN=server one")
+        self.assertRefused(self.withChain(cert, by[1], OTHER_CA), "CN=some other CA", "did not issue CN=intermediate")
+
+    def test_staleIntermediate(self):
+        """
+        An intermediate with the right name but another key (the one that
+        issued the previous certificate) is refused.
+        """
+        _, stale = intermediate("R1")
+        by = intermediate("R1")
+        _, cert = issue("server one", key=self.key, by=by)
+        files = self.withChain(cert, stale)
+        self.assertRefused(files, f"CN=R1 in {files.extraCertChain} did not issue CN=server one", "not from this key")
+
+    def test_chainCertificateDates(self):
+        """
+        An expired or not yet valid intermediate is refused, naming it and
+        its file.
+        """
+        for dates, refusal in [
+            ({"notBefore": NOW - 60 * DAY, "notAfter": NOW - DAY}, "expired on"),
+            ({"notBefore": NOW + DAY}, "is not valid before"),
+        ]:
+            by = intermediate("intermediate", **dates)
+            _, cert = issue("server one", key=self.key, by=by)
+            files = self.withChain(cert, by[1])
+            self.assertRefused(files, f"the chain certificate CN=intermediate in {files.extraCertChain} {refusal}")
+
 
 class StartupTests(TestCase):
     """
@@ -527,10 +640,11 @@ class StartupTests(TestCase):
     def config(self, files: TLSFiles) -> Path:
         path = Path(self.mktemp() + ".toml").absolute()
         spool = Path(self.mktemp()).absolute()
+        chain = f":extraCertChain={files.extraCertChain}" if files.extraCertChain else ""
         path.write_text(
             "[server]\n"
             f'listen = ["tcp:0:interface=127.0.0.1", '
-            f'"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"]\n'
+            f'"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}{chain}"]\n'
             f'[spool]\ndir = "{spool}"\n'
         )
         return path
@@ -550,6 +664,18 @@ class StartupTests(TestCase):
         files = writeFiles(Path(self.mktemp()), *issue("one"))
         files.privateKey.unlink()
         self.assertIn(f"cannot read the private key {files.privateKey}", self.makeService(files))
+
+    def test_chainNotIssuing(self):
+        """
+        A chain file that did not issue the certificate stops start-up,
+        naming the listener and the file.
+        """
+        files = writeFiles(Path(self.mktemp()), *issue("one"))
+        chain = files.certKey.with_name("chain.pem")
+        chain.write_bytes(certificatePEM(OTHER_CA))
+        message = self.makeService(TLSFiles(files.privateKey, files.certKey, chain))
+        self.assertIn("server.listen[1]", message)
+        self.assertIn(f"the chain certificate CN=some other CA in {chain} did not issue CN=one", message)
 
     @inlineCallbacks
     def test_twistdExpired(self):
@@ -703,3 +829,23 @@ class SelfSignedTests(HTTPSServerMixin, TestCase):
         response = yield treqTrusting(cert).get(f"https://127.0.0.1:{port}/?{urlencode(smsParams('self'))}")
         self.assertEqual(response.code, 200)
         yield response.content()
+
+    def test_forceOverWorldReadableKey(self):
+        """
+        With C{--force}, a key file that was world-readable is replaced by
+        a new file of mode 0600: the key is never written into the old
+        file (which a hard link still shows unchanged).
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        key, cert = directory / "key.pem", directory / "cert.pem"
+        key.write_text("placeholder\n")
+        key.chmod(0o644)
+        old = directory / "old-key.pem"
+        os.link(key, old)
+        with redirect_stdout(io.StringIO()):
+            self.assertEqual(selfsigned.main(["--out-key", str(key), "--out-cert", str(cert), "--force"]), 0)
+        self.assertIn(b"PRIVATE KEY", key.read_bytes())
+        self.assertEqual(key.stat().st_mode & 0o777, 0o600)
+        self.assertEqual(old.read_text(), "placeholder\n")
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["cert.pem", "key.pem", "old-key.pem"])
