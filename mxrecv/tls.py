@@ -225,9 +225,13 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
     leaf, *chain = _certificates(files.certKey, "certificate")
     sources = [files.certKey] * (1 + len(chain))
     if files.extraCertChain is not None:
-        extra = _certificates(files.extraCertChain, "certificate chain")
-        chain += extra
-        sources += [files.extraCertChain] * len(extra)
+        # The same intermediates both after the certificate (a fullchain.pem)
+        # and in extraCertChain are served once, not refused.
+        known = {c.fingerprint(hashes.SHA256()) for c in (leaf, *chain)}
+        for c in _certificates(files.extraCertChain, "certificate chain"):
+            if c.fingerprint(hashes.SHA256()) not in known:
+                chain.append(c)
+                sources.append(files.extraCertChain)
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):

@@ -562,7 +562,8 @@ class LoadTests(SynchronousTestCase):
         chain = self.dir / "chain.pem"
         chain.write_bytes(certificatePEM(CA))
         files = TLSFiles(files.privateKey, files.certKey, chain)
-        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 2)
+        # Given in both places, it is sent once.
+        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
 
     def withChain(self, cert, *chain) -> TLSFiles:
         """
@@ -586,6 +587,17 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(len(loadCertificate(self.withChain(cert, by[1], CA), NOW).options.extraCertChain), 2)
         files.certKey.write_bytes(certificatePEM(cert, by[1]))
         files = TLSFiles(files.privateKey, files.certKey)
+        self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
+
+    def test_intermediateGivenTwice(self):
+        """
+        The intermediate both after the certificate (a fullchain.pem) and in
+        C{extraCertChain} is accepted and served once.
+        """
+        by = intermediate("intermediate")
+        _, cert = issue("server one", key=self.key, by=by)
+        files = self.withChain(cert, by[1])
+        files.certKey.write_bytes(certificatePEM(cert, by[1]))
         self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
 
     def test_chainNotTheIssuer(self):
