@@ -183,7 +183,9 @@ def smilTypes(document: bytes) -> dict[str, str]:
         return {}
     try:
         root = ElementTree.fromstring(document)
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, ValueError, LookupError):
+        # ValueError: expat's "multi-byte encodings are not supported";
+        # LookupError: an encoding name Python does not know.
         return {}
     types: dict[str, str] = {}
     for element in root.iter():

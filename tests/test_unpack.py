@@ -95,6 +95,16 @@ class RuleTests(TestCase):
         self.assertEqual(smilTypes(bomb), {})
         self.assertEqual(smilTypes(b"<smil><text src="), {})
 
+    def test_smilEncodingNotSupported(self):
+        """
+        A SMIL in an encoding the XML parser cannot read (expat refuses
+        multi-byte ones such as Shift_JIS, sent by Japanese phones) or whose
+        encoding name is unknown gives no types, and no error.
+        """
+        for encoding in ["Shift_JIS", "GB2312", "Big5", "x-no-such-charset"]:
+            smil = f'<?xml version="1.0" encoding="{encoding}"?><smil><text src="t"/></smil>'
+            self.assertEqual(smilTypes(smil.encode()), {}, encoding)
+
 
 class UnpackTests(TestCase):
     def unpack(self, data: bytes, limits: Limits = Limits()):
@@ -157,6 +167,23 @@ class UnpackTests(TestCase):
         )
         self.assertEqual(len(unpacked.parts), 3)
         self.assertEqual(unpacked.text, "a" * 10 + "\nc")
+
+    def test_smilEncodingNotSupported(self):
+        """
+        A SMIL in Shift_JIS (or an encoding Python does not know) loses no
+        part: they are typed by their extensions.
+        """
+        for encoding in ["Shift_JIS", "x-no-such-charset"]:
+            smil = (
+                f'<?xml version="1.0" encoding="{encoding}"?>'
+                '<smil><body><par><img src="photo.jpg"/></par></body></smil>'
+            ).encode()
+            unpacked, _ = self.unpack(zipOf([("mms.smil", smil), ("photo.jpg", b"\xff\xd8\xff")]))
+            self.assertIsNone(unpacked.error, encoding)
+            self.assertEqual(
+                [(p.name, p.content_type) for p in unpacked.parts],
+                [("mms.smil", "application/smil"), ("photo.jpg", "image/jpeg")],
+            )
 
     def test_sameNames(self):
         unpacked, partsDir = self.unpack(zipOf([("a.txt", b"1"), ("x/a.txt", b"2"), ("a.txt", b"3")]))
