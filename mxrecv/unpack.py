@@ -73,6 +73,10 @@ _PYTHON_TYPES = mimetypes.MimeTypes(filenames=())
 _SMIL_KINDS = {"text": TEXT_PLAIN}
 _SMIL_MEDIA = frozenset({"text", "img", "image", "audio", "video", "ref", "animation", "textstream"})
 
+# A media type as RFC 6838 names them (restricted-name), lowercase, no
+# parameters: the only SMIL type attribute taken as a content type.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
 _UNSAFE_CHARACTER = re.compile(r"[^\w.+-]")
 _MAX_FILE_NAME = 100
 _CHUNK = 64 * 1024
@@ -171,13 +175,28 @@ def typeByExtension(name: str) -> str | None:
     return _MMS_TYPES.get(extension) or _PYTHON_TYPES.types_map[1].get(extension)
 
 
+def mediaType(value: str) -> str | None:
+    """
+    C{value} lowercased if it is a plain media type, C{type/subtype} in
+    RFC 6838's restricted-name characters (ASCII, no parameters), else
+    L{None}.  Only such a type goes into a part's C{content_type}: it ends
+    up in HTTP headers (URL delivery) and the application's own checks.
+    """
+    value = value.strip()
+    if not value.isascii():
+        return None
+    value = value.lower()
+    return value if _MEDIA_TYPE.fullmatch(value) else None
+
+
 def smilTypes(document: bytes) -> dict[str, str]:
     """
     From a SMIL document, the content type it implies for each file it
     refers to, by C{src} (with any C{cid:} dropped): a C{type} attribute
-    if given, else C{text/plain} for a C{<text>} element.  A document that
-    does not parse, or declares a DTD (entities are not expanded), gives
-    nothing.
+    if it is a plain media type (L{mediaType}), else C{text/plain} for a
+    C{<text>} element.  A document that does not parse, is in an encoding
+    the parser does not support (Shift_JIS, an unknown name, ...), or
+    declares a DTD (entities are not expanded), gives nothing.
     """
     if b"<!DOCTYPE" in document or b"<!ENTITY" in document:
         return {}
@@ -195,8 +214,7 @@ def smilTypes(document: bytes) -> dict[str, str]:
             continue
         if source.lower().startswith("cid:"):
             source = source[4:].strip("<>")
-        declared = element.get("type", "").strip().lower()
-        found = declared if "/" in declared else _SMIL_KINDS.get(kind)
+        found = mediaType(element.get("type", "")) or _SMIL_KINDS.get(kind)
         if found:
             types.setdefault(source, found)
     return types

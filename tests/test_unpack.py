@@ -17,6 +17,7 @@ from mxrecv.unpack import (
     Limits,
     contentType,
     fileNameFor,
+    mediaType,
     smilTypes,
     unpackInto,
     unsafeName,
@@ -105,6 +106,43 @@ class RuleTests(TestCase):
             smil = f'<?xml version="1.0" encoding="{encoding}"?><smil><text src="t"/></smil>'
             self.assertEqual(smilTypes(smil.encode()), {}, encoding)
 
+    def test_smilTypeOnlyPlainMediaType(self):
+        """
+        A SMIL type attribute becomes a content type only if it is a plain
+        ASCII C{type/subtype} (RFC 6838 characters, lowercased); any other
+        is ignored, as if absent.
+        """
+        types = smilTypes(
+            """<smil><body><par>
+            <img src="a.jpg" type="image/jpég"/>
+            <img src="b.jpg" type="IMAGE/JPEG"/>
+            <text src="c" type="text/plain; charset=utf-8"/>
+            <img src="d.gif" type="image/gif\r\nX-Evil: 1"/>
+            <video src="e.3gp" type="video/\u212a"/>
+            </par></body></smil>""".encode()
+        )
+        self.assertEqual(types, {"b.jpg": "image/jpeg", "c": "text/plain"})
+        self.assertEqual(contentType("a.jpg", types), "image/jpeg")
+        self.assertEqual(contentType("d.gif", types), "image/gif")
+        self.assertEqual(contentType("e.3gp", types), "video/3gpp")
+        self.assertEqual(mediaType(" application/vnd.wap.mms-message "), "application/vnd.wap.mms-message")
+        for bad in ["image/", "/jpeg", "image", "image/jpeg/x", "-x/y", "x/" + "y" * 128, "x/y z", ""]:
+            self.assertIsNone(mediaType(bad), bad)
+
+    @given(st.text())
+    def test_mediaTypeIsAsciiToken(self, value):
+        """
+        Whatever the attribute holds, a content type taken from it is short
+        lowercase ASCII without spaces, quotes or separators other than one
+        C{/}.
+        """
+        found = mediaType(value)
+        if found is not None:
+            self.assertTrue(found.isascii() and found == found.lower())
+            self.assertLessEqual(len(found), 255)
+            self.assertEqual(found.count("/"), 1)
+            self.assertFalse(set(found) & set(' \t\r\n;,"\\()<>@:=?[]{}'))
+
 
 class UnpackTests(TestCase):
     def unpack(self, data: bytes, limits: Limits = Limits()):
@@ -184,6 +222,14 @@ class UnpackTests(TestCase):
                 [(p.name, p.content_type) for p in unpacked.parts],
                 [("mms.smil", "application/smil"), ("photo.jpg", "image/jpeg")],
             )
+
+    def test_smilTypeNotAscii(self):
+        """
+        A part the SMIL types C{image/jpég} is typed by its extension.
+        """
+        smil = '<smil><body><par><img src="photo.jpg" type="image/jpég"/></par></body></smil>'
+        unpacked, _ = self.unpack(zipOf([("mms.smil", smil.encode()), ("photo.jpg", b"\xff\xd8\xff")]))
+        self.assertEqual(unpacked.parts[1].content_type, "image/jpeg")
 
     def test_sameNames(self):
         unpacked, partsDir = self.unpack(zipOf([("a.txt", b"1"), ("x/a.txt", b"2"), ("a.txt", b"3")]))
