@@ -78,7 +78,10 @@ _SMIL_MEDIA = frozenset({"text", "img", "image", "audio", "video", "ref", "anima
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 _UNSAFE_CHARACTER = re.compile(r"[^\w.+-]")
+# In UTF-8, suffix included: file systems allow 255 bytes (some fewer).
 _MAX_FILE_NAME = 100
+# Kept for a suffix such as "-2" when names clash.
+_SUFFIX_ROOM = 8
 _CHUNK = 64 * 1024
 
 
@@ -147,8 +150,9 @@ def fileNameFor(name: str, taken: Iterable[str] = ()) -> str:
     """
     The file name under C{parts/} of the entry C{name} (a safe one): its
     last component, with characters other than letters, digits, C{.+-_}
-    replaced, no leading dot, at most 100 characters, and numbered if
-    C{taken} already holds it.
+    replaced, no leading dot, at most 100 bytes in UTF-8 (its extension
+    kept, no character cut in two), and numbered if C{taken} already holds
+    it.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = _UNSAFE_CHARACTER.sub("_", unicodedata.normalize("NFC", base))
@@ -158,7 +162,8 @@ def fileNameFor(name: str, taken: Iterable[str] = ()) -> str:
     if not dot or not stem or len(extension) > 10:
         stem, extension = base, ""
     extension = "." + extension if extension else ""
-    stem = stem[: _MAX_FILE_NAME - len(extension) - 8] or "part"
+    room = _MAX_FILE_NAME - len(extension.encode()) - _SUFFIX_ROOM
+    stem = stem.encode()[:room].decode("utf-8", "ignore") or "part"
     taken = {t.casefold() for t in taken}
     candidate = stem + extension
     number = 1

@@ -46,8 +46,38 @@ class RuleTests(TestCase):
         self.assertNotIn("\\", result)
         self.assertNotIn("\0", result)
         self.assertFalse(result.startswith("."))
-        self.assertTrue(0 < len(result) <= 100)
+        self.assertTrue(0 < len(result.encode()) <= 100)
         self.assertNotIn(result.casefold(), {t.casefold() for t in taken})
+
+    @given(
+        st.text(st.characters(categories=("L", "N", "P")), min_size=80, max_size=300),
+        st.text(max_size=10),
+        st.integers(0, 20),
+    )
+    def test_longNamesFitInBytes(self, stem, extension, clashes):
+        """
+        However long the name and whatever its script, the file name is at
+        most 100 bytes in UTF-8, numbering included (file systems count
+        bytes: 255 at most, fewer on some), and keeps a short extension.
+        """
+        name = f"{stem}.{extension}" if extension else stem
+        first = fileNameFor(name)
+        taken = [first]
+        for _ in range(clashes):
+            taken.append(fileNameFor(name, taken))
+        for result in taken:
+            self.assertTrue(0 < len(result.encode()) <= 100, result)
+        self.assertEqual(len(set(t.casefold() for t in taken)), len(taken))
+
+    def test_longMultibyteName(self):
+        """
+        A name of 120 CJK characters (360 bytes) is cut to whole characters
+        within 100 bytes, its extension kept.
+        """
+        result = fileNameFor("\u5199" * 120 + ".txt")
+        self.assertEqual(result, "\u5199" * 29 + ".txt")
+        self.assertEqual(fileNameFor("\u5199" * 120 + ".txt", [result]), "\u5199" * 29 + "-2.txt")
+        self.assertEqual(fileNameFor("a" * 120 + ".jpeg"), "a" * 87 + ".jpeg")
 
     @given(entryNames)
     def test_unsafeNames(self, name):
@@ -230,6 +260,17 @@ class UnpackTests(TestCase):
         smil = '<smil><body><par><img src="photo.jpg" type="image/jpég"/></par></body></smil>'
         unpacked, _ = self.unpack(zipOf([("mms.smil", smil.encode()), ("photo.jpg", b"\xff\xd8\xff")]))
         self.assertEqual(unpacked.parts[1].content_type, "image/jpeg")
+
+    def test_longMultibyteName(self):
+        """
+        An entry named with 120 CJK characters (360 bytes, over the 255
+        bytes a file name may have) is unpacked, and so are the others.
+        """
+        name = "\u5199" * 120 + ".txt"
+        unpacked, partsDir = self.unpack(zipOf([("photo.jpg", b"\xff\xd8\xff"), (name, b"hi")]))
+        self.assertIsNone(unpacked.error)
+        self.assertEqual([p.name for p in unpacked.parts], ["photo.jpg", name])
+        self.assertEqual((partsDir.parent / unpacked.parts[1].path).read_bytes(), b"hi")
 
     def test_sameNames(self):
         unpacked, partsDir = self.unpack(zipOf([("a.txt", b"1"), ("x/a.txt", b"2"), ("a.txt", b"3")]))
