@@ -92,8 +92,13 @@ class Limits:
 
     @ivar entries: most entries (directories included).
     @ivar total: most bytes unpacked, all entries together.
-    @ivar ratio: most bytes unpacked per compressed byte of an entry, once
-        the entry is over C{ratioFloor} bytes (small files compress well).
+    @ivar ratio: most bytes unpacked per byte actually read from the zip:
+        per entry (its compressed bytes as read, whatever its header
+        claims), once the entry is over C{ratioFloor} bytes; and for the
+        zip as a whole (its file's size), once all entries together are
+        over C{ratioFloor} bytes.
+    @ivar ratioFloor: bytes exempt from C{ratio}, per entry and in all:
+        text and SMIL compress well, but are small.
     @ivar text: most bytes of text/plain parts read into C{text}.
     @ivar smil: largest SMIL document read for content types.
     """
@@ -262,9 +267,10 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     """
     try:
         with zipPath.open("rb") as raw:
-            _checkDirectorySize(raw, limits)
-            with zipfile.ZipFile(raw) as archive:
-                return _unpack(archive, partsDir, limits)
+            size = _checkDirectorySize(raw, limits)
+            counted = _CountingFile(raw)
+            with zipfile.ZipFile(counted) as archive:
+                return _unpack(archive, partsDir, _Budget(limits, size, counted))
     except Refused as e:
         error = str(e)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
@@ -288,10 +294,12 @@ _LOCAL_TROUBLE = frozenset(
 )
 
 
-def _checkDirectorySize(raw, limits: Limits) -> None:
+def _checkDirectorySize(raw, limits: Limits) -> int:
     """
     Refuse a zip whose central directory is too big, before C{zipfile}
     reads it all into memory (it makes an object per entry).
+
+    @return: the size of the zip file.
     """
     size = raw.seek(0, os.SEEK_END)
     tail = min(size, 20 + 22 + 65535)
@@ -308,9 +316,11 @@ def _checkDirectorySize(raw, limits: Limits) -> None:
     # An entry takes at least 46 bytes, plus its name, extra and comment.
     if entries > limits.entries or directorySize > limits.entries * (46 + 3 * 1024):
         raise Refused(f"the zip has more than {limits.entries} entries")
+    return size
 
 
-def _unpack(archive: zipfile.ZipFile, partsDir: Path, limits: Limits) -> Unpacked:
+def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpacked:
+    limits = budget.limits
     entries = archive.infolist()
     if len(entries) > limits.entries:
         raise Refused(f"the zip has more than {limits.entries} entries")
@@ -325,7 +335,6 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, limits: Limits) -> Unpacke
             files.append(entry)
 
     fromSmil = _readSmil(archive, files, limits)
-    budget = _Budget(limits)
     partsDir.mkdir()
     parts: list[Part] = []
     texts: list[bytes] = []
@@ -356,26 +365,68 @@ def _readSmil(
     return {}
 
 
-class _Budget:
+class _CountingFile:
     """
-    Counts what is actually inflated, against the limits.
+    The zip file as C{zipfile} reads it, counting the bytes it reads: the
+    compressed bytes an entry really took, whatever its header claims.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, file) -> None:
+        self._file = file
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n)
+        self.consumed += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+
+class _Budget:
+    """
+    Counts what is actually inflated, and what is actually read from the
+    zip file, against the limits.
+    """
+
+    def __init__(self, limits: Limits, zipSize: int, counted: _CountingFile) -> None:
         self.limits = limits
         self.total = 0
+        self._zipSize = zipSize
+        self._counted = counted
+        self._entryStart = 0
+
+    def start(self) -> None:
+        """
+        An entry is about to be read: count its compressed bytes from here.
+        """
+        self._entryStart = self._counted.consumed
 
     def spend(self, entry: zipfile.ZipInfo, entryBytes: int, more: int) -> None:
         limits = self.limits
         self.total += more
         if self.total > limits.total:
             raise Refused(f"the zip unpacks to more than {limits.total} bytes")
-        if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(
-            entry.compress_size, 1
-        ):
+        # The local header and read-ahead count too: at most one read
+        # (64 KiB) more than the entry's own compressed data.
+        compressed = self._counted.consumed - self._entryStart
+        if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(compressed, 1):
             raise Refused(
                 f"entry {entry.filename!r} inflates more than {limits.ratio} times"
                 " (a zip bomb?)"
+            )
+        # Many entries each under the floor, or entries sharing compressed
+        # data: the whole zip against its size on disk.
+        if self.total > limits.ratioFloor and self.total > limits.ratio * self._zipSize:
+            raise Refused(
+                f"the zip inflates more than {limits.ratio} times its size (a zip bomb?)"
             )
 
 
@@ -393,6 +444,7 @@ def _extract(
     """
     size = 0
     kept: list[bytes] = []
+    budget.start()
     with archive.open(entry) as source, path.open("xb") as target:
         while chunk := source.read(_CHUNK):
             size += len(chunk)

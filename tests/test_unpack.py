@@ -314,6 +314,65 @@ class UnpackTests(TestCase):
         """
         self.assertRefused(zipOf([("bomb.txt", b"\0" * (20 * 1024 * 1024))]), "inflates more than 100 times")
 
+    def test_manySmallEntriesBomb(self):
+        """
+        Entries each under 1 MiB, each within no ratio of its own, are
+        refused together once the zip unpacks to more than 100 times its
+        size: 40 entries of 1 MiB of zeros make 40 MiB from some 44 KB.
+        """
+        data = zipOf([(f"f{i}.bin", b"\0" * 1024 * 1024) for i in range(40)])
+        self.assertLess(len(data), 64 * 1024)
+        self.assertRefused(data, "the zip inflates more than 100 times its size")
+
+    def test_overlappingEntries(self):
+        """
+        Entries that share one compressed stream (each directory entry
+        pointing at the same data) are held to the zip's size on disk, not
+        to the bytes read, which count that stream once per entry.
+        """
+        one = zipOf([("a.bin", b"\0" * 1024 * 1024)])
+        at = one.find(b"PK\x01\x02")
+        end = one.find(b"PK\x05\x06")
+        data = one[:at] + one[at:end] * 40
+        data += struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 40, 40, (end - at) * 40, at, 0)
+        self.assertLess(len(data), 8 * 1024)
+        self.assertRefused(data, "the zip inflates more than 100 times its size")
+
+    def test_lyingCompressedSize(self):
+        """
+        An entry whose central directory claims a huge compressed size is
+        still held to the ratio on the compressed bytes actually read
+        (zipfile stops at the end of the deflate stream and the CRC
+        matches).
+        """
+        size = 40 * 1024 * 1024
+        data = bytearray(zipOf([("bomb.bin", b"\0" * size), ("pad.jpg", os.urandom(128 * 1024))]))
+        at = data.find(b"PK\x01\x02")
+        self.assertGreater(size // struct.unpack("<I", data[at + 20 : at + 24])[0], 100)
+        data[at + 20 : at + 24] = struct.pack("<I", 0x7FFFFFFF)
+        self.assertRefused(bytes(data), "entry 'bomb.bin' inflates more than 100 times")
+
+    def test_ordinaryMmsWithinRatio(self):
+        """
+        What an MMS holds passes the ratio checks: text and SMIL compress
+        well but are small (the first 1 MiB in all is exempt), photos
+        hardly compress.
+        """
+        unpacked, _ = self.unpack(
+            zipOf(
+                [
+                    ("mms.smil", SMIL * 100),
+                    ("text.txt", b"ha" * 400_000),
+                    ("photo.jpg", os.urandom(3 * 1024 * 1024)),
+                    ("photo2.jpg", os.urandom(200 * 1024)),
+                ]
+            )
+        )
+        self.assertIsNone(unpacked.error)
+        self.assertEqual(len(unpacked.parts), 4)
+        unpacked, _ = self.unpack(zipOf([("mms.smil", SMIL * 100), ("text.txt", b"ha" * 400_000)]))
+        self.assertIsNone(unpacked.error)
+
     def test_lyingSize(self):
         """
         An entry whose header understates its size is caught by its CRC,
