@@ -16,6 +16,7 @@ without a zip; L{unpackInto} is the blocking step, run in a worker thread.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import lzma
 import mimetypes
@@ -244,14 +245,38 @@ def contentType(name: str, fromSmil: Mapping[str, str]) -> str:
     )
 
 
+# Byte-order marks, and the encoding each announces.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decodePart(data: bytes) -> str:
+    """
+    The text of a text part.  The zip says nothing of its charset: a part
+    that starts with a byte-order mark (UTF-8, or UTF-16 as many phones
+    send) is decoded as the mark says, without it, if it is valid in that
+    encoding; any other is decoded as UTF-8 if valid, else ISO-8859-15.
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError:
+                break
+    return decodeText(data)[0]
+
+
 def joinText(texts: Sequence[bytes]) -> str | None:
     """
-    The C{text} of a message: its text parts, each decoded as UTF-8 if
-    valid else ISO-8859-15, joined by newlines; L{None} if there are none.
+    The C{text} of a message: its text parts, each decoded by
+    L{decodePart}, joined by newlines; L{None} if there are none.
     """
     if not texts:
         return None
-    return "\n".join(decodeText(t)[0] for t in texts)
+    return "\n".join(decodePart(t) for t in texts)
 
 
 # The blocking step

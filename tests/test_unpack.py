@@ -16,6 +16,7 @@ from mxrecv.message import Part
 from mxrecv.unpack import (
     Limits,
     contentType,
+    decodePart,
     fileNameFor,
     mediaType,
     smilTypes,
@@ -173,6 +174,21 @@ class RuleTests(TestCase):
             self.assertEqual(found.count("/"), 1)
             self.assertFalse(set(found) & set(' \t\r\n;,"\\()<>@:=?[]{}'))
 
+    def test_textByteOrderMark(self):
+        """
+        A text part that starts with a byte-order mark is decoded as the
+        mark says, without it; with an invalid body, or without a mark, as
+        UTF-8 if valid else ISO-8859-15.
+        """
+        text = "Hi from my phone \u263a"
+        self.assertEqual(decodePart(text.encode("utf-16")), text)
+        self.assertEqual(decodePart(b"\xff\xfe" + text.encode("utf-16-le")), text)
+        self.assertEqual(decodePart(b"\xfe\xff" + text.encode("utf-16-be")), text)
+        self.assertEqual(decodePart(b"\xef\xbb\xbf" + text.encode()), text)
+        self.assertEqual(decodePart(b"\xff\xfeH\x00i"), "\xff\xfeH\x00i")
+        self.assertEqual(decodePart(b"\xef\xbb\xbf\xa4"), "\xef\xbb\xbf\u20ac")
+        self.assertEqual(decodePart(b"\xa4 50"), "\u20ac 50")
+
 
 class UnpackTests(TestCase):
     def unpack(self, data: bytes, limits: Limits = Limits()):
@@ -235,6 +251,16 @@ class UnpackTests(TestCase):
         )
         self.assertEqual(len(unpacked.parts), 3)
         self.assertEqual(unpacked.text, "a" * 10 + "\nc")
+
+    def test_utf16Text(self):
+        """
+        A UTF-16 text part with its byte-order mark, as phones send them,
+        makes readable C{text}.
+        """
+        text = "Hi from my phone \u263a"
+        unpacked, _ = self.unpack(zipOf([("text_0.txt", text.encode("utf-16")), ("b.txt", b"ok")]))
+        self.assertIsNone(unpacked.error)
+        self.assertEqual(unpacked.text, text + "\nok")
 
     def test_smilEncodingNotSupported(self):
         """
