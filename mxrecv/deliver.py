@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from .durable import fsyncPath, removeTree, writeNew
 from .naming import isName
 from .spool import MESSAGE_JSON, NEW, STATE, Spool
+from .unpack import OCTET_STREAM, mediaType
 
 log = Logger()
 
@@ -150,7 +151,12 @@ class UrlTarget:
     """
     POST the message to C{url} as multipart/form-data: C{message.json} in
     the field C{message}, each unpacked part of an MMS in a field C{part}
-    (its file name the part's name).  A 2xx answer means delivered.
+    (its file name the part's name, its Content-Type the part's
+    C{content_type}, or C{application/octet-stream} if that is not a plain
+    media type).  A 2xx answer means delivered.
+
+    A request that cannot even be made (a part file gone, a message.json
+    the application rewrote) is a failed attempt like any other.
     """
 
     name = "url"
@@ -161,8 +167,6 @@ class UrlTarget:
         self._timeout = timeout
 
     def deliver(self, directory: Path) -> Deferred[None]:
-        document = (directory / MESSAGE_JSON).read_bytes()
-        files = [("message", (MESSAGE_JSON, "application/json", io.BytesIO(document)))]
         opened: list[Any] = []
 
         def close(result: object) -> object:
@@ -171,15 +175,21 @@ class UrlTarget:
             return result
 
         try:
+            document = (directory / MESSAGE_JSON).read_bytes()
+            files = [("message", (MESSAGE_JSON, "application/json", io.BytesIO(document)))]
             for part in json.loads(document).get("parts") or []:
                 f = (directory / part["path"]).open("rb")
                 opened.append(f)
-                files.append(("part", (part["name"], part["content_type"], f)))
+                kind = mediaType(part["content_type"]) or OCTET_STREAM
+                files.append(("part", (part["name"], kind, f)))
+            # treq encodes the body's headers here, synchronously.
+            d = self._client.post(self._url, files=files, timeout=self._timeout)
+        except Exception as e:
+            close(None)
+            return fail(DeliveryFailed(f"cannot make the request: {type(e).__name__}: {e}"))
         except BaseException:
             close(None)
             raise
-
-        d = self._client.post(self._url, files=files, timeout=self._timeout)
         d.addCallback(self._answered)
         return d.addBoth(close)
 

@@ -16,6 +16,7 @@ without a zip; L{unpackInto} is the blocking step, run in a worker thread.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import lzma
 import mimetypes
@@ -73,8 +74,15 @@ _PYTHON_TYPES = mimetypes.MimeTypes(filenames=())
 _SMIL_KINDS = {"text": TEXT_PLAIN}
 _SMIL_MEDIA = frozenset({"text", "img", "image", "audio", "video", "ref", "animation", "textstream"})
 
+# A media type as RFC 6838 names them (restricted-name), lowercase, no
+# parameters: the only SMIL type attribute taken as a content type.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
 _UNSAFE_CHARACTER = re.compile(r"[^\w.+-]")
+# In UTF-8, suffix included: file systems allow 255 bytes (some fewer).
 _MAX_FILE_NAME = 100
+# Kept for a suffix such as "-2" when names clash.
+_SUFFIX_ROOM = 8
 _CHUNK = 64 * 1024
 
 
@@ -85,8 +93,13 @@ class Limits:
 
     @ivar entries: most entries (directories included).
     @ivar total: most bytes unpacked, all entries together.
-    @ivar ratio: most bytes unpacked per compressed byte of an entry, once
-        the entry is over C{ratioFloor} bytes (small files compress well).
+    @ivar ratio: most bytes unpacked per byte actually read from the zip:
+        per entry (its compressed bytes as read, whatever its header
+        claims), once the entry is over C{ratioFloor} bytes; and for the
+        zip as a whole (its file's size), once all entries together are
+        over C{ratioFloor} bytes.
+    @ivar ratioFloor: bytes exempt from C{ratio}, per entry and in all:
+        text and SMIL compress well, but are small.
     @ivar text: most bytes of text/plain parts read into C{text}.
     @ivar smil: largest SMIL document read for content types.
     """
@@ -143,8 +156,9 @@ def fileNameFor(name: str, taken: Iterable[str] = ()) -> str:
     """
     The file name under C{parts/} of the entry C{name} (a safe one): its
     last component, with characters other than letters, digits, C{.+-_}
-    replaced, no leading dot, at most 100 characters, and numbered if
-    C{taken} already holds it.
+    replaced, no leading dot, at most 100 bytes in UTF-8 (its extension
+    kept, no character cut in two), and numbered if C{taken} already holds
+    it.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = _UNSAFE_CHARACTER.sub("_", unicodedata.normalize("NFC", base))
@@ -154,7 +168,8 @@ def fileNameFor(name: str, taken: Iterable[str] = ()) -> str:
     if not dot or not stem or len(extension) > 10:
         stem, extension = base, ""
     extension = "." + extension if extension else ""
-    stem = stem[: _MAX_FILE_NAME - len(extension) - 8] or "part"
+    room = _MAX_FILE_NAME - len(extension.encode()) - _SUFFIX_ROOM
+    stem = stem.encode()[:room].decode("utf-8", "ignore") or "part"
     taken = {t.casefold() for t in taken}
     candidate = stem + extension
     number = 1
@@ -171,19 +186,36 @@ def typeByExtension(name: str) -> str | None:
     return _MMS_TYPES.get(extension) or _PYTHON_TYPES.types_map[1].get(extension)
 
 
+def mediaType(value: str) -> str | None:
+    """
+    C{value} lowercased if it is a plain media type, C{type/subtype} in
+    RFC 6838's restricted-name characters (ASCII, no parameters), else
+    L{None}.  Only such a type goes into a part's C{content_type}: it ends
+    up in HTTP headers (URL delivery) and the application's own checks.
+    """
+    value = value.strip()
+    if not value.isascii():
+        return None
+    value = value.lower()
+    return value if _MEDIA_TYPE.fullmatch(value) else None
+
+
 def smilTypes(document: bytes) -> dict[str, str]:
     """
     From a SMIL document, the content type it implies for each file it
     refers to, by C{src} (with any C{cid:} dropped): a C{type} attribute
-    if given, else C{text/plain} for a C{<text>} element.  A document that
-    does not parse, or declares a DTD (entities are not expanded), gives
-    nothing.
+    if it is a plain media type (L{mediaType}), else C{text/plain} for a
+    C{<text>} element.  A document that does not parse, is in an encoding
+    the parser does not support (Shift_JIS, an unknown name, ...), or
+    declares a DTD (entities are not expanded), gives nothing.
     """
     if b"<!DOCTYPE" in document or b"<!ENTITY" in document:
         return {}
     try:
         root = ElementTree.fromstring(document)
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, ValueError, LookupError):
+        # ValueError: expat's "multi-byte encodings are not supported";
+        # LookupError: an encoding name Python does not know.
         return {}
     types: dict[str, str] = {}
     for element in root.iter():
@@ -193,8 +225,7 @@ def smilTypes(document: bytes) -> dict[str, str]:
             continue
         if source.lower().startswith("cid:"):
             source = source[4:].strip("<>")
-        declared = element.get("type", "").strip().lower()
-        found = declared if "/" in declared else _SMIL_KINDS.get(kind)
+        found = mediaType(element.get("type", "")) or _SMIL_KINDS.get(kind)
         if found:
             types.setdefault(source, found)
     return types
@@ -214,14 +245,38 @@ def contentType(name: str, fromSmil: Mapping[str, str]) -> str:
     )
 
 
+# Byte-order marks, and the encoding each announces.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decodePart(data: bytes) -> str:
+    """
+    The text of a text part.  The zip says nothing of its charset: a part
+    that starts with a byte-order mark (UTF-8, or UTF-16 as many phones
+    send) is decoded as the mark says, without it, if it is valid in that
+    encoding; any other is decoded as UTF-8 if valid, else ISO-8859-15.
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError:
+                break
+    return decodeText(data)[0]
+
+
 def joinText(texts: Sequence[bytes]) -> str | None:
     """
-    The C{text} of a message: its text parts, each decoded as UTF-8 if
-    valid else ISO-8859-15, joined by newlines; L{None} if there are none.
+    The C{text} of a message: its text parts, each decoded by
+    L{decodePart}, joined by newlines; L{None} if there are none.
     """
     if not texts:
         return None
-    return "\n".join(decodeText(t)[0] for t in texts)
+    return "\n".join(decodePart(t) for t in texts)
 
 
 # The blocking step
@@ -237,9 +292,10 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     """
     try:
         with zipPath.open("rb") as raw:
-            _checkDirectorySize(raw, limits)
-            with zipfile.ZipFile(raw) as archive:
-                return _unpack(archive, partsDir, limits)
+            size = _checkDirectorySize(raw, limits)
+            counted = _CountingFile(raw)
+            with zipfile.ZipFile(counted) as archive:
+                return _unpack(archive, partsDir, _Budget(limits, size, counted))
     except Refused as e:
         error = str(e)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
@@ -263,10 +319,12 @@ _LOCAL_TROUBLE = frozenset(
 )
 
 
-def _checkDirectorySize(raw, limits: Limits) -> None:
+def _checkDirectorySize(raw, limits: Limits) -> int:
     """
     Refuse a zip whose central directory is too big, before C{zipfile}
     reads it all into memory (it makes an object per entry).
+
+    @return: the size of the zip file.
     """
     size = raw.seek(0, os.SEEK_END)
     tail = min(size, 20 + 22 + 65535)
@@ -283,9 +341,11 @@ def _checkDirectorySize(raw, limits: Limits) -> None:
     # An entry takes at least 46 bytes, plus its name, extra and comment.
     if entries > limits.entries or directorySize > limits.entries * (46 + 3 * 1024):
         raise Refused(f"the zip has more than {limits.entries} entries")
+    return size
 
 
-def _unpack(archive: zipfile.ZipFile, partsDir: Path, limits: Limits) -> Unpacked:
+def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpacked:
+    limits = budget.limits
     entries = archive.infolist()
     if len(entries) > limits.entries:
         raise Refused(f"the zip has more than {limits.entries} entries")
@@ -300,7 +360,6 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, limits: Limits) -> Unpacke
             files.append(entry)
 
     fromSmil = _readSmil(archive, files, limits)
-    budget = _Budget(limits)
     partsDir.mkdir()
     parts: list[Part] = []
     texts: list[bytes] = []
@@ -331,26 +390,68 @@ def _readSmil(
     return {}
 
 
-class _Budget:
+class _CountingFile:
     """
-    Counts what is actually inflated, against the limits.
+    The zip file as C{zipfile} reads it, counting the bytes it reads: the
+    compressed bytes an entry really took, whatever its header claims.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, file) -> None:
+        self._file = file
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n)
+        self.consumed += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+
+class _Budget:
+    """
+    Counts what is actually inflated, and what is actually read from the
+    zip file, against the limits.
+    """
+
+    def __init__(self, limits: Limits, zipSize: int, counted: _CountingFile) -> None:
         self.limits = limits
         self.total = 0
+        self._zipSize = zipSize
+        self._counted = counted
+        self._entryStart = 0
+
+    def start(self) -> None:
+        """
+        An entry is about to be read: count its compressed bytes from here.
+        """
+        self._entryStart = self._counted.consumed
 
     def spend(self, entry: zipfile.ZipInfo, entryBytes: int, more: int) -> None:
         limits = self.limits
         self.total += more
         if self.total > limits.total:
             raise Refused(f"the zip unpacks to more than {limits.total} bytes")
-        if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(
-            entry.compress_size, 1
-        ):
+        # The local header and read-ahead count too: at most one read
+        # (64 KiB) more than the entry's own compressed data.
+        compressed = self._counted.consumed - self._entryStart
+        if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(compressed, 1):
             raise Refused(
                 f"entry {entry.filename!r} inflates more than {limits.ratio} times"
                 " (a zip bomb?)"
+            )
+        # Many entries each under the floor, or entries sharing compressed
+        # data: the whole zip against its size on disk.
+        if self.total > limits.ratioFloor and self.total > limits.ratio * self._zipSize:
+            raise Refused(
+                f"the zip inflates more than {limits.ratio} times its size (a zip bomb?)"
             )
 
 
@@ -368,6 +469,7 @@ def _extract(
     """
     size = 0
     kept: list[bytes] = []
+    budget.start()
     with archive.open(entry) as source, path.open("xb") as target:
         while chunk := source.read(_CHUNK):
             size += len(chunk)

@@ -15,7 +15,15 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mxrecv.deliver import CommandTarget, Deliverer, DeliveryService, Records, UrlTarget, backoff
+from mxrecv.deliver import (
+    CommandTarget,
+    Deliverer,
+    DeliveryFailed,
+    DeliveryService,
+    Records,
+    UrlTarget,
+    backoff,
+)
 from mxrecv.message import Message, Part
 
 from .running import client
@@ -182,8 +190,74 @@ class DeliveryTests(TestCase):
         target = UrlTarget("http://127.0.0.1:9/", client=client(), timeout=5.0)
         before = set(os.listdir("/proc/self/fd"))
         for _ in range(3):
-            self.assertRaises(FileNotFoundError, target.deliver, directory)
+            failure = self.failureResultOf(target.deliver(directory), DeliveryFailed)
+            self.assertIn("FileNotFoundError", failure.getErrorMessage())
         self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
+
+    def test_urlRequestNotMade(self):
+        """
+        An exception while the request is built (treq encodes the body's
+        headers before it returns) fails the attempt with DeliveryFailed,
+        asynchronously, and closes the parts opened.
+        """
+        directory = self.spool.dir("new") / "m"
+        (directory / "parts").mkdir(parents=True)
+        (directory / "parts" / "a.txt").write_bytes(b"a")
+        parts = [{"name": "a.txt", "path": "parts/a.txt", "size": 1, "content_type": "text/plain"}]
+        (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
+
+        class Broken:
+            def post(self, url, files, timeout):
+                self.files = files
+                raise UnicodeEncodeError("ascii", "\xe9", 0, 1, "ordinal not in range(128)")
+
+        broken = Broken()
+        d = UrlTarget("http://127.0.0.1:9/", client=broken, timeout=5.0).deliver(directory)
+        failure = self.failureResultOf(d, DeliveryFailed)
+        self.assertIn("UnicodeEncodeError", failure.getErrorMessage())
+        self.assertTrue(broken.files[1][1][2].closed)
+
+    @inlineCallbacks
+    def test_urlContentTypeNotAscii(self):
+        """
+        A part whose recorded content_type is not a plain ASCII media type
+        (C{image/jpég}, taken from a SMIL by an older mxrecv) is sent as
+        application/octet-stream: it is delivered, and so is the message
+        queued behind it, instead of every attempt failing.
+        """
+        received = DeferredQueue()
+
+        class Inbox(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                received.put(request.content.read())
+                return b"thanks"
+
+        port = reactor.listenTCP(0, Site(Inbox()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.deliverTo(
+            UrlTarget(f"http://127.0.0.1:{port.getHost().port}/", client=client(), timeout=5.0)
+        )
+        staging = self.spool.stage()
+        (staging.path / "parts").mkdir()
+        (staging.path / "parts" / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+        message = sms("m", received="2026-11-25T10:30:01.000Z").replace(
+            type="mms",
+            message=None,
+            charset=None,
+            parts=(
+                Part(name="photo.jpg", path="parts/photo.jpg", size=3, content_type="image/jpég"),
+            ),
+        )
+        yield self.spool.accept(message, "new", staging)
+        yield self.spool.accept(sms("next", received="2026-11-25T10:30:02.000Z"))
+        self.assertTrue((yield self.attempts.get()))
+        body = yield received.get()
+        self.assertIn(b"Content-Type: application/octet-stream\r\n", body)
+        self.assertIn("image/jpég".encode(), body)  # message.json keeps it
+        self.assertTrue((yield self.attempts.get()))
+        self.assertIn(b'"id": "next"', (yield received.get()))
 
     @inlineCallbacks
     def test_startUpScanInOrder(self):

@@ -16,7 +16,9 @@ from mxrecv.message import Part
 from mxrecv.unpack import (
     Limits,
     contentType,
+    decodePart,
     fileNameFor,
+    mediaType,
     smilTypes,
     unpackInto,
     unsafeName,
@@ -45,8 +47,38 @@ class RuleTests(TestCase):
         self.assertNotIn("\\", result)
         self.assertNotIn("\0", result)
         self.assertFalse(result.startswith("."))
-        self.assertTrue(0 < len(result) <= 100)
+        self.assertTrue(0 < len(result.encode()) <= 100)
         self.assertNotIn(result.casefold(), {t.casefold() for t in taken})
+
+    @given(
+        st.text(st.characters(categories=("L", "N", "P")), min_size=80, max_size=300),
+        st.text(max_size=10),
+        st.integers(0, 20),
+    )
+    def test_longNamesFitInBytes(self, stem, extension, clashes):
+        """
+        However long the name and whatever its script, the file name is at
+        most 100 bytes in UTF-8, numbering included (file systems count
+        bytes: 255 at most, fewer on some), and keeps a short extension.
+        """
+        name = f"{stem}.{extension}" if extension else stem
+        first = fileNameFor(name)
+        taken = [first]
+        for _ in range(clashes):
+            taken.append(fileNameFor(name, taken))
+        for result in taken:
+            self.assertTrue(0 < len(result.encode()) <= 100, result)
+        self.assertEqual(len(set(t.casefold() for t in taken)), len(taken))
+
+    def test_longMultibyteName(self):
+        """
+        A name of 120 CJK characters (360 bytes) is cut to whole characters
+        within 100 bytes, its extension kept.
+        """
+        result = fileNameFor("\u5199" * 120 + ".txt")
+        self.assertEqual(result, "\u5199" * 29 + ".txt")
+        self.assertEqual(fileNameFor("\u5199" * 120 + ".txt", [result]), "\u5199" * 29 + "-2.txt")
+        self.assertEqual(fileNameFor("a" * 120 + ".jpeg"), "a" * 87 + ".jpeg")
 
     @given(entryNames)
     def test_unsafeNames(self, name):
@@ -94,6 +126,68 @@ class RuleTests(TestCase):
         bomb = b'<!DOCTYPE s [<!ENTITY a "aaaa">]><smil><text src="&a;"/></smil>'
         self.assertEqual(smilTypes(bomb), {})
         self.assertEqual(smilTypes(b"<smil><text src="), {})
+
+    def test_smilEncodingNotSupported(self):
+        """
+        A SMIL in an encoding the XML parser cannot read (expat refuses
+        multi-byte ones such as Shift_JIS, sent by Japanese phones) or whose
+        encoding name is unknown gives no types, and no error.
+        """
+        for encoding in ["Shift_JIS", "GB2312", "Big5", "x-no-such-charset"]:
+            smil = f'<?xml version="1.0" encoding="{encoding}"?><smil><text src="t"/></smil>'
+            self.assertEqual(smilTypes(smil.encode()), {}, encoding)
+
+    def test_smilTypeOnlyPlainMediaType(self):
+        """
+        A SMIL type attribute becomes a content type only if it is a plain
+        ASCII C{type/subtype} (RFC 6838 characters, lowercased); any other
+        is ignored, as if absent.
+        """
+        types = smilTypes(
+            """<smil><body><par>
+            <img src="a.jpg" type="image/jpég"/>
+            <img src="b.jpg" type="IMAGE/JPEG"/>
+            <text src="c" type="text/plain; charset=utf-8"/>
+            <img src="d.gif" type="image/gif\r\nX-Evil: 1"/>
+            <video src="e.3gp" type="video/\u212a"/>
+            </par></body></smil>""".encode()
+        )
+        self.assertEqual(types, {"b.jpg": "image/jpeg", "c": "text/plain"})
+        self.assertEqual(contentType("a.jpg", types), "image/jpeg")
+        self.assertEqual(contentType("d.gif", types), "image/gif")
+        self.assertEqual(contentType("e.3gp", types), "video/3gpp")
+        self.assertEqual(mediaType(" application/vnd.wap.mms-message "), "application/vnd.wap.mms-message")
+        for bad in ["image/", "/jpeg", "image", "image/jpeg/x", "-x/y", "x/" + "y" * 128, "x/y z", ""]:
+            self.assertIsNone(mediaType(bad), bad)
+
+    @given(st.text())
+    def test_mediaTypeIsAsciiToken(self, value):
+        """
+        Whatever the attribute holds, a content type taken from it is short
+        lowercase ASCII without spaces, quotes or separators other than one
+        C{/}.
+        """
+        found = mediaType(value)
+        if found is not None:
+            self.assertTrue(found.isascii() and found == found.lower())
+            self.assertLessEqual(len(found), 255)
+            self.assertEqual(found.count("/"), 1)
+            self.assertFalse(set(found) & set(' \t\r\n;,"\\()<>@:=?[]{}'))
+
+    def test_textByteOrderMark(self):
+        """
+        A text part that starts with a byte-order mark is decoded as the
+        mark says, without it; with an invalid body, or without a mark, as
+        UTF-8 if valid else ISO-8859-15.
+        """
+        text = "Hi from my phone \u263a"
+        self.assertEqual(decodePart(text.encode("utf-16")), text)
+        self.assertEqual(decodePart(b"\xff\xfe" + text.encode("utf-16-le")), text)
+        self.assertEqual(decodePart(b"\xfe\xff" + text.encode("utf-16-be")), text)
+        self.assertEqual(decodePart(b"\xef\xbb\xbf" + text.encode()), text)
+        self.assertEqual(decodePart(b"\xff\xfeH\x00i"), "\xff\xfeH\x00i")
+        self.assertEqual(decodePart(b"\xef\xbb\xbf\xa4"), "\xef\xbb\xbf\u20ac")
+        self.assertEqual(decodePart(b"\xa4 50"), "\u20ac 50")
 
 
 class UnpackTests(TestCase):
@@ -158,6 +252,52 @@ class UnpackTests(TestCase):
         self.assertEqual(len(unpacked.parts), 3)
         self.assertEqual(unpacked.text, "a" * 10 + "\nc")
 
+    def test_utf16Text(self):
+        """
+        A UTF-16 text part with its byte-order mark, as phones send them,
+        makes readable C{text}.
+        """
+        text = "Hi from my phone \u263a"
+        unpacked, _ = self.unpack(zipOf([("text_0.txt", text.encode("utf-16")), ("b.txt", b"ok")]))
+        self.assertIsNone(unpacked.error)
+        self.assertEqual(unpacked.text, text + "\nok")
+
+    def test_smilEncodingNotSupported(self):
+        """
+        A SMIL in Shift_JIS (or an encoding Python does not know) loses no
+        part: they are typed by their extensions.
+        """
+        for encoding in ["Shift_JIS", "x-no-such-charset"]:
+            smil = (
+                f'<?xml version="1.0" encoding="{encoding}"?>'
+                '<smil><body><par><img src="photo.jpg"/></par></body></smil>'
+            ).encode()
+            unpacked, _ = self.unpack(zipOf([("mms.smil", smil), ("photo.jpg", b"\xff\xd8\xff")]))
+            self.assertIsNone(unpacked.error, encoding)
+            self.assertEqual(
+                [(p.name, p.content_type) for p in unpacked.parts],
+                [("mms.smil", "application/smil"), ("photo.jpg", "image/jpeg")],
+            )
+
+    def test_smilTypeNotAscii(self):
+        """
+        A part the SMIL types C{image/jpég} is typed by its extension.
+        """
+        smil = '<smil><body><par><img src="photo.jpg" type="image/jpég"/></par></body></smil>'
+        unpacked, _ = self.unpack(zipOf([("mms.smil", smil.encode()), ("photo.jpg", b"\xff\xd8\xff")]))
+        self.assertEqual(unpacked.parts[1].content_type, "image/jpeg")
+
+    def test_longMultibyteName(self):
+        """
+        An entry named with 120 CJK characters (360 bytes, over the 255
+        bytes a file name may have) is unpacked, and so are the others.
+        """
+        name = "\u5199" * 120 + ".txt"
+        unpacked, partsDir = self.unpack(zipOf([("photo.jpg", b"\xff\xd8\xff"), (name, b"hi")]))
+        self.assertIsNone(unpacked.error)
+        self.assertEqual([p.name for p in unpacked.parts], ["photo.jpg", name])
+        self.assertEqual((partsDir.parent / unpacked.parts[1].path).read_bytes(), b"hi")
+
     def test_sameNames(self):
         unpacked, partsDir = self.unpack(zipOf([("a.txt", b"1"), ("x/a.txt", b"2"), ("a.txt", b"3")]))
         self.assertEqual([p.path for p in unpacked.parts], ["parts/a.txt", "parts/a-2.txt", "parts/a-3.txt"])
@@ -199,6 +339,65 @@ class UnpackTests(TestCase):
         actually inflated say so, whatever its header claims.
         """
         self.assertRefused(zipOf([("bomb.txt", b"\0" * (20 * 1024 * 1024))]), "inflates more than 100 times")
+
+    def test_manySmallEntriesBomb(self):
+        """
+        Entries each under 1 MiB, each within no ratio of its own, are
+        refused together once the zip unpacks to more than 100 times its
+        size: 40 entries of 1 MiB of zeros make 40 MiB from some 44 KB.
+        """
+        data = zipOf([(f"f{i}.bin", b"\0" * 1024 * 1024) for i in range(40)])
+        self.assertLess(len(data), 64 * 1024)
+        self.assertRefused(data, "the zip inflates more than 100 times its size")
+
+    def test_overlappingEntries(self):
+        """
+        Entries that share one compressed stream (each directory entry
+        pointing at the same data) are held to the zip's size on disk, not
+        to the bytes read, which count that stream once per entry.
+        """
+        one = zipOf([("a.bin", b"\0" * 1024 * 1024)])
+        at = one.find(b"PK\x01\x02")
+        end = one.find(b"PK\x05\x06")
+        data = one[:at] + one[at:end] * 40
+        data += struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 40, 40, (end - at) * 40, at, 0)
+        self.assertLess(len(data), 8 * 1024)
+        self.assertRefused(data, "the zip inflates more than 100 times its size")
+
+    def test_lyingCompressedSize(self):
+        """
+        An entry whose central directory claims a huge compressed size is
+        still held to the ratio on the compressed bytes actually read
+        (zipfile stops at the end of the deflate stream and the CRC
+        matches).
+        """
+        size = 40 * 1024 * 1024
+        data = bytearray(zipOf([("bomb.bin", b"\0" * size), ("pad.jpg", os.urandom(128 * 1024))]))
+        at = data.find(b"PK\x01\x02")
+        self.assertGreater(size // struct.unpack("<I", data[at + 20 : at + 24])[0], 100)
+        data[at + 20 : at + 24] = struct.pack("<I", 0x7FFFFFFF)
+        self.assertRefused(bytes(data), "entry 'bomb.bin' inflates more than 100 times")
+
+    def test_ordinaryMmsWithinRatio(self):
+        """
+        What an MMS holds passes the ratio checks: text and SMIL compress
+        well but are small (the first 1 MiB in all is exempt), photos
+        hardly compress.
+        """
+        unpacked, _ = self.unpack(
+            zipOf(
+                [
+                    ("mms.smil", SMIL * 100),
+                    ("text.txt", b"ha" * 400_000),
+                    ("photo.jpg", os.urandom(3 * 1024 * 1024)),
+                    ("photo2.jpg", os.urandom(200 * 1024)),
+                ]
+            )
+        )
+        self.assertIsNone(unpacked.error)
+        self.assertEqual(len(unpacked.parts), 4)
+        unpacked, _ = self.unpack(zipOf([("mms.smil", SMIL * 100), ("text.txt", b"ha" * 400_000)]))
+        self.assertIsNone(unpacked.error)
 
     def test_lyingSize(self):
         """
