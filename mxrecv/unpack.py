@@ -188,12 +188,12 @@ def typeByExtension(name: str) -> str | None:
 
 def mediaType(value: str) -> str | None:
     """
-    C{value} lowercased if it is a plain media type, C{type/subtype} in
-    RFC 6838's restricted-name characters (ASCII, no parameters), else
+    C{value} lowercased, without parameters, if it is a plain media type,
+    C{type/subtype} in RFC 6838's restricted-name characters (ASCII), else
     L{None}.  Only such a type goes into a part's C{content_type}: it ends
     up in HTTP headers (URL delivery) and the application's own checks.
     """
-    value = value.strip()
+    value = value.split(";", 1)[0].strip()
     if not value.isascii():
         return None
     value = value.lower()

@@ -140,8 +140,8 @@ class RuleTests(TestCase):
     def test_smilTypeOnlyPlainMediaType(self):
         """
         A SMIL type attribute becomes a content type only if it is a plain
-        ASCII C{type/subtype} (RFC 6838 characters, lowercased); any other
-        is ignored, as if absent.
+        ASCII C{type/subtype} (RFC 6838 characters, lowercased, parameters
+        dropped); any other is ignored, as if absent.
         """
         types = smilTypes(
             """<smil><body><par>
@@ -150,9 +150,10 @@ class RuleTests(TestCase):
             <text src="c" type="text/plain; charset=utf-8"/>
             <img src="d.gif" type="image/gif\r\nX-Evil: 1"/>
             <video src="e.3gp" type="video/\u212a"/>
+            <img src="f" type="image/png; name=f.png"/>
             </par></body></smil>""".encode()
         )
-        self.assertEqual(types, {"b.jpg": "image/jpeg", "c": "text/plain"})
+        self.assertEqual(types, {"b.jpg": "image/jpeg", "c": "text/plain", "f": "image/png"})
         self.assertEqual(contentType("a.jpg", types), "image/jpeg")
         self.assertEqual(contentType("d.gif", types), "image/gif")
         self.assertEqual(contentType("e.3gp", types), "video/3gpp")
