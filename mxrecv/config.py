@@ -39,6 +39,7 @@ class ServerConfig:
     timezone: ZoneInfo = field(factory=lambda: ZoneInfo("Europe/London"))
     ack: str = "OK\n"
     request_timeout: float = 300.0
+    header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
 
 
@@ -247,6 +248,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timezone": _timezone,
             "ack": _nonEmptyString,
             "request_timeout": _positiveNumber,
+            "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
         },
     ),

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_server -*-
 """
 A twisted.web Request that streams its body instead of buffering it, and can
-refuse a request before reading its body.
+refuse a request before reading its body; and the channel that bounds how
+long a request's headers may take.
 
 twisted.web calls C{gotLength} once the headers are in, C{handleContentChunk}
 for each piece of body, and C{requestReceived} when the body is complete; the
@@ -11,7 +12,8 @@ takes the body; chunks go to it as they arrive (the body may pause the
 connection while it cannot keep up); the resource renders once the body has
 finished, which for an upload means its file is written and closed; and a
 request that takes longer than the site's C{requestTimeout} in all is cut
-off.
+off.  Before that, while the headers come in, L{CallbackChannel} applies
+the site's C{headerTimeout} in the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from .access import AllowList
@@ -65,16 +68,117 @@ class _NoContent:
         pass
 
 
+class CallbackChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection whose requests must get their headers in within
+    the site's C{headerTimeout}, however steadily they trickle (twisted.web's
+    own idle timeout starts again with every byte).
+
+    The header deadline starts when the connection is made, so it covers a
+    TLS handshake, and, on a kept-alive connection, with the first byte of
+    each further request; it stops once the headers are in, where
+    L{CallbackRequest}'s deadline takes over.  A connection idle between two
+    requests is left to the idle timeout.  When the deadline passes, a client
+    that sent part of a request gets a 408; one that sent nothing (which may
+    still be in its TLS handshake) is dropped without an answer.
+    """
+
+    _headerDeadline: IDelayedCall | None = None
+    _headerBegan = 0.0
+    # Whether any of the request under the deadline has arrived.
+    _partial = False
+    _cutOff = False
+    _abortLater: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._startHeaderDeadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._cutOff:
+            return
+        # No request in hand: these bytes begin the next one.  (What arrived
+        # while the last one was being answered comes here too, once it is.)
+        if not self.requests and self._headerDeadline is None:
+            self._startHeaderDeadline()
+        self._partial = True
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._stopHeaderDeadline()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopHeaderDeadline()
+        if self._abortLater is not None and self._abortLater.active():
+            self._abortLater.cancel()
+        super().connectionLost(reason)
+
+    def _startHeaderDeadline(self) -> None:
+        reactor = self.site.reactor
+        self._headerBegan = reactor.seconds()
+        self._partial = False
+        self._headerDeadline = reactor.callLater(self.site.headerTimeout, self._headersTimedOut)
+
+    def _stopHeaderDeadline(self) -> None:
+        if self._headerDeadline is not None and self._headerDeadline.active():
+            self._headerDeadline.cancel()
+        self._headerDeadline = None
+
+    def _headersTimedOut(self) -> None:
+        self._headerDeadline = None
+        self._cutOff = True
+        site = self.site
+        if self._partial:
+            refusal = Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"request headers not complete after {site.headerTimeout:g} seconds",
+            )
+            _writeRefusal(self.transport, refusal)
+            self.loseConnection()
+            # Over TLS the connection only closes once the client answers our
+            # close_notify; one that never does is dropped, as twisted.web
+            # does after its idle timeout.
+            self._abortLater = site.reactor.callLater(
+                self.abortTimeout, self.transport.abortConnection
+            )
+        else:
+            refusal = Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"nothing received in {site.headerTimeout:g} seconds, dropped without an answer",
+            )
+            self.transport.abortConnection()
+        _report(
+            site,
+            refusal,
+            # twisted.web's private record of the method, once the request
+            # line is in: no public attribute has it before the headers are.
+            method=getattr(self, "_command", None),
+            received=0,
+            seconds=site.reactor.seconds() - self._headerBegan,
+            peer=self.getPeer(),
+        )
+
+
 class CallbackSite(Site):
     """
-    A Site for L{CallbackRequest}s: it holds what they need to decide about a
-    body before the resource sees the request.
+    A Site for L{CallbackRequest}s on L{CallbackChannel}s: it holds what they
+    need to decide about a body before the resource sees the request.
 
     @ivar chooseBody: called with the request headers once they are in;
         returns the L{IBody} for the body or raises L{Refusal}.
     @ivar observe: called with the L{CallbackOutcome} of each request refused
         here (metrics).
+    @ivar headerTimeout: seconds a request's headers may take in all
+        (L{CallbackChannel}).
+    @ivar requestTimeout: seconds a request may take in all once its headers
+        are in (L{CallbackRequest}).
     """
+
+    # Plain HTTP/1.1 channels rather than twisted.web's default, a wrapper
+    # that can switch to HTTP/2, which this site never offers (see
+    # acceptableProtocols).
+    protocol = CallbackChannel
 
     def __init__(
         self,
@@ -84,6 +188,7 @@ class CallbackSite(Site):
         allow: AllowList,
         maxBody: int,
         requestTimeout: float,
+        headerTimeout: float,
         chooseBody: Callable[[Any], IBody],
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
@@ -92,6 +197,7 @@ class CallbackSite(Site):
         self.allow = allow
         self.maxBody = maxBody
         self.requestTimeout = requestTimeout
+        self.headerTimeout = headerTimeout
         self.chooseBody = chooseBody
 
     def log(self, request: Request) -> None:
@@ -245,31 +351,59 @@ class CallbackRequest(Request):
             self.body.abort()
         # Otherwise twisted.web sends "100 Continue" after this answer.
         self.requestHeaders.removeHeader(b"Expect")
-        body = f"{refusal.reason}\n".encode()
-        status = HTTPStatus(refusal.code)
         transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s"
-            % (status.value, status.phrase.encode(), len(body), body)
-        )
+        _writeRefusal(transport, refusal)
         self.channel.persistent = False
-        self._closing = self.channel.site.reactor.callLater(
-            DRAIN_SECONDS, transport.loseConnection
-        )
         site = self.channel.site
-        outcome = CallbackOutcome(
-            id=None,
-            type=None,
+        self._closing = site.reactor.callLater(DRAIN_SECONDS, transport.loseConnection)
+        _report(
+            site,
+            refusal,
             # Before the body is in, the method is only known to the channel.
-            mode=modeOf(getattr(self.channel, "_command", None) or self.method),
-            status=int(refusal.code),
-            bytes=self._received,
-            ack_seconds=site.reactor.seconds() - self.started,
-            client=getattr(self.getClientAddress(), "host", None),
-            reason=refusal.reason,
+            method=getattr(self.channel, "_command", None) or self.method,
+            received=self._received,
+            seconds=site.reactor.seconds() - self.started,
+            peer=self.getClientAddress(),
         )
-        log.info("Refused {client}: {status} {reason}", **outcome.fields())
-        site.observe(outcome)
+
+
+def _writeRefusal(transport: Any, refusal: Refusal) -> None:
+    """
+    Write the answer to a refused request, before twisted.web's response
+    machinery has a request to answer.
+    """
+    body = f"{refusal.reason}\n".encode()
+    status = HTTPStatus(refusal.code)
+    transport.write(
+        b"HTTP/1.1 %d %s\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s"
+        % (status.value, status.phrase.encode(), len(body), body)
+    )
+
+
+def _report(
+    site: CallbackSite,
+    refusal: Refusal,
+    *,
+    method: bytes | None,
+    received: int,
+    seconds: float,
+    peer: Any,
+) -> None:
+    """
+    Log and count a request refused before the resource had it.
+    """
+    outcome = CallbackOutcome(
+        id=None,
+        type=None,
+        mode=modeOf(method or b""),
+        status=int(refusal.code),
+        bytes=received,
+        ack_seconds=seconds,
+        client=getattr(peer, "host", None),
+        reason=refusal.reason,
+    )
+    log.info("Refused {client}: {status} {reason}", **outcome.fields())
+    site.observe(outcome)

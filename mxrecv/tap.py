@@ -161,6 +161,7 @@ def buildSite(
         allow=AllowList(server.allow),
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
+        headerTimeout=server.header_timeout,
         chooseBody=BodyChooser(
             min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
         ),

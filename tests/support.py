@@ -5,6 +5,7 @@ in a temporary directory, and the callback site listening on 127.0.0.1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,104 @@ def rawExchange(port: Any, data: bytes) -> Deferred[bytes]:
     client = _RawClient(data)
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
     return connectProtocol(endpoint, client).addCallback(lambda _: client.done)
+
+
+class Peer(Protocol):
+    """
+    A client that writes what the test gives it, when it gives it, and
+    collects what the server answers.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        self._waiting: list[tuple[bytes, int, Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for marker, count, d in list(self._waiting):
+            if self.received.count(marker) >= count:
+                self._waiting.remove((marker, count, d))
+                d.callback(self.received)
+
+    def waitFor(self, marker: bytes, count: int = 1) -> Deferred[bytes]:
+        """
+        Fire with all that was received once C{marker} is in it C{count}
+        times (or the connection is lost).
+        """
+        d: Deferred[bytes] = Deferred()
+        self._waiting.append((marker, count, d))
+        self.dataReceived(b"")
+        return d
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for _, _, d in self._waiting:
+            d.callback(self.received)
+        self._waiting = []
+        self.lost.callback(None)
+
+
+def connectPeer(port: Any) -> Deferred[Peer]:
+    """
+    A L{Peer} connected to C{port} on 127.0.0.1.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    return connectProtocol(endpoint, Peer())
+
+
+class ChannelWatch:
+    """
+    What a site's connections have had from their clients, so that a test
+    that drives the site's clock moves it only once the server has had what
+    the client sent.  It replaces the site's C{protocol} by a subclass that
+    counts; the site must not have a connection yet.
+
+    @ivar channels: the site's channels, as they are made.
+    @ivar received: bytes handed to them, in all.
+    """
+
+    def __init__(self, site: Any) -> None:
+        self.channels: list[Any] = []
+        self.received = 0
+        self._waiting: list[tuple[Callable[[], bool], Deferred[None]]] = []
+        watch = self
+
+        class Watched(site.protocol):  # type: ignore[name-defined, misc]
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                watch.channels.append(self)
+                watch._check()
+
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                watch.received += len(data)
+                watch._check()
+
+        site.protocol = Watched
+
+    def connected(self, count: int = 1) -> Deferred[None]:
+        """
+        Fire once C{count} connections are made.
+        """
+        return self._when(lambda: len(self.channels) >= count)
+
+    def hasReceived(self, count: int) -> Deferred[None]:
+        """
+        Fire once C{count} bytes in all have been handed to the channels.
+        """
+        return self._when(lambda: self.received >= count)
+
+    def _when(self, condition: Callable[[], bool]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((condition, d))
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        for condition, d in list(self._waiting):
+            if condition():
+                self._waiting.remove((condition, d))
+                d.callback(None)
 
 
 class DeadlineClock(Clock):

@@ -53,6 +53,10 @@ class ConfigTests(SynchronousTestCase):
             ("server", "max_body", "1M", "server.max_body"),
             ("server", "timezone", "Mars/Olympus", "server.timezone: unknown time zone"),
             ("server", "ack", "", "server.ack: must not be empty"),
+            ("server", "header_timeout", 0, "server.header_timeout: expected a number above 0"),
+            ("server", "header_timeout", -5, "server.header_timeout: expected a number above 0"),
+            ("server", "header_timeout", "30s", "server.header_timeout: expected a number above 0"),
+            ("server", "header_timeout", True, "server.header_timeout: expected a number above 0"),
             ("spool", "dedupe_days", -1, "spool.dedupe_days"),
             ("spool", "fsync", "yes", "spool.fsync"),
             ("retrieve", "url", "ftp://x/", "retrieve.url"),
@@ -61,6 +65,18 @@ class ConfigTests(SynchronousTestCase):
             ("retrieve", "ca_file", "/nonexistent/ca.pem", "retrieve.ca_file"),
         ]:
             self.assertConfigError({table: {key: value}}, fragment)
+
+    def test_headerTimeout(self) -> None:
+        """
+        [server] header_timeout is 30 seconds unless set; a whole number is
+        taken as seconds too.
+        """
+        self.assertEqual(Config().server.header_timeout, 30.0)
+        self.assertEqual(loadConfig(EXAMPLE).server.header_timeout, 30.0)
+        config = parseConfig({"server": {"header_timeout": 12}})
+        self.assertEqual(config.server.header_timeout, 12.0)
+        self.assertIsInstance(config.server.header_timeout, float)
+        self.assertEqual(parseConfig({"server": {"header_timeout": 2.5}}).server.header_timeout, 2.5)
 
     def test_backoffOrder(self) -> None:
         self.assertConfigError(

@@ -5,15 +5,25 @@ The callback server over a real port on 127.0.0.1, with treq as the client.
 from ipaddress import ip_network
 from urllib.parse import urlencode
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from mxrecv.message import Message
 from mxrecv.spool import NEW, PENDING
+from mxrecv.tap import buildSite
 
 from .support import (
     SMS,
+    ChannelWatch,
     DeadlineClock,
+    connectPeer,
+    fileWriters,
     httpClient,
     openSpool,
     rawExchange,
@@ -204,7 +214,9 @@ class RefusalTests(TestCase):
         the request deadline passes, however recently it sent a byte.
         """
         clock = DeadlineClock(30.0)
-        server = startServer(self, siteReactor=clock, request_timeout=30.0)
+        # header_timeout apart, so that the clock waits for the request's
+        # deadline (scheduled once the headers are in), not the connection's.
+        server = startServer(self, siteReactor=clock, request_timeout=30.0, header_timeout=10.0)
         exchange = rawExchange(
             server.port,
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -238,3 +250,204 @@ class RestartTests(TestCase):
 
     def test_configPath(self):
         self.assertEqual(serverConfig(path="/mx").server.path, "/mx")
+
+
+class HeaderDeadlineTests(TestCase):
+    """
+    A request's headers must be in within header_timeout of the connection
+    (or, on a kept-alive connection, of the request's first byte), however
+    steadily they trickle; the site's clock is driven by the test, the
+    connections are real.
+    """
+
+    HEADER = 20.0
+    # Waits are on real connections: a failure should not take trial's
+    # default two minutes.
+    timeout = 30
+
+    def setUp(self):
+        self.clock = Clock()
+        self.server = startServer(self, siteReactor=self.clock, header_timeout=self.HEADER)
+        self.watch = ChannelWatch(self.server.site)
+        self.outcomes = []
+        self.server.site.observe = self.outcomes.append
+        # twisted.web's idle timeout, which each byte starts again.
+        self.idle = self.server.site.timeOut
+        self.assertGreater(self.idle, self.HEADER * 2)
+
+    @inlineCallbacks
+    def connect(self):
+        """
+        A L{Peer} connected to the server; fire once the server has its end.
+        """
+        made = self.watch.connected(len(self.watch.channels) + 1)
+        peer = yield connectPeer(self.server.port)
+        self.addCleanup(lambda: None if peer.lost.called else self.disconnect(peer))
+        yield made
+        return peer
+
+    def disconnect(self, peer):
+        peer.transport.loseConnection()
+        return peer.lost
+
+    def send(self, peer, data: bytes):
+        """
+        Send C{data}; fire once the server has had it.
+        """
+        peer.transport.write(data)
+        return self.watch.hasReceived(self.watch.received + len(data))
+
+    def get(self, id: str) -> bytes:
+        return b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n" % urlencode({**SMS, "id": id}).encode()
+
+    @inlineCallbacks
+    def test_halfRequestLine(self):
+        """
+        A client that sends half a request line and then nothing is answered
+        408 and cut off once header_timeout has passed since it connected,
+        with one event logged and counted.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        peer = yield self.connect()
+        self.clock.advance(5)
+        yield self.send(peer, b"GET /?id=1&fr")
+        self.clock.advance(self.HEADER - 5 - 1)
+        self.assertEqual(self.outcomes, [])
+        self.clock.advance(1)
+        yield peer.lost
+        self.assertTrue(peer.received.startswith(b"HTTP/1.1 408 "), peer.received)
+        self.assertIn(b"request headers not complete after 20 seconds", peer.received)
+        [outcome] = self.outcomes
+        self.assertEqual(
+            (outcome.status, outcome.mode, outcome.client, outcome.ack_seconds),
+            (408, "other", "127.0.0.1", self.HEADER),
+        )
+        [event] = [e for e in events if e["log_namespace"] == "mxrecv.request"]
+        self.assertEqual((event["status"], event["client"]), (408, "127.0.0.1"))
+
+    @inlineCallbacks
+    def test_tricklingHeaders(self):
+        """
+        A client that sends a header byte by byte, each well within the idle
+        timeout, is still cut off at header_timeout.
+        """
+        peer = yield self.connect()
+        yield self.send(peer, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        sent = 0
+        for byte in b"X-Slow: 123456789":
+            yield self.send(peer, bytes([byte]))
+            sent += 1
+            self.clock.advance(self.HEADER * 0.75)
+            if self.outcomes:
+                break
+        self.assertEqual(sent, 2)
+        yield peer.lost
+        self.assertTrue(peer.received.startswith(b"HTTP/1.1 408 "), peer.received)
+        [outcome] = self.outcomes
+        self.assertEqual((outcome.status, outcome.mode), (408, "get"))
+
+    @inlineCallbacks
+    def test_idleKeepAliveLeftToIdleTimeout(self):
+        """
+        A kept-alive connection idle after its request is not closed by the
+        header deadline, only by the idle timeout, and without a 408.
+        """
+        peer = yield self.connect()
+        yield self.send(peer, self.get("mx-1"))
+        yield peer.waitFor(b"OK\n")
+        self.clock.advance(self.HEADER * 2)
+        self.assertEqual(self.outcomes, [])
+        self.assertFalse(self.watch.channels[0].transport.disconnecting)
+        self.clock.advance(self.idle - self.HEADER * 2)
+        yield peer.lost
+        self.assertEqual(peer.received.count(b"HTTP/1.1 "), 1)
+        self.assertEqual(self.outcomes, [])
+
+    @inlineCallbacks
+    def test_promptRequestOnOldConnection(self):
+        """
+        A request whose headers come at once succeeds on a kept-alive
+        connection older than header_timeout.
+        """
+        peer = yield self.connect()
+        yield self.send(peer, self.get("mx-1"))
+        yield peer.waitFor(b"OK\n")
+        self.clock.advance(self.HEADER * 1.5)
+        yield self.send(peer, self.get("mx-2"))
+        answer = yield peer.waitFor(b"OK\n", 2)
+        self.assertEqual(answer.count(b"HTTP/1.1 200 OK\r\n"), 2, answer)
+        self.assertEqual(files(self.server.spool.dir(NEW)), ["mx-1", "mx-2"])
+        self.assertEqual(self.outcomes, [])
+
+    @inlineCallbacks
+    def test_nextRequestFromItsFirstByte(self):
+        """
+        On a kept-alive connection the deadline of the next request starts
+        with its first byte, not when the connection was made nor when the
+        last request ended.
+        """
+        peer = yield self.connect()
+        yield self.send(peer, self.get("mx-1"))
+        yield peer.waitFor(b"OK\n")
+        self.clock.advance(self.HEADER * 1.5)
+        yield self.send(peer, b"GET /?id=mx-2 HTTP/1.1\r\nHo")
+        self.clock.advance(self.HEADER - 1)
+        self.assertEqual(self.outcomes, [])
+        self.clock.advance(1)
+        yield peer.lost
+        self.assertEqual(peer.received.count(b"HTTP/1.1 408 "), 1, peer.received)
+        self.assertEqual([o.status for o in self.outcomes], [408])
+
+    @inlineCallbacks
+    def test_slowBodyLeftToRequestTimeout(self):
+        """
+        Once the headers are in, a body may take longer than header_timeout
+        (request_timeout bounds it).
+        """
+        body = urlencode({**SMS, "id": "mx-post"}).encode()
+        peer = yield self.connect()
+        yield self.send(
+            peer,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10]),
+        )
+        self.clock.advance(self.HEADER * 1.5)
+        yield self.send(peer, body[10:])
+        answer = yield peer.waitFor(b"OK\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertEqual(self.outcomes, [])
+
+
+class HeaderDeadlineAbortTests(TestCase):
+    """
+    The end of a 408 sent for the header deadline, on an in-memory connection
+    whose close the test controls.
+    """
+
+    def test_abortedIfNotClosed(self):
+        """
+        After the 408, what the client sends is ignored, and a connection
+        that has not closed within twisted.web's abortTimeout (a TLS client
+        that never answers our close_notify) is aborted.
+        """
+        clock = Clock()
+        config = serverConfig(header_timeout=10.0)
+        site = buildSite(config, openSpool(self), clock, writers=fileWriters(self))
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        transport = StringTransport(peerAddress=peer)
+        transport.abortConnection = lambda: setattr(transport, "aborted", True)
+        channel = site.buildProtocol(peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /?id=1 HTTP/1.1\r\n")
+        clock.advance(10)
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+        self.assertTrue(transport.disconnecting)
+        channel.dataReceived(b"Host: x\r\n\r\n")
+        self.assertEqual(transport.value(), answer)
+        clock.advance(channel.abortTimeout - 1)
+        self.assertFalse(getattr(transport, "aborted", False))
+        clock.advance(1)
+        self.assertTrue(transport.aborted)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -57,7 +57,15 @@ from mxrecv.tls import (
 )
 from mxrecv.tlsreload import CertificateReloadService
 
-from .support import LOOPBACK_ONLY, SMS, fileWriters, httpClient, openSpool, serverConfig
+from .support import (
+    LOOPBACK_ONLY,
+    SMS,
+    ChannelWatch,
+    fileWriters,
+    httpClient,
+    openSpool,
+    serverConfig,
+)
 from .strategies import contentTypeFor, multipartBody
 from .test_post import BOUNDARY, mmsFields
 from .test_tap import runTwistd
@@ -206,11 +214,13 @@ class HTTPSServerMixin:
     """
 
     @inlineCallbacks
-    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY, **writerLimits):
+    def serve(self, files: TLSFiles, allow=LOOPBACK_ONLY, siteReactor=reactor, **writerLimits):
         spool = openSpool(self)
         self.spoolDir = spool.root
         config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
-        site = buildSite(config, spool, reactor, writers=fileWriters(self, **writerLimits))
+        site = self.site = buildSite(
+            config, spool, siteReactor, writers=fileWriters(self, **writerLimits)
+        )
         self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
         factory = tlsFactory(site, site.allow, self.certificate)
         port = yield tlsEndpoint(reactor, TLSListen(0, files, "127.0.0.1")).listen(factory)
@@ -419,6 +429,70 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
         self.assertEqual(commonName((yield client.handshake)), "server one")
         client.transport.loseConnection()
         yield client.lost
+
+
+class HTTPSHeaderDeadlineTests(HTTPSServerMixin, TestCase):
+    """
+    The header deadline on an HTTPS listener: it starts with the TCP
+    connection, so it covers the TLS handshake.  The site's clock is driven
+    by the test.
+    """
+
+    # Waits are on real connections: a failure should not take trial's
+    # default two minutes.
+    timeout = 30
+
+    def setUp(self):
+        key, cert = issue("server one")
+        self.files = writeFiles(Path(self.mktemp()), key, cert)
+        self.clock = Clock()
+
+    @inlineCallbacks
+    def serveWatched(self):
+        port = yield self.serve(self.files, siteReactor=self.clock)
+        self.watch = ChannelWatch(self.site)
+        self.outcomes = []
+        self.site.observe = self.outcomes.append
+        return port
+
+    @inlineCallbacks
+    def test_noClientHello(self):
+        """
+        A client that connects and never sends its ClientHello is dropped,
+        without an answer, once header_timeout has passed.
+        """
+        port = yield self.serveWatched()
+        made = self.watch.connected()
+        client = yield connect(port)
+        client.handshake.addErrback(lambda _: None)  # plain TCP: none expected
+        yield made
+        self.clock.advance(self.site.headerTimeout - 1)
+        self.assertEqual(self.outcomes, [])
+        self.clock.advance(1)
+        yield client.lost
+        self.assertEqual(client.received, b"")
+        [outcome] = self.outcomes
+        self.assertEqual((outcome.status, outcome.client), (408, "127.0.0.1"))
+        self.assertIn("dropped without an answer", outcome.reason)
+
+    @inlineCallbacks
+    def test_partialHeaders(self):
+        """
+        After the handshake, a client whose headers are not in within
+        header_timeout of connecting gets a 408 over TLS and is cut off.
+        """
+        port = yield self.serveWatched()
+        made = self.watch.connected()
+        client = yield connect(port, trusting(CA))
+        yield client.handshake
+        yield made
+        partial = b"GET / HTTP/1.1\r\nHo"
+        client.transport.write(partial)
+        yield self.watch.hasReceived(len(partial))
+        self.clock.advance(self.site.headerTimeout)
+        yield client.lost
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 408 "), client.received)
+        self.assertEqual([o.status for o in self.outcomes], [408])
 
 
 def _whenLogged(text: str, d: Deferred):
