@@ -34,6 +34,7 @@ from mxrecv.message import Message
 from mxrecv.pending import PendingWork
 from mxrecv.retrieve import makeRetriever
 from mxrecv.spool import NEW, PENDING, Spool
+from mxrecv.writer import FileWriters
 
 CHILD = """
 import sys
@@ -70,6 +71,9 @@ def rssMiB() -> float:
 def run(args: argparse.Namespace, url: str, root: Path):
     pool = ThreadPool(minthreads=1, maxthreads=16, name="bench-io")
     pool.start()
+    # As in mxrecv.tap: the downloads' writers on a pool of their own.
+    writerPool = ThreadPool(minthreads=1, maxthreads=4, name="bench-writers")
+    writerPool.start()
     spool = Spool(root, reactor=reactor, pool=pool, sync=args.fsync)
     spool.open()
     now = reactor.seconds()
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace, url: str, root: Path):
         completer=completer,
         reactor=reactor,
         pool=pool,
+        writers=FileWriters(reactor=reactor, pool=writerPool),
         zone=ZoneInfo("Europe/London"),
         maxBody=100 * 1024 * 1024,
     )
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace, url: str, root: Path):
     elapsed = time.perf_counter() - start
     yield retriever.stop()
     spool.close()
+    writerPool.stop()
     pool.stop()
     failed = [o for _, o in outcomes if type(o).__name__ != "Completed"]
     inNew = len(list(spool.dir(NEW).iterdir()))

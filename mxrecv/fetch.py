@@ -1,16 +1,22 @@
 # -*- test-case-name: tests.test_retrieve -*-
 """
 One RetrieveMMS attempt: a treq GET whose body streams into
-C{pending/NAME/mms.zip.part} (hashed and counted on the way, never held in
-memory), cut off at a deadline that covers the whole body and at a byte cap,
-and its outcome as a sentence with the password masked.
+C{pending/NAME/mms.zip.part}, cut off at a deadline that covers the whole
+body (and the writing of it) and at a byte cap, and its outcome as a
+sentence with the password masked.
+
+The reactor only counts the body and checks its first bytes; the bytes are
+written and hashed in worker threads by a L{mxrecv.writer.FileWriter} (the
+server's, shared with the uploads), which pauses the response while it is
+behind, so that a slow disk neither blocks the reactor nor fills memory.
+An attempt settles only once its file is closed; a cancelled one fails at
+once, and L{Fetcher.close} waits for the write it may still have in flight.
 
 L{mxrecv.retrieve} decides when attempts run and what becomes of the message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -21,9 +27,10 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 # Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
@@ -34,6 +41,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
 from .complete import MMS_ZIP
+from .writer import FileWriter, FileWriters, Written
 
 PART = MMS_ZIP + ".part"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -159,6 +167,8 @@ class Fetcher:
     @param reactor: makes connections.
     @param clock: times the attempts' deadlines.
     @param maxBody: the largest zip accepted, in bytes.
+    @param writers: write and hash the downloads (the server's, so that
+        uploads and downloads share one memory bound).
     """
 
     def __init__(
@@ -172,9 +182,14 @@ class Fetcher:
         maxBody: int,
         connectTimeout: float,
         policy: IPolicyForHTTPS,
+        writers: FileWriters,
         concurrency: int = 8,
     ) -> None:
         self.url = url
+        self._writers = writers
+        # Fire once the file of an attempt is closed, for the attempts whose
+        # file is open.
+        self._files: set[Deferred[None]] = set()
         self._user = user
         self._password = password
         self._clock = clock
@@ -191,19 +206,29 @@ class Fetcher:
 
     def fetch(self, messageId: str, part: Path, deadline: float) -> Deferred[Download]:
         """
-        Download the zip of C{messageId} into C{part}, by C{deadline} (on the
-        clock).  C{part} may be left behind, complete or not, either way.
+        Download the zip of C{messageId} into C{part} (replaced if it
+        exists), by C{deadline} (on the clock).  C{part} may be left behind,
+        complete or not, either way, but closed: no worker writes to it once
+        the result has fired.
 
         @return: fires with the zip's size and hash, or fails with
-            L{RetrieveError}; cancelling it abandons the attempt.
+            L{RetrieveError}; cancelling it abandons the attempt (the
+            result fails at once; a write already running in a worker may
+            finish after it, see L{close}).
         """
         return _Attempt(self, messageId, part, deadline).result
 
     def close(self) -> Deferred[None]:
         """
-        Close the cached connections.
+        Close the cached connections, once the files of the attempts
+        (cancelled ones included) are closed.
         """
-        return self._pool.closeCachedConnections()
+        files = DeferredList(list(self._files), consumeErrors=True)
+        return files.addCallback(lambda _: self._pool.closeCachedConnections())
+
+    def _opened(self, closed: Deferred[None]) -> None:
+        self._files.add(closed)
+        closed.addBoth(lambda result: (self._files.discard(closed), result)[1])
 
 
 class _Attempt:
@@ -232,7 +257,7 @@ class _Attempt:
             return
         self._error = error
         if self._body is not None:
-            self._body.transport.stopProducing()
+            self._body.stop()
         else:
             self._request.cancel()
 
@@ -249,6 +274,7 @@ class _Attempt:
             return
         self._body = _BodyFile(self, self._part, cap)
         response.deliverBody(self._body)
+        self._body.delivered()
 
     def _noResponse(self, reason: Failure) -> None:
         self._settle(self._error or _requestOutcome(reason))
@@ -268,33 +294,76 @@ class _Attempt:
             self.result.errback(outcome)
 
 
+def _writeError(e: BaseException) -> RetrieveError:
+    reason = getattr(e, "strerror", None) or str(e)
+    return RetrieveError(f"cannot write {PART}: {reason}")
+
+
+@implementer(IPushProducer)
 class _BodyFile(Protocol):
     """
-    Streams a response body into a file, hashing and counting it, refusing
-    more than C{cap} bytes and anything that does not start like a zip.
-    With C{path} L{None}, the body is dropped at once.
+    Streams a response body into a file through a L{FileWriter} (which
+    writes and hashes it in its workers), counting it, refusing more than
+    C{cap} bytes and anything that does not start like a zip.  With C{path}
+    L{None}, the body is dropped at once.
+
+    It is the writer's producer: it pauses the response's transport while
+    the writer is behind.
+
+    @ivar closed: fires once the file is closed (or was never opened).
     """
 
     def __init__(self, attempt: _Attempt, path: Path | None, cap: int) -> None:
         self._attempt = attempt
         self._path = path
         self._cap = cap
-        self._file: Any = None
-        self._hash = hashlib.sha256()
+        self._writer: FileWriter | None = None
+        self._aborted = False
+        self._paused = False
         self._head = b""
+        self._download: Download | None = None
         self.size = 0
+        self.closed: Deferred[None] = Deferred()
+
+    # IPushProducer, for the writer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def delivered(self) -> None:
+        """
+        C{deliverBody} has returned.  It resumes the transport whatever
+        happened during the delivery of the bytes it had buffered, so a
+        pause asked for by the writer then is asked for again.
+        """
+        if self._paused:
+            self.transport.pauseProducing()
+
+    # The body
 
     def connectionMade(self) -> None:
         if self._path is None:
             self.transport.stopProducing()
+            self._fileClosed()
             return
         try:
-            self._file = open(self._path, "wb")
+            self._writer = self._attempt._fetcher._writers.open(self._path, self, replace=True)
         except OSError as e:
-            self._attempt._stop(RetrieveError(f"cannot write {PART}: {e.strerror}"))
+            self._fileClosed()
+            self._attempt._stop(_writeError(e))
+            return
+        self._attempt._fetcher._opened(self.closed)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._file is None or self._attempt._error is not None:
+        if self._writer is None or self._aborted or self._attempt._error is not None:
             return
         self.size += len(data)
         if self.size > self._cap:
@@ -305,24 +374,54 @@ class _BodyFile(Protocol):
             if len(self._head) == 4 and self._head not in _ZIP_MAGIC:
                 self._attempt._stop(RetrieveError("HTTP 200 but the body is not a zip", "invalid"))
                 return
-        self._hash.update(data)
         try:
-            self._file.write(data)
+            self._writer.write(data)
         except OSError as e:
-            self._attempt._stop(RetrieveError(f"cannot write {PART}: {e.strerror}"))
+            self._attempt._stop(_writeError(e))
+
+    def stop(self) -> None:
+        """
+        Abandon the body: stop receiving it and abort the writer (what it
+        buffers is dropped; its file is closed once a write in flight ends).
+        """
+        self.transport.stopProducing()
+        self._abort()
 
     def connectionLost(self, reason: Failure = None) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as e:
-                self._attempt._error = self._attempt._error or RetrieveError(
-                    f"cannot write {PART}: {e.strerror}"
-                )
         attempt = self._attempt
+        if attempt._error is None and self._writer is not None:
+            if not reason.check(ResponseDone, PotentialDataLoss):
+                attempt._error = RetrieveError(
+                    f"body cut short after {self.size} bytes", "connection"
+                )
+            elif not self._aborted:
+                self._writer.close().addCallbacks(self._written, self._notWritten)
         if attempt._error is not None:
-            attempt._settle(attempt._error)
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            attempt._settle(Download(self.size, self._hash.hexdigest()))
+            self._abort()
+        # Settled once the file is closed, so that no worker writes to it
+        # after the attempt (and the part can be removed).
+        self.closed.addCallback(lambda _: attempt._settle(attempt._error or self._download))
+
+    def _written(self, written: Written) -> None:
+        self._download = Download(written.size, written.sha256)
+        self._fileClosed()
+
+    def _notWritten(self, reason: Failure) -> None:
+        if reason.check(CancelledError):
+            # Aborted while closing: the abort fires closed.
+            return
+        self._attempt._error = self._attempt._error or _writeError(reason.value)
+        self._fileClosed()
+
+    def _abort(self) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        if self._writer is None:
+            self._fileClosed()
         else:
-            attempt._settle(RetrieveError(f"body cut short after {self.size} bytes", "connection"))
+            self._writer.abort().addCallback(lambda _: self._fileClosed())
+
+    def _fileClosed(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)

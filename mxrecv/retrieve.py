@@ -3,8 +3,10 @@
 GET-mode MMS: download each zip that MX Telecom notified us of from
 RetrieveMMS, before its expiry, and hand it to the L{Completer}.
 
-L{mxrecv.fetch.Fetcher} makes each attempt (streamed to disk, with a
-deadline and a byte cap).  L{Retriever} runs the attempts as L{mxrecv.schedule.Schedule} decides, keeps
+L{mxrecv.fetch.Fetcher} makes each attempt (streamed to disk by the
+server's L{mxrecv.writer.FileWriters}, written and hashed in their worker
+threads, with a deadline and a byte cap).  L{Retriever} runs the attempts as
+L{mxrecv.schedule.Schedule} decides, keeps
 each message's attempts in C{pending/NAME/retrieve.json} so that a restart
 resumes with its history, and moves the message on: to C{new/} once
 C{mms.zip} is in place, or to C{failed/} when its expiry passes.
@@ -40,6 +42,7 @@ from .message import Message
 from .metrics import Metrics
 from .schedule import Completed, GaveUp, Policy, Schedule, Start
 from .spool import MESSAGE_JSON, PENDING, Spool
+from .writer import FileWriters
 
 log = Logger()
 
@@ -414,6 +417,7 @@ def makeRetriever(
     completer: Completer,
     reactor: Any,
     pool: Any,
+    writers: FileWriters,
     zone: tzinfo,
     maxBody: int,
     clock: Any = None,
@@ -422,6 +426,10 @@ def makeRetriever(
 ) -> Retriever:
     """
     A retriever configured from C{[retrieve]} (a L{RetrieveConfig}).
+
+    @param pool: the thread pool of the file steps (install, journal).
+    @param writers: write and hash the downloads (the server's, shared with
+        the uploads).
     """
     if random is None:
         import random as _random
@@ -437,6 +445,7 @@ def makeRetriever(
         maxBody=maxBody,
         connectTimeout=retrieve.timeout,
         policy=tlsPolicy(retrieve.ca_file),
+        writers=writers,
         concurrency=retrieve.concurrency,
     )
     policy = Policy(

@@ -46,10 +46,10 @@ FORM_LIMIT = 1024 * 1024
 # Threads that write and fsync messages; concurrent fsyncs share journal
 # commits, so more threads than cores pays off.
 IO_THREADS = 16
-# Threads that write and hash uploads as they stream in: that is CPU work
-# (SHA-256, copying into the page cache), so about as many as cores, in a
-# pool of their own so that uploads never delay the fsyncs of the messages
-# being acknowledged.
+# Threads that write and hash uploads and RetrieveMMS downloads as they
+# stream in: that is CPU work (SHA-256, copying into the page cache), so
+# about as many as cores, in a pool of their own so that they never delay
+# the fsyncs of the messages being acknowledged.
 UPLOAD_THREADS = 4
 PRUNE_INTERVAL = 3600.0
 
@@ -215,6 +215,8 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     # Stopped after the listeners and the spool, before the pool above.
     uploadPool = ThreadPool(minthreads=1, maxthreads=UPLOAD_THREADS, name="mxrecv-upload")
     ThreadPoolService(uploadPool).setServiceParent(service)
+    # One budget for the files streaming in, uploads and downloads alike.
+    writers = FileWriters(reactor=reactor, pool=uploadPool)
 
     spool = Spool(
         config.spool.dir,
@@ -243,6 +245,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
                 completer=completer,
                 reactor=reactor,
                 pool=pool,
+                writers=writers,
                 zone=config.server.timezone,
                 maxBody=config.server.max_body,
                 metrics=metrics,
@@ -278,7 +281,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
         spool,
         reactor,
         pending,
-        writers=FileWriters(reactor=reactor, pool=uploadPool),
+        writers=writers,
         observe=metrics.callback,
     )
     service.inFlight.track(site)

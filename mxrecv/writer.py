@@ -1,18 +1,21 @@
 # -*- test-case-name: tests.test_writer -*-
 """
-Uploads written and hashed in worker threads, in order, with backpressure.
+Files streamed in from the network, written and hashed in worker threads, in
+order, with backpressure: POST-mode uploads (L{mxrecv.multipart}) and
+RetrieveMMS downloads (L{mxrecv.fetch}), on one shared budget.
 
-The reactor only appends each chunk of an upload to that upload's buffer; a
+The reactor only appends each chunk of a file to that file's buffer; a
 worker thread hashes (SHA-256) and writes whatever has accumulated, one job
-at a time per upload so that the file's bytes stay in order.  A C{write}
+at a time per file so that the file's bytes stay in order.  A C{write}
 into the page cache can block for a long time under writeback throttling,
 and hashing costs about as much as the disk: neither belongs on the reactor,
 and in a worker both overlap the reactor's parsing of the next chunks
 (hashlib and C{os.write} release the GIL on large buffers).
 
-Buffers are bounded per upload and across all uploads: past the bound the
-upload's producer (its connection) is paused, and resumed once the writers
-have caught up, so memory stays bounded however slow the disk is.
+Buffers are bounded per file and across all files: past the bound the
+file's producer (the upload's connection, or the download's response) is
+paused, and resumed once the writers have caught up, so memory stays bounded
+however slow the disk is.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from twisted.python.failure import Failure
 
 
 MiB = 1024 * 1024
-# Bytes buffered for one upload, and for all of them, before pausing.  On
-# top of the total, each connection holds at most one read (256 KiB): 32
-# concurrent uploads stay within 14 MiB however slow the disk (docs/post.md).
+# Bytes buffered for one file, and for all of them (uploads and downloads),
+# before pausing.  On top of the total, each connection holds at most one
+# read (256 KiB): 32 concurrent uploads stay within 14 MiB however slow the
+# disk (docs/post.md).
 FILE_LIMIT = 4 * MiB
 TOTAL_LIMIT = 6 * MiB
-# A worker job takes at least this much (unless the upload is ending or over
+# A worker job takes at least this much (unless the file is ending or over
 # its bounds), so that the hand-over between threads, which costs context
 # switches and GIL hand-offs, is paid per batch, not per read: measured, a
 # 1 MiB batch was faster than 256 KiB (docs/post.md).
@@ -55,14 +59,16 @@ class Written:
 
 class FileWriters:
     """
-    Makes the L{FileWriter}s of a server and holds their shared budget.
+    Makes the L{FileWriter}s of a server (for its uploads and its
+    downloads) and holds their shared budget.
 
     @param reactor: where completions are reported.
     @param pool: a started L{twisted.python.threadpool.ThreadPool} whose
         threads do the writing and hashing.
-    @param fileLimit: bytes buffered for one upload before it is paused.
-    @param totalLimit: bytes buffered for all uploads before any upload
-        that buffers more is paused.
+    @param fileLimit: bytes buffered for one file before its producer is
+        paused.
+    @param totalLimit: bytes buffered for all files before any file that
+        buffers more has its producer paused.
     """
 
     def __init__(
@@ -84,17 +90,23 @@ class FileWriters:
         # Writers holding chunks (less than a batch) with no job running.
         self._holding: set[FileWriter] = set()
 
-    def open(self, path: Path, producer: IPushProducer | None) -> FileWriter:
+    def open(
+        self, path: Path, producer: IPushProducer | None, *, replace: bool = False
+    ) -> FileWriter:
         """
-        Create C{path} (which must not exist) and return its writer.
+        Create C{path} and return its writer.
 
         Creating is a metadata operation, done here so that the file exists
         (and can be removed) from the start; only writes go to the workers.
 
-        @param producer: paused while the upload buffers too much.
-        @raise OSError: if C{path} cannot be created.
+        @param producer: paused while the file buffers too much.
+        @param replace: truncate C{path} if it exists, instead of failing.
+        @raise OSError: if C{path} cannot be created (or exists, unless
+            C{replace}).
         """
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        flags |= os.O_TRUNC if replace else os.O_EXCL
+        fd = os.open(path, flags, 0o640)
         return FileWriter(self, fd, producer)
 
     def _run(self, job: Any, *args: Any) -> Deferred[Any]:
@@ -111,9 +123,9 @@ class FileWriters:
 
     def _flush(self) -> None:
         """
-        Over the total bound: hand the workers what the other uploads hold
-        short of a batch, or a paused upload could wait on bytes held by
-        uploads whose clients have gone quiet.
+        Over the total bound: hand the workers what the other files hold
+        short of a batch, or a paused file could wait on bytes held by
+        files whose peers have gone quiet.
         """
         if self.buffered > self.totalLimit // 2:
             for writer in list(self._holding):
@@ -124,7 +136,7 @@ class FileWriters:
 
     def _drained(self) -> None:
         """
-        Some buffer shrank: resume the uploads that are back under half of
+        Some buffer shrank: resume the files that are back under half of
         their bounds (the other half is slack, so that a connection is not
         paused and resumed for every chunk).
         """
@@ -138,7 +150,8 @@ class FileWriters:
 
 class FileWriter:
     """
-    One upload's file, written and hashed by a worker, one job at a time.
+    One file (an upload or a download), written and hashed by a worker, one
+    job at a time.
 
     All methods are called on the reactor thread.
     """
@@ -213,7 +226,7 @@ class FileWriter:
         self._resume()
         done, self._done = self._done, None
         if done is not None:
-            done.errback(CancelledError("the upload was aborted"))
+            done.errback(CancelledError("the file was aborted"))
         if self._fd is None:
             return succeed(None)
         d: Deferred[None] = Deferred()

@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 
 def makeZip(size: int = 1024, name: str = "image.jpg") -> bytes:
@@ -60,6 +62,18 @@ class Truncate:
 
 
 @frozen
+class Stream:
+    """
+    Answer C{body} with its length, written as fast as the connection takes
+    it and no faster: a push producer, paused while the client does not read
+    (the stand-in's C{sent} says how far it got).
+    """
+
+    body: bytes
+    chunk: int = 65536
+
+
+@frozen
 class Hang:
     """
     Never answer.
@@ -75,7 +89,7 @@ class Trickle:
     interval: float = 0.02
 
 
-Behaviour = Serve | Truncate | Hang | Trickle
+Behaviour = Serve | Truncate | Stream | Hang | Trickle
 
 
 class RetrieveMMS(Resource):
@@ -84,6 +98,7 @@ class RetrieveMMS(Resource):
     it is empty, each gets C{default} (a zip of C{zipSize} bytes).
 
     @ivar requests: the query arguments of each request, decoded.
+    @ivar sent: the bytes of body written by the last L{Stream} so far.
     """
 
     isLeaf = True
@@ -97,6 +112,7 @@ class RetrieveMMS(Resource):
         self._waiting: list[tuple[int, Deferred[None]]] = []
         self.active = 0
         self.peakActive = 0
+        self.sent = 0
         self._idle: list[Deferred[None]] = []
 
     def whenIdle(self) -> Deferred[None]:
@@ -158,6 +174,10 @@ class RetrieveMMS(Resource):
             request.write(behaviour.body[: behaviour.sent])
             request.transport.loseConnection()
             return NOT_DONE_YET
+        if isinstance(behaviour, Stream):
+            request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))
+            _Streamer(self, request, behaviour)
+            return NOT_DONE_YET
         if isinstance(behaviour, Trickle):
             self._trickle(request, behaviour.interval)
             return NOT_DONE_YET
@@ -171,6 +191,57 @@ class RetrieveMMS(Resource):
             request.notifyFinish().addBoth(lambda _: self._trickling.cancel())
         else:
             self._trickling = call
+
+
+@implementer(IPushProducer)
+class _Streamer:
+    """
+    Writes a L{Stream}'s body one chunk per turn of the reactor while the
+    connection is not paused.
+    """
+
+    def __init__(self, resource: RetrieveMMS, request: Request, stream: Stream) -> None:
+        self._resource = resource
+        self._request = request
+        self._stream = stream
+        self._paused = False
+        self._done = False
+        self._call = None
+        resource.sent = 0
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(lambda _: self.stopProducing())
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._call is None and not (self._paused or self._done):
+            self._call = self._resource._reactor.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self._call = None
+        sent = self._resource.sent
+        piece = self._stream.body[sent : sent + self._stream.chunk]
+        self._resource.sent += len(piece)
+        if self._resource.sent >= len(self._stream.body):
+            self._done = True
+            self._request.unregisterProducer()
+            self._request.write(piece)
+            self._request.finish()
+            return
+        self._request.write(piece)
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self._done = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
 
 
 class QuietSite(Site):

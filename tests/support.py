@@ -1,20 +1,23 @@
 """
-What the tests need to run mxrecv for real: a started thread pool, a spool
-in a temporary directory, and the callback site listening on 127.0.0.1.
+What the tests need to run mxrecv for real: a started thread pool (or one
+whose threads a test holds), a spool in a temporary directory, and the
+callback site listening on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from attrs import evolve, frozen
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -42,6 +45,67 @@ def fileWriters(case: TestCase, **limits: Any) -> FileWriters:
     limits unless C{limits} are given.
     """
     return FileWriters(reactor=reactor, pool=startedPool(case), **limits)
+
+
+class GatedPool:
+    """
+    A real thread pool whose threads can be held busy, so that the writer
+    of an upload or a download falls behind for as long as a test wants.
+    """
+
+    def __init__(self, case, threads=2):
+        self.pool = ThreadPool(minthreads=threads, maxthreads=threads, name=case.id())
+        self.pool.start()
+        self.gate = threading.Event()
+        self.threads = threads
+        case.addCleanup(self.pool.stop)
+        case.addCleanup(self.gate.set)
+
+    def hold(self):
+        self.gate.clear()
+        for _ in range(self.threads):
+            self.pool.callInThread(self.gate.wait)
+
+    def release(self):
+        self.gate.set()
+
+
+def openFiles(directory: Path):
+    """
+    The files under C{directory} (an absolute path) this process has open.
+    """
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+@inlineCallbacks
+def turnsUntil(predicate: Any, limit: int = 100_000) -> Any:
+    """
+    Let the reactor go round (its I/O included, with no wait on time) until
+    C{predicate()} is true; fail after C{limit} turns.
+    """
+    for _ in range(limit):
+        if predicate():
+            return
+        yield deferLater(reactor, 0, lambda: None)
+    raise AssertionError(f"{predicate} still false after {limit} turns of the reactor")
+
+
+@inlineCallbacks
+def reactorTurns(count: int) -> Any:
+    """
+    Let the reactor go round C{count} times (its I/O included, with no wait
+    on time).
+    """
+    for _ in range(count):
+        yield deferLater(reactor, 0, lambda: None)
 
 
 def openSpool(case: TestCase, root: Path | None = None, **kwargs: Any) -> Spool:

@@ -10,13 +10,16 @@ import hashlib
 import io
 import ipaddress
 import json
+import os
+import subprocess
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -27,18 +30,22 @@ from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.dates import isoFromTimestamp
 from mxrecv.naming import nameForId
 from mxrecv.pending import PendingWork
-from mxrecv.fetch import PART, redact, tlsPolicy
+from mxrecv.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
 from mxrecv.retrieve import STATE, Retriever, expiryOf, makeRetriever
 from mxrecv.schedule import Completed, GaveUp
 from mxrecv.spool import FAILED, NEW, PENDING, Spool
 from mxrecv.tap import makeService
+from mxrecv.writer import FileWriters
 
 from .retrievemms import (
-    Hang, QuietSite, RetrieveMMS, Serve, TestCA, Trickle, Truncate, makeZip,
+    Hang, QuietSite, RetrieveMMS, Serve, Stream, TestCA, Trickle, Truncate, makeZip,
 )
 from mxrecv.metrics import RETRIEVAL_OUTCOMES, Metrics
 
-from .support import exampleMessage, httpClient, startedPool
+from .support import (
+    GatedPool, exampleMessage, fileWriters, httpClient, openFiles, reactorTurns,
+    smallFilesystem, startedPool, turnsUntil,
+)
 
 NOW = 1_800_000_000.0
 PASSWORD = "s3cr&t/pa ss"
@@ -106,6 +113,7 @@ class RetrieveTestCase(TestCase):
         self.spool.open()
         self.addCleanup(self.spool.close)
         self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        self.writers = fileWriters(self)
         self.log = LogWatch()
         globalLogPublisher.addObserver(self.log)
         self.addCleanup(self._noPassword)
@@ -136,7 +144,8 @@ class RetrieveTestCase(TestCase):
         return resource, f"{scheme}://127.0.0.1:{port.getHost().port}/RetrieveMMS"
 
     def retriever(
-        self, url: str, clock=None, maxBody: int = 1 << 20, metrics=None, **config
+        self, url: str, clock=None, maxBody: int = 1 << 20, metrics=None, writers=None,
+        **config,
     ) -> Retriever:
         settings = {
             "url": url,
@@ -154,6 +163,7 @@ class RetrieveTestCase(TestCase):
             completer=self.completer,
             reactor=reactor,
             pool=self.pool,
+            writers=self.writers if writers is None else writers,
             zone=LONDON,
             maxBody=maxBody,
             clock=self.clock if clock is None else clock,
@@ -178,6 +188,16 @@ class RetrieveTestCase(TestCase):
         )
         accepted = yield self.spool.accept(message, PENDING)
         return accepted.name
+
+    def openMessageFiles(self) -> list[str]:
+        """
+        The files of messages (not the spool's own state) open in this process.
+        """
+        return [
+            path
+            for which in (PENDING, NEW, FAILED)
+            for path in openFiles(self.spool.dir(which).absolute())
+        ]
 
     def document(self, which: str, name: str) -> dict:
         return json.loads((self.spool.dir(which) / name / "message.json").read_bytes())
@@ -309,6 +329,8 @@ class FailureTests(RetrieveTestCase):
         directory = self.spool.dir(FAILED) / name
         self.assertEqual(sorted(p.name for p in directory.iterdir()), ["message.json"])
         self.assertFalse((self.spool.dir(PENDING) / name).exists())
+        self.assertEqual(self.writers.buffered, 0)
+        self.assertEqual(self.openMessageFiles(), [])
         return document
 
     def test_refused(self):
@@ -437,6 +459,292 @@ class FailureTests(RetrieveTestCase):
             [], "TLS handshake failed: the certificate does not name the host",
             url=url, ca_file=caFile,
         )
+
+
+MiB = 1024 * 1024
+# The writers' bound per file in the tests below, and the most a TCP
+# transport reads at once (so the most that arrives after a pause).
+FILE_LIMIT = 256 * 1024
+READ = 65536
+
+
+def bigZip(size: int) -> bytes:
+    """
+    A zip holding one stored entry of C{size} random bytes.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("video.3gp", os.urandom(size))
+    return buffer.getvalue()
+
+
+def zipLike(size: int) -> bytes:
+    """
+    C{size} random bytes that start like a zip (all a download checks).
+    """
+    return b"PK\x03\x04" + os.urandom(size - 4)
+
+
+class WriterTests(RetrieveTestCase):
+    """
+    Downloads go through the writers (L{mxrecv.writer}) on a thread pool the
+    test holds, so that they fall behind for as long as it wants: the
+    reactor writes nothing, the response is paused at the writer's bound,
+    and an attempt that fails or is abandoned settles only once its file
+    is closed.
+    """
+
+    def heldWriters(self, fileLimit: int = FILE_LIMIT) -> tuple[GatedPool, FileWriters]:
+        gate = GatedPool(self)
+        writers = FileWriters(
+            reactor=reactor,
+            pool=gate.pool,
+            fileLimit=fileLimit,
+            totalLimit=2 * fileLimit,
+            batch=16 * 1024,
+        )
+        return gate, writers
+
+    def hold(self, gate: GatedPool) -> None:
+        """
+        Hold the writers' threads until the test releases them or ends
+        (before the clean-ups registered earlier, such as a fetcher's or a
+        retriever's, which wait for the files to be closed).
+        """
+        gate.hold()
+        self.addCleanup(gate.release)
+
+    def fetcher(self, url: str, writers: FileWriters, maxBody: int = 64 * MiB) -> Fetcher:
+        fetcher = Fetcher(
+            reactor=reactor,
+            clock=self.clock,
+            url=url,
+            user="acme",
+            password=PASSWORD,
+            maxBody=maxBody,
+            connectTimeout=10.0,
+            policy=tlsPolicy(),
+            writers=writers,
+        )
+        self.addCleanup(fetcher.close)
+        return fetcher
+
+    def part(self) -> Path:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        return directory / PART
+
+    @inlineCallbacks
+    def test_writtenByTheWriterThreads(self):
+        """
+        A download's bytes are written by the writers' threads, not by the
+        reactor: while those threads are held the download takes bytes in
+        but none reach the file; released, the zip lands in new/ whole, its
+        size and hash in message.json.
+        """
+        gate, writers = self.heldWriters()
+        zipBytes = bigZip(16 * MiB)
+        standIn, url = self.standIn([Stream(zipBytes)])
+        retriever = self.retriever(url, maxBody=64 * MiB, writers=writers)
+        name = yield self.pend("held-1")
+        done = retriever.whenDone(name)
+        self.hold(gate)
+        retriever(name)
+        yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or done.called)
+        self.assertFalse(done.called)
+        self.assertEqual((self.spool.dir(PENDING) / name / PART).stat().st_size, 0)
+        gate.release()
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        document = self.document(NEW, name)
+        self.assertEqual(document["mms_size"], len(zipBytes))
+        self.assertEqual(document["mms_sha256"], hashlib.sha256(zipBytes).hexdigest())
+        self.assertEqual((self.spool.dir(NEW) / name / MMS_ZIP).read_bytes(), zipBytes)
+        self.assertEqual(writers.buffered, 0)
+        self.assertEqual(self.openMessageFiles(), [])
+
+    test_writtenByTheWriterThreads.timeout = 60
+
+    @inlineCallbacks
+    def test_slowDiskPausesTheResponse(self):
+        """
+        While the writer is behind, the response is paused once the download
+        buffers more than the writer's bound: what is held in memory stays
+        within the bound and one read, and takes in nothing more however
+        long the writer stays held; the rest waits at the server.  Released,
+        the download completes whole.
+        """
+        gate, writers = self.heldWriters()
+        body = zipLike(16 * MiB)
+        standIn, url = self.standIn([Stream(body)])
+        part = self.part()
+        fetcher = self.fetcher(url, writers)
+        self.hold(gate)
+        fetched = fetcher.fetch("big-1", part, NOW + 10)
+        yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or fetched.called)
+        self.assertFalse(fetched.called)
+        held = writers.buffered
+        self.assertLessEqual(held, FILE_LIMIT + READ)
+        yield reactorTurns(200)
+        self.assertEqual(writers.buffered, held)
+        self.assertLess(standIn.sent, len(body))
+        self.assertEqual(part.stat().st_size, 0)
+        gate.release()
+        download = yield fetched
+        self.assertEqual(download, Download(len(body), hashlib.sha256(body).hexdigest()))
+        self.assertEqual(part.stat().st_size, len(body))
+        self.assertEqual(writers.buffered, 0)
+        self.assertEqual(openFiles(part.parent), [])
+
+    test_slowDiskPausesTheResponse.timeout = 60
+
+    @inlineCallbacks
+    def failsWhileBehind(self, behaviour, expected: str, *, stall=True, maxBody=64 * MiB):
+        """
+        Fetch with the writer held until the download has filled the
+        writer's bound and the clock passes the deadline (C{stall}), or
+        until the stand-in is done: the attempt must not settle while the
+        writer holds the file, and when it does, with C{expected}, nothing
+        holds the file any more.
+        """
+        gate, writers = self.heldWriters(FILE_LIMIT if stall else 4 * MiB)
+        standIn, url = self.standIn([behaviour])
+        part = self.part()
+        fetcher = self.fetcher(url, writers, maxBody)
+        self.hold(gate)
+        fetched = fetcher.fetch("mid-1", part, NOW + 10)
+        openWhenSettled = []
+        fetched.addBoth(lambda result: (openWhenSettled.append(openFiles(part.parent)), result)[1])
+        if stall:
+            yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or fetched.called)
+            self.clock.advance(10.0)
+        else:
+            yield standIn.whenRequested(1)
+            yield standIn.whenIdle()
+        yield reactorTurns(200)
+        self.assertFalse(fetched.called)
+        gate.release()
+        error = yield self.assertFailure(fetched, RetrieveError)
+        self.assertEqual(str(error), expected)
+        self.assertEqual(openWhenSettled, [[]])
+        self.assertEqual(writers.buffered, 0)
+
+    def test_truncatedWhileBehind(self):
+        """
+        A body cut short while its writer is behind.  (Cut within the
+        stand-in's send buffer: past it, Twisted would not close.)
+        """
+        return self.failsWhileBehind(
+            Truncate(zipLike(1 * MiB), 60000), "body cut short after 60000 bytes", stall=False
+        )
+
+    def test_tooLargeWhileBehind(self):
+        """
+        A body without a length that passes the cap while its writer is
+        behind.
+        """
+        return self.failsWhileBehind(
+            Serve(zipLike(2 * MiB), chunked=True), "body larger than 1048576 bytes",
+            stall=False, maxBody=1 * MiB,
+        )
+
+    def test_timeoutWhileBehind(self):
+        """
+        The deadline (on the clock) also ends a download paused by its
+        writer.
+        """
+        return self.failsWhileBehind(Stream(zipLike(16 * MiB)), "timed out after 10 s")
+
+    @inlineCallbacks
+    def test_cancelWhileBehind(self):
+        """
+        Cancelling abandons the attempt at once; the fetcher's close waits
+        until the writer has closed the file.
+        """
+        gate, writers = self.heldWriters()
+        standIn, url = self.standIn([Stream(zipLike(16 * MiB))])
+        part = self.part()
+        fetcher = self.fetcher(url, writers)
+        self.hold(gate)
+        fetched = fetcher.fetch("cancel-1", part, NOW + 10)
+        yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or fetched.called)
+        fetched.cancel()
+        yield self.assertFailure(fetched, CancelledError)
+        closed = fetcher.close()
+        yield reactorTurns(200)
+        self.assertFalse(closed.called)
+        self.assertEqual(len(openFiles(part.parent)), 1)
+        gate.release()
+        yield closed
+        self.assertEqual(openFiles(part.parent), [])
+        self.assertEqual(writers.buffered, 0)
+
+    @inlineCallbacks
+    def test_timeoutMidDownloadDiscardsThePart(self):
+        """
+        A download timed out while its writer is behind is recorded as a
+        failed attempt once the writer has closed the part, which is
+        removed; the message waits in pending/ for its retry.
+        """
+        gate, writers = self.heldWriters()
+        standIn, url = self.standIn([Stream(bigZip(16 * MiB))])
+        retriever = self.retriever(url, maxBody=64 * MiB, writers=writers, timeout=10.0)
+        name = yield self.pend("mid-2")
+        failed = self.log.next(attemptFailed)
+        self.hold(gate)
+        retriever(name)
+        yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or failed.called)
+        self.clock.advance(10.0)
+        yield reactorTurns(200)
+        self.assertFalse(failed.called)
+        gate.release()
+        event = yield failed
+        self.assertEqual(event["outcome"], "timed out after 10 s")
+        directory = self.spool.dir(PENDING) / name
+        self.assertTrue((directory / "message.json").is_file())
+        self.assertFalse((directory / PART).exists())
+        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
+        self.assertEqual(writers.buffered, 0)
+
+    @inlineCallbacks
+    def test_diskFullKeepsItPending(self):
+        """
+        A download that meets a full disk (a small real tmpfs) is a failed
+        attempt, "cannot write mms.zip.part: ...": the part is removed, the
+        message stays in pending/ with the attempt journaled, and once there
+        is room the retry completes it.
+        """
+        mount = smallFilesystem(self, "512k")
+        self.root = mount / "spool"
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        zipBytes = bigZip(900 * 1024)
+        standIn, url = self.standIn([Stream(zipBytes)])
+        standIn.default = Serve(zipBytes)
+        retriever = self.retriever(url, backoff_initial=5.0)
+        name = yield self.pend("full-1")
+        done = retriever.whenDone(name)
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        event = yield failed
+        self.assertEqual(event["outcome"], "cannot write mms.zip.part: No space left on device")
+        directory = self.spool.dir(PENDING) / name
+        self.assertTrue((directory / "message.json").is_file())
+        self.assertFalse((directory / PART).exists())
+        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
+        self.assertEqual(self.writers.buffered, 0)
+        self.assertFalse(done.called)
+
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mount)], check=True)
+        self.clock.advance(5.0)
+        outcome = yield done
+        self.assertEqual(
+            [a.outcome for a in outcome.attempts],
+            ["cannot write mms.zip.part: No space left on device", "downloaded"],
+        )
+        self.assertEqual(self.document(NEW, name)["mms_sha256"], hashlib.sha256(zipBytes).hexdigest())
 
 
 def attemptCounts(metrics: Metrics) -> dict[str, float]:

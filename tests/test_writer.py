@@ -6,7 +6,6 @@ threads into real files, and the backpressure they put on the connection.
 import hashlib
 import os
 import resource
-import threading
 from pathlib import Path
 
 from hypothesis import strategies as st
@@ -15,7 +14,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from mxrecv.spool import PENDING, TMP
@@ -23,7 +21,7 @@ from mxrecv.tap import buildSite
 from mxrecv.writer import FileWriters, Written
 
 from .strategies import contentTypeFor, examples, multipartBody
-from .support import openSpool, rawExchange, serverConfig, startServer
+from .support import GatedPool, openFiles, openSpool, rawExchange, serverConfig, startServer
 from .test_post import mmsFields
 
 BOUNDARY = "mxrecv-writer-test"
@@ -55,44 +53,6 @@ class Producer:
 
     def stopProducing(self):
         pass
-
-
-class GatedPool:
-    """
-    A real thread pool whose threads can be held busy, so that an upload's
-    writer falls behind for as long as a test wants.
-    """
-
-    def __init__(self, case, threads=2):
-        self.pool = ThreadPool(minthreads=threads, maxthreads=threads, name=case.id())
-        self.pool.start()
-        self.gate = threading.Event()
-        self.threads = threads
-        case.addCleanup(self.pool.stop)
-        case.addCleanup(self.gate.set)
-
-    def hold(self):
-        self.gate.clear()
-        for _ in range(self.threads):
-            self.pool.callInThread(self.gate.wait)
-
-    def release(self):
-        self.gate.set()
-
-
-def openFiles(directory: Path):
-    """
-    The files under C{directory} this process has open.
-    """
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(directory)):
-            found.append(target)
-    return found
 
 
 class FileWriterTests(TestCase):
