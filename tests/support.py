@@ -6,6 +6,7 @@ callback site listening on 127.0.0.1.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -373,3 +374,21 @@ def smallFilesystem(case: TestCase, size: str) -> Path:
         raise SkipTest("cannot mount a small tmpfs here (needs root)")
     case.addCleanup(subprocess.run, ["umount", "-l", str(root)])
     return root
+
+
+def fillUp(root: Path, leave: int = 0) -> Path:
+    """
+    Fill the filesystem at C{root} with a file, then free C{leave} bytes of
+    it (a multiple of the page size); return the file, to unlink for room.
+    """
+    filler = root / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler

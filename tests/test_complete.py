@@ -114,11 +114,10 @@ class TakeUpTests(TestCase):
 
 class DiskTroubleTests(TestCase):
     @inlineCallbacks
-    def test_fullDiskKeepsMessagePending(self):
+    def pendingOverSize(self):
         """
-        When the disk fills up while the parts are written, the MMS stays in
-        pending/ with its zip (not delivered without parts), and is
-        completed once there is room.
+        A spool on a 512 KiB filesystem with MMS m1 in pending/, whose zip
+        unpacks to 900 KiB.
         """
         root = smallFilesystem(self, "512k")
         spool = openSpool(self, root / "spool")
@@ -126,6 +125,16 @@ class DiskTroubleTests(TestCase):
         with zipfile.ZipFile(staging.file(MMS_ZIP), "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("big.txt", b"\0" * (900 * 1024))
         yield spool.accept(exampleMessage(id="m1", type="mms"), PENDING, staging)
+        return root, spool
+
+    @inlineCallbacks
+    def test_fullDiskKeepsMessagePending(self):
+        """
+        When the disk fills up while the parts are written, the MMS stays in
+        pending/ with its zip (not delivered without parts), and is
+        completed once there is room.
+        """
+        root, spool = yield self.pendingOverSize()
         completer = Completer(spool, reactor=reactor, pool=startedPool(self))
         failure = yield self.assertFailure(completer.complete("m1"), OSError)
         self.assertEqual(failure.errno, errno.ENOSPC)
@@ -143,12 +152,7 @@ class DiskTroubleTests(TestCase):
         of pending/ once there is room: MX Telecom has had its 200 and will
         not send it again, so nothing else would take it up before a restart.
         """
-        root = smallFilesystem(self, "512k")
-        spool = openSpool(self, root / "spool")
-        staging = spool.stage()
-        with zipfile.ZipFile(staging.file(MMS_ZIP), "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("big.txt", b"\0" * (900 * 1024))
-        yield spool.accept(exampleMessage(id="m1", type="mms"), PENDING, staging)
+        root, spool = yield self.pendingOverSize()
         completer = Completer(spool, reactor=reactor, pool=startedPool(self))
         landed: Deferred[str] = Deferred()
         spool.observeNew(landed.callback)

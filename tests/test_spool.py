@@ -1,4 +1,3 @@
-import errno
 import json
 import os
 import time
@@ -13,7 +12,7 @@ from mxrecv.message import Message
 from mxrecv.seen import SeenIndex
 from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
 
-from .support import exampleMessage, openSpool, smallFilesystem, startedPool
+from .support import exampleMessage, fillUp, openSpool, smallFilesystem, startedPool
 
 
 def sms(messageId: str = "mx-1", text: str = "Hello") -> Message:
@@ -124,13 +123,7 @@ class AcceptTests(TestCase):
         """
         root = smallFilesystem(self, "256k")
         spool = openSpool(self, root / "spool")
-        filler = root / "filler"
-        with filler.open("wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError as e:
-                self.assertEqual(e.errno, errno.ENOSPC)
+        filler = fillUp(root)
         failure = yield self.assertFailure(spool.accept(sms(text="x" * 20000)), SpoolError)
         self.assertIn("No space left", str(failure))
         self.assertEqual(contents(spool.dir("tmp")), [])
@@ -153,15 +146,7 @@ class AcceptTests(TestCase):
         (root / "spool" / "state" / "seen").write_bytes(padding)
         spool = openSpool(self, root / "spool")
         self.assertEqual((root / "spool" / "state" / "seen").stat().st_size, journalSize)
-        filler = root / "filler"
-        with filler.open("wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError as e:
-                self.assertEqual(e.errno, errno.ENOSPC)
-        os.truncate(filler, filler.stat().st_size - 4096)
-        return spool, filler
+        return spool, fillUp(root, leave=4096)
 
     def journal(self, spool: Spool) -> list[bytes]:
         return (spool.dir("state") / "seen").read_bytes().split(b"\n")
