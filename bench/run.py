@@ -2,7 +2,7 @@
 """
 Benchmarks mxrecv against two peer receivers doing the same job (aiohttp,
 Starlette under uvicorn), side by side in one run, and writes the results as
-markdown (docs/benchmarks.md by default).
+markdown (docs/benchmark-results.md by default).
 
     python3 bench/run.py --quick            # under 2 minutes
     python3 bench/run.py                    # longer runs
