@@ -9,8 +9,7 @@ L{SWEEP_SECONDS} for whatever is still there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -28,17 +27,33 @@ log = Logger()
 SWEEP_SECONDS = 300.0
 
 
+class Retrieval(Protocol):
+    """
+    What takes up GET-mode MMS (L{mxrecv.retrieve.Retriever}).
+    """
+
+    def __call__(self, name: str) -> None:
+        """
+        Download C{pending/NAME}'s zip and complete it.
+        """
+
+    def handles(self, name: str) -> bool:
+        """
+        Whether C{name} is being retrieved, installed or completed by it.
+        """
+
+
 class PendingWork:
     """
-    @param retrieve: called with the name of an MMS whose zip must be
-        downloaded; L{None} while retrieval is not configured.
+    @param retrieve: takes up an MMS whose zip must be downloaded; L{None}
+        while retrieval is not configured.
     """
 
     def __init__(
         self,
         spool: Spool,
         completer: Completer,
-        retrieve: Callable[[str], None] | None = None,
+        retrieve: Retrieval | None = None,
     ) -> None:
         self._spool = spool
         self._completer = completer
@@ -51,6 +66,10 @@ class PendingWork:
         """
         directory = self._spool.dir(PENDING) / name
         if not directory.is_dir():
+            return
+        if self.retrieve is not None and self.retrieve.handles(name):
+            # Its zip may be in place already, with the retriever about to
+            # complete it: completing it from here too would race that.
             return
         if (directory / MMS_ZIP).is_file():
             self._completer.complete(name).addCallbacks(

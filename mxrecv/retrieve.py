@@ -142,6 +142,13 @@ class Retriever:
             (name,),
         )
 
+    def handles(self, name: str) -> bool:
+        """
+        Whether C{name} is in our hands: loading, waiting, downloading,
+        installing its zip or being completed.
+        """
+        return name in self._ids
+
     def whenDone(self, name: str) -> Deferred[Completed | GaveUp]:
         """
         Fire once C{name} is in C{new/} or C{failed/}, with its outcome.

@@ -105,7 +105,7 @@ class SeenIndex:
         finally:
             # Whether or not the new file replaced the old one, append to
             # the one now in place.
-            self.close()
+            self._closeJournal()
             self._journal = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def append(self, entries: Iterable[tuple[str, float]]) -> None:
@@ -143,6 +143,22 @@ class SeenIndex:
         self._unjournaled = []
 
     def close(self) -> None:
+        """
+        Close the journal, after one more try at writing the entries a full
+        disk kept out of it: once closed, they would be known only to memory.
+
+        @raise OSError: if they still cannot be written (the journal is
+            closed all the same).
+        """
+        if self._journal is None:
+            return
+        try:
+            if self._unjournaled:
+                self.append(())
+        finally:
+            self._closeJournal()
+
+    def _closeJournal(self) -> None:
         if self._journal is not None:
             os.close(self._journal)
             self._journal = None

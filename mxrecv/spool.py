@@ -181,10 +181,20 @@ class Spool:
             d.callback(None)
 
     def close(self) -> None:
-        self._seen.close()
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        try:
+            self._seen.close()
+        except OSError as e:
+            log.error(
+                "Cannot journal accepted ids in {journal} ({error}) at shutdown: after a "
+                "restart, a retry of them that MX Telecom sends will be stored again once "
+                "the application has taken the first copy from new/",
+                journal=str(self.dir(STATE) / "seen"),
+                error=e.strerror,
+            )
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
     # Observers of new/ (delivery to the application)
 

@@ -435,13 +435,38 @@ class _Budget:
         self._entryStart = self._counted.consumed
 
     def spend(self, entry: zipfile.ZipInfo, entryBytes: int, more: int) -> None:
+        """
+        C{more} bytes of C{entry} inflated, C{entryBytes} of it so far.  Its
+        ratio is checked against what its header claims or what was read,
+        whichever is more, so that an entry whose start compresses far
+        better than the rest is not refused half-way; L{finish} checks it
+        against what was read.
+        """
         limits = self.limits
         self.total += more
         if self.total > limits.total:
             raise Refused(f"the zip unpacks to more than {limits.total} bytes")
-        # The local header and read-ahead count too: at most one read
-        # (64 KiB) more than the entry's own compressed data.
-        compressed = self._counted.consumed - self._entryStart
+        self._checkEntry(entry, entryBytes, max(self._compressed(), entry.compress_size))
+        # Many entries each under the floor, entries sharing compressed data,
+        # or headers that lie: the whole zip against its size on disk.
+        if self.total > limits.ratioFloor and self.total > limits.ratio * self._zipSize:
+            raise Refused(
+                f"the zip inflates more than {limits.ratio} times its size (a zip bomb?)"
+            )
+
+    def finish(self, entry: zipfile.ZipInfo, entryBytes: int) -> None:
+        """
+        C{entry} is inflated whole: its ratio against the compressed bytes
+        actually read for it (its local header and at most one read-ahead,
+        64 KiB, included), whatever its header claimed.
+        """
+        self._checkEntry(entry, entryBytes, self._compressed())
+
+    def _compressed(self) -> int:
+        return self._counted.consumed - self._entryStart
+
+    def _checkEntry(self, entry: zipfile.ZipInfo, entryBytes: int, compressed: int) -> None:
+        limits = self.limits
         if entryBytes > limits.ratioFloor and entryBytes > limits.ratio * max(compressed, 1):
             raise Refused(
                 f"entry {entry.filename!r} inflates more than {limits.ratio} times"
@@ -477,4 +502,5 @@ def _extract(
             target.write(chunk)
             if size - len(chunk) < keep:
                 kept.append(chunk[: keep - (size - len(chunk))])
+    budget.finish(entry, size)
     return size, b"".join(kept)

@@ -103,8 +103,15 @@ class TakeUpTests(TestCase):
         """
         spool = openSpool(self)
         retrieved = []
+
+        class Retrieval:
+            __call__ = staticmethod(retrieved.append)
+
+            def handles(self, name):
+                return False
+
         pending = PendingWork(
-            spool, Completer(spool, reactor=reactor, pool=startedPool(self)), retrieved.append
+            spool, Completer(spool, reactor=reactor, pool=startedPool(self)), Retrieval()
         )
         pending("absent")
         yield spool.accept(exampleMessage(id="n1", type="mms"), PENDING)

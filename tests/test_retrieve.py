@@ -29,7 +29,7 @@ from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.dates import isoFromTimestamp
 from mxrecv.naming import nameForId
-from mxrecv.pending import PendingWork
+from mxrecv.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
 from mxrecv.retrieve import STATE, Retriever, expiryOf, makeRetriever
 from mxrecv.schedule import Completed, GaveUp
@@ -145,7 +145,7 @@ class RetrieveTestCase(TestCase):
 
     def retriever(
         self, url: str, clock=None, maxBody: int = 1 << 20, metrics=None, writers=None,
-        **config,
+        threadReactor=reactor, **config,
     ) -> Retriever:
         settings = {
             "url": url,
@@ -161,7 +161,7 @@ class RetrieveTestCase(TestCase):
             RetrieveConfig(**settings),
             spool=self.spool,
             completer=self.completer,
-            reactor=reactor,
+            reactor=threadReactor,
             pool=self.pool,
             writers=self.writers if writers is None else writers,
             zone=LONDON,
@@ -958,6 +958,71 @@ class RequeueTests(RetrieveTestCase):
         outcome = yield done
         self.assertIsInstance(outcome, Completed)
         self.assertEqual([a.outcome for a in outcome.attempts], ["HTTP 503", "downloaded"])
+        self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
+
+
+class HeldReactor:
+    """
+    The real reactor, except that results from threads wait while
+    C{holding}: a slow directory fsync, or a busy reactor, on demand.
+    """
+
+    def __init__(self):
+        self.holding = False
+        self.held = []
+
+    def __getattr__(self, name):
+        return getattr(reactor, name)
+
+    def callFromThread(self, f, *args, **kw):
+        if self.holding:
+            self.held.append((f, args, kw))
+        else:
+            reactor.callFromThread(f, *args, **kw)
+
+    def release(self):
+        self.holding = False
+        held, self.held = self.held, []
+        for f, args, kw in held:
+            reactor.callFromThread(f, *args, **kw)
+
+
+class SweepTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_sweepLeavesRetrievalAlone(self):
+        """
+        A sweep of pending/ that comes while a downloaded zip is in place but
+        the retriever has not yet seen its install leaves the message to the
+        retriever, which completes it once, without a failure logged.
+        """
+        standIn, url = self.standIn()
+        held = HeldReactor()
+        retriever = self.retriever(url, threadReactor=held)
+        failures = []
+
+        def watch(event):
+            if event.get("log_failure") is not None:
+                failures.append(event)
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        name = yield self.pend("mx-race")
+        sweeps = Clock()
+        service = PendingService(PendingWork(self.spool, self.completer, retriever), sweeps)
+        service.startService()
+        self.addCleanup(service.stopService)
+        done = retriever.whenDone(name)
+        yield turnsUntil(lambda: retriever.schedule.inFlight == 1)
+        held.holding = True
+        directory = self.spool.dir(PENDING) / name
+        yield turnsUntil(lambda: held.held and (directory / MMS_ZIP).is_file())
+        sweeps.advance(SWEEP_SECONDS)
+        # A completion the sweep started would be registered by now (it is
+        # started synchronously); only the retriever may start one.
+        self.assertNotIn(name, self.completer._running)
+        held.release()
+        self.assertIsInstance((yield done), Completed)
+        self.assertEqual([e["log_format"] for e in failures], [])
         self.assertTrue((self.spool.dir(NEW) / name / MMS_ZIP).is_file())
 
 

@@ -172,6 +172,36 @@ class AcceptTests(TestCase):
         self.assertEqual(names, [b"mx-1", b"mx-2"])
 
     @inlineCallbacks
+    def test_unjournaledWrittenAtClose(self):
+        """
+        An id kept out of the journal by a full disk is written when the
+        spool closes (a clean stop before any other commit), so that after a
+        restart a retry is still a duplicate once the application has taken
+        the message.
+        """
+        spool, filler = self.fullButOnePage(4096 - 5)
+        yield spool.accept(sms("mx-1"))
+        filler.unlink()
+        spool.close()
+        os.rename(spool.dir(NEW) / "mx-1", spool.dir("cur") / "mx-1")
+        reopened = openSpool(self, spool.root)
+        again = yield reopened.accept(sms("mx-1"))
+        self.assertTrue(again.duplicate)
+
+    @inlineCallbacks
+    def test_unjournaledAtCloseStillFull(self):
+        """
+        When the disk is still full at close, the error is logged and the
+        spool's lock released all the same.
+        """
+        spool, filler = self.fullButOnePage(4096 - 5)
+        yield spool.accept(sms("mx-1"))
+        spool.close()
+        filler.unlink()
+        reopened = openSpool(self, spool.root)
+        self.assertEqual(contents(reopened.dir(NEW)), ["mx-1"])
+
+    @inlineCallbacks
     def test_shortJournalWriteCutBack(self):
         """
         A journal append cut short by a full disk is cut back to its last
