@@ -102,7 +102,8 @@ def requeue(
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
     C{attempts} and with a new retrieval window from C{now} (its expiry has
-    passed), so that it is retrieved again: at the next start, or now if
+    passed), so that it is retrieved again: at the running server's next sweep
+    of C{pending/} (within 5 minutes) or start, or now if
     C{admin} (the running server's admin URL) is given.
     """
     directory, path = _find(root, nameOrId)

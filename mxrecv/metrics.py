@@ -50,7 +50,8 @@ class Metrics:
         self._callbacks = Counter(
             "mxrecv_callbacks",
             "Callbacks answered, by message type (unknown if refused before "
-            "parsing), delivery mode (get or post) and HTTP status.",
+            "parsing), delivery mode (get, post, or other for another method or a "
+            "request cut off before its method was known) and HTTP status.",
             ["type", "mode", "status"],
             registry=r,
         )
