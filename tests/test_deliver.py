@@ -71,6 +71,17 @@ class DeliveryTests(TestCase):
         self.addCleanup(lambda: service.stopService() if service.running else None)
         return service
 
+    def acceptMMS(self, message: Message, name: str, data: bytes, contentType: str):
+        """
+        Accept C{message} into new/ as an MMS with one part.
+        """
+        staging = self.spool.stage()
+        (staging.path / "parts").mkdir()
+        (staging.path / "parts" / name).write_bytes(data)
+        part = Part(name=name, path=f"parts/{name}", size=len(data), content_type=contentType)
+        message = message.replace(type="mms", message=None, charset=None, parts=(part,))
+        return self.spool.accept(message, "new", staging)
+
     def command(self, script: str) -> CommandTarget:
         return CommandTarget(
             ["/bin/sh", "-c", script, "sh"], reactor=reactor, timeout=10.0, env={}
@@ -116,18 +127,7 @@ class DeliveryTests(TestCase):
         yield closed.stopListening()
         self.deliverTo(UrlTarget(f"http://127.0.0.1:{number}/inbox", client=client(), timeout=5.0))
 
-        staging = self.spool.stage()
-        (staging.path / "parts").mkdir()
-        (staging.path / "parts" / "hello.txt").write_bytes(b"hello")
-        message = sms("m").replace(
-            type="mms",
-            message=None,
-            charset=None,
-            parts=(
-                Part(name="hello.txt", path="parts/hello.txt", size=5, content_type="text/plain"),
-            ),
-        )
-        yield self.spool.accept(message, "new", staging)
+        yield self.acceptMMS(sms("m"), "hello.txt", b"hello", "text/plain")
         ok = yield self.attempts.get()
         self.assertFalse(ok)
 
@@ -239,18 +239,9 @@ class DeliveryTests(TestCase):
         self.deliverTo(
             UrlTarget(f"http://127.0.0.1:{port.getHost().port}/", client=client(), timeout=5.0)
         )
-        staging = self.spool.stage()
-        (staging.path / "parts").mkdir()
-        (staging.path / "parts" / "photo.jpg").write_bytes(b"\xff\xd8\xff")
-        message = sms("m", received="2026-11-25T10:30:01.000Z").replace(
-            type="mms",
-            message=None,
-            charset=None,
-            parts=(
-                Part(name="photo.jpg", path="parts/photo.jpg", size=3, content_type="image/jpég"),
-            ),
+        yield self.acceptMMS(
+            sms("m", received="2026-11-25T10:30:01.000Z"), "photo.jpg", b"\xff\xd8\xff", "image/jpég"
         )
-        yield self.spool.accept(message, "new", staging)
         yield self.spool.accept(sms("next", received="2026-11-25T10:30:02.000Z"))
         self.assertTrue((yield self.attempts.get()))
         body = yield received.get()

@@ -22,6 +22,20 @@ from .strategies import contentTypeFor, examples, formSubmissions, multipartBody
 from .support import fileWriters, openSpool
 
 BOUNDARY = "----mxrecv-test-7f3a"
+
+
+def messageWithCharset(charset: bytes, value: bytes) -> bytes:
+    """
+    A whole multipart body of one field, C{message}, whose part names
+    C{charset} (as written in its Content-Type).
+    """
+    return (
+        b"--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="message"\r\n'
+        b"Content-Type: text/plain; charset=" + charset + b"\r\n\r\n" + value + b"\r\n"
+        b"--" + BOUNDARY.encode() + b"--\r\n"
+    )
+
+
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}".encode()
 
 
@@ -279,12 +293,7 @@ class HostileTests(Feeding, TestCase):
         Unicode (UTF-7 can encode a lone surrogate) is kept as sent, not a
         crash that drops the connection unanswered.
         """
-        raw = (
-            b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"message\"\r\n"
-            b"Content-Type: text/plain; charset=utf-7\r\n\r\n+2D0-\r\n"
-            b"--" + BOUNDARY.encode() + b"--\r\n"
-        )
-        body = yield self.feed([raw])
+        body = yield self.feed([messageWithCharset(b"utf-7", b"+2D0-")])
         self.assertEqual(body.params, {b"message": [b"+2D0-"]})
 
     @inlineCallbacks
@@ -294,12 +303,7 @@ class HostileTests(Feeding, TestCase):
         ValueError, not LookupError) leaves the field as sent rather than
         dropping the connection unanswered.
         """
-        raw = (
-            b"--" + BOUNDARY.encode() + b"\r\nContent-Disposition: form-data; name=\"message\"\r\n"
-            b'Content-Type: text/plain; charset="utf\x008"\r\n\r\nHello\r\n'
-            b"--" + BOUNDARY.encode() + b"--\r\n"
-        )
-        body = yield self.feed([raw])
+        body = yield self.feed([messageWithCharset(b'"utf\x008"', b"Hello")])
         self.assertEqual(body.params, {b"message": [b"Hello"]})
 
     @inlineCallbacks
