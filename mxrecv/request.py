@@ -110,8 +110,7 @@ class CallbackChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopHeaderDeadline()
-        if self._abortLater is not None and self._abortLater.active():
-            self._abortLater.cancel()
+        _cancel(self._abortLater)
         super().connectionLost(reason)
 
     def _startHeaderDeadline(self) -> None:
@@ -121,8 +120,7 @@ class CallbackChannel(HTTPChannel):
         self._headerDeadline = reactor.callLater(self.site.headerTimeout, self._headersTimedOut)
 
     def _stopHeaderDeadline(self) -> None:
-        if self._headerDeadline is not None and self._headerDeadline.active():
-            self._headerDeadline.cancel()
+        _cancel(self._headerDeadline)
         self._headerDeadline = None
 
     def _headersTimedOut(self) -> None:
@@ -319,15 +317,13 @@ class CallbackRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         self._gone = True
         self._cancelDeadline()
-        if self._closing is not None and self._closing.active():
-            self._closing.cancel()
+        _cancel(self._closing)
         if self.body is not None and not self._bodyDone:
             self.body.abort()
         super().connectionLost(reason)
 
     def _cancelDeadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        _cancel(self._deadline)
         self._deadline = None
 
     def _timedOut(self) -> None:
@@ -365,6 +361,14 @@ class CallbackRequest(Request):
             seconds=site.reactor.seconds() - self.started,
             peer=self.getClientAddress(),
         )
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    """
+    Cancel C{call}, unless there is none or it has run or been cancelled.
+    """
+    if call is not None and call.active():
+        call.cancel()
 
 
 def _writeRefusal(transport: Any, refusal: Refusal) -> None:
