@@ -97,9 +97,7 @@ class Message:
         """
         The bytes of C{message.json}.
         """
-        return json.dumps(self.toJSON(), ensure_ascii=False, indent=2).encode(
-            "utf-8", "surrogatepass"
-        ) + b"\n"
+        return indentedJSON(self.toJSON()).encode("utf-8", "surrogatepass") + b"\n"
 
     @classmethod
     def fromJSON(cls, document: dict[str, Any]) -> Message:
@@ -130,3 +128,39 @@ class Message:
 
     def replace(self, **changes: Any) -> Message:
         return evolve(self, **changes)
+
+
+_scalar = json.JSONEncoder(ensure_ascii=False).encode
+_string = json.encoder.encode_basestring
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+def indentedJSON(value: Any, level: int = 0) -> str:
+    """
+    C{json.dumps(value, ensure_ascii=False, indent=2)}, for values whose
+    dict keys are strings, at a fraction of the cost.
+
+    With C{indent}, json encodes the whole document in pure Python, and
+    encoding C{message.json} is on the path of every callback: here the C
+    function escapes the strings and only the layout is Python.
+    """
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is dict:
+        if not value:
+            return "{}"
+        inner = "\n" + "  " * (level + 1)
+        body = ("," + inner).join(
+            [_string(key) + ": " + indentedJSON(item, level + 1) for key, item in value.items()]
+        )
+        return "{" + inner + body + "\n" + "  " * level + "}"
+    if kind is list or kind is tuple:
+        if not value:
+            return "[]"
+        inner = "\n" + "  " * (level + 1)
+        body = ("," + inner).join([indentedJSON(item, level + 1) for item in value])
+        return "[" + inner + body + "\n" + "  " * level + "]"
+    if value is None or kind is bool:
+        return _CONSTANTS[value]
+    return _scalar(value)

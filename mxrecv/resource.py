@@ -27,6 +27,9 @@ from .spool import NEW, PENDING, Accepted, Spool, SpoolError
 
 log = Logger()
 
+_ACCEPTED = "{mode} callback {id} ({type}) from {client}: {status}{duplicateNote} in {ack_seconds:.3f}s"
+_REFUSED = "{mode} callback from {client}: {status} {reason}"
+
 
 class CallbackResource(Resource):
     """
@@ -159,14 +162,14 @@ class CallbackResource(Resource):
             duplicate=duplicate,
             reason=reason,
         )
-        log.info(
-            "{mode} callback {id} ({type}) from {client}: {status}"
-            "{duplicateNote} in {ack_seconds:.3f}s"
-            if message
-            else "{mode} callback from {client}: {status} {reason}",
-            duplicateNote=" (duplicate)" if duplicate else "",
-            **outcome.fields(),
+        fields = outcome.fields()
+        # Formatted here by str.format, not by the log observer: twisted's
+        # formatting (and, for JSON lines, flattening) of a many-field
+        # format string is the dearest part of the event.
+        summary = (_ACCEPTED if message else _REFUSED).format(
+            duplicateNote=" (duplicate)" if duplicate else "", **fields
         )
+        log.info("{summary}", summary=summary, **fields)
         self._observe(outcome)
 
 

@@ -5,13 +5,30 @@ and how the observer reaches twistd.
 
 import io
 import json
+import re
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.application.service import Application
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogPublisher,
+    formatEvent,
+    formatTime,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import TestCase
 
-from mxrecv.logs import REDACTED, installObserver, jsonObserver, redactor, textObserver
+from mxrecv.logs import (
+    REDACTED,
+    installObserver,
+    jsonObserver,
+    redactor,
+    secondsCache,
+    textObserver,
+)
 
 from .running import SMS, client, run, runningConfig
 
@@ -51,6 +68,10 @@ class CallbackEventTests(TestCase):
             },
         )
         self.assertGreater(event["ack_seconds"], 0)
+        self.assertEqual(
+            formatEvent(event),
+            f"get callback mx-1 (sms) from 127.0.0.1: 200 in {event['ack_seconds']:.3f}s",
+        )
 
 
 class FormatTests(TestCase):
@@ -84,6 +105,29 @@ class FormatTests(TestCase):
         self.assertEqual(redact('"pa\\"ss"'), f'"{REDACTED}"')
         self.assertEqual(redact("https://u:pw@host/x"), f"https://u:{REDACTED}@host/x")
         self.assertEqual(redact("a=1&pwd=x&b=2"), f"a=1&pwd={REDACTED}&b=2")
+
+    @given(st.text(st.sampled_from("pas=sword&pwd@:/htp token secret xQ\"'\\\n")))
+    def test_redactorSkipsOnlyWhatCannotMatch(self, text):
+        """
+        Skipping the patterns for lines without C{=} or C{@} changes nothing:
+        the same as applying them to every line.
+        """
+        everyLine = re.sub(
+            r"(?i)\b(https?://[^:/@\s\"']+):([^@/\s\"']+)@",
+            rf"\1:{REDACTED}@",
+            re.sub(r"(?i)\b(pass(?:word)?|pwd|secret|token)=([^&\s\"'\\]+)", rf"\1={REDACTED}", text),
+        )
+        self.assertEqual(redactor([])(text), everyLine)
+
+    @given(st.lists(st.floats(0, 4e9) | st.integers(0, 4 * 10**9) | st.none(), max_size=30))
+    def test_timeStampsCached(self, times):
+        """
+        Cached per second, time stamps are what twistd's own would be, in
+        any order and for times within one second.
+        """
+        cached = secondsCache(formatTime)
+        for when in times:
+            self.assertEqual(cached(when), formatTime(when))
 
     def test_installed(self):
         """
