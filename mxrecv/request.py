@@ -22,7 +22,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -89,10 +89,20 @@ class CallbackChannel(HTTPChannel):
     _partial = False
     _cutOff = False
     _abortLater: IDelayedCall | None = None
+    _host: IAddress | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._startHeaderDeadline()
+
+    def getHost(self) -> IAddress:
+        """
+        The connection's local address, asked of the socket once: every
+        request asks for it (C{Request.host}), and it cannot change.
+        """
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._cutOff:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ class Spool:
         self._idleWaiting: list[Deferred[None]] = []
         self._newObservers: list[Callable[[str], None]] = []
         self._discarding = 0
+        self._staged = itertools.count(1)
 
     @property
     def isOpen(self) -> bool:
@@ -225,9 +226,24 @@ class Spool:
         @raise SpoolError: if it cannot be made.
         """
         try:
-            return Staging(Path(tempfile.mkdtemp(prefix="in.", dir=self.dir(TMP))))
+            return self._makeStaging()
         except OSError as e:
             raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
+
+    def _makeStaging(self) -> Staging:
+        """
+        A new, empty directory under C{tmp/}, named from a counter: the
+        spool is locked to this process and C{tmp/} emptied when it opens,
+        so names cannot clash, and C{mkdtemp}'s random names cost as much
+        as the C{mkdir} itself, once per callback.  Thread-safe.
+        """
+        while True:
+            path = self.dir(TMP) / f"in.{next(self._staged)}"
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            return Staging(path)
 
     def discard(self, staging: Staging, after: Deferred[None] | None = None) -> Deferred[None]:
         """
@@ -319,10 +335,11 @@ class Spool:
         """
         try:
             if commit.staging is None:
-                commit.staging = Staging(Path(tempfile.mkdtemp(prefix="in.", dir=self.dir(TMP))))
+                commit.staging = self._makeStaging()
+            else:
+                for existing in commit.staging.path.iterdir():
+                    fsyncPath(existing, self.sync)
             path = commit.staging.path
-            for existing in path.iterdir():
-                fsyncPath(existing, self.sync)
             writeNew(path / MESSAGE_JSON, commit.document, self.sync)
             fsyncPath(path, self.sync)
         except OSError as e:

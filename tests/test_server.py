@@ -418,6 +418,26 @@ class HeaderDeadlineTests(TestCase):
         self.assertEqual(self.outcomes, [])
 
 
+class LocalAddressTests(TestCase):
+    def test_askedOnce(self):
+        """
+        The connection's local address, which every request records, is
+        asked of the transport once per connection, not once per request.
+        """
+        site = buildSite(serverConfig(), openSpool(self), Clock(), writers=fileWriters(self))
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        transport = StringTransport(peerAddress=peer)
+        asked = []
+        getHost = transport.getHost
+        transport.getHost = lambda: asked.append(1) or getHost()
+        channel = site.buildProtocol(peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 404 "), 2)
+        self.assertEqual(len(asked), 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+
+
 class HeaderDeadlineAbortTests(TestCase):
     """
     The end of a 408 sent for the header deadline, on an in-memory connection

@@ -58,6 +58,23 @@ class AcceptTests(TestCase):
         self.assertFalse(staging.path.exists())
 
     @inlineCallbacks
+    def test_stagingNamesDistinct(self):
+        """
+        Staging directories are new and empty, each its own, however many
+        are made at once (in the workers too), even where a name is taken.
+        """
+        spool = openSpool(self)
+        (spool.dir("tmp") / "in.2").mkdir()
+        (spool.dir("tmp") / "in.2" / "other").write_bytes(b"x")
+        staged = [spool.stage() for _ in range(3)]
+        yield gatherResults([spool.accept(sms(f"m{i}")) for i in range(20)])
+        self.assertEqual(len({s.path for s in staged}), 3)
+        self.assertNotIn(spool.dir("tmp") / "in.2", [s.path for s in staged])
+        self.assertEqual([list(s.path.iterdir()) for s in staged], [[], [], []])
+        self.assertEqual(len(contents(spool.dir(NEW))), 20)
+        self.assertEqual(contents(spool.dir("tmp") / "in.2"), ["other"])
+
+    @inlineCallbacks
     def test_duplicate(self):
         """
         A second message with the same id is reported as a duplicate and not
