@@ -563,7 +563,7 @@ class Bench:
             scenario.note = "; ".join(missing)
             say(f"{scenario.name}: skipped: {scenario.note}")
             return
-        if scenario.name in ("S1", "S2"):
+        if scenario.name in ("S1", "S2", "S3"):
             scenario.servers = tuple(scenario.servers) + tuple(self.variants)
         servers = {
             name: self.server(name, tls=scenario.tls, retrieve=scenario.name == "S6")
@@ -837,7 +837,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmark-results.md"))
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--variants", type=lambda s: s.split(";"), default=[],
-                        help="also run these bench/variants.py variants of mxrecv in S1 and S2, "
+                        help="also run these bench/variants.py variants of mxrecv in S1, S2 and S3, "
                         "separated by ';' (each may combine several with ','), e.g. 'syncfs;nosync'")
     parser.add_argument("--keep", action="store_true", help="keep the spools and logs")
     args = parser.parse_args()

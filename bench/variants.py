@@ -13,6 +13,8 @@ variant patches mxrecv in this process only, then runs twistd:
                 filesystem (durable, but it also flushes whatever else is
                 dirty on that filesystem)
   nosync        [spool] fsync = false: not durable; the ceiling without disk
+  no-complete   an MMS stays in pending/ after its 200: no unpacking into
+                new/ (which the peers do not do), to time S3 without it
 
 These are measurements, not proposals to copy as they are.
 """
@@ -80,7 +82,24 @@ def noSync() -> None:
     config.parseConfig = parseConfig
 
 
-VARIANTS = {"compact-json": compactJSON, "no-log": noLog, "syncfs": syncfs, "nosync": noSync}
+def noComplete() -> None:
+    from mxrecv import resource
+
+    init = resource.CallbackResource.__init__
+
+    def __init__(self, **kwargs):
+        init(self, **{**kwargs, "onPending": lambda name: None})
+
+    resource.CallbackResource.__init__ = __init__
+
+
+VARIANTS = {
+    "compact-json": compactJSON,
+    "no-log": noLog,
+    "syncfs": syncfs,
+    "nosync": noSync,
+    "no-complete": noComplete,
+}
 
 
 def main() -> None:
