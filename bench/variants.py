@@ -15,6 +15,9 @@ variant patches mxrecv in this process only, then runs twistd:
   nosync        [spool] fsync = false: not durable; the ceiling without disk
   no-complete   an MMS stays in pending/ after its 200: no unpacking into
                 new/ (which the peers do not do), to time S3 without it
+  checkout      the mxrecv of another checkout, named by the environment
+                variable MXRECV_BENCH_CHECKOUT (e.g. a git worktree of an
+                earlier commit): before and after a change, in one run
 
 These are measurements, not proposals to copy as they are.
 """
@@ -93,12 +96,23 @@ def noComplete() -> None:
     resource.CallbackResource.__init__ = __init__
 
 
+def checkout() -> None:
+    root = os.environ["MXRECV_BENCH_CHECKOUT"]
+    sys.path.insert(0, root)
+    import mxrecv
+
+    if not mxrecv.__file__.startswith(root):
+        raise SystemExit(f"mxrecv came from {mxrecv.__file__}, not {root}")
+    print(f"variant checkout: mxrecv from {mxrecv.__file__}", flush=True)
+
+
 VARIANTS = {
     "compact-json": compactJSON,
     "no-log": noLog,
     "syncfs": syncfs,
     "nosync": noSync,
     "no-complete": noComplete,
+    "checkout": checkout,
 }
 
 
