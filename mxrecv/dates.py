@@ -61,3 +61,10 @@ def isoUTC(moment: datetime) -> str:
 
 def isoFromTimestamp(seconds: float) -> str:
     return isoUTC(datetime.fromtimestamp(seconds, timezone.utc))
+
+
+def mxDate(seconds: float) -> str:
+    """
+    A Unix time as MX Telecom writes dates, in UTC with its offset.
+    """
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")

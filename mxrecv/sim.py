@@ -38,6 +38,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from .dates import mxDate
+
 # MX Telecom waits 60 s for an answer but asks for one "in a timely manner
 # (sub 10 seconds)": a slower 200 counts as a wrong answer.
 TIMELY = 10.0
@@ -84,21 +86,36 @@ def makeZip(size: int, seed: int = 0) -> bytes:
     return out.getvalue()
 
 
+# How long after its date an MMS may be retrieved: MX Telecom promises at
+# least 24 hours.
+EXPIRY_SECONDS = 48 * 3600
+
+
 def makeCallbacks(
-    kind: str, count: int, runId: str, zipSize: int = 10 * 1024, zip: bytes | None = None
+    kind: str,
+    count: int,
+    runId: str,
+    zipSize: int = 10 * 1024,
+    zip: bytes | None = None,
+    *,
+    now: float,
 ) -> Iterator[Callback]:
     """
     C{count} callbacks of C{kind} (C{"sms"} or C{"mms"}) with ids unique to
-    C{runId}, sharing one zip (C{zip}, or one of C{zipSize} bytes).
+    C{runId}, sharing one zip (C{zip}, or one of C{zipSize} bytes), dated
+    C{now} (Unix time) as MX Telecom would date them, an MMS expiring
+    L{EXPIRY_SECONDS} later.
     """
     mms = (zip or makeZip(zipSize)) if kind == "mms" else None
+    date = mxDate(now)
+    expiry = mxDate(now + EXPIRY_SECONDS)
     for i in range(count):
         ident = f"sim-{runId}-{i}"
         params: list[tuple[str, str]] = [
             ("id", ident),
             ("from", f"4477009{i % 100000:05d}"),
             ("to", "80001"),
-            ("date", "2026-11-25 10:00:00 +0000"),
+            ("date", date),
         ]
         if kind == "sms":
             params += [("type", "6"), ("network", "vodafone"), ("message", f"Hello {i} \u20ac")]
@@ -108,7 +125,7 @@ def makeCallbacks(
                 ("to", "80002"),
                 ("cc", "447700900999"),
                 ("subject", f"Picture {i}"),
-                ("expiry", "2026-11-27 10:00:00 +0000"),
+                ("expiry", expiry),
             ]
         yield Callback(ident, tuple(params), mms)
 
@@ -456,7 +473,9 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
             flush=True,
         )
     zipData = makeZip(settings.zipSize) if settings.kind == "mms" else None
-    callbacks = makeCallbacks(settings.kind, settings.count, runId, zip=zipData)
+    callbacks = makeCallbacks(
+        settings.kind, settings.count, runId, zip=zipData, now=reactor.seconds()
+    )
     client, pool = makeClient(reactor, settings)
     start = reactor.seconds()
     stopAt = start + settings.duration

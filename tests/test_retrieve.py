@@ -27,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from mxrecv.cli import requeue
 from mxrecv.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
-from mxrecv.dates import isoFromTimestamp
+from mxrecv.dates import isoFromTimestamp, mxDate
 from mxrecv.naming import nameForId
 from mxrecv.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
@@ -50,10 +50,6 @@ from .support import (
 NOW = 1_800_000_000.0
 PASSWORD = "s3cr&t/pa ss"
 LONDON = ZoneInfo("Europe/London")
-
-
-def mxDate(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
 
 
 class LogWatch:

@@ -33,6 +33,9 @@ from mxrecv.sim import (
 
 from .support import startServer
 
+# 2027-01-15 08:00:00 UTC
+NOW = 1_800_000_000.0
+
 
 class PureTests(SynchronousTestCase):
     def test_zip(self) -> None:
@@ -46,17 +49,31 @@ class PureTests(SynchronousTestCase):
             self.assertEqual(sorted(z.namelist()), ["image.jpg", "mms.smil", "text.txt"])
 
     def test_uniqueIds(self) -> None:
-        callbacks = list(makeCallbacks("sms", 50, "r1"))
+        callbacks = list(makeCallbacks("sms", 50, "r1", now=NOW))
         self.assertEqual(len({c.id for c in callbacks}), 50)
         self.assertTrue(all(c.zip is None for c in callbacks))
-        self.assertTrue(all(c.zip for c in makeCallbacks("mms", 3, "r1", 2000)))
+        self.assertTrue(all(c.zip for c in makeCallbacks("mms", 3, "r1", 2000, now=NOW)))
+
+    def test_datedNow(self) -> None:
+        """
+        Callbacks are dated when they are made, as MX Telecom dates them,
+        and an MMS expires 48 hours later (at least 24 h, MX Telecom says),
+        so that a GET-mode MMS is still retrievable whenever the simulator
+        runs.
+        """
+        [sms] = makeCallbacks("sms", 1, "d1", now=NOW)
+        [mms] = makeCallbacks("mms", 1, "d1", 1000, now=NOW)
+        self.assertEqual(dict(sms.params)["date"], "2027-01-15 08:00:00 +0000")
+        self.assertNotIn("expiry", dict(sms.params))
+        self.assertEqual(dict(mms.params)["date"], "2027-01-15 08:00:00 +0000")
+        self.assertEqual(dict(mms.params)["expiry"], "2027-01-17 08:00:00 +0000")
 
     def test_multipartParses(self) -> None:
         """
         The POST body is multipart/form-data that an independent parser reads
         back: every field in order, and the zip byte for byte as C{mms.zip}.
         """
-        callback = next(makeCallbacks("mms", 1, "r2", 100_000))
+        callback = next(makeCallbacks("mms", 1, "r2", 100_000, now=NOW))
         body = multipartBody(callback, "b0undary")
         raw = b"".join(body.chunks())
         self.assertEqual(len(raw), len(body))
@@ -191,7 +208,7 @@ class AgainstMxrecvTests(TestCase):
         from mxrecv.sim import RetrieveMMS
 
         retrieve = RetrieveMMS("u", "p")
-        callback = next(makeCallbacks("mms", 1, "t4", 3000))
+        callback = next(makeCallbacks("mms", 1, "t4", 3000, now=NOW))
         retrieve.announce(callback)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Site(retrieve)
