@@ -127,8 +127,8 @@ class Health:
 
     def _tls(self) -> Check:
         """
-        Every certificate in service is before its notAfter (a certificate
-        is only put in service after its notBefore).
+        Every certificate in service, chains included, is before its
+        notAfter (a certificate is only put in service after its notBefore).
         """
         now = clockTime(self._reactor)()
         expired = [c for c in self._certificates if c.current.notAfter <= now]
@@ -139,7 +139,7 @@ class Health:
                 "tls",
                 False,
                 detail + "; expired: " + ", ".join(
-                    f"{c.files.certKey} ({c.current.subject}) on {_utc(c.current.notAfter)}"
+                    f"{c.current.expiring} served from {c.files.certKey} on {_utc(c.current.notAfter)}"
                     for c in expired
                 ),
             )

@@ -164,12 +164,19 @@ def _number(name: str, value: str, low: int, high: int) -> int:
 class Loaded:
     """
     A key and certificate that passed the checks, ready to serve.
+
+    @ivar subject: the server certificate's subject.
+    @ivar notAfter: when the first of the certificates served (the server's
+        or one of its chain) expires: past it, clients cannot verify the
+        chain, whichever certificate it is.
+    @ivar expiring: the subject of that certificate.
     """
 
     options: CertificateOptions
     subject: str
     notAfter: datetime.datetime
     fingerprint: str
+    expiring: str
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -257,11 +264,13 @@ def loadCertificate(files: TLSFiles, now: datetime.datetime) -> Loaded:
         )
     except (SSL.Error, ValueError, TypeError) as e:
         raise CertificateError(f"OpenSSL refused {files.certKey} with {files.privateKey}: {e}") from None
+    first = min([leaf, *chain], key=lambda c: c.not_valid_after_utc)
     return Loaded(
         options=options,
         subject=leaf.subject.rfc4514_string(),
-        notAfter=notAfter,
+        notAfter=first.not_valid_after_utc,
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
+        expiring=first.subject.rfc4514_string(),
     )
 
 
@@ -401,9 +410,11 @@ class ReloadableCertificate:
         left = self.current.notAfter - self._now()
         if left < datetime.timedelta(days=self._warnDays):
             log.warn(
-                "The certificate {certKey} ({subject}) expires in {days:.1f} days, on {notAfter}",
+                "The certificate {expiring} served from {certKey} ({subject}) expires in "
+                "{days:.1f} days, on {notAfter}",
                 certKey=str(self.files.certKey),
                 subject=self.current.subject,
+                expiring=self.current.expiring,
                 days=left.total_seconds() / 86400,
                 notAfter=self.current.notAfter.isoformat(),
             )

@@ -245,9 +245,12 @@ def contentType(name: str, fromSmil: Mapping[str, str]) -> str:
     )
 
 
-# Byte-order marks, and the encoding each announces.
+# Byte-order marks, and the encoding each announces.  UTF-32-LE's begins
+# with UTF-16-LE's, so it is tried first.
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
@@ -256,16 +259,17 @@ _BOMS = (
 def decodePart(data: bytes) -> str:
     """
     The text of a text part.  The zip says nothing of its charset: a part
-    that starts with a byte-order mark (UTF-8, or UTF-16 as many phones
-    send) is decoded as the mark says, without it, if it is valid in that
-    encoding; any other is decoded as UTF-8 if valid, else ISO-8859-15.
+    that starts with a byte-order mark (UTF-8, UTF-16 as many phones send,
+    or UTF-32) is decoded as the mark says, without it, if it is valid in
+    that encoding; any other is decoded as UTF-8 if valid, else
+    ISO-8859-15.
     """
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
                 return data[len(bom) :].decode(encoding)
             except UnicodeDecodeError:
-                break
+                continue
     return decodeText(data)[0]
 
 

@@ -110,7 +110,7 @@ class HealthTests(TestCase):
             body["checks"]["tls"],
             {
                 "ok": False,
-                "detail": f"1 of 2 valid; expired: {old.certKey} (CN=old) on "
+                "detail": f"1 of 2 valid; expired: CN=old served from {old.certKey} on "
                 f"{NOW - DAY:%Y-%m-%d %H:%M:%S} UTC",
             },
         )

@@ -99,6 +99,10 @@ def issue(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, key=None, 
     return key, cert
 
 
+def certNotAfter(cert: x509.Certificate) -> datetime.datetime:
+    return cert.not_valid_after_utc
+
+
 def intermediate(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY):
     """
     An intermediate CA issued by the test CA, as C{(key, certificate)}.
@@ -573,6 +577,21 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(len(warnings()), 2)
         self.assertAlmostEqual(warnings()[1]["days"], 4.0, places=2)
 
+    def test_expiryWarningForChain(self):
+        """
+        The warning names an intermediate that expires first.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        base = Path(self.mktemp())
+        by = intermediate("R1", notAfter=NOW + 5 * DAY)
+        files = writeFiles(base, *issue("later", by=by, notAfter=NOW + 30 * DAY))
+        chain = base / "chain.pem"
+        chain.write_bytes(certificatePEM(by[1]))
+        ReloadableCertificate(TLSFiles(files.privateKey, files.certKey, chain), now=lambda: NOW, warnDays=14)
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual((warning["expiring"], warning["subject"]), ("CN=R1", "CN=later"))
+        self.assertAlmostEqual(warning["days"], 5.0, places=2)
+
     def test_noWarningFarFromExpiry(self):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         files = writeFiles(Path(self.mktemp()), *issue("later", notAfter=NOW + 30 * DAY))
@@ -662,6 +681,22 @@ class LoadTests(SynchronousTestCase):
         files.certKey.write_bytes(certificatePEM(cert, by[1]))
         files = TLSFiles(files.privateKey, files.certKey)
         self.assertEqual(len(loadCertificate(files, NOW).options.extraCertChain), 1)
+
+    def test_expiresWithChain(self):
+        """
+        What is served expires with the first of its certificates: an
+        intermediate that expires before the server's certificate sets the
+        date, and is named; otherwise the server's certificate does.
+        """
+        by = intermediate("R1", notAfter=NOW + 10 * DAY)
+        _, cert = issue("server one", key=self.key, by=by, notAfter=NOW + 20 * DAY)
+        loaded = loadCertificate(self.withChain(cert, by[1]), NOW)
+        self.assertEqual((loaded.notAfter, loaded.expiring), (certNotAfter(by[1]), "CN=R1"))
+        self.assertEqual(loaded.subject, "CN=server one")
+        by = intermediate("R2", notAfter=NOW + 30 * DAY)
+        _, cert = issue("server two", key=self.key, by=by, notAfter=NOW + 20 * DAY)
+        loaded = loadCertificate(self.withChain(cert, by[1]), NOW)
+        self.assertEqual((loaded.notAfter, loaded.expiring), (certNotAfter(cert), "CN=server two"))
 
     def test_intermediateGivenTwice(self):
         """

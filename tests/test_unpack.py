@@ -3,6 +3,7 @@ Tests for L{mxrecv.unpack}: the pure naming and typing rules, and unpacking
 real zips (hostile ones included) into a temporary directory.
 """
 
+import codecs
 import os
 import struct
 import zipfile
@@ -186,6 +187,11 @@ class RuleTests(TestCase):
         self.assertEqual(decodePart(b"\xff\xfe" + text.encode("utf-16-le")), text)
         self.assertEqual(decodePart(b"\xfe\xff" + text.encode("utf-16-be")), text)
         self.assertEqual(decodePart(b"\xef\xbb\xbf" + text.encode()), text)
+        self.assertEqual(decodePart(text.encode("utf-32")), text)
+        self.assertEqual(decodePart(codecs.BOM_UTF32_LE + text.encode("utf-32-le")), text)
+        self.assertEqual(decodePart(codecs.BOM_UTF32_BE + text.encode("utf-32-be")), text)
+        # A UTF-16-LE text whose first character is U+0000 is not UTF-32.
+        self.assertEqual(decodePart(codecs.BOM_UTF16_LE + "\x00Hi".encode("utf-16-le")), "\x00Hi")
         self.assertEqual(decodePart(b"\xff\xfeH\x00i"), "\xff\xfeH\x00i")
         self.assertEqual(decodePart(b"\xef\xbb\xbf\xa4"), "\xef\xbb\xbf\u20ac")
         self.assertEqual(decodePart(b"\xa4 50"), "\u20ac 50")
