@@ -15,6 +15,8 @@ variant patches mxrecv in this process only, then runs twistd:
   nosync        [spool] fsync = false: not durable; the ceiling without disk
   no-complete   an MMS stays in pending/ after its 200: no unpacking into
                 new/ (which the peers do not do), to time S3 without it
+                (until the sweep of pending/, at start-up and every 5
+                minutes, which still unpacks: runs must be shorter)
   checkout      the mxrecv of another checkout, named by the environment
                 variable MXRECV_BENCH_CHECKOUT (e.g. a git worktree of an
                 earlier commit): before and after a change, in one run
@@ -97,7 +99,9 @@ def noComplete() -> None:
 
 
 def checkout() -> None:
-    root = os.environ["MXRECV_BENCH_CHECKOUT"]
+    root = os.environ.get("MXRECV_BENCH_CHECKOUT")
+    if not root:
+        raise SystemExit("variant checkout: set MXRECV_BENCH_CHECKOUT to a checkout of mxrecv")
     sys.path.insert(0, root)
     import mxrecv
 

@@ -358,10 +358,11 @@ class ReloadableCertificate:
         self._signature = _signature(files)
         self.current = loadCertificate(files, now())
         log.info(
-            "Serving the certificate {certKey}: {subject} (expires {notAfter})",
+            "Serving the certificate {certKey}: {subject} (expires {notAfter}{chainNote})",
             certKey=str(files.certKey),
             subject=self.current.subject,
             notAfter=self.current.notAfter.isoformat(),
+            chainNote=_chainNote(self.current),
             fingerprint=self.current.fingerprint,
         )
         self.checkExpiry()
@@ -379,18 +380,21 @@ class ReloadableCertificate:
             loaded = loadCertificate(self.files, self._now())
         except CertificateError as e:
             log.error(
-                "Certificate not reloaded, still serving {subject} (expires {notAfter}): {error}",
+                "Certificate not reloaded, still serving {subject} "
+                "(expires {notAfter}{chainNote}): {error}",
                 error=str(e),
                 subject=self.current.subject,
                 notAfter=self.current.notAfter.isoformat(),
+                chainNote=_chainNote(self.current),
             )
             return False
         previous, self.current = self.current, loaded
         log.info(
-            "Certificate reloaded from {certKey}: {subject} (expires {notAfter}){same}",
+            "Certificate reloaded from {certKey}: {subject} (expires {notAfter}{chainNote}){same}",
             certKey=str(self.files.certKey),
             subject=loaded.subject,
             notAfter=loaded.notAfter.isoformat(),
+            chainNote=_chainNote(loaded),
             fingerprint=loaded.fingerprint,
             same=" (unchanged)" if loaded.fingerprint == previous.fingerprint else "",
         )
@@ -418,6 +422,16 @@ class ReloadableCertificate:
                 days=left.total_seconds() / 86400,
                 notAfter=self.current.notAfter.isoformat(),
             )
+
+
+def _chainNote(loaded: Loaded) -> str:
+    """
+    For a log line giving C{loaded.notAfter} beside the server certificate's
+    subject: which chain certificate that date is from, if not its own.
+    """
+    if loaded.expiring == loaded.subject:
+        return ""
+    return f", with its chain certificate {loaded.expiring}"
 
 
 def clockTime(clock: IReactorTime) -> Callable[[], datetime.datetime]:

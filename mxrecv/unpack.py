@@ -246,7 +246,8 @@ def contentType(name: str, fromSmil: Mapping[str, str]) -> str:
 
 
 # Byte-order marks, and the encoding each announces.  UTF-32-LE's begins
-# with UTF-16-LE's, so it is tried first.
+# with UTF-16-LE's, so it is tried first: FF FE 00 00 is read as UTF-32 (as
+# XML and other sniffers read it), not as UTF-16 starting with U+0000.
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF32_LE, "utf-32-le"),

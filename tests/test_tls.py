@@ -36,7 +36,7 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
@@ -591,6 +591,11 @@ class WatchTests(SynchronousTestCase):
         [warning] = [e for e in events if e["log_level"].name == "warn"]
         self.assertEqual((warning["expiring"], warning["subject"]), ("CN=R1", "CN=later"))
         self.assertAlmostEqual(warning["days"], 5.0, places=2)
+        [serving] = [e for e in events if e["log_format"].startswith("Serving")]
+        self.assertEqual(
+            formatEvent(serving).split(": ", 1)[1],
+            f"CN=later (expires {certNotAfter(by[1]).isoformat()}, with its chain certificate CN=R1)",
+        )
 
     def test_noWarningFarFromExpiry(self):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
