@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -198,6 +199,7 @@ class Server:
     tls: tuple[Path, Path] | None = None
     retrieveURL: str | None = None
     proc: subprocess.Popen | None = None
+    terminated = False
 
     @property
     def spool(self) -> Path:
@@ -257,6 +259,7 @@ class Server:
             ["taskset", "-c", SERVER_CORE, *self.command()],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
+        self.terminated = False
 
     def waitListening(self) -> None:
         deadline = time.monotonic() + 20
@@ -275,11 +278,20 @@ class Server:
         self.log.flush()
         return (self.workdir / "server.out").read_text(errors="replace")[-1500:]
 
+    def terminate(self) -> None:
+        """
+        Ask the server to stop, without waiting (L{stop} waits): servers
+        asked together stop together.
+        """
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> None:
         if self.proc is None:
             return
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -448,6 +460,24 @@ class Bench:
         self.counter = 0
         self.variants = [f"mxrecv+{v}" for v in args.variants]
         self.names = list(SERVERS) + self.variants
+        self.removing: threading.Thread | None = None
+
+    def removeLater(self, paths: list[Path]) -> None:
+        """
+        Remove a finished scenario's work directories (tens of thousands of
+        message directories after S1) while the next scenario's servers
+        start; L{removed} waits for it before any load.
+        """
+        self.removed()
+        self.removing = threading.Thread(
+            target=lambda: [shutil.rmtree(p, ignore_errors=True) for p in paths], daemon=True
+        )
+        self.removing.start()
+
+    def removed(self) -> None:
+        if self.removing is not None:
+            self.removing.join()
+            self.removing = None
 
     def makeCert(self) -> tuple[Path, Path]:
         cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
@@ -574,6 +604,7 @@ class Bench:
                 server.launch()
             for server in servers.values():
                 server.waitListening()
+            self.removed()
             names = scenario.servers
             for round in range(3):
                 order = names[round % len(names):] + names[: round % len(names)]
@@ -585,9 +616,11 @@ class Bench:
                         for k, v in r.items() if k not in ("firstProblem", "split")))
         finally:
             for server in servers.values():
+                server.terminate()
+            for server in servers.values():
                 server.stop()
-                if not self.args.keep:
-                    shutil.rmtree(server.workdir, ignore_errors=True)
+            if not self.args.keep:
+                self.removeLater([server.workdir for server in servers.values()])
 
     def profile(self, seconds: float) -> str:
         """
@@ -868,6 +901,7 @@ def main() -> None:
         say(f"features: {features}")
         for s in selected:
             bench.run(s, features)
+        bench.removed()
         profile = bench.profile(max(bench.seconds, 8)) if args.profile else None
         cpuAfter = cpuProbe()
         text = report(args, info, disk, cpuBefore, cpuAfter, all_, profile, time.monotonic() - started)
