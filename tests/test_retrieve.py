@@ -185,6 +185,18 @@ class RetrieveTestCase(TestCase):
         accepted = yield self.spool.accept(message, PENDING)
         return accepted.name
 
+    def assertAttemptUndone(self, name: str, writers) -> None:
+        """
+        A failed attempt left nothing behind: the message is still in
+        pending/, its partial download is removed and closed, and the
+        writers hold none of its bytes.
+        """
+        directory = self.spool.dir(PENDING) / name
+        self.assertTrue((directory / "message.json").is_file())
+        self.assertFalse((directory / PART).exists())
+        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
+        self.assertEqual(writers.buffered, 0)
+
     def openMessageFiles(self) -> list[str]:
         """
         The files of messages (not the spool's own state) open in this process.
@@ -696,11 +708,7 @@ class WriterTests(RetrieveTestCase):
         gate.release()
         event = yield failed
         self.assertEqual(event["outcome"], "timed out after 10 s")
-        directory = self.spool.dir(PENDING) / name
-        self.assertTrue((directory / "message.json").is_file())
-        self.assertFalse((directory / PART).exists())
-        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
-        self.assertEqual(writers.buffered, 0)
+        self.assertAttemptUndone(name, writers)
 
     @inlineCallbacks
     def test_diskFullKeepsItPending(self):
@@ -726,11 +734,7 @@ class WriterTests(RetrieveTestCase):
         retriever(name)
         event = yield failed
         self.assertEqual(event["outcome"], "cannot write mms.zip.part: No space left on device")
-        directory = self.spool.dir(PENDING) / name
-        self.assertTrue((directory / "message.json").is_file())
-        self.assertFalse((directory / PART).exists())
-        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
-        self.assertEqual(self.writers.buffered, 0)
+        self.assertAttemptUndone(name, self.writers)
         self.assertFalse(done.called)
 
         subprocess.run(["mount", "-o", "remount,size=16m", str(mount)], check=True)
