@@ -27,14 +27,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.python.threadpool import ThreadPool
 
-from mxrecv.complete import Completer
+from mxrecv.mms.complete import Completer
 from mxrecv.config import RetrieveConfig
-from mxrecv.dates import isoFromTimestamp
-from mxrecv.message import Message
-from mxrecv.pending import PendingWork
-from mxrecv.retrieve import makeRetriever
-from mxrecv.spool import NEW, PENDING, Spool
-from mxrecv.writer import FileWriters
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.message.model import Message
+from mxrecv.mms.pending import PendingWork
+from mxrecv.mms.retrieve import makeRetriever
+from mxrecv.spool.store import NEW, PENDING, Spool
+from mxrecv.spool.writer import FileWriters
 
 CHILD = """
 import sys

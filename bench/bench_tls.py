@@ -39,7 +39,7 @@ from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from treq.client import HTTPClient
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from mxrecv.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
 
 ROOT = Path(__file__).absolute().parent.parent
 HTTP_PORT = 18310

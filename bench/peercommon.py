@@ -2,7 +2,7 @@
 What the two peer receivers (aiohttp, Starlette) share, so that they do
 mxrecv's job the way a careful engineer would write it on those frameworks:
 
-- the same validation: mxrecv's own pure parser (L{mxrecv.params}), fed the
+- the same validation: mxrecv's own pure parser (L{mxrecv.message.params}), fed the
   raw bytes of the query string or form fields;
 - the same durability before the 200: each message written in its own
   directory under tmp/, the files and the directory fsynced, renamed into
@@ -35,10 +35,10 @@ import multipart
 from urllib.parse import unquote_to_bytes
 from zoneinfo import ZoneInfo
 
-from mxrecv.dates import isoFromTimestamp
-from mxrecv.message import MMS, Message
-from mxrecv.naming import nameForId
-from mxrecv.params import BadParameter, parseCallback
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.message.model import MMS, Message
+from mxrecv.spool.naming import nameForId
+from mxrecv.message.params import BadParameter, parseCallback
 
 ACK = b"OK\n"
 # The same limit as the [server] max_body bench/run.py gives mxrecv (S4 sends 200 MiB).

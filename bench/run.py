@@ -386,7 +386,7 @@ SIM_LINE = re.compile(r"mxrecv-sim: sent=(\d+) ok=(\d+) wrong=(\d+) seconds=([\d
 
 def sim(server: Server, args: list[str], timeout: float, caFile: Path | None = None) -> dict:
     command = [
-        "taskset", "-c", LOAD_CORE, PY, "-c", "from mxrecv.sim import main; main()",
+        "taskset", "-c", LOAD_CORE, PY, "-c", "from mxrecv.testing.sim import main; main()",
         "--url", server.url, *args,
     ]
     if caFile:
@@ -656,7 +656,7 @@ AREAS = (
      ("params.py", "dates.py", "text.py", "naming.py", "zoneinfo", "ipaddress.py", "access.py")),
     ("spool bookkeeping on the reactor", ("spool.py", "seen.py", "defer.py")),
     ("twisted.web request and response", ("web/http.py", "web/server.py", "http_headers.py",
-                                          "web/resource.py", "mxrecv/request.py", "mxrecv/resource.py",
+                                          "web/resource.py", "mxrecv/web/request.py", "mxrecv/web/resource.py",
                                           "basic.py", "urllib/parse.py")),
     ("TCP and the reactor loop", ("tcp.py", "epollreactor.py", "posixbase.py", "abstract.py",
                                   "fdesc.py", "base.py", "log.py", "context.py")),

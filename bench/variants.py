@@ -33,7 +33,7 @@ import sys
 
 
 def compactJSON() -> None:
-    from mxrecv import message
+    from mxrecv.message import model as message
 
     def encode(self) -> bytes:
         return json.dumps(self.toJSON(), ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
@@ -42,13 +42,13 @@ def compactJSON() -> None:
 
 
 def noLog() -> None:
-    from mxrecv import resource
+    from mxrecv.web import resource
 
     resource.CallbackResource._log = lambda self, *args, **kwargs: None
 
 
 def syncfs() -> None:
-    from mxrecv import spool
+    from mxrecv.spool import store as spool
 
     libc = ctypes.CDLL(None, use_errno=True)
     prepare = spool.Spool._prepare
@@ -88,7 +88,7 @@ def noSync() -> None:
 
 
 def noComplete() -> None:
-    from mxrecv import resource
+    from mxrecv.web import resource
 
     init = resource.CallbackResource.__init__
 

@@ -1,7 +1,16 @@
 """
 mxrecv: receive MX Telecom's SMS and MMS callbacks into a Maildir-like spool.
 
-The path of a message: L{mxrecv.request} (the body, streamed) ->
-L{mxrecv.params} (validation) -> L{mxrecv.spool} (durable, then the 200) ->
-L{mxrecv.pending} (retrieval or unpacking of an MMS) -> C{new/}.
+The subpackages follow a message's path:
+
+    web/      the HTTP edge: who may call, the body streamed, the answer
+    message/  the callback's parameters validated into a L{Message}
+    spool/    durable storage, then the 200; the seen-id index
+    mms/      an MMS completed off the request path: retrieved, unpacked
+    deliver/  each message in C{new/} handed to the application
+    tls/      certificates, their checks and reloading
+    ops/      the admin listener, metrics, logs, the C{mxrecv} command
+    testing/  stand-ins for MX Telecom, for tests and benchmarks
+
+L{mxrecv.tap} composes them into the twistd plugin's service.
 """

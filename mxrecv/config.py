@@ -167,7 +167,7 @@ def _stringList(key: str, value: Any) -> tuple[str, ...]:
 
 def _listen(key: str, value: Any) -> tuple[str, ...]:
     descriptions = _stringList(key, value)
-    from .listen import parseListen
+    from mxrecv.web.listen import parseListen
 
     for i, description in enumerate(descriptions):
         try:

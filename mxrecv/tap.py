@@ -18,26 +18,26 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from .access import AllowList
-from .admin import AdminSite, Health
-from .body import BodyChooser
-from .complete import Completer
-from .config import Config, ConfigError, loadConfig
-from .deliver import buildDelivery
-from .listen import parseListen, tlsEndpoint, tlsFactory
-from .logs import installObserver, logFileFor, observerFor
-from .metrics import Metrics, SpoolCollector
-from .multipart import MultipartBody
-from .outcome import CallbackOutcome
-from .request import CallbackSite
-from .pending import PendingService, PendingWork
-from .resource import CallbackResource
-from .retrieve import RetrieveService, makeRetriever
-from .shutdown import DrainService, InFlight
-from .spool import PENDING, TMP, Spool, SpoolLocked
-from .tls import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
-from .tlsreload import CertificateReloadService, canHandleSignals
-from .writer import FileWriters
+from mxrecv.web.access import AllowList
+from mxrecv.ops.admin import AdminSite, Health
+from mxrecv.web.body import BodyChooser
+from mxrecv.mms.complete import Completer
+from mxrecv.config import Config, ConfigError, loadConfig
+from mxrecv.deliver.service import buildDelivery
+from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.ops.logs import installObserver, logFileFor, observerFor
+from mxrecv.ops.metrics import Metrics, SpoolCollector
+from mxrecv.web.multipart import MultipartBody
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.web.request import CallbackSite
+from mxrecv.mms.pending import PendingService, PendingWork
+from mxrecv.web.resource import CallbackResource
+from mxrecv.mms.retrieve import RetrieveService, makeRetriever
+from mxrecv.web.drain import DrainService, InFlight
+from mxrecv.spool.store import PENDING, TMP, Spool, SpoolLocked
+from mxrecv.tls.certificate import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
+from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
+from mxrecv.spool.writer import FileWriters
 
 log = Logger()
 
@@ -175,7 +175,7 @@ class MxrecvService(OrderedService):
     the last added first, so they are added in the order: threads, spool,
     background work, admin listener, drain, callback listeners.
 
-    @ivar logObserver: makes twistd's log observer (L{mxrecv.logs}), used
+    @ivar logObserver: makes twistd's log observer (L{mxrecv.ops.logs}), used
         when twistd attaches this service to its application.
     @ivar metrics: the L{Metrics} of this run.
     @ivar site: the callback site.

@@ -9,7 +9,7 @@ from datetime import datetime
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from mxrecv.params import LIMITS, MAX_RECIPIENTS
+from mxrecv.message.params import LIMITS, MAX_RECIPIENTS
 
 # Any id MX Telecom could send, as text (a decoded query string never holds
 # lone surrogates).

@@ -25,10 +25,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from mxrecv.config import Config, ServerConfig
-from mxrecv.message import Message
-from mxrecv.spool import Spool
+from mxrecv.message.model import Message
+from mxrecv.spool.store import Spool
 from mxrecv.tap import buildSite
-from mxrecv.writer import FileWriters
+from mxrecv.spool.writer import FileWriters
 
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 

@@ -10,9 +10,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from mxrecv.admin import AdminSite, Health, probeWritable
-from mxrecv.metrics import Metrics
-from mxrecv.tls import ReloadableCertificate
+from mxrecv.ops.admin import AdminSite, Health, probeWritable
+from mxrecv.ops.metrics import Metrics
+from mxrecv.tls.certificate import ReloadableCertificate
 
 from .running import ANY_PORT, client, run, runningConfig
 from .support import startedPool

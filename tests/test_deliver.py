@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mxrecv.deliver import (
+from mxrecv.deliver.service import (
     CommandTarget,
     Deliverer,
     DeliveryFailed,
@@ -24,7 +24,7 @@ from mxrecv.deliver import (
     UrlTarget,
     backoff,
 )
-from mxrecv.message import Message, Part
+from mxrecv.message.model import Message, Part
 
 from .running import client
 from .support import openSpool, startedPool

@@ -21,7 +21,7 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import TestCase
 
-from mxrecv.logs import (
+from mxrecv.ops.logs import (
     REDACTED,
     installObserver,
     jsonObserver,
@@ -44,7 +44,7 @@ class CallbackEventTests(TestCase):
         events = []
 
         def observe(event):
-            if event.get("log_namespace") == "mxrecv.resource":
+            if event.get("log_namespace") == "mxrecv.web.resource":
                 events.append(event)
 
         globalLogPublisher.addObserver(observe)

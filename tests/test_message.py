@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.message import MMS, Message, Part, indentedJSON
+from mxrecv.message.model import MMS, Message, Part, indentedJSON
 
 # Any text, lone surrogates included: message.json is written with
 # surrogatepass, so they can reach the encoder.

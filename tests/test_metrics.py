@@ -6,7 +6,7 @@ a running mxrecv.
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from mxrecv.metrics import RETRIEVAL_OUTCOMES, Metrics
+from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
 
 from .running import MMS, SMS, client, rawConnection, run, runningConfig, scrape, value
 

@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.multipart}: a multipart body fed chunk by chunk into a
+Tests for L{mxrecv.web.multipart}: a multipart body fed chunk by chunk into a
 real spool's staging directory.
 """
 
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from mxrecv.body import Refusal, Upload
-from mxrecv.multipart import (
+from mxrecv.web.body import Refusal, Upload
+from mxrecv.web.multipart import (
     MAX_FIELD_BYTES,
     MAX_FIELDS,
     MAX_FIELDS_BYTES,

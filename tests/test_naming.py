@@ -2,7 +2,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.naming import isName, nameForId
+from mxrecv.spool.naming import isName, nameForId
 
 from .strategies import messageIds
 

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.dates import isoFromTimestamp, parseDate
-from mxrecv.message import MMS, SMS, Message
-from mxrecv.params import LIMITS, REQUIRED, BadParameter, parseCallback
-from mxrecv.text import decodeText
+from mxrecv.message.dates import isoFromTimestamp, parseDate
+from mxrecv.message.model import MMS, SMS, Message
+from mxrecv.message.params import LIMITS, REQUIRED, BadParameter, parseCallback
+from mxrecv.message.text import decodeText
 
 from .strategies import callbackParams, mxDates
 

@@ -19,10 +19,10 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import TestCase
 
-from mxrecv.complete import Completer
-from mxrecv.message import Message
-from mxrecv.params import parseCallback
-from mxrecv.spool import NEW, PENDING, TMP
+from mxrecv.mms.complete import Completer
+from mxrecv.message.model import Message
+from mxrecv.message.params import parseCallback
+from mxrecv.spool.store import NEW, PENDING, TMP
 from mxrecv.tap import buildSite
 
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf

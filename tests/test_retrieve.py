@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.retrieve}: GET-mode MMS downloaded from a RetrieveMMS
+Tests for L{mxrecv.mms.retrieve}: GET-mode MMS downloaded from a RetrieveMMS
 stand-in on 127.0.0.1, over HTTP and HTTPS, with real files; time (attempt
 deadlines, backoff, expiry) on a L{Clock} where it matters.
 """
@@ -24,23 +24,23 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from mxrecv.cli import requeue
-from mxrecv.complete import MMS_ZIP, Completer
+from mxrecv.ops.cli import requeue
+from mxrecv.mms.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
-from mxrecv.dates import isoFromTimestamp, mxDate
-from mxrecv.naming import nameForId
-from mxrecv.pending import SWEEP_SECONDS, PendingService, PendingWork
-from mxrecv.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
-from mxrecv.retrieve import STATE, Retriever, expiryOf, makeRetriever
-from mxrecv.schedule import Completed, GaveUp
-from mxrecv.spool import FAILED, NEW, PENDING, Spool
+from mxrecv.message.dates import isoFromTimestamp, mxDate
+from mxrecv.spool.naming import nameForId
+from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
+from mxrecv.mms.retrieve import STATE, Retriever, expiryOf, makeRetriever
+from mxrecv.mms.schedule import Completed, GaveUp
+from mxrecv.spool.store import FAILED, NEW, PENDING, Spool
 from mxrecv.tap import makeService
-from mxrecv.writer import FileWriters
+from mxrecv.spool.writer import FileWriters
 
 from .retrievemms import (
     Hang, QuietSite, RetrieveMMS, Serve, Stream, TestCA, Trickle, Truncate, makeZip,
 )
-from mxrecv.metrics import RETRIEVAL_OUTCOMES, Metrics
+from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
 
 from .support import (
     GatedPool, exampleMessage, fileWriters, httpClient, openFiles, reactorTurns,
@@ -91,7 +91,7 @@ class LogWatch:
 
 
 def attemptFailed(event: dict) -> bool:
-    return "outcome" in event and event.get("log_namespace") == "mxrecv.retrieve"
+    return "outcome" in event and event.get("log_namespace") == "mxrecv.mms.retrieve"
 
 
 class RetrieveTestCase(TestCase):
@@ -495,7 +495,7 @@ def zipLike(size: int) -> bytes:
 
 class WriterTests(RetrieveTestCase):
     """
-    Downloads go through the writers (L{mxrecv.writer}) on a thread pool the
+    Downloads go through the writers (L{mxrecv.spool.writer}) on a thread pool the
     test holds, so that they fall behind for as long as it wants: the
     reactor writes nothing, the response is paused at the writer's bound,
     and an attempt that fails or is abandoned settles only once its file

@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.schedule}: the retrieval queue's decisions, without I/O.
+Tests for L{mxrecv.mms.schedule}: the retrieval queue's decisions, without I/O.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.complete import Attempt
-from mxrecv.schedule import Completed, GaveUp, Policy, Schedule, Start
+from mxrecv.mms.complete import Attempt
+from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
 
 
 def schedule(random: float = 0.0, **policy) -> Schedule:

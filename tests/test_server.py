@@ -14,8 +14,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from mxrecv.message import Message
-from mxrecv.spool import NEW, PENDING
+from mxrecv.message.model import Message
+from mxrecv.spool.store import NEW, PENDING
 from mxrecv.tap import buildSite
 
 from .support import (
@@ -322,7 +322,7 @@ class HeaderDeadlineTests(TestCase):
             (outcome.status, outcome.mode, outcome.client, outcome.ack_seconds),
             (408, "other", "127.0.0.1", self.HEADER),
         )
-        [event] = [e for e in events if e["log_namespace"] == "mxrecv.request"]
+        [event] = [e for e in events if e["log_namespace"] == "mxrecv.web.request"]
         self.assertEqual((event["status"], event["client"]), (408, "127.0.0.1"))
 
     @inlineCallbacks

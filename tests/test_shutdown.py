@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IBodyProducer, INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer
 
-from mxrecv.shutdown import DrainService, InFlight
+from mxrecv.web.drain import DrainService, InFlight
 from mxrecv.tap import OrderedService
 from twisted.application.service import Service
 

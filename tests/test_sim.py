@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.sim}: the stand-in for MX Telecom, run against a real
+Tests for L{mxrecv.testing.sim}: the stand-in for MX Telecom, run against a real
 mxrecv site listening on 127.0.0.1.
 """
 
@@ -18,7 +18,7 @@ from twisted.python import usage
 from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mxrecv.sim import (
+from mxrecv.testing.sim import (
     Callback,
     Options,
     Outcome,
@@ -205,7 +205,7 @@ class AgainstMxrecvTests(TestCase):
         """
         from twisted.web.server import Site
 
-        from mxrecv.sim import RetrieveMMS
+        from mxrecv.testing.sim import RetrieveMMS
 
         retrieve = RetrieveMMS("u", "p")
         callback = next(makeCallbacks("mms", 1, "t4", 3000, now=NOW))

@@ -8,9 +8,9 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from mxrecv.message import Message
-from mxrecv.seen import SeenIndex
-from mxrecv.spool import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
+from mxrecv.message.model import Message
+from mxrecv.spool.seen import SeenIndex
+from mxrecv.spool.store import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
 
 from .support import exampleMessage, fillUp, openSpool, smallFilesystem, startedPool
 

@@ -41,12 +41,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
-from mxrecv import selfsigned
+from mxrecv.tls import selfsigned
 from mxrecv.config import ConfigError, parseConfig
-from mxrecv.listen import parseListen, tlsEndpoint, tlsFactory
-from mxrecv.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
 from mxrecv.tap import Options, buildSite, makeService
-from mxrecv.tls import (
+from mxrecv.tls.certificate import (
     CertificateError,
     ReloadableCertificate,
     TLSFiles,
@@ -55,7 +55,7 @@ from mxrecv.tls import (
     loadCertificate,
     parseTLS,
 )
-from mxrecv.tlsreload import CertificateReloadService
+from mxrecv.tls.reload import CertificateReloadService
 
 from .support import (
     LOOPBACK_ONLY,

@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.unpack}: the pure naming and typing rules, and unpacking
+Tests for L{mxrecv.mms.unpack}: the pure naming and typing rules, and unpacking
 real zips (hostile ones included) into a temporary directory.
 """
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from mxrecv.message import Part
-from mxrecv.unpack import (
+from mxrecv.message.model import Part
+from mxrecv.mms.unpack import (
     Limits,
     contentType,
     decodePart,

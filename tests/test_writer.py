@@ -1,5 +1,5 @@
 """
-Tests for L{mxrecv.writer}: uploads written and hashed by real worker
+Tests for L{mxrecv.spool.writer}: uploads written and hashed by real worker
 threads into real files, and the backpressure they put on the connection.
 """
 
@@ -16,9 +16,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from mxrecv.spool import PENDING, TMP
+from mxrecv.spool.store import PENDING, TMP
 from mxrecv.tap import buildSite
-from mxrecv.writer import FileWriters, Written
+from mxrecv.spool.writer import FileWriters, Written
 
 from .strategies import contentTypeFor, examples, multipartBody
 from .support import GatedPool, openFiles, openSpool, rawExchange, serverConfig, startServer

@@ -16,8 +16,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .durable import replaceFile
-from .naming import isName
+from mxrecv.spool.durable import replaceFile
+from mxrecv.spool.naming import isName
 
 
 class SeenIndex:

@@ -23,10 +23,10 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from .durable import fsyncPath, moveDir, removeTree, replaceFile
-from .message import Message
-from .spool import FAILED, MESSAGE_JSON, NEW, PENDING, Spool
-from .unpack import Unpacked, unpackInto
+from mxrecv.spool.durable import fsyncPath, moveDir, removeTree, replaceFile
+from mxrecv.message.model import Message
+from mxrecv.spool.store import FAILED, MESSAGE_JSON, NEW, PENDING, Spool
+from mxrecv.mms.unpack import Unpacked, unpackInto
 
 MMS_ZIP = "mms.zip"
 PARTS = "parts"

@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from .access import AllowList
-from .body import IBody, Refusal
-from .outcome import CallbackOutcome, modeOf
+from mxrecv.web.access import AllowList
+from mxrecv.web.body import IBody, Refusal
+from mxrecv.web.outcome import CallbackOutcome, modeOf
 
 log = Logger()
 
@@ -211,7 +211,7 @@ class CallbackSite(Site):
     def log(self, request: Request) -> None:
         """
         No access log: the query string of a GET callback holds the message
-        text.  L{mxrecv.resource} logs one structured event per callback.
+        text.  L{mxrecv.web.resource} logs one structured event per callback.
         """
 
     def acceptableProtocols(self) -> list[bytes]:

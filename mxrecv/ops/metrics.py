@@ -8,7 +8,7 @@ RetrieveMMS code, L{Metrics.delivery} for delivery).  What is a matter of the
 spool's state (messages waiting in C{new/}, MMS awaiting download) is counted
 from the directories when scraped, so that it cannot drift from the truth
 across restarts or when the application moves messages away.  Scrapes run in
-a worker thread (L{mxrecv.admin}), because they list directories.
+a worker thread (L{mxrecv.ops.admin}), because they list directories.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .complete import MMS_ZIP
-from .naming import isName
-from .outcome import CallbackOutcome
-from .spool import FAILED, NEW, PENDING
+from mxrecv.mms.complete import MMS_ZIP
+from mxrecv.spool.naming import isName
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.spool.store import FAILED, NEW, PENDING
 
 # Outcomes of one RetrieveMMS attempt; anything else is counted as "other",
 # so that the label's values stay few.

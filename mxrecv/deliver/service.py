@@ -4,7 +4,7 @@ Delivery of each message in C{new/} to the application (C{[deliver]}), so
 that it need not poll the spool.
 
 How it learns that a message landed: the spool calls its C{new/} observers
-(L{mxrecv.spool.Spool.observeNew}) after each group commit that renamed a
+(L{mxrecv.spool.store.Spool.observeNew}) after each group commit that renamed a
 message into C{new/}, and the MMS completer does the same after its rename;
 both happen after the 200 has gone out, and only append a name to a queue,
 so delivery never delays an acknowledgement.  At start-up, C{new/} is
@@ -40,10 +40,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .durable import fsyncPath, removeTree, writeNew
-from .naming import isName
-from .spool import MESSAGE_JSON, NEW, STATE, Spool
-from .unpack import OCTET_STREAM, mediaType
+from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.spool.naming import isName
+from mxrecv.spool.store import MESSAGE_JSON, NEW, STATE, Spool
+from mxrecv.mms.unpack import OCTET_STREAM, mediaType
 
 log = Logger()
 

@@ -6,13 +6,13 @@ body (and the writing of it) and at a byte cap, and its outcome as a
 sentence with the password masked.
 
 The reactor only counts the body and checks its first bytes; the bytes are
-written and hashed in worker threads by a L{mxrecv.writer.FileWriter} (the
+written and hashed in worker threads by a L{mxrecv.spool.writer.FileWriter} (the
 server's, shared with the uploads), which pauses the response while it is
 behind, so that a slow disk neither blocks the reactor nor fills memory.
 An attempt settles only once its file is closed; a cancelled one fails at
 once, and L{Fetcher.close} waits for the write it may still have in flight.
 
-L{mxrecv.retrieve} decides when attempts run and what becomes of the message.
+L{mxrecv.mms.retrieve} decides when attempts run and what becomes of the message.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
-from .complete import MMS_ZIP
-from .writer import FileWriter, FileWriters, Written
+from mxrecv.mms.complete import MMS_ZIP
+from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
 PART = MMS_ZIP + ".part"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

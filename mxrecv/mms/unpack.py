@@ -32,9 +32,9 @@ from xml.etree import ElementTree
 
 from attrs import frozen
 
-from .durable import removeTree
-from .message import Part
-from .text import decodeText
+from mxrecv.spool.durable import removeTree
+from mxrecv.message.model import Part
+from mxrecv.message.text import decodeText
 
 PARTS = "parts"
 TEXT_PLAIN = "text/plain"

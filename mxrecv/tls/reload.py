@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .tls import ReloadableCertificate
+from mxrecv.tls.certificate import ReloadableCertificate
 
 log = Logger()
 

@@ -3,10 +3,10 @@
 GET-mode MMS: download each zip that MX Telecom notified us of from
 RetrieveMMS, before its expiry, and hand it to the L{Completer}.
 
-L{mxrecv.fetch.Fetcher} makes each attempt (streamed to disk by the
-server's L{mxrecv.writer.FileWriters}, written and hashed in their worker
+L{mxrecv.mms.fetch.Fetcher} makes each attempt (streamed to disk by the
+server's L{mxrecv.spool.writer.FileWriters}, written and hashed in their worker
 threads, with a deadline and a byte cap).  L{Retriever} runs the attempts as
-L{mxrecv.schedule.Schedule} decides, keeps
+L{mxrecv.mms.schedule.Schedule} decides, keeps
 each message's attempts in C{pending/NAME/retrieve.json} so that a restart
 resumes with its history, and moves the message on: to C{new/} once
 C{mms.zip} is in place, or to C{failed/} when its expiry passes.
@@ -33,16 +33,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .complete import MMS_ZIP, Attempt, Completer
-from .config import RetrieveConfig
-from .dates import isoFromTimestamp, parseDate
-from .fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
-from .durable import fsyncPath, removeTree, replaceFile
-from .message import Message
-from .metrics import Metrics
-from .schedule import Completed, GaveUp, Policy, Schedule, Start
-from .spool import MESSAGE_JSON, PENDING, Spool
-from .writer import FileWriters
+from mxrecv.mms.complete import MMS_ZIP, Attempt, Completer
+from mxrecv.config import RetrieveConfig
+from mxrecv.message.dates import isoFromTimestamp, parseDate
+from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
+from mxrecv.spool.durable import fsyncPath, removeTree, replaceFile
+from mxrecv.message.model import Message
+from mxrecv.ops.metrics import Metrics
+from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
+from mxrecv.spool.store import MESSAGE_JSON, PENDING, Spool
+from mxrecv.spool.writer import FileWriters
 
 log = Logger()
 
@@ -96,7 +96,7 @@ class Retriever:
     """
     Downloads every pending MMS it is given, as the schedule says, and
     completes or fails it.  Call it with a name in C{pending/} (this is
-    L{mxrecv.pending.PendingWork}'s C{retrieve} hook).
+    L{mxrecv.mms.pending.PendingWork}'s C{retrieve} hook).
 
     @param pool: the thread pool that does the blocking file work.
     """

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import tzinfo
 
-from .dates import parseDate
-from .message import MMS, SMS, Message
-from .text import decodeText
+from mxrecv.message.dates import parseDate
+from mxrecv.message.model import MMS, SMS, Message
+from mxrecv.message.text import decodeText
 
 TYPES = {b"2": MMS, b"6": SMS}
 

@@ -19,7 +19,7 @@ from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
 
-from .params import Params
+from mxrecv.message.params import Params
 
 
 class Refusal(Exception):

@@ -15,9 +15,9 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .complete import MMS_ZIP, Completer
-from .naming import isName
-from .spool import PENDING, Spool
+from mxrecv.mms.complete import MMS_ZIP, Completer
+from mxrecv.spool.naming import isName
+from mxrecv.spool.store import PENDING, Spool
 
 log = Logger()
 
@@ -29,7 +29,7 @@ SWEEP_SECONDS = 300.0
 
 class Retrieval(Protocol):
     """
-    What takes up GET-mode MMS (L{mxrecv.retrieve.Retriever}).
+    What takes up GET-mode MMS (L{mxrecv.mms.retrieve.Retriever}).
     """
 
     def __call__(self, name: str) -> None:

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_writer -*-
 """
 Files streamed in from the network, written and hashed in worker threads, in
-order, with backpressure: POST-mode uploads (L{mxrecv.multipart}) and
-RetrieveMMS downloads (L{mxrecv.fetch}), on one shared budget.
+order, with backpressure: POST-mode uploads (L{mxrecv.web.multipart}) and
+RetrieveMMS downloads (L{mxrecv.mms.fetch}), on one shared budget.
 
 The reactor only appends each chunk of a file to that file's buffer; a
 worker thread hashes (SHA-256) and writes whatever has accumulated, one job

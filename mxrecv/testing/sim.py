@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from .dates import mxDate
+from mxrecv.message.dates import mxDate
 
 # MX Telecom waits 60 s for an answer but asks for one "in a timely manner
 # (sub 10 seconds)": a slower 200 counts as a wrong answer.

@@ -27,10 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .body import IBody, Refusal, Upload
-from .params import LIMITS, MAX_RECIPIENTS
-from .spool import Spool, SpoolError, Staging
-from .writer import FileWriter, FileWriters, Written
+from mxrecv.web.body import IBody, Refusal, Upload
+from mxrecv.message.params import LIMITS, MAX_RECIPIENTS
+from mxrecv.spool.store import Spool, SpoolError, Staging
+from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
 log = Logger()
 
@@ -101,7 +101,7 @@ class MultipartBody:
     @classmethod
     def factory(cls, spool: Spool, writers: FileWriters) -> Callable[[bytes], MultipartBody]:
         """
-        The C{multipart} argument of L{mxrecv.body.BodyChooser}.
+        The C{multipart} argument of L{mxrecv.web.body.BodyChooser}.
         """
         return lambda contentType: cls(contentType, spool=spool, writers=writers)
 

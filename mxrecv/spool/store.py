@@ -35,10 +35,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .durable import fsyncPath, removeTree, writeNew
-from .message import Message
-from .naming import isName, nameForId
-from .seen import SeenIndex
+from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.message.model import Message
+from mxrecv.spool.naming import isName, nameForId
+from mxrecv.spool.seen import SeenIndex
 
 TMP = "tmp"
 NEW = "new"

@@ -2,7 +2,7 @@
 """
 The callback resource: validate the parameters, spool the message, answer.
 
-By the time C{render} runs, L{mxrecv.request.CallbackRequest} has taken the
+By the time C{render} runs, L{mxrecv.web.request.CallbackRequest} has taken the
 body (and refused what had to be refused before reading it); what remains is
 request -> validate -> spool -> 200, with a 4xx or 503 for everything else.
 """
@@ -18,12 +18,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .dates import isoFromTimestamp
-from .message import GET, MMS, POST, Message
-from .outcome import CallbackOutcome, modeOf
-from .params import BadParameter, parseCallback
-from .request import CallbackRequest
-from .spool import NEW, PENDING, Accepted, Spool, SpoolError
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.message.model import GET, MMS, POST, Message
+from mxrecv.web.outcome import CallbackOutcome, modeOf
+from mxrecv.message.params import BadParameter, parseCallback
+from mxrecv.web.request import CallbackRequest
+from mxrecv.spool.store import NEW, PENDING, Accepted, Spool, SpoolError
 
 log = Logger()
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import Network
+from mxrecv.config import Network
 
 log = Logger()
 

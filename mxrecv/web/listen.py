@@ -4,7 +4,7 @@ Listening endpoints from the C{[server] listen} strings.
 
 The strings are Twisted endpoint descriptions, so HTTP (and UNIX sockets
 behind a proxy) share one code path, as in C{twisted.web.tap}.  C{ssl:}
-descriptions keep Twisted's syntax but are built here (L{mxrecv.tls}): a TCP
+descriptions keep Twisted's syntax but are built here (L{mxrecv.tls.certificate}): a TCP
 port, a filter that drops clients outside C{allow} before any TLS work, and
 TLS with our policy and a certificate that can be reloaded.
 """
@@ -23,8 +23,8 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from .access import AllowList, PeerFilter
-from .tls import ReloadableCertificate, TLSListen, isTLS, parseTLS
+from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.tls.certificate import ReloadableCertificate, TLSListen, isTLS, parseTLS
 
 
 def parseListen(description: str) -> str | TLSListen:

@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .durable import fsyncPath
-from .naming import isName
-from .tls import ReloadableCertificate, clockTime
+from mxrecv.spool.durable import fsyncPath
+from mxrecv.spool.naming import isName
+from mxrecv.tls.certificate import ReloadableCertificate, clockTime
 
 log = Logger()
 

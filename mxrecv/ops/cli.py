@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Config, ConfigError, loadConfig
-from .deliver import DELIVERED
-from .durable import moveDir, replaceFile
-from .naming import isName, nameForId
-from .retrieve import STATE as RETRIEVE_STATE, requeuedState
-from .spool import FAILED, MESSAGE_JSON, NEW, PENDING, STATE
+from mxrecv.config import Config, ConfigError, loadConfig
+from mxrecv.deliver.service import DELIVERED
+from mxrecv.spool.durable import moveDir, replaceFile
+from mxrecv.spool.naming import isName, nameForId
+from mxrecv.mms.retrieve import STATE as RETRIEVE_STATE, requeuedState
+from mxrecv.spool.store import FAILED, MESSAGE_JSON, NEW, PENDING, STATE
 
 DIRECTORIES = (NEW, PENDING, FAILED)
 
