@@ -27,13 +27,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.python.threadpool import ThreadPool
 
-from mxrecv.mms.complete import Completer
 from mxrecv.config import RetrieveConfig
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.model import Message
+from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingWork
 from mxrecv.mms.retrieve import makeRetriever
-from mxrecv.spool.store import NEW, PENDING, Spool
+from mxrecv.spool.layout import NEW, PENDING
+from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 
 CHILD = """

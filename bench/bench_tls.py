@@ -34,9 +34,9 @@ from urllib.parse import urlencode
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from treq.client import HTTPClient
 from twisted.internet import defer, task
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from treq.client import HTTPClient
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey

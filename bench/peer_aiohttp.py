@@ -10,7 +10,6 @@ import argparse
 import ssl
 
 from aiohttp import web
-
 from peercommon import CHUNK, PeerSpool, handle
 
 

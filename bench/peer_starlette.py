@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from peercommon import PeerSpool, handle
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-
-from peercommon import PeerSpool, handle
 
 
 def makeApp(spool: PeerSpool) -> Starlette:

@@ -27,18 +27,18 @@ import logging
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import multipart
 from urllib.parse import unquote_to_bytes
 from zoneinfo import ZoneInfo
 
+import multipart
+
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.model import MMS, Message
-from mxrecv.spool.naming import nameForId
 from mxrecv.message.params import BadParameter, parseCallback
+from mxrecv.spool.naming import nameForId
 
 ACK = b"OK\n"
 # The same limit as the [server] max_body bench/run.py gives mxrecv (S4 sends 200 MiB).

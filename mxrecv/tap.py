@@ -18,26 +18,33 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from mxrecv.web.access import AllowList
-from mxrecv.ops.admin import AdminSite, Health
-from mxrecv.web.body import BodyChooser
-from mxrecv.mms.complete import Completer
 from mxrecv.config import Config, ConfigError, loadConfig
 from mxrecv.deliver.service import buildDelivery
-from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.mms.complete import Completer
+from mxrecv.mms.pending import PendingService, PendingWork
+from mxrecv.mms.retrieve import RetrieveService, makeRetriever
+from mxrecv.ops.admin import AdminSite, Health
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import Metrics, SpoolCollector
+from mxrecv.spool.layout import PENDING, TMP
+from mxrecv.spool.store import Spool, SpoolLocked
+from mxrecv.spool.writer import FileWriters
+from mxrecv.tls.certificate import (
+    CertificateError,
+    ReloadableCertificate,
+    TLSFiles,
+    TLSListen,
+    clockTime,
+)
+from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
+from mxrecv.web.access import AllowList
+from mxrecv.web.body import BodyChooser
+from mxrecv.web.drain import DrainService, InFlight
+from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
 from mxrecv.web.multipart import MultipartBody
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackSite
-from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.web.resource import CallbackResource
-from mxrecv.mms.retrieve import RetrieveService, makeRetriever
-from mxrecv.web.drain import DrainService, InFlight
-from mxrecv.spool.store import PENDING, TMP, Spool, SpoolLocked
-from mxrecv.tls.certificate import CertificateError, ReloadableCertificate, TLSFiles, TLSListen, clockTime
-from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
-from mxrecv.spool.writer import FileWriters
 
 log = Logger()
 

@@ -11,13 +11,13 @@ from typing import Any
 
 from attrs import evolve, frozen
 from prometheus_client.parser import text_string_to_metric_families
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from mxrecv.config import AdminConfig, Config, ServerConfig, SpoolConfig
 from mxrecv.tap import MxrecvService, Options, makeService

@@ -4,6 +4,9 @@ Hypothesis strategies for MX Telecom's callbacks: ids, dates, parameter sets.
 
 from __future__ import annotations
 
+import io as _io
+import warnings as _warnings
+import zipfile as _zipfile
 from datetime import datetime
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -62,12 +65,8 @@ def callbackParams(draw) -> dict[bytes, list[bytes]]:
     return params
 
 
-# Multipart bodies and zips (POST mode).  Self-contained: used by
-# tests.test_multipart, tests.test_unpack and tests.test_post.
-
-import io as _io
-import warnings as _warnings
-import zipfile as _zipfile
+# Multipart bodies and zips (POST mode), used by tests.test_multipart,
+# tests.test_unpack and tests.test_post.
 
 # Characters RFC 2046 allows in a boundary (bchars, no trailing space).
 _BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=?"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import evolve, frozen
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -22,13 +23,12 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from mxrecv.config import Config, ServerConfig
 from mxrecv.message.model import Message
 from mxrecv.spool.store import Spool
-from mxrecv.tap import buildSite
 from mxrecv.spool.writer import FileWriters
+from mxrecv.tap import buildSite
 
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 

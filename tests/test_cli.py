@@ -13,9 +13,9 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from mxrecv.ops.cli import main
 from mxrecv.mms.complete import Attempt, Completer
-from mxrecv.spool.store import FAILED, PENDING
+from mxrecv.ops.cli import main
+from mxrecv.spool.layout import FAILED, PENDING
 
 from .running import client, run, runningConfig
 from .support import openSpool

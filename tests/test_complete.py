@@ -13,11 +13,11 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from mxrecv.mms.complete import MMS_ZIP, Completer
 from mxrecv.message.model import Message
+from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
-from mxrecv.spool.store import NEW, PENDING, MESSAGE_JSON
 from mxrecv.mms.unpack import unpackInto
+from mxrecv.spool.layout import MESSAGE_JSON, MMS_ZIP, NEW, PENDING
 
 from .retrievemms import makeZip
 from .support import (

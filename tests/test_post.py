@@ -13,20 +13,27 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import TestCase
 
-from mxrecv.mms.complete import Completer
 from mxrecv.message.model import Message
 from mxrecv.message.params import parseCallback
-from mxrecv.spool.store import NEW, PENDING, TMP
+from mxrecv.mms.complete import Completer
+from mxrecv.spool.layout import NEW, PENDING, TMP
 from mxrecv.tap import buildSite
 
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
-from .support import fileWriters, httpClient, openSpool, rawExchange, serverConfig, startedPool
+from .support import (
+    fileWriters,
+    httpClient,
+    openSpool,
+    rawExchange,
+    serverConfig,
+    startedPool,
+)
 
 BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
 SMS_FIELDS = [

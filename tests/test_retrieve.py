@@ -24,27 +24,42 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from mxrecv.ops.cli import requeue
-from mxrecv.mms.complete import MMS_ZIP, Completer
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.message.dates import isoFromTimestamp, mxDate
-from mxrecv.spool.naming import nameForId
-from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, redact, tlsPolicy
-from mxrecv.mms.retrieve import STATE, Retriever, expiryOf, makeRetriever
+from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.retrieve import Retriever, expiryOf, makeRetriever
 from mxrecv.mms.schedule import Completed, GaveUp
-from mxrecv.spool.store import FAILED, NEW, PENDING, Spool
-from mxrecv.tap import makeService
+from mxrecv.ops.cli import requeue
+from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
+from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PENDING, RETRIEVE_JSON
+from mxrecv.spool.naming import nameForId
+from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
+from mxrecv.tap import makeService
 
 from .retrievemms import (
-    Hang, QuietSite, RetrieveMMS, Serve, Stream, TestCA, Trickle, Truncate, makeZip,
+    Hang,
+    QuietSite,
+    RetrieveMMS,
+    Serve,
+    Stream,
+    TestCA,
+    Trickle,
+    Truncate,
+    makeZip,
 )
-from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
-
 from .support import (
-    GatedPool, exampleMessage, fileWriters, httpClient, openFiles, reactorTurns,
-    smallFilesystem, startedPool, turnsUntil,
+    GatedPool,
+    exampleMessage,
+    fileWriters,
+    httpClient,
+    openFiles,
+    reactorTurns,
+    smallFilesystem,
+    startedPool,
+    turnsUntil,
 )
 
 NOW = 1_800_000_000.0
@@ -884,7 +899,7 @@ class RestartTests(RetrieveTestCase):
         yield failed
         yield first.stop()
         directory = self.spool.dir(PENDING) / name
-        state = json.loads((directory / STATE).read_bytes())
+        state = json.loads((directory / RETRIEVE_JSON).read_bytes())
         self.assertEqual(state["attempts"], [{"at": isoFromTimestamp(NOW), "outcome": "HTTP 500"}])
         (directory / PART).write_bytes(b"PK\x03\x04half")
 
@@ -940,14 +955,14 @@ class RequeueTests(RetrieveTestCase):
 
         self.clock.advance(60.0)
         requeue(self.root, name, io.StringIO(), now=self.clock.seconds())
-        state = json.loads((self.spool.dir(PENDING) / name / STATE).read_bytes())
+        state = json.loads((self.spool.dir(PENDING) / name / RETRIEVE_JSON).read_bytes())
         self.assertEqual(state, {"attempts": [], "requeued": isoFromTimestamp(NOW + 60)})
         failed = self.log.next(attemptFailed)
         retriever(name)
         yield failed
         self.assertEqual(len(standIn.requests), 2)
         yield retriever.stop()
-        state = json.loads((self.spool.dir(PENDING) / name / STATE).read_bytes())
+        state = json.loads((self.spool.dir(PENDING) / name / RETRIEVE_JSON).read_bytes())
         self.assertEqual(state["requeued"], isoFromTimestamp(NOW + 60))
         self.assertEqual([a["outcome"] for a in state["attempts"]], ["HTTP 503"])
 

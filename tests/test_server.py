@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
-from mxrecv.spool.store import NEW, PENDING
+from mxrecv.spool.layout import NEW, PENDING
 from mxrecv.tap import buildSite
 
 from .support import (

@@ -3,6 +3,7 @@ A graceful stop (what twistd does on SIGTERM: stopService) while a callback
 is being uploaded over a real port.
 """
 
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
@@ -11,9 +12,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IBodyProducer, INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer
 
-from mxrecv.web.drain import DrainService, InFlight
 from mxrecv.tap import OrderedService
-from twisted.application.service import Service
+from mxrecv.web.drain import DrainService, InFlight
 
 from .running import SMS, client, rawConnection, run, runningConfig
 

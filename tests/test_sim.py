@@ -15,8 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python import usage
-from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool
 
 from mxrecv.testing.sim import (
     Callback,

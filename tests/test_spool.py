@@ -9,8 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
+from mxrecv.spool.layout import NEW, PENDING
 from mxrecv.spool.seen import SeenIndex
-from mxrecv.spool.store import NEW, PENDING, Accepted, Spool, SpoolError, SpoolLocked
+from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked
 
 from .support import exampleMessage, fillUp, openSpool, smallFilesystem, startedPool
 

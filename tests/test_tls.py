@@ -19,13 +19,21 @@ from urllib.parse import urlencode
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import (
     AcceptableCiphers,
@@ -41,11 +49,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
-from mxrecv.tls import selfsigned
 from mxrecv.config import ConfigError, parseConfig
-from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
-from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
 from mxrecv.tap import Options, buildSite, makeService
+from mxrecv.tls import selfsigned
 from mxrecv.tls.certificate import (
     CertificateError,
     ReloadableCertificate,
@@ -56,7 +62,10 @@ from mxrecv.tls.certificate import (
     parseTLS,
 )
 from mxrecv.tls.reload import CertificateReloadService
+from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
 
+from .strategies import contentTypeFor, multipartBody
 from .support import (
     LOOPBACK_ONLY,
     SMS,
@@ -66,7 +75,6 @@ from .support import (
     openSpool,
     serverConfig,
 )
-from .strategies import contentTypeFor, multipartBody
 from .test_post import BOUNDARY, mmsFields
 from .test_tap import runTwistd
 

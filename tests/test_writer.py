@@ -16,12 +16,19 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from mxrecv.spool.store import PENDING, TMP
-from mxrecv.tap import buildSite
+from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.writer import FileWriters, Written
+from mxrecv.tap import buildSite
 
 from .strategies import contentTypeFor, examples, multipartBody
-from .support import GatedPool, openFiles, openSpool, rawExchange, serverConfig, startServer
+from .support import (
+    GatedPool,
+    openFiles,
+    openSpool,
+    rawExchange,
+    serverConfig,
+    startServer,
+)
 from .test_post import mmsFields
 
 BOUNDARY = "mxrecv-writer-test"

@@ -40,14 +40,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
-from mxrecv.spool.naming import isName
-from mxrecv.spool.store import MESSAGE_JSON, NEW, STATE, Spool
 from mxrecv.mms.unpack import OCTET_STREAM, mediaType
+from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.spool.layout import DELIVERED, MESSAGE_JSON, NEW, STATE
+from mxrecv.spool.naming import isName
+from mxrecv.spool.store import Spool
 
 log = Logger()
 
-DELIVERED = "delivered"
 # Kept of a failing command's stderr, for the log.
 STDERR_TAIL = 2048
 

@@ -23,13 +23,12 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from mxrecv.spool.durable import fsyncPath, moveDir, removeTree, replaceFile
 from mxrecv.message.model import Message
-from mxrecv.spool.store import FAILED, MESSAGE_JSON, NEW, PENDING, Spool
 from mxrecv.mms.unpack import Unpacked, unpackInto
+from mxrecv.spool.durable import fsyncPath, moveDir, removeTree, replaceFile
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PARTS, PENDING
+from mxrecv.spool.store import Spool
 
-MMS_ZIP = "mms.zip"
-PARTS = "parts"
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
 # never starves the threads that fsync callbacks.
 CONCURRENT_COMPLETIONS = 2

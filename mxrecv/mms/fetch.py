@@ -27,20 +27,26 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+
 # Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
-from mxrecv.mms.complete import MMS_ZIP
+from mxrecv.spool.layout import MMS_ZIP
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
 PART = MMS_ZIP + ".part"

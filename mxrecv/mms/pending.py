@@ -15,9 +15,10 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from mxrecv.mms.complete import MMS_ZIP, Completer
+from mxrecv.mms.complete import Completer
+from mxrecv.spool.layout import MMS_ZIP, PENDING
 from mxrecv.spool.naming import isName
-from mxrecv.spool.store import PENDING, Spool
+from mxrecv.spool.store import Spool
 
 log = Logger()
 

@@ -28,25 +28,26 @@ from typing import Any
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
+
 # Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxrecv.mms.complete import MMS_ZIP, Attempt, Completer
 from mxrecv.config import RetrieveConfig
 from mxrecv.message.dates import isoFromTimestamp, parseDate
-from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
-from mxrecv.spool.durable import fsyncPath, removeTree, replaceFile
 from mxrecv.message.model import Message
-from mxrecv.ops.metrics import Metrics
+from mxrecv.mms.complete import Attempt, Completer
+from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
-from mxrecv.spool.store import MESSAGE_JSON, PENDING, Spool
+from mxrecv.ops.metrics import Metrics
+from mxrecv.spool.durable import fsyncPath, removeTree, replaceFile
+from mxrecv.spool.layout import MESSAGE_JSON, MMS_ZIP, PENDING, RETRIEVE_JSON
+from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 
 log = Logger()
 
-STATE = "retrieve.json"
 # A notification without an expiry: MX Telecom promises at least this long.
 DEFAULT_LIFETIME = timedelta(hours=24)
 # A requeued MMS (mxrecv requeue) is tried for this long, whatever its expiry:
@@ -183,7 +184,7 @@ class Retriever:
         attempts: tuple[Attempt, ...] = ()
         expiry = expiryOf(message, self._zone)
         try:
-            document = json.loads((directory / STATE).read_bytes())
+            document = json.loads((directory / RETRIEVE_JSON).read_bytes())
             attempts = tuple(Attempt(a["at"], a["outcome"]) for a in document["attempts"])
             if document.get("requeued"):
                 window = _fromISO(document["requeued"]) + REQUEUE_WINDOW
@@ -191,7 +192,7 @@ class Retriever:
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            log.warn("Ignoring unreadable {path}: {error}", path=str(directory / STATE), error=e)
+            log.warn("Ignoring unreadable {path}: {error}", path=str(directory / RETRIEVE_JSON), error=e)
         return _Job(message.id, expiry, attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
@@ -251,7 +252,7 @@ class Retriever:
         message = Message.decode((directory / MESSAGE_JSON).read_bytes())
         message = message.replace(mms_size=download.size, mms_sha256=download.sha256)
         replaceFile(directory / MESSAGE_JSON, message.encode(), sync)
-        (directory / STATE).unlink(missing_ok=True)
+        (directory / RETRIEVE_JSON).unlink(missing_ok=True)
         os.rename(part, directory / MMS_ZIP)
         fsyncPath(directory, sync)
 
@@ -324,7 +325,7 @@ class Retriever:
         """
         In a worker: journal the attempts so far.
         """
-        path = self._spool.dir(PENDING) / name / STATE
+        path = self._spool.dir(PENDING) / name / RETRIEVE_JSON
         try:
             document = json.loads(path.read_bytes())
             if not isinstance(document, dict):

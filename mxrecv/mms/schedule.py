@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 from attrs import frozen
 
-from mxrecv.mms.complete import Attempt
 from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.mms.complete import Attempt
 
 
 @frozen

@@ -32,11 +32,11 @@ from xml.etree import ElementTree
 
 from attrs import frozen
 
-from mxrecv.spool.durable import removeTree
 from mxrecv.message.model import Part
 from mxrecv.message.text import decodeText
+from mxrecv.spool.durable import removeTree
+from mxrecv.spool.layout import PARTS
 
-PARTS = "parts"
 TEXT_PLAIN = "text/plain"
 OCTET_STREAM = "application/octet-stream"
 SMIL = "application/smil"

@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.deliver.service import DELIVERED
+from mxrecv.mms.retrieve import requeuedState
 from mxrecv.spool.durable import moveDir, replaceFile
+from mxrecv.spool.layout import (
+    DELIVERED,
+    FAILED,
+    MESSAGE_JSON,
+    NEW,
+    PENDING,
+    RETRIEVE_JSON,
+    STATE,
+)
 from mxrecv.spool.naming import isName, nameForId
-from mxrecv.mms.retrieve import STATE as RETRIEVE_STATE, requeuedState
-from mxrecv.spool.store import FAILED, MESSAGE_JSON, NEW, PENDING, STATE
 
 DIRECTORIES = (NEW, PENDING, FAILED)
 
@@ -114,7 +121,7 @@ def requeue(
     document.pop("attempts", None)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
     replaceFile(path / MESSAGE_JSON, data, sync)
-    replaceFile(path / RETRIEVE_STATE, requeuedState(time.time() if now is None else now), sync)
+    replaceFile(path / RETRIEVE_JSON, requeuedState(time.time() if now is None else now), sync)
     try:
         moveDir(path, root / PENDING / path.name, sync)
     except OSError as e:

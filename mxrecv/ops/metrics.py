@@ -20,10 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mxrecv.mms.complete import MMS_ZIP
+from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PENDING
 from mxrecv.spool.naming import isName
 from mxrecv.web.outcome import CallbackOutcome
-from mxrecv.spool.store import FAILED, NEW, PENDING
 
 # Outcomes of one RetrieveMMS attempt; anything else is counted as "other",
 # so that the label's values stay few.

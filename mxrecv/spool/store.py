@@ -35,18 +35,21 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
 from mxrecv.message.model import Message
+from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.spool.layout import (
+    DIRECTORIES,
+    FAILED,
+    LOCK,
+    MESSAGE_JSON,
+    NEW,
+    PENDING,
+    SEEN,
+    STATE,
+    TMP,
+)
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.seen import SeenIndex
-
-TMP = "tmp"
-NEW = "new"
-CUR = "cur"
-PENDING = "pending"
-FAILED = "failed"
-STATE = "state"
-MESSAGE_JSON = "message.json"
 
 log = Logger()
 
@@ -113,7 +116,7 @@ class Spool:
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._pool = pool
-        self._seen = SeenIndex(self.root / STATE / "seen", dedupeSeconds, sync)
+        self._seen = SeenIndex(self.root / STATE / SEEN, dedupeSeconds, sync)
         self._lock: int | None = None
         self._inflight: dict[str, list[Callable[[Accepted | Failure], None]]] = {}
         self._queue: list[_Commit] = []
@@ -141,9 +144,9 @@ class Spool:
         @raise SpoolLocked: if another process uses this spool.
         @raise OSError: if the spool cannot be created.
         """
-        for which in (TMP, NEW, CUR, PENDING, FAILED, STATE):
+        for which in DIRECTORIES:
             self.dir(which).mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.dir(STATE) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        lock = os.open(self.dir(STATE) / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -189,7 +192,7 @@ class Spool:
                 "Cannot journal accepted ids in {journal} ({error}) at shutdown: after a "
                 "restart, a retry of them that MX Telecom sends will be stored again once "
                 "the application has taken the first copy from new/",
-                journal=str(self.dir(STATE) / "seen"),
+                journal=str(self.dir(STATE) / SEEN),
                 error=e.strerror,
             )
         finally:
@@ -448,7 +451,7 @@ class Spool:
                 log.error(
                     "Cannot journal accepted ids in {journal} ({error}): the messages are "
                     "stored; their ids will be journaled with the next group",
-                    journal=str(self.dir(STATE) / "seen"),
+                    journal=str(self.dir(STATE) / SEEN),
                     error=journalError,
                 )
             for commit, outcome in zip(group, outcomes):

@@ -31,7 +31,6 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-
 MiB = 1024 * 1024
 # Bytes buffered for one file, and for all of them (uploads and downloads),
 # before pausing.  On top of the total, each connection holds at most one

@@ -23,8 +23,8 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from mxrecv.web.access import AllowList, PeerFilter
 from mxrecv.tls.certificate import ReloadableCertificate, TLSListen, isTLS, parseTLS
+from mxrecv.web.access import AllowList, PeerFilter
 
 
 def parseListen(description: str) -> str | TLSListen:

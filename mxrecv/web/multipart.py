@@ -19,22 +19,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 
-from multipart import MultipartError, MultipartSegment, PushMultipartParser
-from multipart import parse_options_header
+from multipart import (
+    MultipartError,
+    MultipartSegment,
+    PushMultipartParser,
+    parse_options_header,
+)
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mxrecv.web.body import IBody, Refusal, Upload
 from mxrecv.message.params import LIMITS, MAX_RECIPIENTS
+from mxrecv.spool.layout import MMS_ZIP
 from mxrecv.spool.store import Spool, SpoolError, Staging
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
+from mxrecv.web.body import IBody, Refusal, Upload
 
 log = Logger()
 
-MMS_ZIP = "mms.zip"
 # A field may be as long as the longest parameter (the SMS text); a longer
 # one is refused here rather than held.  Repeatable fields (to, cc) make the
 # count.

@@ -20,10 +20,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.model import GET, MMS, POST, Message
-from mxrecv.web.outcome import CallbackOutcome, modeOf
 from mxrecv.message.params import BadParameter, parseCallback
+from mxrecv.spool.layout import NEW, PENDING
+from mxrecv.spool.store import Accepted, Spool, SpoolError
+from mxrecv.web.outcome import CallbackOutcome, modeOf
 from mxrecv.web.request import CallbackRequest
-from mxrecv.spool.store import NEW, PENDING, Accepted, Spool, SpoolError
 
 log = Logger()
 
