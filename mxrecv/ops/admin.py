@@ -19,6 +19,7 @@ from typing import Any
 
 from attrs import frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -27,8 +28,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.spool.durable import fsyncPath
+from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
+from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
+from mxrecv.web.listen import Listener
 
 log = Logger()
 
@@ -273,3 +277,50 @@ class AdminSite(Site):
 
     def log(self, request: Request) -> None:
         pass
+
+
+def buildAdmin(
+    listen: Sequence[str],
+    *,
+    spool: Spool,
+    listening: Callable[[], int],
+    expected: int,
+    registry: Any,
+    reactor: Any,
+    pool: Any,
+    takeUp: Callable[[str], None],
+    certificates: Sequence[ReloadableCertificate],
+    parent: IServiceCollection,
+) -> list[Listener]:
+    """
+    The admin listeners (C{[admin] listen}), added to C{parent}:
+    C{/metrics} from C{registry}, C{/health} (the spool writable,
+    C{expected} callback listeners up, the HTTPS C{certificates} not
+    expired), and C{POST /pending/NAME}.
+
+    @param listening: how many callback listeners are up.
+    @param takeUp: takes up an MMS in C{pending/} by name.
+    """
+
+    def takeUpIfThere(name: str) -> bool:
+        if not (spool.dir(PENDING) / name).is_dir():
+            return False
+        takeUp(name)
+        return True
+
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        listening=listening,
+        expected=expected,
+        reactor=reactor,
+        pool=pool,
+        certificates=certificates,
+    )
+    site = AdminSite(
+        health=health, registry=registry, reactor=reactor, pool=pool, takeUp=takeUpIfThere
+    )
+    listeners = [Listener.fromDescription(reactor, description, site) for description in listen]
+    for listener in listeners:
+        listener.setServiceParent(parent)
+    return listeners
