@@ -53,6 +53,7 @@ from .support import (
     GatedPool,
     exampleMessage,
     fileWriters,
+    fillUp,
     httpClient,
     openFiles,
     reactorTurns,
@@ -759,6 +760,43 @@ class WriterTests(RetrieveTestCase):
             ["cannot write mms.zip.part: No space left on device", "downloaded"],
         )
         self.assertEqual(self.document(NEW, name)["mms_sha256"], hashlib.sha256(zipBytes).hexdigest())
+
+
+class RecordFailureTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_failedRecordLeavesNothingInNew(self):
+        """
+        When the record of a failed attempt cannot be written (a full disk,
+        after its temporary file was created), nothing of that write is
+        left behind: once there is room again the retry downloads the zip
+        and the message arrives in new/NAME with only message.json, mms.zip
+        and parts/.
+        """
+        mount = smallFilesystem(self, "512k")
+        self.root = mount / "spool"
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        standIn, url = self.standIn([Serve(b"", status=500)])
+        retriever = self.retriever(url, backoff_initial=5.0)
+        name = yield self.pend("record-1")
+        filler = fillUp(mount)
+        done = retriever.whenDone(name)
+        notRecorded = self.log.next(
+            lambda e: e.get("log_format", "").startswith("Recording attempts")
+        )
+        retriever(name)
+        yield notRecorded
+        self.flushLoggedErrors(OSError)
+        filler.unlink()
+        self.clock.advance(5.0)
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        self.assertEqual(
+            sorted(p.name for p in (self.spool.dir(NEW) / name).iterdir()),
+            ["message.json", "mms.zip", "parts"],
+        )
 
 
 def attemptCounts(metrics: Metrics) -> dict[str, float]:
