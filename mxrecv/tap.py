@@ -24,6 +24,7 @@ from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import RetrieveService, makeRetriever
 from mxrecv.ops.admin import AdminSite, Health
+from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import Metrics, SpoolCollector
 from mxrecv.spool.layout import PENDING, TMP
@@ -344,9 +345,12 @@ def addAdmin(
         reactor=reactor,
         pool=pool,
         takeUp=takeUp,
+        token=BearerToken(config.admin.token),
+        allow=AllowList(config.admin.allow),
+        headerTimeout=config.server.header_timeout,
     )
     for description in config.admin.listen:
-        listener = strports.service(description, adminSite, reactor=reactor)
+        listener = strports.service(description, adminSite.factory(), reactor=reactor)
         listener.setServiceParent(service)
         service.adminListeners.append(listener)
 

@@ -4,6 +4,11 @@ The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
 in the Prometheus text format, C{/health} for load balancers and
 supervisors, and C{POST /pending/NAME} to take up a requeued MMS.  Never on
 the callback port: it is for operators.
+
+Like the callback listeners, it drops clients outside its allow list
+(C{[admin] allow}, loopback by default) at accept and bounds how long a
+request's headers may take; requests other than GET and HEAD must carry the
+bearer token when one is configured (L{mxrecv.ops.bearer}).
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mxrecv.config import LOOPBACK
+from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.spool.durable import fsyncPath
 from mxrecv.spool.naming import isName
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
+from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.web.request import CallbackChannel
 
 log = Logger()
 
@@ -252,9 +262,17 @@ class AdminSite(Site):
     no access log (scrapes every few seconds would drown the callbacks'
     events).
 
+    Its connections are L{CallbackChannel}s, so that a request's headers
+    must be in within C{headerTimeout} here too.  Listen with L{factory},
+    which drops clients outside C{allow} at accept.
+
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
+    @param token: what requests other than GET and HEAD must carry.
+    @param allow: the clients that may connect.
     """
+
+    protocol = CallbackChannel
 
     def __init__(
         self,
@@ -264,12 +282,30 @@ class AdminSite(Site):
         reactor: Any,
         pool: Any,
         takeUp: Callable[[str], bool] = lambda name: False,
+        token: BearerToken = BearerToken(),
+        allow: AllowList = AllowList(LOOPBACK),
+        headerTimeout: float = 30.0,
     ) -> None:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
-        super().__init__(root, reactor=reactor)
+        super().__init__(TokenRequired(root, token), reactor=reactor)
+        self.token = token
+        self.allow = allow
+        self.headerTimeout = headerTimeout
+
+    def observe(self, outcome: CallbackOutcome) -> None:
+        """
+        Requests refused by the channel are logged there; the callback
+        metrics do not count the admin listener's.
+        """
+
+    def factory(self) -> PeerFilter:
+        """
+        What to listen with: this site behind the allow list.
+        """
+        return PeerFilter(self.allow, self)
 
     def log(self, request: Request) -> None:
         pass

@@ -11,12 +11,14 @@ TLS with our policy and a certificate that can be reloaded.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
+    UNIXServerEndpoint,
     serverFromString,
 )
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -42,6 +44,30 @@ def parseListen(description: str) -> str | TLSListen:
     except Exception as e:
         raise ValueError(f"bad endpoint {description!r}: {e}") from None
     return description
+
+
+def isLoopbackListen(description: str) -> bool:
+    """
+    Whether a valid C{listen} string can only be reached from this machine:
+    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
+    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
+    be known before it listens (C{systemd:}, ...).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        interface = listen.interface
+    else:
+        endpoint = serverFromString(None, description)
+        if isinstance(endpoint, UNIXServerEndpoint):
+            return True
+        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            return False
+        # Twisted keeps the parsed address private; it is "" for all addresses.
+        interface = endpoint._interface
+    try:
+        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
