@@ -11,6 +11,7 @@ its check, and anything unknown is an error.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +49,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
+    workers: int = 1
 
 
 @frozen
@@ -214,6 +216,29 @@ def _nonNegativeNumber(key: str, value: Any) -> float:
     return float(value)
 
 
+def _workers(key: str, value: Any) -> int:
+    """
+    A number of processes, or C{"auto"}: as many as the cores this process
+    may run on.
+    """
+    if value == "auto":
+        return availableCores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected \"auto\" or a whole number of at least 1, got {value!r}")
+    return value
+
+
+def availableCores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, which taskset and
+    cgroup cpusets narrow), else all of the machine's.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -265,6 +290,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "request_timeout": _positiveNumber,
             "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
+            "workers": _workers,
         },
     ),
     "spool": (

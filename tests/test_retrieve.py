@@ -17,9 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -54,6 +53,7 @@ from .support import (
     GatedPool,
     exampleMessage,
     fileWriters,
+    fillUp,
     httpClient,
     openFiles,
     reactorTurns,
@@ -762,6 +762,43 @@ class WriterTests(RetrieveTestCase):
         self.assertEqual(self.document(NEW, name)["mms_sha256"], hashlib.sha256(zipBytes).hexdigest())
 
 
+class RecordFailureTests(RetrieveTestCase):
+    @inlineCallbacks
+    def test_failedRecordLeavesNothingInNew(self):
+        """
+        When the record of a failed attempt cannot be written (a full disk,
+        after its temporary file was created), nothing of that write is
+        left behind: once there is room again the retry downloads the zip
+        and the message arrives in new/NAME with only message.json, mms.zip
+        and parts/.
+        """
+        mount = smallFilesystem(self, "512k")
+        self.root = mount / "spool"
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        standIn, url = self.standIn([Serve(b"", status=500)])
+        retriever = self.retriever(url, backoff_initial=5.0)
+        name = yield self.pend("record-1")
+        filler = fillUp(mount)
+        done = retriever.whenDone(name)
+        notRecorded = self.log.next(
+            lambda e: e.get("log_format", "").startswith("Recording attempts")
+        )
+        retriever(name)
+        yield notRecorded
+        self.flushLoggedErrors(OSError)
+        filler.unlink()
+        self.clock.advance(5.0)
+        outcome = yield done
+        self.assertIsInstance(outcome, Completed)
+        self.assertEqual(
+            sorted(p.name for p in (self.spool.dir(NEW) / name).iterdir()),
+            ["message.json", "mms.zip", "parts"],
+        )
+
+
 def attemptCounts(metrics: Metrics) -> dict[str, float]:
     """
     The retrieval attempts counted, by outcome (those counted at all).
@@ -1109,24 +1146,19 @@ class EndToEndTests(RetrieveTestCase):
         # makeService opens the spool itself.
         self.spool.close()
 
-    @inlineCallbacks
-    def start(self, config: Config, waitFor: str | None = None):
+    def start(self, config: Config, waitFor: str | None = None) -> Deferred:
         """
         Start the server; return it, its retriever, its URL, and (with
         C{waitFor}) a Deferred for that message's outcome, asked for before
         start-up takes up pending/.
         """
         service = makeService({"settings": config}, reactor)
-        [retriever] = [s.retriever for s in service if hasattr(s, "retriever")]
+        retriever = service.retriever
         done = retriever.whenDone(waitFor) if waitFor else None
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
-        [web] = [s for s in service if isinstance(s, StreamServerEndpointService)]
-        # Observe the port without consuming it: stopService needs it.
-        listening: Deferred = Deferred()
-        web._waitingForPort.addBoth(lambda port: (listening.callback(port), port)[1])
-        port = yield listening
-        return service, retriever, f"http://127.0.0.1:{port.getHost().port}/", done
+        port = service.listeners[0].port
+        return succeed((service, retriever, f"http://127.0.0.1:{port.getHost().port}/", done))
 
     def callback(self, base: str, messageId: str, expiry: str | None) -> Deferred:
         params = [
@@ -1202,9 +1234,9 @@ class EndToEndTests(RetrieveTestCase):
         """
         config = Config(spool=SpoolConfig(dir=self.root))
         service = makeService({"settings": config}, reactor)
-        self.assertEqual([s for s in service if hasattr(s, "retriever")], [])
+        self.assertIsNone(service.retriever)
         self.assertTrue(
             any("user is empty" in formatEvent(e) for e in self.log.events)
         )
         # Nothing was started: release the spool's lock.
-        [s for s in service if hasattr(s, "spool")][0].spool.close()
+        service.spool.close()

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .support import (
     SMS,

@@ -24,6 +24,7 @@ from typing import Any
 
 from attrs import frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -31,12 +32,15 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from mxrecv.config import LOOPBACK
+from mxrecv.config import LOOPBACK, AdminConfig
 from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.spool.durable import fsyncPath
+from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
+from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
 from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.web.listen import Listener
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
 
@@ -309,3 +313,63 @@ class AdminSite(Site):
 
     def log(self, request: Request) -> None:
         pass
+
+
+def buildAdmin(
+    config: AdminConfig,
+    *,
+    headerTimeout: float,
+    spool: Spool,
+    listening: Callable[[], int],
+    expected: int,
+    registry: Any,
+    reactor: Any,
+    pool: Any,
+    takeUp: Callable[[str], None],
+    certificates: Sequence[ReloadableCertificate],
+    parent: IServiceCollection,
+) -> list[Listener]:
+    """
+    The admin listeners (C{[admin] listen}), added to C{parent}:
+    C{/metrics} from C{registry}, C{/health} (the spool writable,
+    C{expected} callback listeners up, the HTTPS C{certificates} not
+    expired), and C{POST /pending/NAME}; for the clients in C{[admin]
+    allow}, with C{[admin] token} for POST, and C{headerTimeout} (the
+    callback listeners').
+
+    @param listening: how many callback listeners are up.
+    @param takeUp: takes up an MMS in C{pending/} by name.
+    """
+
+    def takeUpIfThere(name: str) -> bool:
+        if not (spool.dir(PENDING) / name).is_dir():
+            return False
+        takeUp(name)
+        return True
+
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        listening=listening,
+        expected=expected,
+        reactor=reactor,
+        pool=pool,
+        certificates=certificates,
+    )
+    site = AdminSite(
+        health=health,
+        registry=registry,
+        reactor=reactor,
+        pool=pool,
+        takeUp=takeUpIfThere,
+        token=BearerToken(config.token),
+        allow=AllowList(config.allow),
+        headerTimeout=headerTimeout,
+    )
+    listeners = [
+        Listener.fromDescription(reactor, description, site.factory())
+        for description in config.listen
+    ]
+    for listener in listeners:
+        listener.setServiceParent(parent)
+    return listeners
