@@ -147,6 +147,30 @@ class DateTests(SynchronousTestCase):
         self.assertIsNotNone(moment.utcoffset())
         self.assertEqual(moment.strftime("%Y-%m-%d %H:%M:%S"), text[:19])
 
+    @given(mxDates(), st.data())
+    def test_onlyASCIIDigits(self, text: str, data) -> None:
+        """
+        A date with any of its digits written in another script (Arabic-Indic,
+        Devanagari, fullwidth...) is refused, offset digits included.
+        """
+        positions = [i for i, c in enumerate(text) if c.isdigit()]
+        i = data.draw(st.sampled_from(positions))
+        digit = data.draw(
+            st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+        )
+        self.assertRaises(ValueError, parseDate, text[:i] + digit + text[i + 1 :], LONDON)
+
+    def test_arabicIndicDateRefused(self) -> None:
+        """
+        A callback whose date is in Arabic-Indic digits gets 400 for its date
+        (and for its expiry).
+        """
+        arabic = "٢٠٢٦-١١-٢٥ ١٠:٣٠:٠٠".encode()
+        e = self.assertRaises(BadParameter, parse, {**VALID, b"date": [arabic]})
+        self.assertEqual(e.name, "date")
+        e = self.assertRaises(BadParameter, parse, {**VALID, b"type": [b"2"], b"expiry": [arabic]})
+        self.assertEqual(e.name, "expiry")
+
     def test_isoFromTimestamp(self) -> None:
         self.assertEqual(isoFromTimestamp(0), "1970-01-01T00:00:00.000Z")
         self.assertEqual(isoFromTimestamp(1.5), "1970-01-01T00:00:01.500Z")
