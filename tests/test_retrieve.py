@@ -18,9 +18,8 @@ from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -1244,24 +1243,19 @@ class EndToEndTests(RetrieveTestCase):
         # makeService opens the spool itself.
         self.spool.close()
 
-    @inlineCallbacks
-    def start(self, config: Config, waitFor: str | None = None):
+    def start(self, config: Config, waitFor: str | None = None) -> Deferred:
         """
         Start the server; return it, its retriever, its URL, and (with
         C{waitFor}) a Deferred for that message's outcome, asked for before
         start-up takes up pending/.
         """
         service = makeService({"settings": config}, reactor)
-        [retriever] = [s.retriever for s in service if hasattr(s, "retriever")]
+        retriever = service.retriever
         done = retriever.whenDone(waitFor) if waitFor else None
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
-        [web] = [s for s in service if isinstance(s, StreamServerEndpointService)]
-        # Observe the port without consuming it: stopService needs it.
-        listening: Deferred = Deferred()
-        web._waitingForPort.addBoth(lambda port: (listening.callback(port), port)[1])
-        port = yield listening
-        return service, retriever, f"http://127.0.0.1:{port.getHost().port}/", done
+        port = service.listeners[0].port
+        return succeed((service, retriever, f"http://127.0.0.1:{port.getHost().port}/", done))
 
     def callback(self, base: str, messageId: str, expiry: str | None) -> Deferred:
         params = [
@@ -1337,9 +1331,9 @@ class EndToEndTests(RetrieveTestCase):
         """
         config = Config(spool=SpoolConfig(dir=self.root))
         service = makeService({"settings": config}, reactor)
-        self.assertEqual([s for s in service if hasattr(s, "retriever")], [])
+        self.assertIsNone(service.retriever)
         self.assertTrue(
             any("user is empty" in formatEvent(e) for e in self.log.events)
         )
         # Nothing was started: release the spool's lock.
-        [s for s in service if hasattr(s, "spool")][0].spool.close()
+        service.spool.close()
