@@ -1,3 +1,4 @@
+import json
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -68,6 +69,31 @@ class ParseCallbackTests(SynchronousTestCase):
         self.assertIn(message.charset, ("utf-8", "iso-8859-15"))
         self.assertEqual(message.message.encode(message.charset), text)
         self.assertEqual(Message.decode(message.encode()), message)
+
+    @given(st.binary(min_size=1, max_size=LIMITS[b"id"]))
+    def test_anyIdBytes(self, raw: bytes) -> None:
+        """
+        Any id is kept with the charset that gives its bytes back, through
+        message.json too.
+        """
+        message = parse({**VALID, b"id": [raw]})
+        self.assertEqual(message.rawId, raw)
+        document = json.loads(message.encode())
+        self.assertEqual(document["id"].encode(document["id_charset"]), raw)
+        self.assertEqual(Message.decode(message.encode()).rawId, raw)
+
+    def test_idCharset(self) -> None:
+        self.assertEqual(parse({**VALID, b"id": ["café".encode()]}).id_charset, "utf-8")
+        message = parse({**VALID, b"id": [b"caf\xe9"]})
+        self.assertEqual((message.id, message.id_charset), ("café", "iso-8859-15"))
+
+    def test_idCharsetOfOldFiles(self) -> None:
+        """
+        A message.json written before ids kept their charset reads as UTF-8.
+        """
+        document = json.loads(parse(VALID).encode())
+        del document["id_charset"]
+        self.assertEqual(Message.fromJSON(document).rawId, b"1")
 
     def test_utf8Preferred(self) -> None:
         message = parse({**VALID, b"message": ["£5 €".encode()]})

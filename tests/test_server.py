@@ -2,6 +2,7 @@
 The callback server over a real port on 127.0.0.1, with treq as the client.
 """
 
+import json
 from ipaddress import ip_network
 from urllib.parse import urlencode
 
@@ -76,6 +77,27 @@ class CallbackTests(TestCase):
         yield self.assertAnswer((yield self.treq.get(url)), 200)
         message = Message.decode((self.spool.dir(NEW) / "mx-1" / "message.json").read_bytes())
         self.assertEqual((message.message, message.charset), ("£5€", "iso-8859-15"))
+
+    @inlineCallbacks
+    def test_idsOfOtherBytesDistinct(self):
+        """
+        Ids that differ in their bytes are different messages, even where
+        one is not valid UTF-8 and its ISO-8859-15 decoding encodes to the
+        other ("x%FF" and "x%C3%BF", "caf%E9" and "caf%C3%A9"): each is
+        stored, under a name made of its bytes, and its message.json gives
+        the bytes back.
+        """
+        sent = [b"x\xff", b"x\xc3\xbf", b"caf\xe9", b"caf\xc3\xa9"]
+        for raw in sent:
+            query = urlencode({**SMS, "id": raw})
+            response = yield self.treq.get(self.server.url + "?" + query)
+            yield self.assertAnswer(response, 200)
+        self.assertEqual(files(self.spool.dir(NEW)), ["caf=C3=A9", "caf=E9", "x=C3=BF", "x=FF"])
+        stored = []
+        for name in files(self.spool.dir(NEW)):
+            document = json.loads((self.spool.dir(NEW) / name / "message.json").read_bytes())
+            stored.append(document["id"].encode(document["id_charset"]))
+        self.assertEqual(sorted(stored), sorted(sent))
 
     @inlineCallbacks
     def test_duplicate(self):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -174,7 +175,8 @@ def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
     Where a message is, by its directory name or by its id.
     """
     candidates = [nameOrId] if isName(nameOrId) else []
-    candidates.append(nameForId(nameOrId))
+    # The id's bytes as given on the command line, valid UTF-8 or not.
+    candidates.append(nameForId(os.fsencode(nameOrId)))
     for name in candidates:
         for directory in DIRECTORIES:
             path = root / directory / name
