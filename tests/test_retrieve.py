@@ -264,6 +264,31 @@ class DownloadTests(RetrieveTestCase):
         return self.assertDownloads(self.retriever(url), standIn, "mx/1 2&3")
 
     @inlineCallbacks
+    def test_idAsSent(self):
+        """
+        RetrieveMMS is asked for the id's bytes as MX Telecom sent them,
+        not UTF-8 made of their decoding: an id that was not UTF-8 (here
+        ISO-8859-15 "café") is sent back as it came.
+        """
+        standIn, url = self.standIn()
+        retriever = self.retriever(url)
+        message = exampleMessage(
+            id="café",
+            id_charset="iso-8859-15",
+            type="mms",
+            received=isoFromTimestamp(self.clock.seconds()),
+            expiry=mxDate(self.clock.seconds() + 3600),
+        )
+        accepted = yield self.spool.accept(message, PENDING)
+        self.assertEqual(accepted.name, "caf=E9")
+        done = retriever.whenDone(accepted.name)
+        retriever(accepted.name)
+        self.assertIsInstance((yield done), Completed)
+        self.assertEqual(standIn.ids, [b"caf\xe9"])
+        document = self.document(NEW, accepted.name)
+        self.assertEqual(document["id"].encode(document["id_charset"]), b"caf\xe9")
+
+    @inlineCallbacks
     def test_chunked(self):
         """
         A body without a Content-Length is taken whole.

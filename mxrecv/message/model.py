@@ -12,6 +12,8 @@ from typing import Any
 
 from attrs import evolve, frozen
 
+from mxrecv.message.text import UTF8
+
 SMS = "sms"
 MMS = "mms"
 
@@ -50,6 +52,11 @@ class Message:
     C{date} and C{expiry} are kept as sent; C{received} is ISO 8601 UTC.  The
     C{mms_*}, C{parts}, C{text} and C{parts_error} fields are filled in when an
     MMS is completed.
+
+    @ivar id: the id decoded with C{id_charset}: UTF-8 when the bytes sent
+        were valid UTF-8, else ISO-8859-15, so that L{rawId}, the bytes as
+        sent, are always known (two ids that differ only in how they were
+        encoded are two messages).
     """
 
     id: str
@@ -70,10 +77,19 @@ class Message:
     parts: tuple[Part, ...] = ()
     text: str | None = None
     parts_error: str | None = None
+    id_charset: str = UTF8
+
+    @property
+    def rawId(self) -> bytes:
+        """
+        The id's bytes as MX Telecom sent them.
+        """
+        return self.id.encode(self.id_charset, "surrogatepass")
 
     def toJSON(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "id_charset": self.id_charset,
             "type": self.type,
             "from": self.sender,
             "to": list(self.to),
@@ -103,6 +119,8 @@ class Message:
     def fromJSON(cls, document: dict[str, Any]) -> Message:
         return cls(
             id=document["id"],
+            # Written before ids kept their charset: taken as UTF-8, as then.
+            id_charset=document.get("id_charset", UTF8),
             type=document["type"],
             sender=document["from"],
             to=tuple(document["to"]),

@@ -247,10 +247,11 @@ class Fetcher:
         )
         self._http = HTTPClient(agent)
 
-    def fetch(self, messageId: str, part: Path, deadline: float) -> Deferred[Download]:
+    def fetch(self, messageId: bytes, part: Path, deadline: float) -> Deferred[Download]:
         """
-        Download the zip of C{messageId} into C{part} (replaced if it
-        exists), by C{deadline} (on the clock).  C{part} may be left behind,
+        Download the zip of C{messageId} (the id's bytes as MX Telecom sent
+        them) into C{part} (replaced if it exists), by C{deadline} (on the
+        clock).  C{part} may be left behind,
         complete or not, either way, but closed: no worker writes to it once
         the result has fired.
 
@@ -275,7 +276,7 @@ class Fetcher:
 
 
 class _Attempt:
-    def __init__(self, fetcher: Fetcher, messageId: str, part: Path, deadline: float) -> None:
+    def __init__(self, fetcher: Fetcher, messageId: bytes, part: Path, deadline: float) -> None:
         self._fetcher = fetcher
         self._part = part
         self._body: _BodyFile | None = None

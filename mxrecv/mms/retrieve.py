@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from mxrecv.config import RetrieveConfig
 from mxrecv.message.dates import parseDate
 from mxrecv.message.model import Message
+from mxrecv.message.text import decodeText
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, tlsPolicy
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
@@ -76,7 +77,8 @@ def _fromISO(text: str) -> datetime:
 
 @frozen
 class _Job:
-    messageId: str
+    # The id as MX Telecom sent it: RetrieveMMS is asked for these bytes.
+    messageId: bytes
     expiry: float
     attempts: tuple[Attempt, ...]
 
@@ -126,7 +128,7 @@ class Retriever:
         self._reactor = reactor
         self._pool = pool
         self._zone = zone
-        self._ids: dict[str, str] = {}
+        self._ids: dict[str, bytes] = {}
         self._attempts: dict[str, Deferred[Any]] = {}
         self._waiters: dict[str, list[Deferred[Completed | GaveUp]]] = {}
         self._busy: set[Deferred[Any]] = set()
@@ -138,7 +140,7 @@ class Retriever:
     def __call__(self, name: str) -> None:
         if self._stopped or name in self._ids:
             return
-        self._ids[name] = ""
+        self._ids[name] = b""
         self._serially(name, self._inThread, self._load, name).addCallbacks(
             self._loaded,
             lambda f: self._lost(name, f, "Reading pending/{name} for retrieval failed"),
@@ -198,7 +200,7 @@ class Retriever:
                 path=str(pending.path / RETRIEVE_JSON),
                 error=e,
             )
-        return _Job(message.id, expiry, attempts)
+        return _Job(message.rawId, expiry, attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
         if self._stopped:
@@ -228,7 +230,10 @@ class Retriever:
         name = start.name
         messageId = self._ids[name]
         log.debug(
-            "Retrieving MMS {id} from {url}", id=messageId, url=self._fetcher.url, name=name
+            "Retrieving MMS {id} from {url}",
+            id=decodeText(messageId)[0],
+            url=self._fetcher.url,
+            name=name,
         )
         part = self._spool.message(PENDING, name).partialZip
         fetched = self._fetcher.fetch(messageId, part, start.deadline)
@@ -298,7 +303,7 @@ class Retriever:
             self._failed(name, messageId, error, now)
         self._pump()
 
-    def _failed(self, name: str, messageId: str, error: RetrieveError, now: float) -> None:
+    def _failed(self, name: str, messageId: bytes, error: RetrieveError, now: float) -> None:
         self._metrics.retrievalAttempt(error.kind)
         outcome = str(error)
         gaveUp = self.schedule.failed(name, now, outcome)
@@ -312,13 +317,13 @@ class Retriever:
                 "RetrieveMMS at {url} refused our credentials for MMS {id} ({outcome}): "
                 "check [retrieve] user and password",
                 url=self._fetcher.url,
-                id=messageId,
+                id=decodeText(messageId)[0],
                 outcome=outcome,
             )
         else:
             log.warn(
                 "Retrieving MMS {id} from {url} failed: {outcome}",
-                id=messageId,
+                id=decodeText(messageId)[0],
                 url=self._fetcher.url,
                 outcome=outcome,
             )
@@ -342,7 +347,7 @@ class Retriever:
         name = gaveUp.name
         log.error(
             "MMS {id} moved to failed/{name}: {error}",
-            id=self._ids.get(name),
+            id=decodeText(self._ids.get(name, b""))[0],
             name=name,
             error=gaveUp.error,
         )

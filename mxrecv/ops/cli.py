@@ -16,6 +16,7 @@ C{--admin} names its admin listener (C{POST /pending/NAME}).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import urllib.request
@@ -153,7 +154,8 @@ def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
     Where a message is, by its directory name or by its id.
     """
     candidates = [nameOrId] if isName(nameOrId) else []
-    candidates.append(nameForId(nameOrId))
+    # The id's bytes as given on the command line, valid UTF-8 or not.
+    candidates.append(nameForId(os.fsencode(nameOrId)))
     for name in candidates:
         for directory in DIRECTORIES:
             path = Layout(root).message(directory, name)

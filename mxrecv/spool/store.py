@@ -360,7 +360,7 @@ class Spool:
 
     # Accepting messages
 
-    def isSeen(self, messageId: str) -> bool:
+    def isSeen(self, messageId: bytes | str) -> bool:
         return nameForId(messageId) in self._seen
 
     def accept(
@@ -374,7 +374,7 @@ class Spool:
         @return: fires with L{Accepted} once the message is durable, or fails
             with L{SpoolError}.  Either way C{staging} is consumed.
         """
-        name = nameForId(message.id)
+        name = nameForId(message.rawId)
         if name in self._seen:
             if staging is not None:
                 self.discard(staging)
