@@ -113,7 +113,7 @@ class Message:
         """
         The bytes of C{message.json}.
         """
-        return indentedJSON(self.toJSON()).encode("utf-8", "surrogatepass") + b"\n"
+        return encodeJSON(self.toJSON())
 
     @classmethod
     def fromJSON(cls, document: dict[str, Any]) -> Message:
@@ -142,10 +142,29 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes) -> Message:
-        return cls.fromJSON(json.loads(data.decode("utf-8", "surrogatepass")))
+        return cls.fromJSON(decodeJSON(data))
 
     def replace(self, **changes: Any) -> Message:
         return evolve(self, **changes)
+
+
+def encodeJSON(document: Any) -> bytes:
+    """
+    The one JSON writer of the spool's documents (C{message.json}, and those
+    of L{mxrecv.spool.layout}): indented by two spaces, non-ASCII as is, in
+    UTF-8 (a lone surrogate that came in a callback kept as it came), with
+    a final newline.
+    """
+    return indentedJSON(document).encode("utf-8", "surrogatepass") + b"\n"
+
+
+def decodeJSON(data: bytes) -> Any:
+    """
+    A document written by L{encodeJSON}.
+
+    @raise ValueError: if C{data} is not JSON.
+    """
+    return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
 _scalar = json.JSONEncoder(ensure_ascii=False).encode

@@ -50,10 +50,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
-from mxrecv.spool.layout import MMS_ZIP
+from mxrecv.spool.layout import PARTIAL_ZIP
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
-PART = MMS_ZIP + ".part"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -337,7 +336,7 @@ class _Attempt:
 
 def _writeError(e: BaseException) -> RetrieveError:
     reason = getattr(e, "strerror", None) or str(e)
-    return RetrieveError(f"cannot write {PART}: {reason}")
+    return RetrieveError(f"cannot write {PARTIAL_ZIP}: {reason}")
 
 
 @implementer(IPushProducer)
