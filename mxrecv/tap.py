@@ -24,6 +24,7 @@ from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import RetrieveService, makeRetriever
 from mxrecv.ops.admin import AdminSite, Health
+from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import Metrics, SpoolCollector
 from mxrecv.spool.layout import PENDING, TMP
@@ -318,8 +319,8 @@ def addAdmin(
 ) -> None:
     """
     The admin listeners (C{[admin] listen}): C{/metrics}, C{/health} (which
-    also checks that the HTTPS C{certificates} have not expired), and
-    C{POST /pending/NAME}.
+    also checks that the HTTPS C{certificates} have not expired),
+    C{POST /pending/NAME} and C{/inbox}.
     """
 
     def takeUp(name: str) -> bool:
@@ -338,12 +339,18 @@ def addAdmin(
         pool=pool,
         certificates=certificates,
     )
+    if not config.admin.listen:
+        return
+    # Before the admin listeners, so that it stops after them.
+    inbox = buildInbox(spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUp)
+    inbox.setServiceParent(service)
     adminSite = AdminSite(
         health=health,
         registry=service.metrics.registry,
         reactor=reactor,
         pool=pool,
         takeUp=takeUp,
+        children={b"inbox": inbox.resource},
     )
     for description in config.admin.listen:
         listener = strports.service(description, adminSite, reactor=reactor)

@@ -12,7 +12,7 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.spool.durable import fsyncPath
@@ -254,6 +254,7 @@ class AdminSite(Site):
 
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
+    @param children: more resources, by path segment (C{b"inbox"}).
     """
 
     def __init__(
@@ -264,8 +265,11 @@ class AdminSite(Site):
         reactor: Any,
         pool: Any,
         takeUp: Callable[[str], bool] = lambda name: False,
+        children: Mapping[bytes, IResource] = {},
     ) -> None:
         root = Resource()
+        for segment, child in children.items():
+            root.putChild(segment, child)
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
