@@ -153,11 +153,15 @@ class Catalog:
             raise CatalogBusy(f"another process keeps {self.path}") from None
         self._lock = lock
         try:
-            self._db = self._connect()
-        except sqlite3.DatabaseError:
-            self._removeFiles()
-            self._db = self._connect()
-        self._load()
+            try:
+                self._db = self._connect()
+            except sqlite3.DatabaseError:
+                self._removeFiles()
+                self._db = self._connect()
+            self._load()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._db is not None:
