@@ -11,6 +11,7 @@ its check, and anything unknown is an error.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,13 @@ class ConfigError(ValueError):
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+# The shortest admin token accepted: a bearer token is guessed by trying.
+MIN_TOKEN_LENGTH = 16
+
 
 @frozen
 class ServerConfig:
@@ -41,6 +49,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
+    workers: int = 1
 
 
 @frozen
@@ -69,9 +78,17 @@ class RetrieveConfig:
 class AdminConfig:
     """
     The admin listener (C{/metrics}, C{/health}); none unless configured.
+
+    @ivar allow: client networks that may connect (others are dropped at
+        accept).  A listener on another address than loopback is refused
+        unless C{allow} is given in the file and C{token} is set.
+    @ivar token: the bearer token that requests other than GET (such as
+        C{POST /pending/NAME}) must carry; empty: none needed.
     """
 
     listen: tuple[str, ...] = ()
+    allow: tuple[Network, ...] = LOOPBACK
+    token: str = field(default="", repr=False)
 
 
 @frozen
@@ -199,6 +216,29 @@ def _nonNegativeNumber(key: str, value: Any) -> float:
     return float(value)
 
 
+def _workers(key: str, value: Any) -> int:
+    """
+    A number of processes, or C{"auto"}: as many as the cores this process
+    may run on.
+    """
+    if value == "auto":
+        return availableCores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected \"auto\" or a whole number of at least 1, got {value!r}")
+    return value
+
+
+def availableCores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, which taskset and
+    cgroup cpusets narrow), else all of the machine's.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -250,6 +290,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "request_timeout": _positiveNumber,
             "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
+            "workers": _workers,
         },
     ),
     "spool": (
@@ -270,7 +311,15 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "ca_file": _directory,
         },
     ),
-    "admin": (AdminConfig, {"listen": _listenOrNone}),
+    "admin": (
+        AdminConfig,
+        {
+            "listen": _listenOrNone,
+            "allow": _networks,
+            "token": _string,
+            "token_file": _directory,
+        },
+    ),
     "log": (LogConfig, {"format": _oneOf("text", "json")}),
     "deliver": (
         DeliverConfig,
@@ -293,7 +342,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     """
     Validate a parsed TOML document and build the L{Config}.
 
-    @param base: the directory that relative C{password_file} and C{ca_file}
+    @param base: the directory that relative C{password_file}, C{token_file}
+        and C{ca_file}
         paths are read from (the configuration file's own directory).
     """
     tables: dict[str, Any] = {}
@@ -312,6 +362,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values[key] = checks[key](f"{table}.{key}", value)
         if table == "retrieve":
             values = _retrieveValues(values, base)
+        if table == "admin":
+            values = _adminValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
@@ -321,15 +373,51 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     return config
 
 
+def _secretFromFile(
+    values: dict[str, Any], base: Path, table: str, key: str, fileKey: str
+) -> None:
+    """
+    Read C{values[key]} from the file C{values[fileKey]} names (relative to
+    C{base}; trailing whitespace stripped), if it is given.
+    """
+    path = values.pop(fileKey, None)
+    if path is None:
+        return
+    if key in values:
+        raise ConfigError(f"{table}.{fileKey}: give {key} or {fileKey}, not both")
+    try:
+        values[key] = (base / path).read_text("utf-8").rstrip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{table}.{fileKey}: cannot read it: {e}") from None
+
+
+def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """
+    The admin listener is for operators: one on another address than
+    loopback must be opened on purpose, with the networks that may reach it
+    and a token for the requests that change something.
+    """
+    _secretFromFile(values, base, "admin", "token", "token_file")
+    token = values.get("token", "")
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
+    from mxrecv.web.listen import isLoopbackListen
+
+    for i, description in enumerate(values.get("listen", ())):
+        if isLoopbackListen(description):
+            continue
+        if "allow" not in values or not token:
+            raise ConfigError(
+                f"admin.listen[{i}]: {description!r} is not only reachable from this "
+                "machine (listen on 127.0.0.1 or ::1 with interface=..., or set both "
+                "admin.allow, the networks that may connect, and admin.token, which "
+                "requests other than GET must carry)"
+            )
+    return values
+
+
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    passwordFile = values.pop("password_file", None)
-    if passwordFile is not None:
-        if "password" in values:
-            raise ConfigError("retrieve.password_file: give password or password_file, not both")
-        try:
-            values["password"] = (base / passwordFile).read_text("utf-8").rstrip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"retrieve.password_file: cannot read it: {e}") from None
+    _secretFromFile(values, base, "retrieve", "password", "password_file")
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():

@@ -10,6 +10,7 @@ import datetime
 import io
 import ipaddress
 import zipfile
+from collections.abc import Callable
 
 from attrs import frozen
 from cryptography import x509
@@ -89,7 +90,18 @@ class Trickle:
     interval: float = 0.02
 
 
-Behaviour = Serve | Truncate | Stream | Hang | Trickle
+@frozen
+class Redirect:
+    """
+    Answer 302 with the C{Location} that C{location} makes of the request's
+    URI (its path and query, our credentials included): a server that
+    sends us to a login page with C{return_to=} our own URL, say.
+    """
+
+    location: Callable[[bytes], bytes]
+
+
+Behaviour = Serve | Truncate | Stream | Hang | Trickle | Redirect
 
 
 class RetrieveMMS(Resource):
@@ -178,6 +190,10 @@ class RetrieveMMS(Resource):
             request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))
             _Streamer(self, request, behaviour)
             return NOT_DONE_YET
+        if isinstance(behaviour, Redirect):
+            request.setResponseCode(302)
+            request.setHeader(b"Location", behaviour.location(request.uri))
+            return b""
         if isinstance(behaviour, Trickle):
             self._trickle(request, behaviour.interval)
             return NOT_DONE_YET

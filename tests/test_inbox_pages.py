@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.inbox.catalog import Catalog
 from mxrecv.ops.inbox.csrf import CsrfTokens
 from mxrecv.ops.inbox.files import CHUNK
@@ -470,3 +471,60 @@ class InboxPagesTests(SynchronousTestCase):
         self.assertIn(b"another process keeps", body)
         response, _ = self.get("/inbox/new/mms-1")
         self.assertEqual(response.code, 200)
+
+
+class AdminTokenTests(SynchronousTestCase):
+    """
+    With C{[admin] token} set, the requeue form asks for it, and nothing
+    moves without it: in the form (a browser) or the Authorization header
+    (a script), both checked by the admin listener's L{BearerToken}.
+    """
+
+    TOKEN = "a-long-admin-token-0123456789"
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        spoolWithMessages(self.root)
+        self.csrf = CsrfTokens()
+        inbox = Inbox(self.root, reactor=ImmediateReactor(), pool=ImmediatePool())
+        inbox.start()
+        self.addCleanup(inbox.stop)
+        root = Resource()
+        root.putChild(b"inbox", InboxResource(inbox, self.csrf, BearerToken(self.TOKEN)))
+        self.stub = StubTreq(root)
+
+    def post(self, data: dict[str, str], headers: dict | None = None) -> int:
+        d = self.stub.post(
+            "http://127.0.0.1/inbox/failed/mms-2/requeue",
+            data={"csrf": self.csrf.token("requeue", "mms-2"), **data},
+            headers=headers,
+            allow_redirects=False,
+        )
+        self.stub.flush()
+        return self.successResultOf(d).code
+
+    def test_formAsksForIt(self):
+        d = self.stub.get("http://127.0.0.1/inbox/failed/mms-2")
+        self.stub.flush()
+        body = self.successResultOf(self.stub.content(self.successResultOf(d)))
+        self.assertIn(b'type="password" name="token"', body)
+        self.assertNotIn(self.TOKEN.encode(), body)
+
+    def test_refusedWithout(self):
+        self.assertEqual(self.post({}), 401)
+        self.assertEqual(self.post({"token": "wrong"}), 401)
+        self.assertEqual(self.post({"token": ""}, {"Authorization": "Bearer nope"}), 401)
+        self.assertTrue((self.root / "failed" / "mms-2").is_dir())
+
+    def test_inTheForm(self):
+        self.assertEqual(self.post({"token": self.TOKEN}), 303)
+        self.assertTrue((self.root / "pending" / "mms-2").is_dir())
+
+    def test_inTheHeader(self):
+        self.assertEqual(self.post({}, {"Authorization": f"Bearer {self.TOKEN}"}), 303)
+        self.assertTrue((self.root / "pending" / "mms-2").is_dir())
+
+    def test_csrfStillNeeded(self):
+        code = self.post({"token": self.TOKEN, "csrf": "forged"})
+        self.assertEqual(code, 403)
+        self.assertTrue((self.root / "failed" / "mms-2").is_dir())

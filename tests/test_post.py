@@ -23,7 +23,7 @@ from mxrecv.message.model import Message
 from mxrecv.message.params import parseCallback
 from mxrecv.mms.complete import Completer
 from mxrecv.spool.layout import NEW, PENDING, TMP
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
 from .support import (

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .support import (
     SMS,
@@ -471,3 +471,38 @@ class HeaderDeadlineAbortTests(TestCase):
         self.assertTrue(transport.aborted)
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ServerHeaderTests(TestCase):
+    """
+    Every answer names the server "mxrecv", without a version (twisted.web
+    would send its name and version).
+    """
+
+    @inlineCallbacks
+    def test_answers(self):
+        server = startServer(self, max_body=1000)
+        treq = httpClient(self)
+        for response in [
+            (yield treq.get(server.url, params=SMS)),
+            (yield treq.get(server.url + "nothing")),
+            (yield treq.get(server.url, params={**SMS, "date": "x"})),
+            (yield treq.put(server.url, data=b"")),
+        ]:
+            yield response.content()
+            self.assertEqual(response.headers.getRawHeaders("Server"), ["mxrecv"])
+
+    @inlineCallbacks
+    def test_refusals(self):
+        """
+        Refusals written before the resource has the request say the same.
+        """
+        server = startServer(self, max_body=1000)
+        answer = yield rawExchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1001\r\n\r\n",
+        )
+        head = answer.partition(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"\r\nServer: mxrecv\r\n", head)

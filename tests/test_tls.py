@@ -50,7 +50,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from zope.interface import implementer
 
 from mxrecv.config import ConfigError, parseConfig
-from mxrecv.tap import Options, buildSite, makeService
+from mxrecv.tap import Options, makeService
 from mxrecv.tls import selfsigned
 from mxrecv.tls.certificate import (
     CertificateError,
@@ -64,6 +64,7 @@ from mxrecv.tls.certificate import (
 from mxrecv.tls.reload import CertificateReloadService
 from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
 from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.web.service import buildSite
 
 from .strategies import contentTypeFor, multipartBody
 from .support import (

@@ -25,8 +25,16 @@ from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
 from mxrecv.mms.unpack import Unpacked, unpackInto
-from mxrecv.spool.durable import fsyncPath, moveDir, removeTree, replaceFile
-from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PARTS, PENDING
+from mxrecv.spool.durable import fsyncPath, keepOnly, moveDir, removeTree, replaceFile
+from mxrecv.spool.layout import (
+    FAILED,
+    MESSAGE_ENTRIES,
+    MESSAGE_JSON,
+    MMS_ZIP,
+    NEW,
+    PARTS,
+    PENDING,
+)
 from mxrecv.spool.store import Spool
 
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
@@ -148,7 +156,7 @@ class Completer:
             parts=unpacked.parts, text=unpacked.text, parts_error=unpacked.error
         )
         replaceFile(source / MESSAGE_JSON, message.encode(), sync)
-        moveDir(source, self._spool.dir(NEW) / name, sync)
+        self._move(source, NEW)
         return message
 
     def _fail(self, name: str, error: str, attempts: tuple[Attempt, ...]) -> None:
@@ -159,10 +167,16 @@ class Completer:
         document["attempts"] = [a.toJSON() for a in attempts]
         data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
         replaceFile(source / MESSAGE_JSON, data, sync)
-        for leftover in source.iterdir():
-            if leftover.name != MESSAGE_JSON and leftover.name != MMS_ZIP:
-                removeTree(leftover)
-        moveDir(source, self._spool.dir(FAILED) / name, sync)
+        self._move(source, FAILED)
 
-
-
+    def _move(self, source: Path, target: str) -> None:
+        """
+        Move a message out of C{pending/} into C{target}, with only what
+        the layout allows there: whatever internal files a crash or a
+        failed write left (C{retrieve.json}, a half-written replacement, a
+        partial download) are removed first, durably.
+        """
+        sync = self._spool.sync
+        if keepOnly(source, MESSAGE_ENTRIES):
+            fsyncPath(source, sync)
+        moveDir(source, self._spool.dir(target) / source.name, sync)

@@ -11,9 +11,10 @@ each message's attempts in C{pending/NAME/retrieve.json} so that a restart
 resumes with its history, and moves the message on: to C{new/} once
 C{mms.zip} is in place, or to C{failed/} when its expiry passes.
 
-The RetrieveMMS password travels in the query string, so no URL with a query
-is ever logged or recorded: log lines name the configured base URL and the
-message id, and every outcome sentence has the password masked.
+The RetrieveMMS password travels in the query string, so no URL derived
+from the request is ever logged or recorded: log lines name the configured
+base URL and the message id, and outcome sentences are made of what happened
+(see L{mxrecv.mms.fetch}), never of an error's message.
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ def requeuedState(now: float) -> bytes:
     """
     document = {"attempts": [], "requeued": isoFromTimestamp(now)}
     return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def whereRaised(failure: Failure) -> str:
+    """
+    A failure's type and the frames it was raised through, without its
+    message (which could quote the request's URL, and so the password).
+    """
+    lines = [f"{failure.type.__module__}.{failure.type.__qualname__} raised at:"]
+    for function, path, line, *_ in failure.frames:
+        lines.append(f'  File "{path}", line {line}, in {function}')
+    return "\n".join(lines)
 
 
 def _fromISO(text: str) -> datetime:
@@ -284,11 +296,12 @@ class Retriever:
             elif result.check(OSError):
                 error = RetrieveError(f"cannot store the zip: {result.value.strerror}")
             else:
-                # Not log.failure: the traceback could quote the request's URL.
+                # Not log.failure: the exception's message could quote the
+                # request's URL.
                 log.error(
                     "Retrieving pending/{name}: unexpected error\n{traceback}",
                     name=name,
-                    traceback=self._fetcher.redact(result.getTraceback()),
+                    traceback=whereRaised(result),
                 )
                 error = RetrieveError("internal error (see the log)")
             self._failed(name, messageId, error, now)
@@ -296,7 +309,7 @@ class Retriever:
 
     def _failed(self, name: str, messageId: str, error: RetrieveError, now: float) -> None:
         self._metrics.retrievalAttempt(error.kind)
-        outcome = self._fetcher.redact(str(error))
+        outcome = str(error)
         gaveUp = self.schedule.failed(name, now, outcome)
         if gaveUp is None:
             attempts = self.schedule.attempts(name)

@@ -52,7 +52,12 @@ def checkConfig(path: str, out: TextIO) -> None:
     out.write(f"{path}: ok\n")
     out.write(f"  listen: {', '.join(config.server.listen)}\n")
     out.write(f"  spool: {config.spool.dir}\n")
-    out.write(f"  admin: {', '.join(config.admin.listen) or 'none'}\n")
+    admin = config.admin
+    out.write(f"  admin: {', '.join(admin.listen) or 'none'}\n")
+    if admin.listen:
+        allow = ", ".join(str(n) for n in admin.allow)
+        token = "required for POST" if admin.token else "none"
+        out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
     targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
     out.write(f"  deliver: {', '.join(targets) or 'none'}\n")
@@ -105,13 +110,15 @@ def requeue(
     sync: bool = True,
     admin: str | None = None,
     now: float | None = None,
+    token: str = "",
 ) -> None:
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
     C{attempts} and with a new retrieval window from C{now} (its expiry has
     passed), so that it is retrieved again: at the running server's next sweep
     of C{pending/} (within 5 minutes) or start, or now if
-    C{admin} (the running server's admin URL) is given.
+    C{admin} (the running server's admin URL) is given; C{token} is the
+    admin listener's bearer token, if it has one.
     """
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
@@ -134,8 +141,10 @@ def requeue(
         )
         return
     url = f"{admin.rstrip('/')}/pending/{path.name}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+        request = urllib.request.Request(url, method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10):
             pass
     except (OSError, ValueError) as e:
         raise CommandError(
@@ -210,7 +219,9 @@ def main(
         elif args.command == "show":
             show(root, args.name, out)
         else:
-            requeue(root, args.name, out, config.spool.fsync, args.admin)
+            requeue(
+                root, args.name, out, config.spool.fsync, args.admin, token=config.admin.token
+            )
     except (ConfigError, CommandError) as e:
         err.write(f"mxrecv: {e}\n")
         return 1

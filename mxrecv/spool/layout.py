@@ -30,6 +30,10 @@ MESSAGE_JSON = "message.json"
 MMS_ZIP = "mms.zip"
 PARTS = "parts"
 RETRIEVE_JSON = "retrieve.json"
+#: All that a message's directory in new/ or failed/ may hold: anything else
+#: (C{retrieve.json}, a partial download, a half-written replacement) is
+#: internal and never moved there.
+MESSAGE_ENTRIES = frozenset({MESSAGE_JSON, MMS_ZIP, PARTS})
 
 # In state/.
 SEEN = "seen"

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from mxrecv.web.access import AllowList
@@ -44,6 +45,9 @@ DRAIN_SECONDS = 2.0
 # the hand-over to the upload writer.  (Plain TCP only: TLS hands over 16 KiB
 # records whatever the read size.)
 READ_SIZE = 256 * 1024
+# The Server header of every answer: twisted.web's own names it and its
+# version, which tells a scanner which advisories to try.
+SERVER = b"mxrecv"
 
 
 class _NoContent:
@@ -72,7 +76,9 @@ class CallbackChannel(HTTPChannel):
     """
     An HTTP/1.1 connection whose requests must get their headers in within
     the site's C{headerTimeout}, however steadily they trickle (twisted.web's
-    own idle timeout starts again with every byte).
+    own idle timeout starts again with every byte), and whose answers name
+    the server only as C{mxrecv}.  The admin site's connections are these
+    too: its site has the same C{headerTimeout}, C{reactor} and C{observe}.
 
     The header deadline starts when the connection is made, so it covers a
     TLS handshake, and, on a kept-alive connection, with the first byte of
@@ -117,6 +123,12 @@ class CallbackChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._stopHeaderDeadline()
         super().allHeadersReceived()
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        # Every answer a request writes comes through here, error pages too.
+        if isinstance(headers, Headers):
+            headers.setRawHeaders(b"Server", [SERVER])
+        super().writeHeaders(version, code, reason, headers)
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopHeaderDeadline()
@@ -390,10 +402,11 @@ def _writeRefusal(transport: Any, refusal: Refusal) -> None:
     status = HTTPStatus(refusal.code)
     transport.write(
         b"HTTP/1.1 %d %s\r\n"
+        b"Server: %s\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n"
         b"Connection: close\r\n\r\n%s"
-        % (status.value, status.phrase.encode(), len(body), body)
+        % (status.value, status.phrase.encode(), SERVER, len(body), body)
     )
 
 

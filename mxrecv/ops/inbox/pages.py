@@ -192,16 +192,24 @@ class MessagePage(Element):
 
     @param csrf: the requeue form's token (C{failed/} only).
     @param notice: a line at the top (after a requeue).
+    @param askToken: whether the requeue form asks for the admin token.
     """
 
     loader = _template("message.xml")
 
-    def __init__(self, shown: Shown, csrf: str | None = None, notice: str | None = None) -> None:
+    def __init__(
+        self,
+        shown: Shown,
+        csrf: str | None = None,
+        notice: str | None = None,
+        askToken: bool = False,
+    ) -> None:
         super().__init__()
         self._shown = shown
         self._document = shown.document or {}
         self._csrf = csrf
         self._notice = notice
+        self._askToken = askToken
 
     def _text(self, key: str) -> str:
         value = self._document.get(key)
@@ -236,9 +244,21 @@ class MessagePage(Element):
         if isinstance(attempts, list) and attempts:
             section(_attempts(attempts))
         if self._csrf is not None:
+            token = (
+                tags.label(
+                    "Admin token",
+                    tags.input(
+                        type="password", name="token", required="required",
+                        autocomplete="current-password",
+                    ),
+                )
+                if self._askToken
+                else ""
+            )
             section(
                 tags.form(
                     tags.input(type="hidden", name="csrf", value=self._csrf),
+                    token,
                     tags.button("Requeue", type="submit", name="requeue", value="1"),
                     tags.span(
                         "Moves it back to pending/ with a new retrieval window "

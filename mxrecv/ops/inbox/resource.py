@@ -6,7 +6,8 @@ C{/inbox} and below, on the admin listener:
     GET  /inbox/FOLDER/NAME              a message
     GET  /inbox/FOLDER/NAME/mms.zip      its zip, as an attachment
     GET  /inbox/FOLDER/NAME/parts/FILE   one of its parts
-    POST /inbox/failed/NAME/requeue      requeue it (with the form's CSRF token)
+    POST /inbox/failed/NAME/requeue      requeue it (with the form's CSRF token,
+                                         and the admin token if there is one)
     GET  /inbox/static/inbox.css         the style sheet
 
 Every answer forbids script, framing, sniffing and caching.  A part is
@@ -30,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.template import Element, flattenString
 
+from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.cli import CommandError
 from mxrecv.ops.inbox.csrf import CsrfTokens
 from mxrecv.ops.inbox.files import FileSender, NotFound
@@ -84,10 +86,13 @@ class InboxResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, inbox: Inbox, csrf: CsrfTokens | None = None) -> None:
+    def __init__(
+        self, inbox: Inbox, csrf: CsrfTokens | None = None, token: BearerToken = BearerToken()
+    ) -> None:
         super().__init__()
         self._inbox = inbox
         self._csrf = csrf if csrf is not None else CsrfTokens()
+        self._token = token
         self._stylesheet = (files("mxrecv.ops.inbox") / "templates" / STYLESHEET).read_bytes()
 
     def _path(self, request: Request) -> list[str] | None:
@@ -148,7 +153,8 @@ class InboxResource(Resource):
             if folder == PENDING and request.args.get(b"requeued"):
                 notice = "Requeued: moved from failed/ to pending/, to be retrieved again."
             token = self._csrf.token(REQUEUE, name) if folder == FAILED else None
-            self._render(request, HTTPStatus.OK, MessagePage(shown, token, notice))
+            page = MessagePage(shown, token, notice, askToken=bool(self._token.value))
+            self._render(request, HTTPStatus.OK, page)
 
         d.addCallback(shown)
         d.addErrback(self._moved, request, folder, name)
@@ -225,6 +231,26 @@ class InboxResource(Resource):
     # Requeue
 
     def _requeue(self, request: Request, name: str) -> int | bytes:
+        """
+        The admin token, when one is configured, comes in the form (a
+        browser sends no C{Authorization} header without script) or, from
+        a script, in that header; either is checked by L{BearerToken}.
+        """
+        presented = (request.args.get(b"token") or [b""])[-1]
+        if not (self._token.allows(request) or self._token.matches(presented)):
+            log.warn(
+                "Refused requeue of failed/{name} from {client}: no valid admin token",
+                name=name,
+                client=getattr(request.getClientAddress(), "host", None),
+            )
+            return self._render(
+                request,
+                HTTPStatus.UNAUTHORIZED,
+                ErrorPage(
+                    "Not requeued",
+                    "The admin token ([admin] token) is required: go back and type it in.",
+                ),
+            )
         token = (request.args.get(b"csrf") or [b""])[-1].decode("ascii", "replace")
         if not self._csrf.check(token, REQUEUE, name):
             return self._render(

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
+from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.inbox.inbox import Inbox
 from mxrecv.ops.inbox.resource import InboxResource
 
@@ -57,12 +58,16 @@ def buildInbox(
     reactor: IReactorThreads,
     sync: bool = True,
     takeUp: Callable[[str], object] = lambda name: None,
+    token: BearerToken = BearerToken(),
 ) -> InboxService:
     """
     The inbox of the spool at C{root}: a service to add to mxrecv's (before
     the admin listeners) and, as its C{resource}, the C{/inbox} resource.
+
+    @param token: the admin listener's (C{[admin] token}), which the
+        requeue form then asks for.
     """
     pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="mxrecv-inbox")
     inbox = Inbox(root, reactor=reactor, pool=pool, sync=sync, takeUp=takeUp)
-    return InboxService(inbox, InboxResource(inbox))
+    return InboxService(inbox, InboxResource(inbox, token=token))
 
