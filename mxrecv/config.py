@@ -20,6 +20,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import field, frozen
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+
+from mxrecv.tls.description import TLSListen, isTLS, parseTLS
 
 
 class ConfigError(ValueError):
@@ -182,10 +190,49 @@ def _stringList(key: str, value: Any) -> tuple[str, ...]:
     return tuple(_nonEmptyString(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def parseListen(description: str) -> str | TLSListen:
+    """
+    Check a C{listen} string without reading files or listening.
+
+    @return: the L{TLSListen} for an C{ssl:} description, else the string.
+    @raise ValueError: naming what is wrong with it.
+    """
+    try:
+        if isTLS(description):
+            return parseTLS(description)
+        # Building an endpoint does not listen, so no reactor is needed yet.
+        serverFromString(None, description)
+    except Exception as e:
+        raise ValueError(f"bad endpoint {description!r}: {e}") from None
+    return description
+
+
+def isLoopbackListen(description: str) -> bool:
+    """
+    Whether a valid C{listen} string can only be reached from this machine:
+    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
+    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
+    be known before it listens (C{systemd:}, ...).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        interface = listen.interface
+    else:
+        endpoint = serverFromString(None, description)
+        if isinstance(endpoint, UNIXServerEndpoint):
+            return True
+        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            return False
+        # Twisted keeps the parsed address private; it is "" for all addresses.
+        interface = endpoint._interface
+    try:
+        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(key: str, value: Any) -> tuple[str, ...]:
     descriptions = _stringList(key, value)
-    from mxrecv.web.listen import parseListen
-
     for i, description in enumerate(descriptions):
         try:
             parseListen(description)
@@ -401,8 +448,6 @@ def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     token = values.get("token", "")
     if token and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
-    from mxrecv.web.listen import isLoopbackListen
-
     for i, description in enumerate(values.get("listen", ())):
         if isLoopbackListen(description):
             continue

@@ -14,9 +14,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.config import AdminConfig
-from mxrecv.mms.complete import Attempt, Completer
+from mxrecv.mms.complete import Completer
 from mxrecv.ops.cli import main
-from mxrecv.spool.layout import FAILED, PENDING
+from mxrecv.spool.layout import FAILED, PENDING, Attempt
 
 from .running import ANY_PORT, client, run, runningConfig
 from .support import openSpool

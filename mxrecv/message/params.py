@@ -112,8 +112,10 @@ def parseCallback(
             raise BadParameter("expiry", str(e)) from None
     text = _single(params, b"message")
     message, charset = decodeText(text) if text is not None else (None, None)
+    messageId, idCharset = decodeText(_single(params, b"id"))
     return Message(
-        id=_text(_single(params, b"id")),
+        id=messageId,
+        id_charset=idCharset,
         type=kind,
         sender=_text(_single(params, b"from")),
         to=tuple(_text(v) for v in params[b"to"] if v),

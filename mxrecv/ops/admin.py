@@ -351,7 +351,7 @@ def buildAdmin(
     """
 
     def takeUpIfThere(name: str) -> bool:
-        if not (spool.dir(PENDING) / name).is_dir():
+        if not spool.message(PENDING, name).exists():
             return False
         takeUp(name)
         return True

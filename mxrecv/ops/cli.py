@@ -16,26 +16,18 @@ C{--admin} names its admin listener (C{POST /pending/NAME}).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.mms.retrieve import requeuedState
-from mxrecv.spool.durable import moveDir, replaceFile
-from mxrecv.spool.layout import (
-    DELIVERED,
-    FAILED,
-    MESSAGE_JSON,
-    NEW,
-    PENDING,
-    RETRIEVE_JSON,
-    STATE,
-)
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.spool.directory import MessageDirectory
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Layout
 from mxrecv.spool.naming import isName, nameForId
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -71,7 +63,7 @@ def listMessages(root: Path, which: Sequence[str], out: TextIO) -> None:
     rows = []
     for directory in which:
         for entry in _entries(root / directory):
-            document = _document(entry)
+            document = MessageDirectory(entry).readDocument()
             rows.append(
                 (
                     document.get("received") or "",
@@ -95,7 +87,7 @@ def show(root: Path, nameOrId: str, out: TextIO) -> None:
             out.write(f"  {f.relative_to(path)}\t{f.stat().st_size} bytes\n")
     delivered = sorted(
         target.name
-        for target in (root / STATE / DELIVERED).glob("*")
+        for target in Layout(root).delivered().glob("*")
         if (target / path.name).exists()
     )
     if directory == NEW:
@@ -123,14 +115,10 @@ def requeue(
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
-    document = _document(path)
-    document.pop("error", None)
-    document.pop("attempts", None)
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
-    replaceFile(path / MESSAGE_JSON, data, sync)
-    replaceFile(path / RETRIEVE_JSON, requeuedState(time.time() if now is None else now), sync)
+    failed = MessageDirectory(path, sync)
+    failed.requeue(isoFromTimestamp(time.time() if now is None else now))
     try:
-        moveDir(path, root / PENDING / path.name, sync)
+        failed.moveTo(Layout(root).dir(PENDING))
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
     out.write(f"failed/{path.name} -> pending/{path.name}\n")
@@ -161,23 +149,16 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
-def _document(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads((path / MESSAGE_JSON).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
     """
     Where a message is, by its directory name or by its id.
     """
     candidates = [nameOrId] if isName(nameOrId) else []
-    candidates.append(nameForId(nameOrId))
+    # The id's bytes as given on the command line, valid UTF-8 or not.
+    candidates.append(nameForId(os.fsencode(nameOrId)))
     for name in candidates:
         for directory in DIRECTORIES:
-            path = root / directory / name
+            path = Layout(root).message(directory, name)
             if path.is_dir():
                 return directory, path
     raise CommandError(f"no message {nameOrId!r} in new/, pending/ or failed/")
@@ -212,7 +193,7 @@ def main(
             return 0
         config: Config = loadConfig(args.config)
         root = config.spool.dir
-        if not (root / STATE).is_dir():
+        if not Layout(root).dir(STATE).is_dir():
             raise CommandError(f"{root}: not an mxrecv spool")
         if args.command == "list":
             listMessages(root, [args.which] if args.which else DIRECTORIES, out)
