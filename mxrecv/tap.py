@@ -130,7 +130,8 @@ def makeService(options: Options, reactor: Any = None) -> Service:
     )
     if worker is None:
         service.adminListeners = buildAdmin(
-            config.admin.listen,
+            config.admin,
+            headerTimeout=config.server.header_timeout,
             spool=spool,
             # Each listening port starts the site (even behind TLS wrappers).
             listening=lambda: site.numPorts,

@@ -47,10 +47,10 @@ def runningConfig(case: TestCase, **tables: Any) -> Config:
     server = {k[len("server_") :]: tables.pop(k) for k in list(tables) if k.startswith("server_")}
     server.setdefault("allow", (ipaddress.ip_network("127.0.0.0/8"),))
     server.setdefault("listen", ANY_PORT)
+    tables.setdefault("admin", AdminConfig(listen=ANY_PORT))
     return Config(
         server=evolve(ServerConfig(), **server),
         spool=SpoolConfig(dir=Path(case.mktemp())),
-        admin=AdminConfig(listen=ANY_PORT),
         **tables,
     )
 
@@ -143,8 +143,13 @@ class _Raw(Protocol):
         self.lost.callback(None)
 
 
-def rawConnection(port: int) -> Deferred[_Raw]:
+def rawConnection(port: int, source: str | None = None) -> Deferred[_Raw]:
     """
-    A TCP connection to 127.0.0.1:C{port} for writing requests by hand.
+    A TCP connection to 127.0.0.1:C{port} for writing requests by hand,
+    from the loopback address C{source} if given (127.0.0.2, ... are this
+    machine too, but other clients to an allow list).
     """
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Raw())
+    bind = (source, 0) if source else None
+    return connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind), _Raw()
+    )

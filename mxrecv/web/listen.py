@@ -27,27 +27,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from mxrecv.tls.certificate import ReloadableCertificate, TLSListen, isTLS, parseTLS
+from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.description import TLSListen
 from mxrecv.web.access import AllowList, PeerFilter
 
 log = Logger()
-
-
-def parseListen(description: str) -> str | TLSListen:
-    """
-    Check a C{listen} string without reading files or listening.
-
-    @return: the L{TLSListen} for an C{ssl:} description, else the string.
-    @raise ValueError: naming what is wrong with it.
-    """
-    try:
-        if isTLS(description):
-            return parseTLS(description)
-        # Building an endpoint does not listen, so no reactor is needed yet.
-        serverFromString(None, description)
-    except Exception as e:
-        raise ValueError(f"bad endpoint {description!r}: {e}") from None
-    return description
 
 
 def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:

@@ -13,14 +13,15 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 
-from mxrecv.config import Config, ServerConfig
+from mxrecv.config import Config, ServerConfig, parseListen
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
-from mxrecv.tls.certificate import ReloadableCertificate, TLSFiles, TLSListen
+from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.description import TLSFiles, TLSListen
 from mxrecv.web.access import AllowList
 from mxrecv.web.body import BodyChooser
 from mxrecv.web.drain import DrainService, InFlight
-from mxrecv.web.listen import Listener, parseListen, tlsEndpoint, tlsFactory
+from mxrecv.web.listen import Listener, tlsEndpoint, tlsFactory
 from mxrecv.web.multipart import MultipartBody
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackSite

@@ -49,7 +49,7 @@ from twisted.internet.unix import Port as UNIXPort
 from twisted.python.lockfile import FilesystemLock
 from zope.interface import implementer
 
-from mxrecv.tls.certificate import endpointFields, isTLS, parseTLS
+from mxrecv.tls.description import endpointFields, isTLS, parseTLS
 
 # Twisted's default for every stream endpoint.
 BACKLOG = 50

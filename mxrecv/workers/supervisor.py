@@ -610,7 +610,8 @@ def buildSupervisor(
     registry.register(SpoolCollector(spool))
     registry.register(WorkersCollector(supervisor))
     buildAdmin(
-        config.admin.listen,
+        config.admin,
+        headerTimeout=config.server.header_timeout,
         spool=spool,
         listening=supervisor.listening,
         expected=len(config.server.listen),

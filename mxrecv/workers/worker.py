@@ -96,6 +96,7 @@ class Worker:
             for i, family in enumerate(hello.families)
         ]
         self._reactor = reactor
+        self.stopping = False
         self._work: PendingWork | None = None
         self._spool: Spool | None = None
         self.leadership: Leadership | None = None
@@ -184,6 +185,9 @@ class Worker:
             self._spool.landed(name)
 
     def _orphaned(self) -> None:
+        if self.stopping:
+            # The reactor closes the channel as it shuts down.
+            return
         log.warn("The parent process is gone: stopping")
         self._stop()
 
@@ -250,6 +254,7 @@ class _ChannelService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self._worker.stopping = True
         if self._heartbeat.running:
             self._heartbeat.stop()
 
