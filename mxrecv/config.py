@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -85,7 +86,14 @@ class LogConfig:
 class DeliverConfig:
     """
     Delivery of each message in C{new/} to the application: a command run
-    with the message directory as its last argument, and/or a POST to a URL.
+    with the message directory as its last argument, and/or a POST to a URL,
+    and/or rows in PostgreSQL.
+
+    @ivar postgresql: a libpq connection string (never with a password).
+    @ivar postgresql_password: read from C{postgresql_password_file}; empty
+        leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
+    @ivar postgresql_pool_size: most connections (and transactions) at once.
+    @ivar postgresql_node: this node's name in the rows it stores.
     """
 
     command: tuple[str, ...] = ()
@@ -93,10 +101,14 @@ class DeliverConfig:
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    postgresql: str | None = None
+    postgresql_password: str = field(default="", repr=False)
+    postgresql_pool_size: int = 4
+    postgresql_node: str = field(factory=socket.gethostname)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.command) or self.url is not None
+        return bool(self.command) or self.url is not None or self.postgresql is not None
 
 
 @frozen
@@ -224,6 +236,17 @@ def availableCores() -> int:
         return os.cpu_count() or 1
 
 
+def _conninfo(key: str, value: Any) -> str:
+    from mxrecv.deliver.postgresql.connect import parseConninfo
+
+    _nonEmptyString(key, value)
+    try:
+        parseConninfo(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -306,6 +329,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timeout": _positiveNumber,
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
+            "postgresql": _conninfo,
+            "postgresql_password_file": _directory,
+            "postgresql_pool_size": _positiveInt,
+            "postgresql_node": _nonEmptyString,
         },
     ),
     "tls": (
@@ -338,6 +365,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values[key] = checks[key](f"{table}.{key}", value)
         if table == "retrieve":
             values = _retrieveValues(values, base)
+        if table == "deliver":
+            values = _deliverValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
@@ -347,20 +376,38 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     return config
 
 
+def _readSecret(key: str, path: Path) -> str:
+    """
+    The secret in the file at C{path}, trailing whitespace stripped.
+    """
+    try:
+        return path.read_text("utf-8").rstrip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: cannot read it: {e}") from None
+
+
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     passwordFile = values.pop("password_file", None)
     if passwordFile is not None:
         if "password" in values:
             raise ConfigError("retrieve.password_file: give password or password_file, not both")
-        try:
-            values["password"] = (base / passwordFile).read_text("utf-8").rstrip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"retrieve.password_file: cannot read it: {e}") from None
+        values["password"] = _readSecret("retrieve.password_file", base / passwordFile)
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():
             raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
+    return values
+
+
+def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    passwordFile = values.pop("postgresql_password_file", None)
+    if passwordFile is not None:
+        if "postgresql" not in values:
+            raise ConfigError("deliver.postgresql_password_file: given without postgresql")
+        values["postgresql_password"] = _readSecret(
+            "deliver.postgresql_password_file", base / passwordFile
+        )
     return values
 
 
