@@ -89,7 +89,7 @@ def database(case: TestCase, initialise: bool = True) -> Database:
     name = f"test_{os.getpid()}_{next(_names)}"
     conninfo = running.createDatabase(name)
     case.addCleanup(lambda: cluster().dropDatabase(name))
-    passwordFile = Path(case.mktemp())
+    passwordFile = Path(case.mktemp()).absolute()
     passwordFile.write_text(running.password + "\n")
     passwordFile.chmod(0o600)
     db = Database(running, name, conninfo, running.password, passwordFile)
