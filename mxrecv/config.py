@@ -21,6 +21,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import field, frozen
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+
+from mxrecv.tls.description import TLSListen, isTLS, parseTLS
 
 
 class ConfigError(ValueError):
@@ -30,6 +38,13 @@ class ConfigError(ValueError):
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+# The shortest admin token accepted: a bearer token is guessed by trying.
+MIN_TOKEN_LENGTH = 16
 
 
 @frozen
@@ -72,9 +87,17 @@ class RetrieveConfig:
 class AdminConfig:
     """
     The admin listener (C{/metrics}, C{/health}); none unless configured.
+
+    @ivar allow: client networks that may connect (others are dropped at
+        accept).  A listener on another address than loopback is refused
+        unless C{allow} is given in the file and C{token} is set.
+    @ivar token: the bearer token that requests other than GET (such as
+        C{POST /pending/NAME}) must carry; empty: none needed.
     """
 
     listen: tuple[str, ...] = ()
+    allow: tuple[Network, ...] = LOOPBACK
+    token: str = field(default="", repr=False)
 
 
 @frozen
@@ -179,10 +202,49 @@ def _stringList(key: str, value: Any) -> tuple[str, ...]:
     return tuple(_nonEmptyString(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def parseListen(description: str) -> str | TLSListen:
+    """
+    Check a C{listen} string without reading files or listening.
+
+    @return: the L{TLSListen} for an C{ssl:} description, else the string.
+    @raise ValueError: naming what is wrong with it.
+    """
+    try:
+        if isTLS(description):
+            return parseTLS(description)
+        # Building an endpoint does not listen, so no reactor is needed yet.
+        serverFromString(None, description)
+    except Exception as e:
+        raise ValueError(f"bad endpoint {description!r}: {e}") from None
+    return description
+
+
+def isLoopbackListen(description: str) -> bool:
+    """
+    Whether a valid C{listen} string can only be reached from this machine:
+    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
+    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
+    be known before it listens (C{systemd:}, ...).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        interface = listen.interface
+    else:
+        endpoint = serverFromString(None, description)
+        if isinstance(endpoint, UNIXServerEndpoint):
+            return True
+        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            return False
+        # Twisted keeps the parsed address private; it is "" for all addresses.
+        interface = endpoint._interface
+    try:
+        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(key: str, value: Any) -> tuple[str, ...]:
     descriptions = _stringList(key, value)
-    from mxrecv.web.listen import parseListen
-
     for i, description in enumerate(descriptions):
         try:
             parseListen(description)
@@ -319,7 +381,15 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "ca_file": _directory,
         },
     ),
-    "admin": (AdminConfig, {"listen": _listenOrNone}),
+    "admin": (
+        AdminConfig,
+        {
+            "listen": _listenOrNone,
+            "allow": _networks,
+            "token": _string,
+            "token_file": _directory,
+        },
+    ),
     "log": (LogConfig, {"format": _oneOf("text", "json")}),
     "deliver": (
         DeliverConfig,
@@ -346,7 +416,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     """
     Validate a parsed TOML document and build the L{Config}.
 
-    @param base: the directory that relative C{password_file} and C{ca_file}
+    @param base: the directory that relative C{password_file}, C{token_file}
+        and C{ca_file}
         paths are read from (the configuration file's own directory).
     """
     tables: dict[str, Any] = {}
@@ -365,6 +436,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values[key] = checks[key](f"{table}.{key}", value)
         if table == "retrieve":
             values = _retrieveValues(values, base)
+        if table == "admin":
+            values = _adminValues(values, base)
         if table == "deliver":
             values = _deliverValues(values, base)
         tables[table] = cls(**values)
@@ -376,22 +449,49 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     return config
 
 
-def _readSecret(key: str, path: Path) -> str:
+def _secretFromFile(
+    values: dict[str, Any], base: Path, table: str, key: str, fileKey: str
+) -> None:
     """
-    The secret in the file at C{path}, trailing whitespace stripped.
+    Read C{values[key]} from the file C{values[fileKey]} names (relative to
+    C{base}; trailing whitespace stripped), if it is given.
     """
+    path = values.pop(fileKey, None)
+    if path is None:
+        return
+    if key in values:
+        raise ConfigError(f"{table}.{fileKey}: give {key} or {fileKey}, not both")
     try:
-        return path.read_text("utf-8").rstrip()
+        values[key] = (base / path).read_text("utf-8").rstrip()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{key}: cannot read it: {e}") from None
+        raise ConfigError(f"{table}.{fileKey}: cannot read it: {e}") from None
+
+
+def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """
+    The admin listener is for operators: one on another address than
+    loopback must be opened on purpose, with the networks that may reach it
+    and a token for the requests that change something.
+    """
+    _secretFromFile(values, base, "admin", "token", "token_file")
+    token = values.get("token", "")
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
+    for i, description in enumerate(values.get("listen", ())):
+        if isLoopbackListen(description):
+            continue
+        if "allow" not in values or not token:
+            raise ConfigError(
+                f"admin.listen[{i}]: {description!r} is not only reachable from this "
+                "machine (listen on 127.0.0.1 or ::1 with interface=..., or set both "
+                "admin.allow, the networks that may connect, and admin.token, which "
+                "requests other than GET must carry)"
+            )
+    return values
 
 
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    passwordFile = values.pop("password_file", None)
-    if passwordFile is not None:
-        if "password" in values:
-            raise ConfigError("retrieve.password_file: give password or password_file, not both")
-        values["password"] = _readSecret("retrieve.password_file", base / passwordFile)
+    _secretFromFile(values, base, "retrieve", "password", "password_file")
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():
@@ -401,13 +501,9 @@ def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    passwordFile = values.pop("postgresql_password_file", None)
-    if passwordFile is not None:
-        if "postgresql" not in values:
-            raise ConfigError("deliver.postgresql_password_file: given without postgresql")
-        values["postgresql_password"] = _readSecret(
-            "deliver.postgresql_password_file", base / passwordFile
-        )
+    if "postgresql_password_file" in values and "postgresql" not in values:
+        raise ConfigError("deliver.postgresql_password_file: given without postgresql")
+    _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
     return values
 
 
