@@ -49,11 +49,11 @@ from attrs import evolve, frozen
 from mxrecv.ops.inbox.query import FOLDERS, Cursor, Query
 from mxrecv.ops.inbox.summary import Row, summarize, unreadable
 from mxrecv.spool.layout import FAILED, INBOX_DB, INBOX_LOCK, MESSAGE_JSON, PENDING, STATE
-from mxrecv.spool.naming import isName
+from mxrecv.spool.naming import isName, nameForId
 
 #: Bumped whenever the schema or what a row holds changes: an older
 #: catalog is then rebuilt.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How much older than the listing a folder's time must be to be trusted.
 RACY_MARGIN_NS = 2_000_000_000
 #: Largest message.json read for a row (an SMS or MMS text is at most 1 MiB).
@@ -73,6 +73,7 @@ CREATE TABLE message (
     id TEXT NOT NULL,
     type TEXT NOT NULL,
     sender TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
     recipients TEXT NOT NULL,
     summary TEXT NOT NULL,
     parts INTEGER NOT NULL,
@@ -81,7 +82,7 @@ CREATE TABLE message (
 );
 CREATE INDEX message_recent ON message (received, folder, name);
 CREATE INDEX message_folder ON message (folder, received, name);
-CREATE INDEX message_id ON message (id);
+CREATE INDEX message_name ON message (name);
 CREATE TABLE folder (folder TEXT PRIMARY KEY, mtime INTEGER);
 """
 
@@ -231,16 +232,24 @@ class Catalog:
             mtime = None
         if mtime is not None and self._mtimes.get(folder) == mtime:
             return 0
-        listing = self._list(folder, path) if mtime is not None else {}
         known = self._known[folder]
         ignored = self._ignored[folder]
-        ignored.intersection_update(listing)
-        gone = [name for name in known if name not in listing]
-        fresh = [
-            (name, stamp)
-            for name, stamp in listing.items()
-            if known.get(name) != stamp and name not in ignored
-        ]
+        if folder in _REWRITTEN:
+            listing = self._stamped(path) if mtime is not None else {}
+            gone = known.keys() - listing.keys()
+            fresh = [
+                (name, stamp)
+                for name, stamp in listing.items()
+                if known.get(name) != stamp and name not in ignored
+            ]
+            ignored.intersection_update(listing)
+        else:
+            # The big folders: set operations on the names, in C; only the
+            # names that appeared are checked and read.
+            names = self._names(path) if mtime is not None else set()
+            gone = known.keys() - names
+            fresh = [(name, 0) for name in names - known.keys() - ignored if isName(name)]
+            ignored.intersection_update(names)
         db = self._database()
         changes = 0
         if gone:
@@ -262,9 +271,9 @@ class Catalog:
                     rows.append((row, stamp))
             with _transaction(db):
                 db.executemany(
-                    f"INSERT OR REPLACE INTO message (stamp, {_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(stamp, *_record(row)) for row, stamp in rows],
+                    f"INSERT OR REPLACE INTO message (stamp, sender_key, {_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(stamp, senderKey(row.sender), *_record(row)) for row, stamp in rows],
                 )
             for row, stamp in rows:
                 known[row.name] = stamp
@@ -279,14 +288,21 @@ class Catalog:
             self._mtimes[folder] = trusted
         return changes
 
-    def _list(self, folder: str, path: Path) -> dict[str, int]:
+    def _names(self, path: Path) -> set[str]:
         """
-        The message names in C{path}, each with its stamp: its directory's
-        modification time where mxrecv rewrites messages in place, else 0.
+        The names in C{path}, messages or not.
         """
         try:
-            if folder not in _REWRITTEN:
-                return {name: 0 for name in os.listdir(path) if isName(name)}
+            return set(os.listdir(path))
+        except FileNotFoundError:
+            return set()
+
+    def _stamped(self, path: Path) -> dict[str, int]:
+        """
+        The message names in C{path}, each with its stamp: its directory's
+        modification time (where mxrecv rewrites messages in place).
+        """
+        try:
             listing = {}
             with os.scandir(path) as entries:
                 for entry in entries:
@@ -386,11 +402,13 @@ def _filters(query: Query) -> tuple[list[str], list[object]]:
         where.append("type = ?")
         params.append(query.type)
     if query.ident is not None:
-        where.append("(id = ? OR name = ?)")
-        params.extend([query.ident, query.ident])
+        # A message's name is made from its id: by name, an indexed lookup.
+        names = sorted({nameForId(query.ident), query.ident})
+        where.append(f"name IN ({', '.join('?' * len(names))})")
+        params.extend(names)
     if query.sender is not None:
-        where.append("instr(lower(sender), lower(?)) > 0")
-        params.append(query.sender)
+        where.append("instr(sender_key, ?) > 0")
+        params.append(senderKey(query.sender))
     since, until = query.receivedRange()
     if since is not None:
         where.append("received >= ?")
@@ -399,6 +417,14 @@ def _filters(query: Query) -> tuple[list[str], list[object]]:
         where.append("received < ?")
         params.append(until)
     return where, params
+
+
+def senderKey(sender: str) -> str:
+    """
+    What a sender filter is matched against: the sender lowercased (MX
+    Telecom passes alphanumeric senders, such as a bank's name, as sent).
+    """
+    return sender.lower()
 
 
 def _record(row: Row) -> tuple[object, ...]:
