@@ -24,6 +24,10 @@ before each query (L{Catalog.refresh}):
     a margin (2 s, as git's "racy" index entries): a change made in the
     same clock tick as the listing, which would leave the time as it was,
     is then caught by the next refresh, which lists the folder again.
+  - A message whose C{message.json} could not be read (one copied into
+    C{cur/} file by file rather than renamed, caught half-written) is
+    listed with the reason, and read again at each refresh until it can
+    be.
 
 The catalog is written by one process only, the one serving the admin
 listener, which holds C{state/inbox.lock}.  It can be removed at any time
@@ -60,6 +64,10 @@ RACY_MARGIN_NS = 2_000_000_000
 LARGEST_DOCUMENT = 8 * 1024 * 1024
 #: Rows written per transaction while a big folder is first read.
 BATCH = 2000
+
+#: The stamp of a message whose message.json could not be read: it is
+#: read again at each refresh.
+UNREADABLE = -1
 
 # Folders whose messages mxrecv rewrites in place.
 _REWRITTEN = frozenset({PENDING, FAILED})
@@ -132,6 +140,10 @@ class Catalog:
         # Entries that are not message directories (a stray file): not
         # rows, and not read again until their folder changes.
         self._ignored: dict[str, set[str]] = {}
+        # Messages whose message.json could not be read (one copied in
+        # place, not renamed, say): listed with the reason, read again
+        # until they can be.
+        self._unreadable: dict[str, set[str]] = {}
 
     @property
     def path(self) -> Path:
@@ -203,9 +215,12 @@ class Catalog:
         db = self._database()
         self._known = {folder: {} for folder in FOLDERS}
         self._ignored = {folder: set() for folder in FOLDERS}
+        self._unreadable = {folder: set() for folder in FOLDERS}
         for folder, name, stamp in db.execute("SELECT folder, name, stamp FROM message"):
             if folder in self._known:
                 self._known[folder][name] = stamp
+                if stamp == UNREADABLE:
+                    self._unreadable[folder].add(name)
         self._mtimes = dict(db.execute("SELECT folder, mtime FROM folder"))
 
     def _database(self) -> sqlite3.Connection:
@@ -234,6 +249,7 @@ class Catalog:
             return 0
         known = self._known[folder]
         ignored = self._ignored[folder]
+        unreadable = self._unreadable[folder]
         if folder in _REWRITTEN:
             listing = self._stamped(path) if mtime is not None else {}
             gone = known.keys() - listing.keys()
@@ -249,6 +265,7 @@ class Catalog:
             names = self._names(path) if mtime is not None else set()
             gone = known.keys() - names
             fresh = [(name, 0) for name in names - known.keys() - ignored if isName(name)]
+            fresh.extend((name, 0) for name in unreadable & names)
             ignored.intersection_update(names)
         db = self._database()
         changes = 0
@@ -260,15 +277,17 @@ class Catalog:
                 )
             for name in gone:
                 del known[name]
+            unreadable.difference_update(gone)
             changes += len(gone)
         for batch in _batches(fresh, BATCH):
             rows = []
             for name, stamp in batch:
-                row = self._read(folder, path / name)
-                if row is None:
+                read = self._read(folder, path / name)
+                if read is None:
                     ignored.add(name)
                 else:
-                    rows.append((row, stamp))
+                    row, readable = read
+                    rows.append((row, stamp if readable else UNREADABLE))
             with _transaction(db):
                 db.executemany(
                     f"INSERT OR REPLACE INTO message (stamp, sender_key, {_COLUMNS})"
@@ -277,8 +296,15 @@ class Catalog:
                 )
             for row, stamp in rows:
                 known[row.name] = stamp
+                if stamp == UNREADABLE:
+                    unreadable.add(row.name)
+                else:
+                    unreadable.discard(row.name)
             changes += len(rows)
         trusted = mtime if mtime is not None and mtime < started - RACY_MARGIN_NS else None
+        if unreadable:
+            # Listed again next time, to read them again.
+            trusted = None
         if self._mtimes.get(folder, -1) != trusted:
             with _transaction(db):
                 db.execute(
@@ -315,27 +341,28 @@ class Catalog:
         except FileNotFoundError:
             return {}
 
-    def _read(self, folder: str, directory: Path) -> Row | None:
+    def _read(self, folder: str, directory: Path) -> tuple[Row, bool] | None:
         """
-        The row of the message in C{directory}, or L{None} if there is no
-        message there (it went, or it is not a directory).
+        The row of the message in C{directory} and whether its
+        C{message.json} could be read, or L{None} if there is no message
+        there (it went, or it is not a directory).
         """
         try:
             with open(directory / MESSAGE_JSON, "rb") as f:
                 data = f.read(LARGEST_DOCUMENT + 1)
         except (FileNotFoundError, NotADirectoryError):
             if directory.is_dir():
-                return unreadable(folder, directory.name, "no message.json")
+                return unreadable(folder, directory.name, "no message.json"), False
             return None
         except OSError as e:
-            return unreadable(folder, directory.name, f"message.json: {e.strerror}")
+            return unreadable(folder, directory.name, f"message.json: {e.strerror}"), False
         if len(data) > LARGEST_DOCUMENT:
-            return unreadable(folder, directory.name, "message.json is too large to list")
+            return unreadable(folder, directory.name, "message.json is too large to list"), True
         try:
             document = json.loads(data.decode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError):
-            return unreadable(folder, directory.name, "message.json is not valid JSON")
-        return summarize(folder, directory.name, document)
+            return unreadable(folder, directory.name, "message.json is not valid JSON"), False
+        return summarize(folder, directory.name, document), True
 
     # Reading it
 
