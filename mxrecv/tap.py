@@ -27,7 +27,7 @@ from mxrecv.ops.admin import AdminSite, Health
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import Metrics, SpoolCollector
 from mxrecv.spool.layout import PENDING, TMP
-from mxrecv.spool.store import Spool, SpoolLocked
+from mxrecv.spool.store import Spool, SpoolError, SpoolLocked
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls.certificate import (
     CertificateError,
@@ -234,7 +234,7 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     )
     try:
         spool.open()
-    except (OSError, SpoolLocked) as e:
+    except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {spool.root}: {e}") from None
     if not config.spool.fsync:
         log.warn("spool.fsync is false: callbacks are acknowledged before they are durable")

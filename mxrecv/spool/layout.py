@@ -32,6 +32,9 @@ PARTS = "parts"
 RETRIEVE_JSON = "retrieve.json"
 
 # In state/.
-SEEN = "seen"
+SEEN_DB = "seen.sqlite"
+SEEN_LOCK = "seen.lock"
+#: The seen-id journal of mxrecv before the SQLite index: imported once.
+SEEN_JOURNAL = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
