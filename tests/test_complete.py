@@ -17,7 +17,7 @@ from mxrecv.message.model import Message
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.mms.unpack import unpackInto
-from mxrecv.spool.layout import MESSAGE_JSON, MMS_ZIP, NEW, PENDING
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING
 
 from .retrievemms import makeZip
 from .support import (
@@ -63,6 +63,46 @@ class CompleterTests(TestCase):
         for part in stored.parts:
             self.assertTrue((spool.dir(NEW) / "m1" / part.path).is_file())
         self.assertFalse((spool.dir(PENDING) / "m1").exists())
+
+    @inlineCallbacks
+    def test_nothingInternalReachesNew(self):
+        """
+        Whatever internal files a crash or a failed write left in
+        pending/NAME (a half-written replacement of message.json or of the
+        retrieval record, the record itself, a partial download, a stray
+        directory), the message arrives in new/NAME with only what the
+        layout allows: message.json, mms.zip and parts/.
+        """
+        spool = openSpool(self)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        yield pendingMMS(spool, "m1")
+        directory = spool.dir(PENDING) / "m1"
+        for leftover in ("message.json.new", "retrieve.json", "retrieve.json.new", "mms.zip.part"):
+            (directory / leftover).write_bytes(b"internal")
+        (directory / "stray").mkdir()
+        (directory / "stray" / "file").write_bytes(b"internal")
+        yield completer.complete("m1")
+        self.assertEqual(
+            sorted(p.name for p in (spool.dir(NEW) / "m1").iterdir()),
+            [MESSAGE_JSON, MMS_ZIP, "parts"],
+        )
+
+    @inlineCallbacks
+    def test_nothingInternalReachesFailed(self):
+        """
+        A message moved to failed/ likewise keeps only message.json (and
+        mms.zip, if it had one).
+        """
+        spool = openSpool(self)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        yield spool.accept(exampleMessage(id="m2", type="mms"), PENDING)
+        directory = spool.dir(PENDING) / "m2"
+        for leftover in ("message.json.new", "retrieve.json", "retrieve.json.new"):
+            (directory / leftover).write_bytes(b"internal")
+        yield completer.fail("m2", "gave up", [])
+        self.assertEqual(
+            [p.name for p in (spool.dir(FAILED) / "m2").iterdir()], [MESSAGE_JSON]
+        )
 
 
 class TakeUpTests(TestCase):

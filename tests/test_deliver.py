@@ -14,16 +14,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
-from mxrecv.deliver.service import (
-    CommandTarget,
-    Deliverer,
-    DeliveryFailed,
-    DeliveryService,
-    Records,
-    UrlTarget,
-    backoff,
-)
+from mxrecv.deliver.command import CommandTarget
+from mxrecv.deliver.interfaces import ITarget
+from mxrecv.deliver.outcome import PermanentFailure
+from mxrecv.deliver.queue import Deliverer
+from mxrecv.deliver.records import Records
+from mxrecv.deliver.service import DeliveryService
+from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message, Part
 
 from .running import client
@@ -84,7 +83,7 @@ class DeliveryTests(TestCase):
 
     def command(self, script: str) -> CommandTarget:
         return CommandTarget(
-            ["/bin/sh", "-c", script, "sh"], reactor=reactor, timeout=10.0, env={}
+            ["/bin/sh", "-c", script, "sh"], reactor=reactor, clock=reactor, timeout=10.0, env={}
         )
 
     @inlineCallbacks
@@ -125,7 +124,9 @@ class DeliveryTests(TestCase):
         closed = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
         number = closed.getHost().port
         yield closed.stopListening()
-        self.deliverTo(UrlTarget(f"http://127.0.0.1:{number}/inbox", client=client(), timeout=5.0))
+        self.deliverTo(WebhookTarget(
+                f"http://127.0.0.1:{number}/inbox", client=client(), clock=reactor, timeout=5.0
+            ))
 
         yield self.acceptMMS(sms("m"), "hello.txt", b"hello", "text/plain")
         ok = yield self.attempts.get()
@@ -166,7 +167,12 @@ class DeliveryTests(TestCase):
         port = reactor.listenTCP(0, Site(Flaky()), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.deliverTo(
-            UrlTarget(f"http://127.0.0.1:{port.getHost().port}/", client=client(), timeout=5.0)
+            WebhookTarget(
+                f"http://127.0.0.1:{port.getHost().port}/",
+                client=client(),
+                clock=reactor,
+                timeout=5.0,
+            )
         )
         yield self.spool.accept(sms("a"))
         self.assertFalse((yield self.attempts.get()))
@@ -187,18 +193,21 @@ class DeliveryTests(TestCase):
             for n in ("a.txt", "gone.txt")
         ]
         (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
-        target = UrlTarget("http://127.0.0.1:9/", client=client(), timeout=5.0)
+        target = WebhookTarget(
+            "http://127.0.0.1:9/", client=client(), clock=reactor, timeout=5.0
+        )
         before = set(os.listdir("/proc/self/fd"))
         for _ in range(3):
-            failure = self.failureResultOf(target.deliver(directory), DeliveryFailed)
-            self.assertIn("FileNotFoundError", failure.getErrorMessage())
+            outcome = self.successResultOf(target.deliver(directory))
+            self.assertIsInstance(outcome, PermanentFailure)
+            self.assertIn("FileNotFoundError", outcome.why)
         self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
 
     def test_urlRequestNotMade(self):
         """
         An exception while the request is built (treq encodes the body's
-        headers before it returns) fails the attempt with DeliveryFailed,
-        asynchronously, and closes the parts opened.
+        headers before it returns) fails the attempt, asynchronously, and
+        closes the parts opened.
         """
         directory = self.spool.dir("new") / "m"
         (directory / "parts").mkdir(parents=True)
@@ -212,9 +221,12 @@ class DeliveryTests(TestCase):
                 raise UnicodeEncodeError("ascii", "\xe9", 0, 1, "ordinal not in range(128)")
 
         broken = Broken()
-        d = UrlTarget("http://127.0.0.1:9/", client=broken, timeout=5.0).deliver(directory)
-        failure = self.failureResultOf(d, DeliveryFailed)
-        self.assertIn("UnicodeEncodeError", failure.getErrorMessage())
+        d = WebhookTarget(
+            "http://127.0.0.1:9/", client=broken, clock=reactor, timeout=5.0
+        ).deliver(directory)
+        outcome = self.successResultOf(d)
+        self.assertIsInstance(outcome, PermanentFailure)
+        self.assertIn("UnicodeEncodeError", outcome.why)
         self.assertTrue(broken.files[1][1][2].closed)
 
     @inlineCallbacks
@@ -237,7 +249,12 @@ class DeliveryTests(TestCase):
         port = reactor.listenTCP(0, Site(Inbox()), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.deliverTo(
-            UrlTarget(f"http://127.0.0.1:{port.getHost().port}/", client=client(), timeout=5.0)
+            WebhookTarget(
+                f"http://127.0.0.1:{port.getHost().port}/",
+                client=client(),
+                clock=reactor,
+                timeout=5.0,
+            )
         )
         yield self.acceptMMS(
             sms("m", received="2026-11-25T10:30:01.000Z"), "photo.jpg", b"\xff\xd8\xff", "image/jpég"
@@ -284,7 +301,15 @@ class DeliveryTests(TestCase):
         self.assertEqual(out.read_text().split(), ["here"])
 
 
-class BackoffTests(TestCase):
-    def test_doubling(self):
-        self.assertEqual([backoff(n, 1.0, 8.0) for n in range(1, 7)], [1, 2, 4, 8, 8, 8])
-        self.assertEqual(backoff(10_000, 5.0, 600.0), 600.0)
+class InterfaceTests(TestCase):
+    def test_targets(self):
+        """
+        Both targets provide ITarget, which the queue drives.
+        """
+        verifyObject(
+            ITarget,
+            CommandTarget(["/bin/true"], reactor=reactor, clock=reactor, timeout=1.0, env={}),
+        )
+        verifyObject(
+            ITarget, WebhookTarget("http://127.0.0.1:9/", client=client(), clock=reactor, timeout=1.0)
+        )

@@ -4,6 +4,11 @@ The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
 in the Prometheus text format, C{/health} for load balancers and
 supervisors, and C{POST /pending/NAME} to take up a requeued MMS.  Never on
 the callback port: it is for operators.
+
+Like the callback listeners, it drops clients outside its allow list
+(C{[admin] allow}, loopback by default) at accept and bounds how long a
+request's headers may take; requests other than GET and HEAD must carry the
+bearer token when one is configured (L{mxrecv.ops.bearer}).
 """
 
 from __future__ import annotations
@@ -12,25 +17,37 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from attrs import frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mxrecv.config import LOOPBACK, AdminConfig
+from mxrecv.ops.bearer import BearerToken, TokenRequired
+from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.spool.durable import fsyncPath
+from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
+from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
+from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.web.listen import Listener
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.web.request import CallbackChannel
 
 log = Logger()
+
+INBOX = b"inbox"
 
 # A disk that takes longer than this to write and fsync a few bytes is not
 # healthy, even if it would succeed in the end.
@@ -252,9 +269,19 @@ class AdminSite(Site):
     no access log (scrapes every few seconds would drown the callbacks'
     events).
 
+    Its connections are L{CallbackChannel}s, so that a request's headers
+    must be in within C{headerTimeout} here too.  Listen with L{factory},
+    which drops clients outside C{allow} at accept.
+
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
+    @param token: what requests other than GET and HEAD must carry.
+    @param allow: the clients that may connect.
+    @param children: more resources, by path segment (C{b"inbox"}); those
+        in C{selfChecking} check C{token} themselves.
     """
+
+    protocol = CallbackChannel
 
     def __init__(
         self,
@@ -264,12 +291,107 @@ class AdminSite(Site):
         reactor: Any,
         pool: Any,
         takeUp: Callable[[str], bool] = lambda name: False,
+        token: BearerToken = BearerToken(),
+        allow: AllowList = AllowList(LOOPBACK),
+        headerTimeout: float = 30.0,
+        children: Mapping[bytes, IResource] = {},
+        selfChecking: frozenset[bytes] = frozenset(),
     ) -> None:
         root = Resource()
+        for segment, child in children.items():
+            root.putChild(segment, child)
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
-        super().__init__(root, reactor=reactor)
+        super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
+        self.token = token
+        self.allow = allow
+        self.headerTimeout = headerTimeout
+
+    def observe(self, outcome: CallbackOutcome) -> None:
+        """
+        Requests refused by the channel are logged there; the callback
+        metrics do not count the admin listener's.
+        """
+
+    def factory(self) -> PeerFilter:
+        """
+        What to listen with: this site behind the allow list.
+        """
+        return PeerFilter(self.allow, self)
 
     def log(self, request: Request) -> None:
         pass
+
+
+def buildAdmin(
+    config: AdminConfig,
+    *,
+    headerTimeout: float,
+    spool: Spool,
+    listening: Callable[[], int],
+    expected: int,
+    registry: Any,
+    reactor: Any,
+    pool: Any,
+    takeUp: Callable[[str], None],
+    certificates: Sequence[ReloadableCertificate],
+    parent: IServiceCollection,
+) -> list[Listener]:
+    """
+    The admin listeners (C{[admin] listen}), added to C{parent}:
+    C{/metrics} from C{registry}, C{/health} (the spool writable,
+    C{expected} callback listeners up, the HTTPS C{certificates} not
+    expired), C{POST /pending/NAME} and the C{/inbox}; for the clients in C{[admin]
+    allow}, with C{[admin] token} for POST, and C{headerTimeout} (the
+    callback listeners').
+
+    @param listening: how many callback listeners are up.
+    @param takeUp: takes up an MMS in C{pending/} by name.
+    """
+
+    def takeUpIfThere(name: str) -> bool:
+        if not spool.message(PENDING, name).exists():
+            return False
+        takeUp(name)
+        return True
+
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        listening=listening,
+        expected=expected,
+        reactor=reactor,
+        pool=pool,
+        certificates=certificates,
+    )
+    token = BearerToken(config.token)
+    children: dict[bytes, IResource] = {}
+    if config.listen:
+        # Before the listeners, so that it stops after them.
+        inbox = buildInbox(
+            spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUpIfThere, token=token
+        )
+        inbox.setServiceParent(parent)
+        children[INBOX] = inbox.resource
+    site = AdminSite(
+        health=health,
+        registry=registry,
+        reactor=reactor,
+        pool=pool,
+        takeUp=takeUpIfThere,
+        token=token,
+        allow=AllowList(config.allow),
+        headerTimeout=headerTimeout,
+        children=children,
+        # Its requeue form carries the token in a field: a browser cannot
+        # send an Authorization header without script.
+        selfChecking=frozenset({INBOX}),
+    )
+    listeners = [
+        Listener.fromDescription(reactor, description, site.factory())
+        for description in config.listen
+    ]
+    for listener in listeners:
+        listener.setServiceParent(parent)
+    return listeners

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_spool -*-
+# -*- test-case-name: tests.test_durable,tests.test_spool -*-
 """
 Blocking filesystem steps that make a file or a rename survive a crash.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 
@@ -60,8 +61,14 @@ def replaceFile(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -
     """
     temporary = path.with_name(path.name + ".new")
     temporary.unlink(missing_ok=True)
-    writeNew(temporary, data, sync, mode)
-    os.replace(temporary, path)
+    try:
+        writeNew(temporary, data, sync, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        # Created but not written (a full disk): it must not stay beside
+        # the file, to be moved on with the message.
+        temporary.unlink(missing_ok=True)
+        raise
     fsyncPath(path.parent, sync)
 
 
@@ -76,6 +83,22 @@ def moveDir(source: Path, destination: Path, sync: bool = True) -> None:
     fsyncPath(destination.parent, sync)
     if source.parent != destination.parent:
         fsyncPath(source.parent, sync)
+
+
+def keepOnly(directory: Path, names: Collection[str]) -> bool:
+    """
+    Remove everything in C{directory} but the entries named in C{names}:
+    what a crash or a failed write may have left there.  The caller fsyncs
+    the directory if anything was removed.
+
+    @return: whether anything was removed.
+    """
+    removed = False
+    for entry in directory.iterdir():
+        if entry.name not in names:
+            removeTree(entry)
+            removed = True
+    return removed
 
 
 def removeTree(path: Path) -> None:

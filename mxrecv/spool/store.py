@@ -32,6 +32,7 @@ import errno
 import fcntl
 import itertools
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
 from mxrecv.spool.layout import (
     DIRECTORIES,
@@ -57,6 +59,7 @@ from mxrecv.spool.layout import (
     SEEN_LOCK,
     STATE,
     TMP,
+    Layout,
 )
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.seen import (
@@ -113,6 +116,92 @@ class Staging:
         return self.path / name
 
 
+def stagingPrefix(worker: int | None) -> str:
+    """
+    How the names of a process's staging directories in C{tmp/} start:
+    C{in.N} for a server of one process, C{wK.in.N} for its worker K.
+    """
+    return "" if worker is None else f"w{worker}."
+
+
+def claimSpool(
+    root: Path,
+    *,
+    sync: bool = True,
+    dedupeSeconds: float = 7 * 86400,
+    now: float | None = None,
+) -> int:
+    """
+    Claim the spool at C{root} for a server of several worker processes,
+    before they start: create its layout, take its lock, import the seen-id
+    journal of an older mxrecv (once), roll forward every message whose id
+    was marked seen before a crash cut its commit short, and empty the rest
+    of C{tmp/} (no process of this server has started yet).
+
+    @param sync: C{[spool] fsync}.
+    @param dedupeSeconds: C{[spool] dedupe_days}, in seconds: the old
+        journal's ids older than that are not imported.
+    @param now: the time (unix seconds), for the import.
+    @return: the file descriptor holding the lock, for the workers to
+        inherit (L{Spool.open}'s C{lock}); the lock lasts as long as any
+        process holds it.
+    @raise SpoolLocked: if another server uses this spool.
+    @raise SpoolError: if the seen-id index cannot be opened or written.
+    """
+    root = Path(root).absolute()
+    lock = _lock(root)
+    index = SeenIndex(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync)
+    try:
+        index.open()
+        _importJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
+        stuck = _recover(root, index, "", sync)
+        _emptyTmp(root, "", stuck)
+    except SeenIndexError as e:
+        os.close(lock)
+        raise SpoolError(str(e)) from e
+    except BaseException:
+        os.close(lock)
+        raise
+    finally:
+        index.close()
+    return lock
+
+
+def _lock(root: Path) -> int:
+    """
+    Create the spool's layout and take its lock, exclusively.
+    """
+    for which in DIRECTORIES:
+        (root / which).mkdir(parents=True, exist_ok=True)
+    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    return lock
+
+
+def _adoptLock(root: Path, fd: int) -> int:
+    """
+    Check that the inherited C{fd} is this spool's lock file, holding its
+    lock (taking it again through the same open file is a no-op); it is
+    then closed on exec, so that no process this one runs holds it.
+    """
+    try:
+        held, path = os.fstat(fd), os.stat(root / STATE / LOCK)
+    except OSError as e:
+        raise SpoolLocked(f"the inherited lock of {root} is not usable: {e.strerror}") from None
+    if (held.st_dev, held.st_ino) != (path.st_dev, path.st_ino):
+        raise SpoolLocked(f"the inherited lock is not the lock of the spool {root}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    os.set_inheritable(fd, False)
+    return fd
+
+
 @frozen
 class _Placed:
     """
@@ -166,6 +255,9 @@ class Spool:
     @param clock: tells the time of acceptance (the reactor by default).
     @param sync: fsync, or not (benchmarks only: acks are then not durable).
     @param pruneChunk: ids forgotten per transaction of the seen index.
+    @param worker: the number of this worker process when the server runs
+        several (C{[server] workers}); its staging directories in C{tmp/}
+        are named apart from the other workers'.
     """
 
     def __init__(
@@ -178,8 +270,11 @@ class Spool:
         dedupeSeconds: float = 7 * 86400,
         clock: Any = None,
         pruneChunk: int = PRUNE_CHUNK,
+        worker: int | None = None,
     ) -> None:
         self.root = Path(root).absolute()
+        self.worker = worker
+        self._prefix = stagingPrefix(worker)
         self.sync = sync
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
@@ -204,92 +299,58 @@ class Spool:
         # directories whose staged rows the next transaction deletes, and
         # the claims whose messages are still to be rolled forward.
         self._unstage: list[str] = []
-        self._leftovers: list[Claim] = []
+        self._stuck: list[Claim] = []
 
     @property
     def isOpen(self) -> bool:
         return self._lock is not None
 
     def dir(self, which: str) -> Path:
-        return self.root / which
+        return Layout(self.root).dir(which)
+
+    def message(self, which: str, name: str) -> MessageDirectory:
+        """
+        The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
+        L{FAILED}), whether it is there or not.
+        """
+        return MessageDirectory.at(self.root, which, name, self.sync)
 
     # Start and stop (blocking, before the server listens and after it stops)
 
-    def open(self) -> None:
+    def open(self, lock: int | None = None) -> None:
         """
         Create the layout, take the lock, open the seen-id index (importing
-        the journal of an older mxrecv once), roll forward the messages
-        whose names were marked seen before a crash cut their commit short,
-        and empty C{tmp/}.
+        the journal of an older mxrecv once), roll forward this process's
+        messages whose ids were marked seen before a crash cut their commit
+        short, and clear the rest of its leftovers from C{tmp/}.
 
-        @raise SpoolLocked: if another process uses this spool.
+        @param lock: in a worker process (C{[server] workers} above 1), the
+            spool's lock, taken by the parent (L{claimSpool}, which also
+            imported the old journal and recovered what every process left)
+            and inherited as this file descriptor: the workers of one server
+            share the spool, which stays refused to any other server.
+        @raise SpoolLocked: if another server uses this spool.
         @raise OSError: if the spool cannot be created.
-        @raise SpoolError: if the seen-id index cannot be opened.
+        @raise SpoolError: if the seen-id index cannot be opened or written.
         """
-        for which in DIRECTORIES:
-            self.dir(which).mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.dir(STATE) / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
-            raise SpoolLocked(f"another process is using the spool {self.root}") from None
-        self._lock = lock
+        if lock is None:
+            self._lock = _lock(self.root)
+        else:
+            self._lock = _adoptLock(self.root, lock)
         try:
             self._seen.open()
-            self._importJournal()
-            # A crash between a rename and its directory's fsync leaves a
-            # message visible but not durable: make it durable before its
-            # staged row goes.
-            for which in (NEW, PENDING, FAILED):
-                fsyncPath(self.dir(which), self.sync)
-            placed = self._rollForward(self._seen.staged())
-            self._seen.settle(placed.settled)
+            if lock is None:
+                _importJournal(
+                    self.root, self._seen, self._clock.seconds(), self._dedupe, self.sync
+                )
+            self._stuck = _recover(self.root, self._seen, self._prefix, self.sync)
+            _emptyTmp(self.root, self._prefix, self._stuck)
         except SeenIndexError as e:
             self.close()
             raise SpoolError(str(e)) from e
         except BaseException:
             self.close()
             raise
-        self._leftovers = placed.stuck
-        for claim in placed.stuck:
-            log.error(
-                "Cannot move the staged message {dir} to {target}/{name}: its id is "
-                "marked seen; will try again with each group commit",
-                dir=claim.dir,
-                target=claim.target,
-                name=claim.name,
-            )
-        keep = {self.root / c.dir for c in placed.stuck}
-        for leftover in self.dir(TMP).iterdir():
-            if leftover not in keep:
-                removeTree(leftover)
-
-    def _importJournal(self) -> None:
-        journal = self.dir(STATE) / SEEN_JOURNAL
-        if not journal.is_file():
-            return
-        now = self._clock.seconds()
-        present = [
-            entry.name
-            for which in (NEW, PENDING, FAILED)
-            for entry in self.dir(which).iterdir()
-            if isName(entry.name)
-        ]
-        added = importJournal(
-            self._seen,
-            journal,
-            cutoff=now - self._dedupe,
-            alsoPresent=present,
-            now=now,
-            sync=self.sync,
-        )
-        log.info(
-            "Imported {count} ids from the seen-id journal {journal} into {index}",
-            count=added,
-            journal=str(journal),
-            index=str(self._seen.path),
-        )
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -361,13 +422,14 @@ class Spool:
 
     def _makeStaging(self) -> Staging:
         """
-        A new, empty directory under C{tmp/}, named from a counter: the
-        spool is locked to this process and C{tmp/} emptied when it opens,
-        so names cannot clash, and C{mkdtemp}'s random names cost as much
-        as the C{mkdir} itself, once per callback.  Thread-safe.
+        A new, empty directory under C{tmp/}, named from a counter (after
+        the worker's prefix): the spool is locked to this server, and this
+        process's names are cleared from C{tmp/} when it opens, so names
+        cannot clash, and C{mkdtemp}'s random names cost as much as the
+        C{mkdir} itself, once per callback.  Thread-safe.
         """
         while True:
-            path = self.dir(TMP) / f"in.{next(self._staged)}"
+            path = self.dir(TMP) / f"{self._prefix}in.{next(self._staged)}"
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
@@ -396,7 +458,7 @@ class Spool:
 
     # Accepting messages
 
-    def isSeen(self, messageId: str) -> Deferred[bool]:
+    def isSeen(self, messageId: bytes | str) -> Deferred[bool]:
         """
         Whether the id is marked seen (in a worker: the index is on disk).
         """
@@ -414,7 +476,7 @@ class Spool:
         @return: fires with L{Accepted} once the message is durable, or fails
             with L{SpoolError}.  Either way C{staging} is consumed.
         """
-        name = nameForId(message.id)
+        name = nameForId(message.rawId)
         waiting = self._inflight.get(name)
         if waiting is not None:
             return self._afterEarlier(waiting, message, target, staging)
@@ -506,11 +568,11 @@ class Spool:
         transaction (with one chunk of a prune under way).
         """
         landed: list[tuple[str, str]] = []
-        if self._leftovers:
-            placed = self._rollForward(self._leftovers)
+        if self._stuck:
+            placed = _rollForward(self.root, self._stuck, self.sync)
             landed += placed.landed
             self._unstage += placed.settled
-            self._leftovers = placed.stuck
+            self._stuck = placed.stuck
         claims = [
             Claim(c.name, str(c.staging.path.relative_to(self.root)), c.target, c.received)
             for c in group
@@ -591,7 +653,7 @@ class Spool:
             try:
                 self._seen.release([claim for _, claim in undo])
             except SeenIndexError as e:
-                self._leftovers += [claim for _, claim in undo]
+                self._stuck += [claim for _, claim in undo]
                 errors.append(
                     f"cannot forget the ids of messages that could not be stored ({e}): "
                     "they stay staged, to be moved into place with the next group"
@@ -621,60 +683,6 @@ class Spool:
                 continue
             back.append((commit, claim))
         return back
-
-    def _rollForward(self, claims: Sequence[Claim]) -> _Placed:
-        """
-        Blocking: rename the messages of C{claims} (marked seen, with their
-        staging directories) into place, and fsync the parents.  A claim
-        whose staging directory is gone was renamed already.
-        """
-        landed: list[tuple[str, str]] = []
-        settled: list[str] = []
-        stuck: list[Claim] = []
-        parents: dict[Path, list[Claim]] = {}
-        for claim in claims:
-            source = self._stagedPath(claim)
-            if source is None or not source.exists():
-                settled.append(claim.dir)
-                continue
-            destination = self.dir(claim.target) / claim.name
-            try:
-                os.rename(source, destination)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    removeTree(source)
-                    settled.append(claim.dir)
-                else:
-                    stuck.append(claim)
-                continue
-            parents.setdefault(destination.parent, []).append(claim)
-        for parent, moved in parents.items():
-            try:
-                fsyncPath(parent, self.sync)
-            except OSError:
-                # In place, not yet durable: its row stays, and goes once
-                # the next try finds its staging directory gone.
-                stuck += moved
-                continue
-            settled += [c.dir for c in moved]
-            landed += [(c.target, c.name) for c in moved]
-        return _Placed(landed, settled, stuck)
-
-    def _stagedPath(self, claim: Claim) -> Path | None:
-        """
-        The staging directory of a claim read from the index, or C{None} if
-        the row is not one this spool could have written.
-        """
-        parts = Path(claim.dir).parts
-        if (
-            len(parts) < 2
-            or parts[0] != TMP
-            or ".." in parts
-            or claim.target not in (NEW, PENDING)
-            or not isName(claim.name)
-        ):
-            return None
-        return self.root / claim.dir
 
     def _committed(
         self, result: _GroupResult | Failure, group: list[_Commit]
@@ -750,6 +758,129 @@ class Spool:
         if pruning is not None:
             for d in pruning.waiting:
                 d.errback(reason)
+
+
+def _importJournal(
+    root: Path, index: SeenIndex, now: float, dedupeSeconds: float, sync: bool
+) -> None:
+    """
+    Import the seen-id journal of an older mxrecv, if it is there.
+    """
+    journal = root / STATE / SEEN_JOURNAL
+    if not journal.is_file():
+        return
+    present = [
+        entry.name
+        for which in (NEW, PENDING, FAILED)
+        for entry in (root / which).iterdir()
+        if isName(entry.name)
+    ]
+    added = importJournal(
+        index, journal, cutoff=now - dedupeSeconds, alsoPresent=present, now=now, sync=sync
+    )
+    log.info(
+        "Imported {count} ids from the seen-id journal {journal} into {index}",
+        count=added,
+        journal=str(journal),
+        index=str(index.path),
+    )
+
+
+def _recover(root: Path, index: SeenIndex, prefix: str, sync: bool) -> list[Claim]:
+    """
+    Blocking, at start-up: roll forward the staged messages of the process
+    whose staging names start with C{prefix} (all of them for C{""}), and
+    delete their staged rows.
+
+    @return: the claims that could not be rolled forward (logged): their
+        staging directories are kept, to be tried again.
+    """
+    # A crash between a rename and its directory's fsync leaves a message
+    # visible but not durable: make it durable before its staged row goes.
+    for which in (NEW, PENDING, FAILED):
+        fsyncPath(root / which, sync)
+    claims = [c for c in index.staged() if Path(c.dir).name.startswith(prefix)]
+    placed = _rollForward(root, claims, sync)
+    index.settle(placed.settled)
+    for target, name in placed.landed:
+        log.info("Moved the staged message {name} to {target}/", name=name, target=target)
+    for claim in placed.stuck:
+        log.error(
+            "Cannot move the staged message {dir} to {target}/{name}: its id is "
+            "marked seen; will try again with each group commit",
+            dir=claim.dir,
+            target=claim.target,
+            name=claim.name,
+        )
+    return placed.stuck
+
+
+def _emptyTmp(root: Path, prefix: str, keep: Sequence[Claim]) -> None:
+    """
+    Remove what a previous run of the process left in C{tmp/} (its staging
+    names start with C{prefix}; C{""} for all), but for the staging
+    directories of C{keep}.
+    """
+    kept = {root / c.dir for c in keep}
+    for entry in (root / TMP).iterdir():
+        if entry.name.startswith(prefix) and entry not in kept:
+            removeTree(entry)
+
+
+def _rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> _Placed:
+    """
+    Blocking: rename the messages of C{claims} (marked seen, with their
+    staging directories) into place, and fsync the parents.  A claim whose
+    staging directory is gone was renamed already.
+    """
+    landed: list[tuple[str, str]] = []
+    settled: list[str] = []
+    stuck: list[Claim] = []
+    parents: dict[Path, list[Claim]] = {}
+    for claim in claims:
+        source = _stagedPath(root, claim)
+        if source is None or not source.exists():
+            settled.append(claim.dir)
+            continue
+        destination = root / claim.target / claim.name
+        try:
+            os.rename(source, destination)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                removeTree(source)
+                settled.append(claim.dir)
+            else:
+                stuck.append(claim)
+            continue
+        parents.setdefault(destination.parent, []).append(claim)
+    for parent, moved in parents.items():
+        try:
+            fsyncPath(parent, sync)
+        except OSError:
+            # In place, not yet durable: its row stays, and goes once the
+            # next try finds its staging directory gone.
+            stuck += moved
+            continue
+        settled += [c.dir for c in moved]
+        landed += [(c.target, c.name) for c in moved]
+    return _Placed(landed, settled, stuck)
+
+
+def _stagedPath(root: Path, claim: Claim) -> Path | None:
+    """
+    The staging directory of a claim read from the index, or C{None} if the
+    row is not one this spool could have written.
+    """
+    parts = Path(claim.dir).parts
+    if (
+        len(parts) != 2
+        or parts[0] != TMP
+        or parts[1] in ("", ".", "..")
+        or claim.target not in (NEW, PENDING)
+        or not isName(claim.name)
+    ):
+        return None
+    return root / claim.dir
 
 
 def _reason(e: BaseException) -> str:

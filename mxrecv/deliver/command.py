@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_deliver -*-
+"""
+The C{command} target: run C{[deliver] command} with the message's directory
+as its last argument; its exit status says how it went
+(L{mxrecv.deliver.policy.commandOutcome}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mxrecv.deliver.interfaces import ITarget
+from mxrecv.deliver.outcome import Outcome, TemporaryFailure
+from mxrecv.deliver.policy import STDERR_TAIL, commandOutcome
+
+
+class _Command(ProcessProtocol):
+    def __init__(self, done: Deferred[Outcome], timeout: float) -> None:
+        self.done = done
+        self.timeout = timeout
+        self.stderr = b""
+        self.killed = False
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr = (self.stderr + data)[-STDERR_TAIL:]
+
+    def processEnded(self, reason: Failure) -> None:
+        status, signal = 0, None
+        if not reason.check(ProcessDone):
+            value = reason.value
+            assert isinstance(value, ProcessTerminated)
+            status, signal = value.exitCode, value.signal
+        self.done.callback(
+            commandOutcome(status, signal, self.stderr, self.timeout if self.killed else None)
+        )
+
+
+@implementer(ITarget)
+class CommandTarget:
+    """
+    Run C{argv} plus the message directory, with C{env} as its environment
+    and stdin closed.  A command that runs longer than C{timeout} seconds is
+    killed.
+    """
+
+    name = "command"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        reactor: IReactorProcess,
+        clock: IReactorTime,
+        timeout: float,
+        env: Mapping[str, str],
+    ) -> None:
+        self._argv = list(argv)
+        self._reactor = reactor
+        self._clock = clock
+        self._timeout = timeout
+        self._env = dict(env)
+
+    def deliver(self, directory: Path) -> Deferred[Outcome]:
+        done: Deferred[Outcome] = Deferred()
+        protocol = _Command(done, self._timeout)
+        try:
+            transport = self._reactor.spawnProcess(
+                protocol, self._argv[0], [*self._argv, str(directory)], env=self._env
+            )
+        except OSError as e:
+            return succeed(TemporaryFailure(f"cannot run {self._argv[0]}: {e.strerror or e}"))
+
+        def kill() -> None:
+            protocol.killed = True
+            transport.signalProcess("KILL")
+
+        timer = self._clock.callLater(self._timeout, kill)
+
+        def ended(result: Outcome) -> Outcome:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(ended)
