@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
 from mxrecv.spool.seen import Claim, SeenIndex
-from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked
+from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked, claimSpool
 from mxrecv.testing.seen import generateIndex
 
 from .support import (
@@ -437,4 +437,38 @@ class CrashWindowTests(TestCase):
         self.assertEqual(contents(root / NEW), ["a", "b"])
         self.assertEqual(self.stored(root, "a"), ["first"])
         self.assertEqual(sorted(landed), ["a", "b"])
+        self.assertEqual(contents(root / "tmp"), [])
+
+    @inlineCallbacks
+    def test_workers(self):
+        """
+        With several worker processes on one spool, a worker that starts
+        again rolls forward its own staged messages only (another worker's
+        may be mid-commit), and a server claiming the spool rolls forward
+        every process's.
+        """
+        root = Path(self.mktemp())
+        lock = claimSpool(root)
+
+        def worker(number: int, pool) -> Spool:
+            spool = Spool(root, reactor=reactor, pool=pool, worker=number)
+            spool.open(lock=os.dup(lock))
+            self.addCleanup(spool.close)
+            return spool
+
+        pools = [DrivenPool(), DrivenPool()]
+        first, second = worker(0, pools[0]), worker(1, pools[1])
+        first.accept(sms("a", text="from 0"))
+        second.accept(sms("b", text="from 1"))
+        for pool in pools:
+            yield pool.run("_prepare", "_claimGroup")
+        first.close()
+        worker(0, startedPool(self)).close()
+        self.assertEqual(contents(root / NEW), ["a"])
+        self.assertEqual([p.name for p in (root / "tmp").iterdir()], ["w1.in.1"])
+        second.close()
+        os.close(lock)
+        self.addCleanup(os.close, claimSpool(root))
+        self.assertEqual(contents(root / NEW), ["a", "b"])
+        self.assertEqual(self.stored(root, "b"), ["from 1"])
         self.assertEqual(contents(root / "tmp"), [])
