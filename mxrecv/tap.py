@@ -64,7 +64,13 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     writers = FileWriters(
         reactor=reactor, pool=service.threadPool("mxrecv-upload", UPLOAD_THREADS)
     )
-    spool = service.spool = openSpool(config.spool, reactor=reactor, pool=pool)
+    spool = service.spool = openSpool(
+        config.spool.dir,
+        sync=config.spool.fsync,
+        dedupeSeconds=config.spool.dedupe_days * 86400,
+        reactor=reactor,
+        pool=pool,
+    )
     SpoolService(spool, reactor).setServiceParent(service.store)
     metrics.watch(SpoolCollector(spool))
 
