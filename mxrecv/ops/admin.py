@@ -17,7 +17,7 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.config import LOOPBACK, AdminConfig
 from mxrecv.ops.bearer import BearerToken, TokenRequired
+from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.spool.durable import fsyncPath
 from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
@@ -46,6 +47,8 @@ from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
 
 log = Logger()
+
+INBOX = b"inbox"
 
 # A disk that takes longer than this to write and fsync a few bytes is not
 # healthy, even if it would succeed in the end.
@@ -275,6 +278,8 @@ class AdminSite(Site):
         whether C{pending/NAME} exists and was taken up.
     @param token: what requests other than GET and HEAD must carry.
     @param allow: the clients that may connect.
+    @param children: more resources, by path segment (C{b"inbox"}); those
+        in C{selfChecking} check C{token} themselves.
     """
 
     protocol = CallbackChannel
@@ -290,12 +295,16 @@ class AdminSite(Site):
         token: BearerToken = BearerToken(),
         allow: AllowList = AllowList(LOOPBACK),
         headerTimeout: float = 30.0,
+        children: Mapping[bytes, IResource] = {},
+        selfChecking: frozenset[bytes] = frozenset(),
     ) -> None:
         root = Resource()
+        for segment, child in children.items():
+            root.putChild(segment, child)
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
-        super().__init__(TokenRequired(root, token), reactor=reactor)
+        super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
         self.token = token
         self.allow = allow
         self.headerTimeout = headerTimeout
@@ -334,7 +343,7 @@ def buildAdmin(
     The admin listeners (C{[admin] listen}), added to C{parent}:
     C{/metrics} from C{registry}, C{/health} (the spool writable,
     C{expected} callback listeners up, the HTTPS C{certificates} not
-    expired), and C{POST /pending/NAME}; for the clients in C{[admin]
+    expired), C{POST /pending/NAME} and the C{/inbox}; for the clients in C{[admin]
     allow}, with C{[admin] token} for POST, and C{headerTimeout} (the
     callback listeners').
 
@@ -357,15 +366,28 @@ def buildAdmin(
         pool=pool,
         certificates=certificates,
     )
+    token = BearerToken(config.token)
+    children: dict[bytes, IResource] = {}
+    if config.listen:
+        # Before the listeners, so that it stops after them.
+        inbox = buildInbox(
+            spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUpIfThere, token=token
+        )
+        inbox.setServiceParent(parent)
+        children[INBOX] = inbox.resource
     site = AdminSite(
         health=health,
         registry=registry,
         reactor=reactor,
         pool=pool,
         takeUp=takeUpIfThere,
-        token=BearerToken(config.token),
+        token=token,
         allow=AllowList(config.allow),
         headerTimeout=headerTimeout,
+        children=children,
+        # Its requeue form carries the token in a field: a browser cannot
+        # send an Authorization header without script.
+        selfChecking=frozenset({INBOX}),
     )
     listeners = [
         Listener.fromDescription(reactor, description, site.factory())

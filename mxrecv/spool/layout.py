@@ -9,7 +9,7 @@ application (documented in the README): these names do not change.
     cur/                the application's; mxrecv never touches it
     pending/NAME/       MMS accepted but not complete yet (internal)
     failed/NAME/        what could not be completed, with the reason
-    state/              mxrecv's own files
+    state/              mxrecv's own files (the inbox's catalog among them)
 
 and in a message's directory C{message.json}, C{mms.zip}, C{parts/} and,
 while a GET-mode MMS is being retrieved, C{retrieve.json}.
@@ -56,6 +56,9 @@ MESSAGE_ENTRIES = frozenset({MESSAGE_JSON, MMS_ZIP, PARTS})
 SEEN = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
+# The admin inbox's catalog of the spool: a cache, rebuilt if removed.
+INBOX_DB = "inbox.sqlite"
+INBOX_LOCK = "inbox.lock"
 
 
 @frozen

@@ -251,8 +251,9 @@ class CallbackSite(Site):
     A Site for L{CallbackRequest}s on L{CallbackChannel}s: it holds what they
     need to decide about a body before the resource sees the request.
 
-    @ivar chooseBody: called with the request headers once they are in;
-        returns the L{IBody} for the body or raises L{Refusal}.
+    @ivar chooseBody: called with the request's method, URI and headers
+        once the headers are in; returns the L{IBody} for the body or raises
+        L{Refusal}.
     @ivar observe: called with the L{CallbackOutcome} of each request refused
         here (metrics).
     @ivar headerTimeout: seconds a request's headers may take in all
@@ -275,7 +276,7 @@ class CallbackSite(Site):
         maxBody: int,
         requestTimeout: float,
         headerTimeout: float,
-        chooseBody: Callable[[Any], IBody],
+        chooseBody: Callable[[bytes, bytes, Headers], IBody],
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
@@ -328,7 +329,11 @@ class CallbackRequest(Request):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"body of {length} bytes is over the limit of {site.maxBody}",
                 )
-            self.body = site.chooseBody(self.requestHeaders)
+            # twisted.web's private record of the request line: no public
+            # attribute has it before the body is in.
+            self.body = site.chooseBody(
+                self.channel._command, self.channel._path, self.requestHeaders
+            )
         except Refusal as refusal:
             self._refuse(refusal)
             return
