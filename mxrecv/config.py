@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -108,7 +109,14 @@ class LogConfig:
 class DeliverConfig:
     """
     Delivery of each message in C{new/} to the application: a command run
-    with the message directory as its last argument, and/or a POST to a URL.
+    with the message directory as its last argument, and/or a POST to a URL,
+    and/or rows in PostgreSQL.
+
+    @ivar postgresql: a libpq connection string (never with a password).
+    @ivar postgresql_password: read from C{postgresql_password_file}; empty
+        leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
+    @ivar postgresql_pool_size: most connections (and transactions) at once.
+    @ivar postgresql_node: this node's name in the rows it stores.
     """
 
     command: tuple[str, ...] = ()
@@ -116,10 +124,14 @@ class DeliverConfig:
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    postgresql: str | None = None
+    postgresql_password: str = field(default="", repr=False)
+    postgresql_pool_size: int = 4
+    postgresql_node: str = field(factory=socket.gethostname)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.command) or self.url is not None
+        return bool(self.command) or self.url is not None or self.postgresql is not None
 
 
 @frozen
@@ -286,6 +298,44 @@ def availableCores() -> int:
         return os.cpu_count() or 1
 
 
+def parseConninfo(conninfo: str) -> dict[str, str]:
+    """
+    The parameters of a libpq connection string (C{key=value ...} or a
+    C{postgresql://} URI).
+
+    @raise ValueError: if it is not one, or if it holds a password.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError(
+            "needs psycopg, which is not installed: pip install 'mxrecv[postgresql]'"
+        ) from None
+    try:
+        parameters = conninfo_to_dict(conninfo)
+    except ProgrammingError as e:
+        raise ValueError(f"not a libpq connection string: {_firstLine(e)}") from None
+    if "password" in parameters:
+        raise ValueError(
+            "must not hold a password: use postgresql_password_file, or PGPASSFILE"
+        )
+    return {k: str(v) for k, v in parameters.items()}
+
+
+def _firstLine(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _conninfo(key: str, value: Any) -> str:
+    _nonEmptyString(key, value)
+    try:
+        parseConninfo(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -376,6 +426,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timeout": _positiveNumber,
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
+            "postgresql": _conninfo,
+            "postgresql_password_file": _directory,
+            "postgresql_pool_size": _positiveInt,
+            "postgresql_node": _nonEmptyString,
         },
     ),
     "tls": (
@@ -411,6 +465,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values = _retrieveValues(values, base)
         if table == "admin":
             values = _adminValues(values, base)
+        if table == "deliver":
+            values = _deliverValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
@@ -468,6 +524,13 @@ def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
         if not caFile.is_file():
             raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
+    return values
+
+
+def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    if "postgresql_password_file" in values and "postgresql" not in values:
+        raise ConfigError("deliver.postgresql_password_file: given without postgresql")
+    _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
     return values
 
 

@@ -6,8 +6,10 @@ C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
     mxrecv [-c FILE] list [new|pending|failed]
     mxrecv [-c FILE] show NAME
     mxrecv [-c FILE] requeue NAME [--admin URL]
+    mxrecv db-init -c FILE
 
-It reads the spool directly and needs no running server.  C{requeue} moves
+It reads the spool directly and needs no running server.  C{db-init}
+creates or upgrades the tables of C{[deliver] postgresql}.  C{requeue} moves
 a failed MMS back to C{pending/}; a running server takes it up at its next
 start (C{systemctl restart mxrecv} is a graceful restart), or at once when
 C{--admin} names its admin listener (C{POST /pending/NAME}).
@@ -52,6 +54,10 @@ def checkConfig(path: str, out: TextIO) -> None:
         out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
     targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    if deliver.postgresql is not None:
+        from mxrecv.deliver.postgresql.connect import describe
+
+        targets.append(f"postgresql {describe(deliver.postgresql)}")
     out.write(f"  deliver: {', '.join(targets) or 'none'}\n")
 
 
@@ -142,6 +148,38 @@ def requeue(
     out.write(f"taken up by the server at {admin}\n")
 
 
+def dbInit(config: Config, out: TextIO) -> None:
+    """
+    Create the tables of C{[deliver] postgresql}, or upgrade them to this
+    mxrecv's version; idempotent.
+    """
+    if config.deliver.postgresql is None:
+        raise CommandError("the configuration has no [deliver] postgresql")
+    import psycopg
+
+    from mxrecv.deliver.postgresql.connect import describe
+    from mxrecv.deliver.postgresql.schema import VERSION, SchemaError, upgrade
+    from mxrecv.deliver.postgresql.target import settingsFor
+
+    where = describe(config.deliver.postgresql)
+    try:
+        with settingsFor(config.deliver).connect() as connection:
+            before, after = upgrade(connection)
+    except (SchemaError, psycopg.Error) as e:
+        raise CommandError(f"PostgreSQL ({where}): {str(e).strip()}") from None
+    if before == 0:
+        out.write(f"{where}: created the mxrecv tables (version {after})\n")
+    elif before < after:
+        out.write(f"{where}: upgraded the mxrecv tables from version {before} to {after}\n")
+    elif before > VERSION:
+        out.write(
+            f"{where}: the mxrecv tables are at version {before}, newer than this mxrecv's "
+            f"{VERSION}; nothing to do\n"
+        )
+    else:
+        out.write(f"{where}: the mxrecv tables are at version {after}; nothing to do\n")
+
+
 def _entries(directory: Path) -> list[Path]:
     try:
         return sorted(e for e in directory.iterdir() if isName(e.name) and e.is_dir())
@@ -180,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the running server's admin listener (http://127.0.0.1:9100): take it up now",
     )
+    init = commands.add_parser(
+        "db-init", help="create or upgrade the tables of [deliver] postgresql"
+    )
+    init.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help="the server's TOML configuration"
+    )
     return p
 
 
@@ -192,6 +236,9 @@ def main(
             checkConfig(args.file, out)
             return 0
         config: Config = loadConfig(args.config)
+        if args.command == "db-init":
+            dbInit(config, out)
+            return 0
         root = config.spool.dir
         if not Layout(root).dir(STATE).is_dir():
             raise CommandError(f"{root}: not an mxrecv spool")
