@@ -380,7 +380,8 @@ class Catalog:
                 return self.page(evolve(query, after=None))
             rows = rows[:size]
             rows.reverse()
-            newer, older = _cursor(rows[0]), _cursor(rows[-1])
+            newer: Cursor | None = _cursor(rows[0])
+            older: Cursor | None = _cursor(rows[-1])
         else:
             rows = self._select(db, where, params, query.before, "<", "DESC", size + 1)
             more = len(rows) > size
