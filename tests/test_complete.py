@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
+from mxrecv.mms.attempts import Attempts
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.mms.unpack import unpackInto
@@ -99,7 +100,7 @@ class CompleterTests(TestCase):
         directory = spool.dir(PENDING) / "m2"
         for leftover in ("message.json.new", "retrieve.json", "retrieve.json.new"):
             (directory / leftover).write_bytes(b"internal")
-        yield completer.fail("m2", "gave up", [])
+        yield completer.fail("m2", "gave up", Attempts())
         self.assertEqual(
             [p.name for p in (spool.dir(FAILED) / "m2").iterdir()], [MESSAGE_JSON]
         )

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
+from mxrecv.mms.attempts import Attempts
 from mxrecv.mms.unpack import Unpacked, unpackInto
 from mxrecv.spool.durable import fsyncPath, keepOnly, moveDir, removeTree, replaceFile
 from mxrecv.spool.layout import (
@@ -40,19 +40,6 @@ from mxrecv.spool.store import Spool
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
 # never starves the threads that fsync callbacks.
 CONCURRENT_COMPLETIONS = 2
-
-
-@frozen
-class Attempt:
-    """
-    One try at getting an MMS, as recorded in C{failed/NAME/message.json}.
-    """
-
-    at: str
-    outcome: str
-
-    def toJSON(self) -> dict[str, str]:
-        return {"at": self.at, "outcome": self.outcome}
 
 
 def fileDigest(path: Path) -> tuple[int, str]:
@@ -119,14 +106,13 @@ class Completer:
             else:
                 d.callback(outcome)
 
-    def fail(self, name: str, error: str, attempts: Sequence[Attempt]) -> Deferred[None]:
+    def fail(self, name: str, error: str, attempts: Attempts) -> Deferred[None]:
         """
         Move C{pending/NAME} to C{failed/NAME}, recording C{error} (a sentence)
-        and C{attempts} in its C{message.json}.
+        and C{attempts} (C{attempts}, the last ones, and C{attempt_count})
+        in its C{message.json}.
         """
-        return deferToThreadPool(
-            self._reactor, self._pool, self._fail, name, error, tuple(attempts)
-        )
+        return deferToThreadPool(self._reactor, self._pool, self._fail, name, error, attempts)
 
     def _complete(self, name: str) -> Message:
         sync = self._spool.sync
@@ -159,12 +145,12 @@ class Completer:
         self._move(source, NEW)
         return message
 
-    def _fail(self, name: str, error: str, attempts: tuple[Attempt, ...]) -> None:
+    def _fail(self, name: str, error: str, attempts: Attempts) -> None:
         sync = self._spool.sync
         source = self._spool.dir(PENDING) / name
         document = json.loads((source / MESSAGE_JSON).read_bytes())
         document["error"] = error
-        document["attempts"] = [a.toJSON() for a in attempts]
+        document.update(attempts.toJSON())
         data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
         replaceFile(source / MESSAGE_JSON, data, sync)
         self._move(source, FAILED)

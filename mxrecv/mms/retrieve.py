@@ -38,7 +38,8 @@ from twisted.python.failure import Failure
 from mxrecv.config import RetrieveConfig
 from mxrecv.message.dates import isoFromTimestamp, parseDate
 from mxrecv.message.model import Message
-from mxrecv.mms.complete import Attempt, Completer
+from mxrecv.mms.attempts import Attempts
+from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
 from mxrecv.ops.metrics import Metrics
@@ -55,6 +56,11 @@ DEFAULT_LIFETIME = timedelta(hours=24)
 # it reached failed/ because its expiry passed, and RetrieveMMS may still
 # have it.
 REQUEUE_WINDOW = timedelta(hours=1)
+# The ends of a retrieval window, as the sentence of a message given up
+# names them.
+EXPIRY = "its expiry"
+WINDOW_END = "the end of its retrieval window"
+REQUEUE_END = "the end of its requeue window"
 
 
 def requeuedState(now: float) -> bytes:
@@ -62,7 +68,7 @@ def requeuedState(now: float) -> bytes:
     The C{retrieve.json} of an MMS requeued at C{now}: no attempts yet, and
     a new retrieval window from C{now} (see L{REQUEUE_WINDOW}).
     """
-    document = {"attempts": [], "requeued": isoFromTimestamp(now)}
+    document = {**Attempts().toJSON(), "requeued": isoFromTimestamp(now)}
     return json.dumps(document, indent=2).encode() + b"\n"
 
 
@@ -88,7 +94,8 @@ def _fromISO(text: str) -> datetime:
 class _Job:
     messageId: str
     expiry: float
-    attempts: tuple[Attempt, ...]
+    window: str
+    attempts: Attempts
 
 
 def expiryOf(message: Message, zone: tzinfo) -> float:
@@ -103,6 +110,27 @@ def expiryOf(message: Message, zone: tzinfo) -> float:
         except ValueError:
             pass
     return (_fromISO(message.received) + DEFAULT_LIFETIME).timestamp()
+
+
+def retrievalWindow(
+    message: Message, zone: tzinfo, maxWindow: timedelta, requeued: str | None = None
+) -> tuple[float, str]:
+    """
+    Until when C{message} is tried, in POSIX seconds, and what that time is
+    (L{EXPIRY}, L{WINDOW_END} or L{REQUEUE_END}): its expiry (L{expiryOf}),
+    but never more than C{maxWindow} after it was received, whatever the
+    expiry says (a far-off one would have it retried for years); and, if
+    it was requeued at C{requeued}, at least L{REQUEUE_WINDOW} from then.
+    """
+    end, what = expiryOf(message, zone), EXPIRY
+    cap = (_fromISO(message.received) + maxWindow).timestamp()
+    if cap < end:
+        end, what = cap, WINDOW_END
+    if requeued:
+        requeueEnd = (_fromISO(requeued) + REQUEUE_WINDOW).timestamp()
+        if requeueEnd > end:
+            end, what = requeueEnd, REQUEUE_END
+    return end, what
 
 
 class Retriever:
@@ -125,9 +153,11 @@ class Retriever:
         reactor: Any,
         pool: Any,
         zone: tzinfo,
+        maxWindow: timedelta = timedelta(days=3),
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = Metrics() if metrics is None else metrics
+        self._maxWindow = maxWindow
         self._spool = spool
         self._completer = completer
         self._fetcher = fetcher
@@ -193,25 +223,25 @@ class Retriever:
         directory = self._spool.dir(PENDING) / name
         message = Message.decode((directory / MESSAGE_JSON).read_bytes())
         removeTree(directory / PART)
-        attempts: tuple[Attempt, ...] = ()
-        expiry = expiryOf(message, self._zone)
+        attempts = Attempts()
+        requeued = None
         try:
             document = json.loads((directory / RETRIEVE_JSON).read_bytes())
-            attempts = tuple(Attempt(a["at"], a["outcome"]) for a in document["attempts"])
-            if document.get("requeued"):
-                window = _fromISO(document["requeued"]) + REQUEUE_WINDOW
-                expiry = max(expiry, window.timestamp())
+            attempts = Attempts.fromJSON(document)
+            requeued = document.get("requeued") or None
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warn("Ignoring unreadable {path}: {error}", path=str(directory / RETRIEVE_JSON), error=e)
-        return _Job(message.id, expiry, attempts)
+            attempts, requeued = Attempts(), None
+        end, window = retrievalWindow(message, self._zone, self._maxWindow, requeued)
+        return _Job(message.id, end, window, attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
         if self._stopped:
             return
         self._ids[name] = job.messageId
-        self.schedule.add(name, job.expiry, job.attempts)
+        self.schedule.add(name, job.expiry, job.attempts, job.window)
         self._pump()
 
     def _pump(self) -> None:
@@ -334,7 +364,7 @@ class Retriever:
         if gaveUp is not None:
             self._giveUp(gaveUp)
 
-    def _record(self, name: str, attempts: tuple[Attempt, ...]) -> None:
+    def _record(self, name: str, attempts: Attempts) -> None:
         """
         In a worker: journal the attempts so far.
         """
@@ -346,7 +376,7 @@ class Retriever:
         except (OSError, ValueError):
             document = {}
         # Keep what else is there (when it was requeued).
-        document["attempts"] = [a.toJSON() for a in attempts]
+        document.update(attempts.toJSON())
         data = json.dumps(document, indent=2).encode()
         replaceFile(path, data + b"\n", self._spool.sync)
 
@@ -372,8 +402,8 @@ class Retriever:
             "new/{name}{error}",
             id=message.id,
             size=message.mms_size,
-            count=len(completed.attempts),
-            s="" if len(completed.attempts) == 1 else "s",
+            count=completed.attempts.count,
+            s="" if completed.attempts.count == 1 else "s",
             name=completed.name,
             error=f" ({message.parts_error})" if message.parts_error else "",
         )
@@ -484,5 +514,6 @@ def makeRetriever(
         reactor=reactor,
         pool=pool,
         zone=zone,
+        maxWindow=timedelta(days=retrieve.max_window_days),
         metrics=metrics,
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
+from mxrecv.mms.attempts import Attempts
 from mxrecv.mms.retrieve import requeuedState
 from mxrecv.spool.durable import moveDir, replaceFile
 from mxrecv.spool.layout import (
@@ -113,9 +114,10 @@ def requeue(
     token: str = "",
 ) -> None:
     """
-    Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
-    C{attempts} and with a new retrieval window from C{now} (its expiry has
-    passed), so that it is retrieved again: at the running server's next sweep
+    Move C{failed/NAME} back to C{pending/NAME}, without its C{error},
+    C{attempts} and C{attempt_count} (what they said is printed) and with a
+    new retrieval window from C{now} (its expiry has passed), so that it is
+    retrieved again: at the running server's next sweep
     of C{pending/} (within 5 minutes) or start, or now if
     C{admin} (the running server's admin URL) is given; C{token} is the
     admin listener's bearer token, if it has one.
@@ -124,8 +126,9 @@ def requeue(
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
     document = _document(path)
-    document.pop("error", None)
-    document.pop("attempts", None)
+    before = _attemptsSummary(document)
+    for key in ("error", "attempts", "attempt_count"):
+        document.pop(key, None)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
     replaceFile(path / MESSAGE_JSON, data, sync)
     replaceFile(path / RETRIEVE_JSON, requeuedState(time.time() if now is None else now), sync)
@@ -133,7 +136,7 @@ def requeue(
         moveDir(path, root / PENDING / path.name, sync)
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
-    out.write(f"failed/{path.name} -> pending/{path.name}\n")
+    out.write(f"failed/{path.name} -> pending/{path.name}{before}\n")
     if admin is None:
         out.write(
             "a running mxrecv takes it up within 5 minutes, at its next sweep of pending/ "
@@ -152,6 +155,22 @@ def requeue(
             "of pending/ (within 5 minutes) or start"
         ) from None
     out.write(f"taken up by the server at {admin}\n")
+
+
+def _attemptsSummary(document: dict[str, Any]) -> str:
+    """
+    What a failed message's record says of its attempts, for the line of
+    C{requeue} that moves it: how many, and the last one.
+    """
+    try:
+        attempts = Attempts.fromJSON(document)
+    except ValueError:
+        return ""
+    last = attempts.last
+    if last is None:
+        return " (no attempt was made)"
+    s = "" if attempts.count == 1 else "s"
+    return f" (after {attempts.count} attempt{s}; the last, at {last.at}: {last.outcome})"
 
 
 def _entries(directory: Path) -> list[Path]:
