@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +21,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import field, frozen
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+
+from mxrecv.tls.description import TLSListen, isTLS, parseTLS
 
 
 class ConfigError(ValueError):
@@ -101,7 +110,14 @@ class LogConfig:
 class DeliverConfig:
     """
     Delivery of each message in C{new/} to the application: a command run
-    with the message directory as its last argument, and/or a POST to a URL.
+    with the message directory as its last argument, and/or a POST to a URL,
+    and/or rows in PostgreSQL.
+
+    @ivar postgresql: a libpq connection string (never with a password).
+    @ivar postgresql_password: read from C{postgresql_password_file}; empty
+        leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
+    @ivar postgresql_pool_size: most connections (and transactions) at once.
+    @ivar postgresql_node: this node's name in the rows it stores.
     """
 
     command: tuple[str, ...] = ()
@@ -109,10 +125,14 @@ class DeliverConfig:
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    postgresql: str | None = None
+    postgresql_password: str = field(default="", repr=False)
+    postgresql_pool_size: int = 4
+    postgresql_node: str = field(factory=socket.gethostname)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.command) or self.url is not None
+        return bool(self.command) or self.url is not None or self.postgresql is not None
 
 
 @frozen
@@ -183,10 +203,49 @@ def _stringList(key: str, value: Any) -> tuple[str, ...]:
     return tuple(_nonEmptyString(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def parseListen(description: str) -> str | TLSListen:
+    """
+    Check a C{listen} string without reading files or listening.
+
+    @return: the L{TLSListen} for an C{ssl:} description, else the string.
+    @raise ValueError: naming what is wrong with it.
+    """
+    try:
+        if isTLS(description):
+            return parseTLS(description)
+        # Building an endpoint does not listen, so no reactor is needed yet.
+        serverFromString(None, description)
+    except Exception as e:
+        raise ValueError(f"bad endpoint {description!r}: {e}") from None
+    return description
+
+
+def isLoopbackListen(description: str) -> bool:
+    """
+    Whether a valid C{listen} string can only be reached from this machine:
+    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
+    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
+    be known before it listens (C{systemd:}, ...).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        interface = listen.interface
+    else:
+        endpoint = serverFromString(None, description)
+        if isinstance(endpoint, UNIXServerEndpoint):
+            return True
+        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            return False
+        # Twisted keeps the parsed address private; it is "" for all addresses.
+        interface = endpoint._interface
+    try:
+        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(key: str, value: Any) -> tuple[str, ...]:
     descriptions = _stringList(key, value)
-    from mxrecv.web.listen import parseListen
-
     for i, description in enumerate(descriptions):
         try:
             parseListen(description)
@@ -238,6 +297,17 @@ def availableCores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def _conninfo(key: str, value: Any) -> str:
+    from mxrecv.deliver.postgresql.connect import parseConninfo
+
+    _nonEmptyString(key, value)
+    try:
+        parseConninfo(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
 
 
 def _path(key: str, value: Any) -> str:
@@ -331,6 +401,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timeout": _positiveNumber,
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
+            "postgresql": _conninfo,
+            "postgresql_password_file": _directory,
+            "postgresql_pool_size": _positiveInt,
+            "postgresql_node": _nonEmptyString,
         },
     ),
     "tls": (
@@ -366,6 +440,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values = _retrieveValues(values, base)
         if table == "admin":
             values = _adminValues(values, base)
+        if table == "deliver":
+            values = _deliverValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
@@ -403,8 +479,6 @@ def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     token = values.get("token", "")
     if token and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
-    from mxrecv.web.listen import isLoopbackListen
-
     for i, description in enumerate(values.get("listen", ())):
         if isLoopbackListen(description):
             continue
@@ -425,6 +499,13 @@ def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
         if not caFile.is_file():
             raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
+    return values
+
+
+def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    if "postgresql_password_file" in values and "postgresql" not in values:
+        raise ConfigError("deliver.postgresql_password_file: given without postgresql")
+    _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
     return values
 
 

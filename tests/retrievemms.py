@@ -109,7 +109,9 @@ class RetrieveMMS(Resource):
     The stand-in.  Each request takes the next behaviour of C{script}; once
     it is empty, each gets C{default} (a zip of C{zipSize} bytes).
 
-    @ivar requests: the query arguments of each request, decoded.
+    @ivar requests: the query arguments of each request, decoded (a byte
+        that is not UTF-8 as an escape).
+    @ivar ids: the C{id} of each request, as sent.
     @ivar sent: the bytes of body written by the last L{Stream} so far.
     """
 
@@ -121,6 +123,7 @@ class RetrieveMMS(Resource):
         self.script = list(script or [])
         self.default = Serve(makeZip(zipSize))
         self.requests: list[dict[str, str]] = []
+        self.ids: list[bytes] = []
         self._waiting: list[tuple[int, Deferred[None]]] = []
         self.active = 0
         self.peakActive = 0
@@ -156,8 +159,9 @@ class RetrieveMMS(Resource):
 
     def render_GET(self, request: Request):
         self.requests.append(
-            {k.decode(): v[0].decode() for k, v in request.args.items()}
+            {k.decode(): v[0].decode("utf-8", "surrogateescape") for k, v in request.args.items()}
         )
+        self.ids.append(request.args.get(b"id", [b""])[0])
         behaviour = self.script.pop(0) if self.script else self.default
         self.active += 1
         self.peakActive = max(self.peakActive, self.active)

@@ -14,10 +14,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.config import AdminConfig
-from mxrecv.mms.attempts import Attempt, Attempts
 from mxrecv.mms.complete import Completer
 from mxrecv.ops.cli import main
-from mxrecv.spool.layout import FAILED, PENDING
+from mxrecv.spool.layout import FAILED, PENDING, Attempt, Attempts
 
 from .running import ANY_PORT, client, run, runningConfig
 from .support import openSpool
@@ -89,7 +88,9 @@ class SpoolCommandTests(TestCase):
         yield self.spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
         completer = Completer(self.spool, reactor=reactor, pool=self.spool._pool)
         yield completer.fail(
-            "m=2F1", "gave up after 3 attempts", Attempts.of([Attempt("2026-11-25T10:00:05Z", "HTTP 500")])
+            "m=2F1",
+            "gave up after 3 attempts",
+            Attempts.of([Attempt("2026-11-25T10:00:05Z", "HTTP 500")]),
         )
 
     def test_list(self):
@@ -152,14 +153,17 @@ class SpoolCommandTests(TestCase):
         self.assertEqual(document["attempt_count"], 250)
         self.assertEqual(
             document["attempts"],
-            [{"at": f"2026-11-25T10:{i // 60:02}:{i % 60:02}Z", "outcome": f"HTTP {400 + i % 2}"}
-             for i in range(240, 250)],
+            [
+                {"at": f"2026-11-25T10:{i // 60:02}:{i % 60:02}Z", "outcome": f"HTTP {400 + i % 2}"}
+                for i in range(240, 250)
+            ],
         )
         code, out, err = command("-c", self.config, "requeue", "many")
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(
             out.splitlines()[0],
-            "failed/many -> pending/many (after 250 attempts; the last, at 2026-11-25T10:04:09Z: HTTP 401)",
+            "failed/many -> pending/many "
+            "(after 250 attempts; the last, at 2026-11-25T10:04:09Z: HTTP 401)",
         )
 
     def test_requeueNotFailed(self):

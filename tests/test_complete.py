@@ -14,11 +14,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
-from mxrecv.mms.attempts import Attempts
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.mms.unpack import unpackInto
-from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING, Attempts
 
 from .retrievemms import makeZip
 from .support import (

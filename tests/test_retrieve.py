@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.message.dates import isoFromTimestamp, mxDate
 from mxrecv.mms.complete import Completer
-from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, redirectOrigin, tlsPolicy
+from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin, tlsPolicy
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.mms.retrieve import (
     Retriever,
@@ -41,7 +41,7 @@ from mxrecv.mms.retrieve import (
 from mxrecv.mms.schedule import Completed, GaveUp
 from mxrecv.ops.cli import requeue
 from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
-from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PENDING, RETRIEVE_JSON
+from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PARTIAL_ZIP, PENDING, RETRIEVE_JSON
 from mxrecv.spool.naming import nameForId
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
@@ -220,8 +220,8 @@ class RetrieveTestCase(TestCase):
         """
         directory = self.spool.dir(PENDING) / name
         self.assertTrue((directory / "message.json").is_file())
-        self.assertFalse((directory / PART).exists())
-        self.assertEqual([f for f in self.openMessageFiles() if PART in f], [])
+        self.assertFalse((directory / PARTIAL_ZIP).exists())
+        self.assertEqual([f for f in self.openMessageFiles() if PARTIAL_ZIP in f], [])
         self.assertEqual(writers.buffered, 0)
 
     def openMessageFiles(self) -> list[str]:
@@ -268,6 +268,31 @@ class DownloadTests(RetrieveTestCase):
         """
         standIn, url = self.standIn()
         return self.assertDownloads(self.retriever(url), standIn, "mx/1 2&3")
+
+    @inlineCallbacks
+    def test_idAsSent(self):
+        """
+        RetrieveMMS is asked for the id's bytes as MX Telecom sent them,
+        not UTF-8 made of their decoding: an id that was not UTF-8 (here
+        ISO-8859-15 "café") is sent back as it came.
+        """
+        standIn, url = self.standIn()
+        retriever = self.retriever(url)
+        message = exampleMessage(
+            id="café",
+            id_charset="iso-8859-15",
+            type="mms",
+            received=isoFromTimestamp(self.clock.seconds()),
+            expiry=mxDate(self.clock.seconds() + 3600),
+        )
+        accepted = yield self.spool.accept(message, PENDING)
+        self.assertEqual(accepted.name, "caf=E9")
+        done = retriever.whenDone(accepted.name)
+        retriever(accepted.name)
+        self.assertIsInstance((yield done), Completed)
+        self.assertEqual(standIn.ids, [b"caf\xe9"])
+        document = self.document(NEW, accepted.name)
+        self.assertEqual(document["id"].encode(document["id_charset"]), b"caf\xe9")
 
     @inlineCallbacks
     def test_chunked(self):
@@ -631,7 +656,7 @@ class WriterTests(RetrieveTestCase):
     def part(self) -> Path:
         directory = Path(self.mktemp()).absolute()
         directory.mkdir()
-        return directory / PART
+        return directory / PARTIAL_ZIP
 
     @inlineCallbacks
     def test_writtenByTheWriterThreads(self):
@@ -651,7 +676,7 @@ class WriterTests(RetrieveTestCase):
         retriever(name)
         yield turnsUntil(lambda: writers.buffered > FILE_LIMIT or done.called)
         self.assertFalse(done.called)
-        self.assertEqual((self.spool.dir(PENDING) / name / PART).stat().st_size, 0)
+        self.assertEqual((self.spool.dir(PENDING) / name / PARTIAL_ZIP).stat().st_size, 0)
         gate.release()
         outcome = yield done
         self.assertIsInstance(outcome, Completed)
@@ -1130,14 +1155,14 @@ class RestartTests(RetrieveTestCase):
         directory = self.spool.dir(PENDING) / name
         state = json.loads((directory / RETRIEVE_JSON).read_bytes())
         self.assertEqual(state["attempts"], [{"at": isoFromTimestamp(NOW), "outcome": "HTTP 500"}])
-        (directory / PART).write_bytes(b"PK\x03\x04half")
+        (directory / PARTIAL_ZIP).write_bytes(b"PK\x03\x04half")
 
         self.clock.advance(1.0)
         second = self.retriever(url, timeout=10.0, backoff_initial=5.0)
         done = second.whenDone(name)
         second(name)
         yield standIn.whenRequested(2)
-        self.assertFalse((directory / PART).exists())
+        self.assertFalse((directory / PARTIAL_ZIP).exists())
         self.clock.advance(10.0)
         outcome = yield done
         self.assertIsInstance(outcome, GaveUp)

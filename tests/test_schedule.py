@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.mms.attempts import Attempt, Attempts
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
+from mxrecv.spool.layout import Attempt, Attempts
 
 
 def schedule(random: float = 0.0, **policy) -> Schedule:
@@ -61,6 +61,7 @@ class AttemptsTests(SynchronousTestCase):
         self.assertEqual(attempts.count, 25)
         self.assertEqual([a.at for a in attempts], [str(i) for i in range(15, 25)])
         self.assertRaises(ValueError, Attempts.fromJSON, {"attempts": [{"at": "x"}]})
+        self.assertRaises(ValueError, Attempts.fromJSON, {"attempts": [{"at": 1, "outcome": 2}]})
         self.assertRaises(ValueError, Attempts.fromJSON, {})
 
     def test_scheduleKeepsItBounded(self) -> None:

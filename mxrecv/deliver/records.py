@@ -9,11 +9,11 @@ Blocking: called in worker threads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
-from mxrecv.spool.layout import DELIVERED, MESSAGE_JSON, NEW, STATE
+from mxrecv.spool.layout import NEW, Layout
 from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool
 
@@ -24,7 +24,7 @@ class Records:
     """
 
     def __init__(self, spool: Spool) -> None:
-        self._root = spool.dir(STATE) / DELIVERED
+        self._root = Layout(spool.root).delivered()
         self._new = spool.dir(NEW)
         self._sync = spool.sync
 
@@ -59,7 +59,5 @@ def received(directory: Path) -> str:
     The C{received} of the message in C{directory}, by which queues are
     ordered; C{""} (first) if it cannot be read.
     """
-    try:
-        return json.loads((directory / MESSAGE_JSON).read_bytes())["received"] or ""
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    received = MessageDirectory(directory).readDocument().get("received")
+    return received if isinstance(received, str) else ""

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -90,6 +90,8 @@ class DeliveryService(Service):
 
     def startService(self) -> None:
         super().startService()
+        for service in self._targetServices():
+            service.startService()
         for deliverer in self.deliverers:
             name = deliverer.target.name
             d = deferToThreadPool(self._reactor, self._pool, self._records.undelivered, name)
@@ -109,7 +111,20 @@ class DeliveryService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return DeferredList([d.stop() for d in self.deliverers])
+        stopped = DeferredList([d.stop() for d in self.deliverers])
+        return stopped.addCallback(
+            lambda _: DeferredList(
+                [maybeDeferred(s.stopService) for s in self._targetServices()]
+            )
+        )
+
+    def _targetServices(self) -> list[IService]:
+        """
+        The targets that are also services (those with resources of their
+        own, such as connections): started before delivery starts, stopped
+        once it has.
+        """
+        return [d.target for d in self.deliverers if IService.providedBy(d.target)]
 
 
 def buildDelivery(
@@ -139,6 +154,10 @@ def buildDelivery(
                 config.url, client=HTTPClient(agent), clock=reactor, timeout=config.timeout
             )
         )
+    if config.postgresql is not None:
+        from mxrecv.deliver.postgresql.target import buildTarget
+
+        targets.append(buildTarget(config, reactor=reactor))
     records = Records(spool)
     deliverers = [
         Deliverer(

@@ -50,10 +50,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
-from mxrecv.spool.layout import MMS_ZIP
+from mxrecv.spool.layout import PARTIAL_ZIP
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
-PART = MMS_ZIP + ".part"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -272,10 +271,11 @@ class Fetcher:
         )
         self._http = HTTPClient(agent)
 
-    def fetch(self, messageId: str, part: Path, deadline: float) -> Deferred[Download]:
+    def fetch(self, messageId: bytes, part: Path, deadline: float) -> Deferred[Download]:
         """
-        Download the zip of C{messageId} into C{part} (replaced if it
-        exists), by C{deadline} (on the clock).  C{part} may be left behind,
+        Download the zip of C{messageId} (the id's bytes as MX Telecom sent
+        them) into C{part} (replaced if it exists), by C{deadline} (on the
+        clock).  C{part} may be left behind,
         complete or not, either way, but closed: no worker writes to it once
         the result has fired.
 
@@ -300,7 +300,7 @@ class Fetcher:
 
 
 class _Attempt:
-    def __init__(self, fetcher: Fetcher, messageId: str, part: Path, deadline: float) -> None:
+    def __init__(self, fetcher: Fetcher, messageId: bytes, part: Path, deadline: float) -> None:
         self._fetcher = fetcher
         self._part = part
         self._body: _BodyFile | None = None
@@ -360,7 +360,7 @@ class _Attempt:
 
 def _writeError(e: BaseException) -> RetrieveError:
     reason = getattr(e, "strerror", None) or str(e)
-    return RetrieveError(f"cannot write {PART}: {reason}")
+    return RetrieveError(f"cannot write {PARTIAL_ZIP}: {reason}")
 
 
 @implementer(IPushProducer)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from attrs import frozen
 
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.mms.attempts import Attempt, Attempts
+from mxrecv.spool.layout import Attempt, Attempts
 
 
 def backoff(failures: int, initial: float, maximum: float) -> float:

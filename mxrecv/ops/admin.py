@@ -17,23 +17,24 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import IServiceCollection
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.config import LOOPBACK, AdminConfig
 from mxrecv.ops.bearer import BearerToken, TokenRequired
+from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.spool.durable import fsyncPath
 from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
@@ -46,6 +47,8 @@ from mxrecv.web.request import CallbackChannel
 
 log = Logger()
 
+INBOX = b"inbox"
+
 # A disk that takes longer than this to write and fsync a few bytes is not
 # healthy, even if it would succeed in the end.
 PROBE_TIMEOUT = 5.0
@@ -55,11 +58,17 @@ PROBE_TIMEOUT = 5.0
 class Check:
     """
     The result of one health check.
+
+    @ivar more: further JSON fields of the check (per-worker states).
     """
 
     name: str
     ok: bool
     detail: str
+    more: Mapping[str, Any] = field(factory=dict)
+
+    def toJSON(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, **self.more}
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -91,6 +100,7 @@ class Health:
     @param expected: how many there should be.
     @param certificates: the HTTPS listeners' certificates; their expiry is
         checked against C{reactor}'s time.
+    @param more: further checks (the worker processes').
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class Health:
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
+        more: Sequence[Callable[[], Check]] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -113,11 +124,13 @@ class Health:
         self._pool = pool
         self._timeout = timeout
         self._certificates = tuple(certificates)
+        self._more = tuple(more)
 
     def check(self) -> Deferred[list[Check]]:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
+        checks.extend(maybeDeferred(check) for check in self._more)
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -183,7 +196,7 @@ class HealthResource(Resource):
             ok = all(c.ok for c in checks)
             body = {
                 "ok": ok,
-                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+                "checks": {c.name: c.toJSON() for c in checks},
             }
             if not ok:
                 log.warn("Health check failed: {checks}", checks=body["checks"])
@@ -274,6 +287,8 @@ class AdminSite(Site):
         whether C{pending/NAME} exists and was taken up.
     @param token: what requests other than GET and HEAD must carry.
     @param allow: the clients that may connect.
+    @param children: more resources, by path segment (C{b"inbox"}); those
+        in C{selfChecking} check C{token} themselves.
     """
 
     protocol = CallbackChannel
@@ -289,12 +304,16 @@ class AdminSite(Site):
         token: BearerToken = BearerToken(),
         allow: AllowList = AllowList(LOOPBACK),
         headerTimeout: float = 30.0,
+        children: Mapping[bytes, IResource] = {},
+        selfChecking: frozenset[bytes] = frozenset(),
     ) -> None:
         root = Resource()
+        for segment, child in children.items():
+            root.putChild(segment, child)
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
-        super().__init__(TokenRequired(root, token), reactor=reactor)
+        super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
         self.token = token
         self.allow = allow
         self.headerTimeout = headerTimeout
@@ -328,21 +347,22 @@ def buildAdmin(
     takeUp: Callable[[str], None],
     certificates: Sequence[ReloadableCertificate],
     parent: IServiceCollection,
+    more: Sequence[Callable[[], Check]] = (),
 ) -> list[Listener]:
     """
     The admin listeners (C{[admin] listen}), added to C{parent}:
     C{/metrics} from C{registry}, C{/health} (the spool writable,
     C{expected} callback listeners up, the HTTPS C{certificates} not
-    expired), and C{POST /pending/NAME}; for the clients in C{[admin]
-    allow}, with C{[admin] token} for POST, and C{headerTimeout} (the
-    callback listeners').
+    expired, and the checks C{more}), C{POST /pending/NAME} and the
+    C{/inbox}; for the clients in C{[admin] allow}, with C{[admin] token}
+    for POST, and C{headerTimeout} (the callback listeners').
 
     @param listening: how many callback listeners are up.
     @param takeUp: takes up an MMS in C{pending/} by name.
     """
 
     def takeUpIfThere(name: str) -> bool:
-        if not (spool.dir(PENDING) / name).is_dir():
+        if not spool.message(PENDING, name).exists():
             return False
         takeUp(name)
         return True
@@ -355,16 +375,30 @@ def buildAdmin(
         reactor=reactor,
         pool=pool,
         certificates=certificates,
+        more=more,
     )
+    token = BearerToken(config.token)
+    children: dict[bytes, IResource] = {}
+    if config.listen:
+        # Before the listeners, so that it stops after them.
+        inbox = buildInbox(
+            spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUpIfThere, token=token
+        )
+        inbox.setServiceParent(parent)
+        children[INBOX] = inbox.resource
     site = AdminSite(
         health=health,
         registry=registry,
         reactor=reactor,
         pool=pool,
         takeUp=takeUpIfThere,
-        token=BearerToken(config.token),
+        token=token,
         allow=AllowList(config.allow),
         headerTimeout=headerTimeout,
+        children=children,
+        # Its requeue form carries the token in a field: a browser cannot
+        # send an Authorization header without script.
+        selfChecking=frozenset({INBOX}),
     )
     listeners = [
         Listener.fromDescription(reactor, description, site.factory())

@@ -5,8 +5,9 @@ changes something (anything but GET and HEAD) must carry as
 C{Authorization: Bearer TOKEN}.
 
 L{BearerToken.allows} is the check, for a resource that wants to decide
-itself; L{TokenRequired} wraps a resource so that its unsafe methods are
-refused with 401 without the token.
+itself (L{BearerToken.matches} for a token it got otherwise, as the
+inbox's requeue form does); L{TokenRequired} wraps a resource so that its
+unsafe methods are refused with 401 without the token.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ class BearerToken:
             return True
         for header in request.requestHeaders.getRawHeaders(b"Authorization", []):
             scheme, _, credentials = header.partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(
-                credentials.strip(), self.value.encode("utf-8")
-            ):
+            if scheme.lower() == b"bearer" and self.matches(credentials.strip()):
                 return True
         return False
+
+    def matches(self, presented: bytes) -> bool:
+        """
+        Whether C{presented} is the token (in constant time); never when no
+        token is configured.
+        """
+        return bool(self.value) and hmac.compare_digest(presented, self.value.encode("utf-8"))
 
     def refuse(self, request: IRequest) -> bytes:
         """
@@ -70,15 +76,23 @@ class TokenRequired(Resource):
     """
     C{wrapped}, whose methods other than GET and HEAD are refused with 401
     unless the request carries C{token}.
+
+    @param selfChecking: children of C{wrapped} that check the token
+        themselves (with L{BearerToken.allows} or L{BearerToken.matches}).
     """
 
-    def __init__(self, wrapped: IResource, token: BearerToken) -> None:
+    def __init__(
+        self, wrapped: IResource, token: BearerToken, selfChecking: frozenset[bytes] = frozenset()
+    ) -> None:
         super().__init__()
         self._wrapped = wrapped
         self._token = token
+        self._selfChecking = selfChecking
         self.isLeaf = getattr(wrapped, "isLeaf", False)
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        if name in self._selfChecking:
+            return self._wrapped.getChildWithDefault(name, request)
         if not self._token.allows(request):
             return _Refused(self._token)
         return self._wrapped.getChildWithDefault(name, request)

@@ -6,8 +6,10 @@ C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
     mxrecv [-c FILE] list [new|pending|failed]
     mxrecv [-c FILE] show NAME
     mxrecv [-c FILE] requeue NAME [--admin URL]
+    mxrecv db-init -c FILE
 
-It reads the spool directly and needs no running server.  C{requeue} moves
+It reads the spool directly and needs no running server.  C{db-init}
+creates or upgrades the tables of C{[deliver] postgresql}.  C{requeue} moves
 a failed MMS back to C{pending/}; a running server takes it up at its next
 start (C{systemctl restart mxrecv} is a graceful restart), or at once when
 C{--admin} names its admin listener (C{POST /pending/NAME}).
@@ -16,7 +18,7 @@ C{--admin} names its admin listener (C{POST /pending/NAME}).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 import urllib.request
@@ -25,18 +27,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.mms.attempts import Attempts
-from mxrecv.mms.retrieve import requeuedState
-from mxrecv.spool.durable import moveDir, replaceFile
-from mxrecv.spool.layout import (
-    DELIVERED,
-    FAILED,
-    MESSAGE_JSON,
-    NEW,
-    PENDING,
-    RETRIEVE_JSON,
-    STATE,
-)
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.spool.directory import MessageDirectory
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Attempts, Layout
 from mxrecv.spool.naming import isName, nameForId
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -61,6 +54,10 @@ def checkConfig(path: str, out: TextIO) -> None:
         out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
     targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    if deliver.postgresql is not None:
+        from mxrecv.deliver.postgresql.connect import describe
+
+        targets.append(f"postgresql {describe(deliver.postgresql)}")
     out.write(f"  deliver: {', '.join(targets) or 'none'}\n")
 
 
@@ -72,7 +69,7 @@ def listMessages(root: Path, which: Sequence[str], out: TextIO) -> None:
     rows = []
     for directory in which:
         for entry in _entries(root / directory):
-            document = _document(entry)
+            document = MessageDirectory(entry).readDocument()
             rows.append(
                 (
                     document.get("received") or "",
@@ -96,7 +93,7 @@ def show(root: Path, nameOrId: str, out: TextIO) -> None:
             out.write(f"  {f.relative_to(path)}\t{f.stat().st_size} bytes\n")
     delivered = sorted(
         target.name
-        for target in (root / STATE / DELIVERED).glob("*")
+        for target in Layout(root).delivered().glob("*")
         if (target / path.name).exists()
     )
     if directory == NEW:
@@ -125,15 +122,11 @@ def requeue(
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
-    document = _document(path)
-    before = _attemptsSummary(document)
-    for key in ("error", "attempts", "attempt_count"):
-        document.pop(key, None)
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
-    replaceFile(path / MESSAGE_JSON, data, sync)
-    replaceFile(path / RETRIEVE_JSON, requeuedState(time.time() if now is None else now), sync)
+    failed = MessageDirectory(path, sync)
+    before = _attemptsSummary(failed.readDocument())
+    failed.requeue(isoFromTimestamp(time.time() if now is None else now))
     try:
-        moveDir(path, root / PENDING / path.name, sync)
+        failed.moveTo(Layout(root).dir(PENDING))
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
     out.write(f"failed/{path.name} -> pending/{path.name}{before}\n")
@@ -173,6 +166,38 @@ def _attemptsSummary(document: dict[str, Any]) -> str:
     return f" (after {attempts.count} attempt{s}; the last, at {last.at}: {last.outcome})"
 
 
+def dbInit(config: Config, out: TextIO) -> None:
+    """
+    Create the tables of C{[deliver] postgresql}, or upgrade them to this
+    mxrecv's version; idempotent.
+    """
+    if config.deliver.postgresql is None:
+        raise CommandError("the configuration has no [deliver] postgresql")
+    import psycopg
+
+    from mxrecv.deliver.postgresql.connect import describe
+    from mxrecv.deliver.postgresql.schema import VERSION, SchemaError, upgrade
+    from mxrecv.deliver.postgresql.target import settingsFor
+
+    where = describe(config.deliver.postgresql)
+    try:
+        with settingsFor(config.deliver).connect() as connection:
+            before, after = upgrade(connection)
+    except (SchemaError, psycopg.Error) as e:
+        raise CommandError(f"PostgreSQL ({where}): {str(e).strip()}") from None
+    if before == 0:
+        out.write(f"{where}: created the mxrecv tables (version {after})\n")
+    elif before < after:
+        out.write(f"{where}: upgraded the mxrecv tables from version {before} to {after}\n")
+    elif before > VERSION:
+        out.write(
+            f"{where}: the mxrecv tables are at version {before}, newer than this mxrecv's "
+            f"{VERSION}; nothing to do\n"
+        )
+    else:
+        out.write(f"{where}: the mxrecv tables are at version {after}; nothing to do\n")
+
+
 def _entries(directory: Path) -> list[Path]:
     try:
         return sorted(e for e in directory.iterdir() if isName(e.name) and e.is_dir())
@@ -180,23 +205,16 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
-def _document(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads((path / MESSAGE_JSON).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
     """
     Where a message is, by its directory name or by its id.
     """
     candidates = [nameOrId] if isName(nameOrId) else []
-    candidates.append(nameForId(nameOrId))
+    # The id's bytes as given on the command line, valid UTF-8 or not.
+    candidates.append(nameForId(os.fsencode(nameOrId)))
     for name in candidates:
         for directory in DIRECTORIES:
-            path = root / directory / name
+            path = Layout(root).message(directory, name)
             if path.is_dir():
                 return directory, path
     raise CommandError(f"no message {nameOrId!r} in new/, pending/ or failed/")
@@ -218,6 +236,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the running server's admin listener (http://127.0.0.1:9100): take it up now",
     )
+    init = commands.add_parser(
+        "db-init", help="create or upgrade the tables of [deliver] postgresql"
+    )
+    init.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help="the server's TOML configuration"
+    )
     return p
 
 
@@ -230,8 +254,11 @@ def main(
             checkConfig(args.file, out)
             return 0
         config: Config = loadConfig(args.config)
+        if args.command == "db-init":
+            dbInit(config, out)
+            return 0
         root = config.spool.dir
-        if not (root / STATE).is_dir():
+        if not Layout(root).dir(STATE).is_dir():
             raise CommandError(f"{root}: not an mxrecv spool")
         if args.command == "list":
             listMessages(root, [args.which] if args.which else DIRECTORIES, out)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PENDING
+from mxrecv.spool.layout import FAILED, NEW, PENDING
 from mxrecv.spool.naming import isName
 from mxrecv.web.outcome import CallbackOutcome
 
@@ -149,9 +149,7 @@ class SpoolCollector(Collector):
             names = _names(self._spool.dir(which))
             family.add_metric([which], len(names))
             if which == PENDING:
-                downloads = sum(
-                    1 for n in names if not (self._spool.dir(PENDING) / n / MMS_ZIP).exists()
-                )
+                downloads = sum(1 for n in names if not self._spool.message(PENDING, n).hasZip())
         yield family
         yield GaugeMetricFamily(
             "mxrecv_pending_downloads",

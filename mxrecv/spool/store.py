@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
 from mxrecv.spool.layout import (
     DIRECTORIES,
@@ -47,6 +48,7 @@ from mxrecv.spool.layout import (
     SEEN,
     STATE,
     TMP,
+    Layout,
 )
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.seen import SeenIndex
@@ -203,7 +205,14 @@ class Spool:
         return self._lock is not None
 
     def dir(self, which: str) -> Path:
-        return self.root / which
+        return Layout(self.root).dir(which)
+
+    def message(self, which: str, name: str) -> MessageDirectory:
+        """
+        The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
+        L{FAILED}), whether it is there or not.
+        """
+        return MessageDirectory.at(self.root, which, name, self.sync)
 
     # Start and stop (blocking, before the server listens and after it stops)
 
@@ -351,7 +360,7 @@ class Spool:
 
     # Accepting messages
 
-    def isSeen(self, messageId: str) -> bool:
+    def isSeen(self, messageId: bytes | str) -> bool:
         return nameForId(messageId) in self._seen
 
     def accept(
@@ -365,7 +374,7 @@ class Spool:
         @return: fires with L{Accepted} once the message is durable, or fails
             with L{SpoolError}.  Either way C{staging} is consumed.
         """
-        name = nameForId(message.id)
+        name = nameForId(message.rawId)
         if name in self._seen:
             if staging is not None:
                 self.discard(staging)

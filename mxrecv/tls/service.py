@@ -11,14 +11,8 @@ from collections.abc import Iterable
 from twisted.application.service import IServiceCollection
 from twisted.internet.interfaces import IReactorTime
 
-from mxrecv.tls.certificate import (
-    CertificateError,
-    ReloadableCertificate,
-    TLSFiles,
-    clockTime,
-    isTLS,
-    parseTLS,
-)
+from mxrecv.tls.certificate import CertificateError, ReloadableCertificate, clockTime
+from mxrecv.tls.description import TLSFiles, isTLS, parseTLS
 from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
 
 

@@ -11,7 +11,6 @@ TLS with our policy and a certificate that can be reloaded.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.application.service import Service
@@ -20,7 +19,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
-    UNIXServerEndpoint,
     serverFromString,
 )
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -29,51 +27,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from mxrecv.tls.certificate import ReloadableCertificate, TLSListen, isTLS, parseTLS
+from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.description import TLSListen
 from mxrecv.web.access import AllowList, PeerFilter
 
 log = Logger()
-
-
-def parseListen(description: str) -> str | TLSListen:
-    """
-    Check a C{listen} string without reading files or listening.
-
-    @return: the L{TLSListen} for an C{ssl:} description, else the string.
-    @raise ValueError: naming what is wrong with it.
-    """
-    try:
-        if isTLS(description):
-            return parseTLS(description)
-        # Building an endpoint does not listen, so no reactor is needed yet.
-        serverFromString(None, description)
-    except Exception as e:
-        raise ValueError(f"bad endpoint {description!r}: {e}") from None
-    return description
-
-
-def isLoopbackListen(description: str) -> bool:
-    """
-    Whether a valid C{listen} string can only be reached from this machine:
-    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
-    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
-    be known before it listens (C{systemd:}, ...).
-    """
-    listen = parseListen(description)
-    if isinstance(listen, TLSListen):
-        interface = listen.interface
-    else:
-        endpoint = serverFromString(None, description)
-        if isinstance(endpoint, UNIXServerEndpoint):
-            return True
-        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-            return False
-        # Twisted keeps the parsed address private; it is "" for all addresses.
-        interface = endpoint._interface
-    try:
-        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:

@@ -147,35 +147,101 @@ class CallbackChannel(HTTPChannel):
 
     def _headersTimedOut(self) -> None:
         self._headerDeadline = None
-        self._cutOff = True
-        site = self.site
+        timeout = self.site.headerTimeout
         if self._partial:
-            refusal = Refusal(
-                HTTPStatus.REQUEST_TIMEOUT,
-                f"request headers not complete after {site.headerTimeout:g} seconds",
+            self._refuseAndClose(
+                Refusal(
+                    HTTPStatus.REQUEST_TIMEOUT,
+                    f"request headers not complete after {timeout:g} seconds",
+                ),
+                self._headerBegan,
             )
-            _writeRefusal(self.transport, refusal)
+            return
+        self._cutOff = True
+        self.transport.abortConnection()
+        self._report(
+            Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"nothing received in {timeout:g} seconds, dropped without an answer",
+            ),
+            self._headerBegan,
+        )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        twisted.web's parser refused the request's framing (its request
+        line, a header, the headers' size or count, conflicting
+        Content-Length and Transfer-Encoding, a chunk): answer 400 saying
+        which, and log and count it like any other refusal.
+        """
+        if self._cutOff:
+            return
+        request = self.requests[-1] if self.requests else None
+        if getattr(request, "_refused", None) is not None:
+            # Its answer is written already: only the drain is cut short.
+            self._cutOff = True
             self.loseConnection()
-            # Over TLS the connection only closes once the client answers our
-            # close_notify; one that never does is dropped, as twisted.web
-            # does after its idle timeout.
-            self._abortLater = site.reactor.callLater(
-                self.abortTimeout, self.transport.abortConnection
-            )
-        else:
-            refusal = Refusal(
-                HTTPStatus.REQUEST_TIMEOUT,
-                f"nothing received in {site.headerTimeout:g} seconds, dropped without an answer",
-            )
-            self.transport.abortConnection()
+            return
+        began = getattr(request, "started", 0.0) or self._headerBegan
+        self._refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver would close the connection without a word.
+        if self._cutOff:
+            return
+        self._refuseAndClose(
+            Refusal(
+                HTTPStatus.BAD_REQUEST,
+                f"malformed request: a request or header line longer than {self.MAX_LENGTH} bytes",
+            ),
+            self._headerBegan,
+        )
+
+    def _framingProblem(self) -> str:
+        """
+        What twisted.web's parser found wrong, from the state it was left
+        in (it says nothing itself).
+        """
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            return f"malformed request: headers longer than {self.totalHeadersSize} bytes"
+        if self._receivedHeaderCount > self.maxHeaders:
+            return f"malformed request: more than {self.maxHeaders} headers"
+        if not self.line_mode:
+            return "malformed request: a bad chunk in its chunked body"
+        if getattr(self, "_command", None) is None:
+            return "malformed request: a bad request line"
+        return (
+            "malformed request: a bad header (name, value, Content-Length or "
+            "Transfer-Encoding, or both of the last two)"
+        )
+
+    def _refuseAndClose(self, refusal: Refusal, began: float) -> None:
+        """
+        Answer C{refusal}, close the connection, ignore what else comes,
+        and report it.
+        """
+        self._cutOff = True
+        self._stopHeaderDeadline()
+        _writeRefusal(self.transport, refusal)
+        self.loseConnection()
+        # Over TLS the connection only closes once the client answers our
+        # close_notify; one that never does is dropped, as twisted.web does
+        # after its idle timeout.
+        self._abortLater = self.site.reactor.callLater(
+            self.abortTimeout, self.transport.abortConnection
+        )
+        self._report(refusal, began)
+
+    def _report(self, refusal: Refusal, began: float) -> None:
+        request = self.requests[-1] if self.requests else None
         _report(
-            site,
+            self.site,
             refusal,
             # twisted.web's private record of the method, once the request
             # line is in: no public attribute has it before the headers are.
             method=getattr(self, "_command", None),
-            received=0,
-            seconds=site.reactor.seconds() - self._headerBegan,
+            received=getattr(request, "bodyBytes", 0),
+            seconds=self.site.reactor.seconds() - began,
             peer=self.getPeer(),
         )
 
@@ -185,8 +251,9 @@ class CallbackSite(Site):
     A Site for L{CallbackRequest}s on L{CallbackChannel}s: it holds what they
     need to decide about a body before the resource sees the request.
 
-    @ivar chooseBody: called with the request headers once they are in;
-        returns the L{IBody} for the body or raises L{Refusal}.
+    @ivar chooseBody: called with the request's method, URI and headers
+        once the headers are in; returns the L{IBody} for the body or raises
+        L{Refusal}.
     @ivar observe: called with the L{CallbackOutcome} of each request refused
         here (metrics).
     @ivar headerTimeout: seconds a request's headers may take in all
@@ -209,7 +276,7 @@ class CallbackSite(Site):
         maxBody: int,
         requestTimeout: float,
         headerTimeout: float,
-        chooseBody: Callable[[Any], IBody],
+        chooseBody: Callable[[bytes, bytes, Headers], IBody],
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
@@ -262,7 +329,11 @@ class CallbackRequest(Request):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"body of {length} bytes is over the limit of {site.maxBody}",
                 )
-            self.body = site.chooseBody(self.requestHeaders)
+            # twisted.web's private record of the request line: no public
+            # attribute has it before the body is in.
+            self.body = site.chooseBody(
+                self.channel._command, self.channel._path, self.requestHeaders
+            )
         except Refusal as refusal:
             self._refuse(refusal)
             return
