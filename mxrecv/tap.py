@@ -13,19 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import IServiceCollection, Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from mxrecv.config import Config, ConfigError, loadConfig
 from mxrecv.deliver import buildDelivery
-from mxrecv.mms import buildMMS
+from mxrecv.mms import MMSWork, buildMMS
 from mxrecv.ops import MxrecvService, buildAdmin
 from mxrecv.ops.logs import logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
-from mxrecv.spool import IO_THREADS, UPLOAD_THREADS, SpoolService, openSpool
+from mxrecv.spool import IO_THREADS, UPLOAD_THREADS, PruneService, SpoolService, openSpool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls import loadCertificates, reloadCertificates
 from mxrecv.web import buildSite, serveCallbacks
+from mxrecv.workers import Worker, buildSupervisor
 
 log = Logger()
 
@@ -37,7 +39,17 @@ class Options(usage.Options):
         "Without --config, every setting has its default (listen on "
         "127.0.0.1:8080, spool in var/spool)."
     )
-    optParameters = [["config", "c", None, "The TOML configuration file."]]
+    optParameters = [
+        ["config", "c", None, "The TOML configuration file."],
+        [
+            "worker",
+            None,
+            None,
+            "Internal: run as worker N of a server of several processes "
+            "([server] workers), which starts its workers itself.",
+            int,
+        ],
+    ]
 
     def postOptions(self) -> None:
         try:
@@ -46,76 +58,113 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options, reactor: Any = None) -> MxrecvService:
+def makeService(options: Options, reactor: Any = None) -> Service:
     if reactor is None:
         from twisted.internet import reactor
     config: Config = options["settings"]
     twistd = getattr(options, "parent", None)
-    service = MxrecvService(logObserver=lambda: _observer(config, twistd))
+    if options.get("worker") is None and config.server.workers > 1:
+        return buildSupervisor(config, options.get("config"), twistd=twistd, reactor=reactor)
+    worker = None if options.get("worker") is None else Worker.join(reactor)
+    if worker is not None:
+        config = worker.config
+
+    def observer() -> ILogObserver | None:
+        made = _observer(config, twistd)
+        return made if worker is None or made is None else worker.observer(made, config.log.format)
+
+    service = MxrecvService(logObserver=observer)
     metrics = service.metrics
     # Before the spool: a bad certificate should stop start-up untouched.
     certificates = loadCertificates(
         config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
     )
 
+    if worker is not None:
+        # Before the thread pools: its channel to the parent stops last.
+        worker.attach(service)
     # The bottom layers: threads, then the spool.
     pool = service.threadPool("mxrecv-io", IO_THREADS)
+    spool = service.spool = openSpool(
+        config.spool,
+        reactor=reactor,
+        pool=pool,
+        **({} if worker is None else {"worker": worker.number, "lock": worker.lock}),
+    )
     # One budget for the files streaming in, uploads and downloads alike.
     writers = FileWriters(
         reactor=reactor, pool=service.threadPool("mxrecv-upload", UPLOAD_THREADS)
     )
-    spool = service.spool = openSpool(config.spool, reactor=reactor, pool=pool)
-    SpoolService(spool, reactor).setServiceParent(service.store)
+    SpoolService(spool).setServiceParent(service.store)
     metrics.watch(SpoolCollector(spool))
 
-    # The work off the request path.
-    mms = buildMMS(
-        config,
-        spool=spool,
-        reactor=reactor,
-        pool=pool,
-        writers=writers,
-        metrics=metrics,
-        parent=service.work,
-    )
-    service.retriever = mms.retriever
-    if config.deliver.enabled:
-        buildDelivery(
-            config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
-        ).setServiceParent(service.work)
+    def work(parent: IServiceCollection) -> MMSWork:
+        """
+        The work off the request path, of one process of the server.
+        """
+        PruneService(spool, reactor).setServiceParent(parent)
+        mms = buildMMS(
+            config,
+            spool=spool,
+            reactor=reactor,
+            pool=pool,
+            writers=writers,
+            metrics=metrics,
+            parent=parent,
+        )
+        service.retriever = mms.retriever
+        if config.deliver.enabled:
+            buildDelivery(
+                config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
+            ).setServiceParent(parent)
+        return mms
+
+    if worker is None:
+        pending = work(service.work).pending
+    else:
+        pending = worker.lead(service.work, spool, work)
 
     # The edge: the callback listeners stop first, the admin ones last.
     site = service.site = buildSite(
-        config, spool, reactor, mms.pending, writers=writers, observe=metrics.callback
+        config, spool, reactor, pending, writers=writers, observe=metrics.callback
     )
-    service.adminListeners = buildAdmin(
-        config.admin,
-        headerTimeout=config.server.header_timeout,
-        spool=spool,
-        # Each listening port starts the site (even behind TLS wrappers).
-        listening=lambda: site.numPorts,
-        expected=len(config.server.listen),
-        registry=metrics.registry,
-        reactor=reactor,
-        pool=pool,
-        takeUp=mms.pending,
-        certificates=list(certificates.values()),
-        parent=service.edge,
-    )
+    if worker is None:
+        service.adminListeners = buildAdmin(
+            config.admin,
+            headerTimeout=config.server.header_timeout,
+            spool=spool,
+            # Each listening port starts the site (even behind TLS wrappers).
+            listening=lambda: site.numPorts,
+            expected=len(config.server.listen),
+            registry=metrics.registry,
+            reactor=reactor,
+            pool=pool,
+            takeUp=pending,
+            certificates=list(certificates.values()),
+            parent=service.edge,
+        )
     edge = serveCallbacks(
-        config.server, site, certificates=certificates, reactor=reactor, parent=service.edge
+        config.server,
+        site,
+        certificates=certificates,
+        reactor=reactor,
+        parent=service.edge,
+        endpoints=None if worker is None else worker.endpoints,
     )
     service.listeners, service.inFlight = edge.listeners, edge.inFlight
     reloadCertificates(
         certificates.values(), watch=config.tls.watch, reactor=reactor, parent=service.edge
     )
 
-    log.info(
-        "mxrecv spooling to {spool}, listening on {listen}{admin}",
-        spool=str(spool.root),
-        listen=", ".join(config.server.listen),
-        admin=f", admin on {', '.join(config.admin.listen)}" if config.admin.listen else "",
-    )
+    if worker is None:
+        log.info(
+            "mxrecv spooling to {spool}, listening on {listen}{admin}",
+            spool=str(spool.root),
+            listen=", ".join(config.server.listen),
+            admin=f", admin on {', '.join(config.admin.listen)}" if config.admin.listen else "",
+        )
+    else:
+        log.info("Worker {worker} spooling to {spool}", worker=worker.number, spool=str(spool.root))
     return service
 
 

@@ -31,7 +31,7 @@ from mxrecv.mms.pending import PendingService
 from mxrecv.mms.retrieve import RetrieveService
 from mxrecv.ops.inbox.service import InboxService
 from mxrecv.ops.service import OrderedService, ThreadPoolService
-from mxrecv.spool.service import SpoolService
+from mxrecv.spool.service import PruneService, SpoolService
 from mxrecv.tap import Options, makeService
 from mxrecv.web.drain import DrainService
 from mxrecv.web.listen import Listener
@@ -230,9 +230,9 @@ class LayersTests(TestCase):
         """
         The service is composed in layers, stopped from the top: the edge
         (callback listeners, then the drain of the callbacks in flight,
-        then the admin listeners, then the inbox they served), the MMS and delivery work (delivery,
-        then the sweep of pending/, then retrieval), the spool, the thread
-        pools.
+        then the admin listeners, then the inbox they served), the MMS and
+        delivery work (delivery, then the sweep of pending/, then retrieval,
+        then the prune of the seen-id index), the spool, the thread pools.
         """
         base = Path(self.mktemp())
         config = Config(
@@ -252,7 +252,7 @@ class LayersTests(TestCase):
             [(layer.name, [type(s) for s in stopOrder(layer)]) for layer in stopOrder(service)],
             [
                 ("edge", [Listener, Listener, DrainService, Listener, InboxService]),
-                ("work", [DeliveryService, PendingService, RetrieveService]),
+                ("work", [DeliveryService, PendingService, RetrieveService, PruneService]),
                 ("store", [SpoolService]),
                 ("threads", [ThreadPoolService, ThreadPoolService]),
             ],

@@ -22,10 +22,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import IServiceCollection
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -58,11 +58,17 @@ PROBE_TIMEOUT = 5.0
 class Check:
     """
     The result of one health check.
+
+    @ivar more: further JSON fields of the check (per-worker states).
     """
 
     name: str
     ok: bool
     detail: str
+    more: Mapping[str, Any] = field(factory=dict)
+
+    def toJSON(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, **self.more}
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -94,6 +100,7 @@ class Health:
     @param expected: how many there should be.
     @param certificates: the HTTPS listeners' certificates; their expiry is
         checked against C{reactor}'s time.
+    @param more: further checks (the worker processes').
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class Health:
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
+        more: Sequence[Callable[[], Check]] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -116,11 +124,13 @@ class Health:
         self._pool = pool
         self._timeout = timeout
         self._certificates = tuple(certificates)
+        self._more = tuple(more)
 
     def check(self) -> Deferred[list[Check]]:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
+        checks.extend(maybeDeferred(check) for check in self._more)
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -186,7 +196,7 @@ class HealthResource(Resource):
             ok = all(c.ok for c in checks)
             body = {
                 "ok": ok,
-                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+                "checks": {c.name: c.toJSON() for c in checks},
             }
             if not ok:
                 log.warn("Health check failed: {checks}", checks=body["checks"])
@@ -337,14 +347,15 @@ def buildAdmin(
     takeUp: Callable[[str], None],
     certificates: Sequence[ReloadableCertificate],
     parent: IServiceCollection,
+    more: Sequence[Callable[[], Check]] = (),
 ) -> list[Listener]:
     """
     The admin listeners (C{[admin] listen}), added to C{parent}:
     C{/metrics} from C{registry}, C{/health} (the spool writable,
     C{expected} callback listeners up, the HTTPS C{certificates} not
-    expired), C{POST /pending/NAME} and the C{/inbox}; for the clients in C{[admin]
-    allow}, with C{[admin] token} for POST, and C{headerTimeout} (the
-    callback listeners').
+    expired, and the checks C{more}), C{POST /pending/NAME} and the
+    C{/inbox}; for the clients in C{[admin] allow}, with C{[admin] token}
+    for POST, and C{headerTimeout} (the callback listeners').
 
     @param listening: how many callback listeners are up.
     @param takeUp: takes up an MMS in C{pending/} by name.
@@ -364,6 +375,7 @@ def buildAdmin(
         reactor=reactor,
         pool=pool,
         certificates=certificates,
+        more=more,
     )
     token = BearerToken(config.token)
     children: dict[bytes, IResource] = {}

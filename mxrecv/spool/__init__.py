@@ -3,7 +3,8 @@
 The spool: the Maildir-like directory the application reads (its names in
 L{layout}, message names in L{naming}), durable writes (L{durable},
 L{writer}), the group commit (L{store}) and the seen-id index (L{seen}).
-L{openSpool} opens it and L{SpoolService} keeps it while running.
+L{openSpool} opens it, L{SpoolService} keeps it while running and
+L{PruneService} prunes its seen-id index.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mxrecv.spool.service import IO_THREADS, UPLOAD_THREADS, SpoolService, openSpool
+    from mxrecv.spool.service import (
+        IO_THREADS,
+        UPLOAD_THREADS,
+        PruneService,
+        SpoolService,
+        openSpool,
+    )
 
-__all__ = ["IO_THREADS", "UPLOAD_THREADS", "SpoolService", "openSpool"]
+__all__ = ["IO_THREADS", "UPLOAD_THREADS", "PruneService", "SpoolService", "openSpool"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,11 +31,21 @@ IO_THREADS = 16
 UPLOAD_THREADS = 4
 
 
-def openSpool(config: SpoolConfig, *, reactor: IReactorThreads, pool: ThreadPool) -> Spool:
+def openSpool(
+    config: SpoolConfig,
+    *,
+    reactor: IReactorThreads,
+    pool: ThreadPool,
+    worker: int | None = None,
+    lock: int | None = None,
+) -> Spool:
     """
     Open the spool of C{[spool]}: the one place a running mxrecv opens it.
 
     @param pool: the thread pool of its writes and fsyncs.
+    @param worker: this process's number, in a server of several worker
+        processes (L{Spool}'s C{worker}).
+    @param lock: the spool's lock the worker inherited (L{Spool.open}'s).
     @raise SystemExit: if it cannot be opened (unwritable, or in use by
         another process), saying why.
     """
@@ -45,9 +55,10 @@ def openSpool(config: SpoolConfig, *, reactor: IReactorThreads, pool: ThreadPool
         pool=pool,
         sync=config.fsync,
         dedupeSeconds=config.dedupe_days * 86400,
+        worker=worker,
     )
     try:
-        spool.open()
+        spool.open(lock=lock)
     except (OSError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {spool.root}: {e}") from None
     if not config.fsync:
@@ -58,8 +69,26 @@ def openSpool(config: SpoolConfig, *, reactor: IReactorThreads, pool: ThreadPool
 class SpoolService(Service):
     """
     Keeps the spool open while running (it is opened again if it was
-    closed), prunes its seen-id index every C{interval} seconds from the
-    start, and closes it at shutdown once the commits in flight are done.
+    closed), and closes it at shutdown once the commits in flight are done.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.spool.isOpen:
+            self.spool.open()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.spool.whenIdle().addBoth(lambda _: self.spool.close())
+
+
+class PruneService(Service):
+    """
+    Prunes the spool's seen-id index every C{interval} seconds from the
+    start: in one process of the server (its leader, when it runs several).
     """
 
     def __init__(
@@ -72,15 +101,12 @@ class SpoolService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if not self.spool.isOpen:
-            self.spool.open()
         self._prunes.start(self._interval, now=True)
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> None:
         super().stopService()
         if self._prunes.running:
             self._prunes.stop()
-        return self.spool.whenIdle().addBoth(lambda _: self.spool.close())
 
     def _prune(self) -> None:
         """

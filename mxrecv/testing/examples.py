@@ -80,15 +80,23 @@ def sms(ident: str, received: str, text: str = "Hello", sender: str = "447700900
 
 
 def mms(
-    ident: str, received: str, subject: str | None = "Hi", sender: str = "447700900123"
+    ident: str,
+    received: str,
+    subject: str | None = "Hi",
+    sender: str = "447700900123",
+    delivery: str = POST,
 ) -> Message:
+    """
+    An MMS; C{delivery="get"} for one notified in GET mode (its zip is
+    downloaded from RetrieveMMS, or not, when it failed).
+    """
     return Message(
         id=ident,
         type=MMS,
         sender=sender,
         to=("80000",),
         date=received[:19].replace("T", " "),
-        delivery=POST,
+        delivery=delivery,
         received=received,
         subject=subject,
     )

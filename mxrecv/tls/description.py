@@ -57,7 +57,7 @@ def isTLS(description: str) -> bool:
     return description.split(":", 1)[0] == "ssl"
 
 
-def _fields(description: str) -> list[list[str]]:
+def endpointFields(description: str) -> list[list[str]]:
     """
     Split an endpoint description like Twisted does: fields at C{:}, a key
     from its value at the first C{=}, a backslash escapes either.
@@ -84,7 +84,7 @@ def parseTLS(description: str) -> TLSListen:
 
     @raise ValueError: naming what is wrong.
     """
-    fields = _fields(description)
+    fields = endpointFields(description)
     if fields[0] != ["ssl"]:
         raise ValueError("not an ssl: description")
     options: dict[str, str] = {}

@@ -6,11 +6,12 @@ with the drain that lets the callbacks in flight be answered at shutdown.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from attrs import frozen
 from twisted.application.service import IServiceCollection
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 
 from mxrecv.config import Config, ServerConfig, parseListen
 from mxrecv.spool.store import Spool
@@ -90,12 +91,17 @@ def serveCallbacks(
     certificates: Mapping[TLSFiles, ReloadableCertificate],
     reactor: IReactorTime,
     parent: IServiceCollection,
+    endpoints: Sequence[IStreamServerEndpoint] | None = None,
 ) -> Edge:
     """
     Listen for callbacks on each C{[server] listen} string (an C{ssl:} one
     with its certificate among C{certificates}, behind the allow list), and
     at shutdown stop listening, then let the callbacks in flight be answered
     for up to C{shutdown_timeout}.
+
+    @param endpoints: where each C{listen} string listens, when not where
+        it says: in a worker process, the socket its parent made for it
+        (L{mxrecv.workers.sockets.AdoptedEndpoint}).
 
     The services are added to C{parent} in the order they start, the drain
     first, for a parent that stops them last first (an
@@ -105,15 +111,15 @@ def serveCallbacks(
     inFlight.track(site)
     DrainService(inFlight, server.shutdown_timeout, reactor).setServiceParent(parent)
     listeners = []
-    for description in server.listen:
+    for i, description in enumerate(server.listen):
         listen = parseListen(description)
         if isinstance(listen, TLSListen):
-            listener = Listener(
-                tlsEndpoint(reactor, listen),
-                tlsFactory(site, site.allow, certificates[listen.files]),
-            )
+            endpoint = tlsEndpoint(reactor, listen)
+            factory = tlsFactory(site, site.allow, certificates[listen.files])
         else:
-            listener = Listener.fromDescription(reactor, description, site)
+            endpoint = serverFromString(reactor, description)
+            factory = site
+        listener = Listener(endpoint if endpoints is None else endpoints[i], factory)
         listener.setServiceParent(parent)
         listeners.append(listener)
     return Edge(listeners, inFlight)
