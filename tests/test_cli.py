@@ -110,6 +110,29 @@ class SpoolCommandTests(TestCase):
         self.assertTrue(out.startswith("failed/m=2F1\n"))
         self.assertIn('"error": "gave up after 3 attempts"', out)
 
+    @inlineCallbacks
+    def test_controlCharactersEscaped(self):
+        """
+        A sender with a line break and tabs cannot forge a row or a column
+        of the list, nor an escape sequence reach the terminal; show gives
+        message.json as the same JSON, DEL and C1 controls as JSON escapes.
+        """
+        forged = "447700900123\nnew\tforged\tsms\t2026\t\x1b[2J\x00\x7f\x9b"
+        yield self.spool.accept(sms("c", received="2026-11-25T10:00:03.000Z").replace(sender=forged))
+        code, out, err = command("-c", self.config, "list", "new")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual([line.split("\t")[1] for line in lines], ["a", "b", "c"])
+        self.assertEqual(
+            lines[2].split("\t")[4],
+            "447700900123\\nnew\\tforged\\tsms\\t2026\\t\\x1b[2J\\x00\\x7f\\x9b",
+        )
+        code, out, err = command("-c", self.config, "show", "c")
+        self.assertEqual(code, 0)
+        self.assertFalse(any(c in out for c in "\x1b\x00\x7f\x9b"), out)
+        document = out[out.index("{") :]
+        self.assertEqual(json.loads(document)["from"], forged)
+
     def test_showUnknown(self):
         code, out, err = command("-c", self.config, "show", "nothing")
         self.assertEqual(code, 1)
