@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import select
+import socket
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
@@ -201,3 +202,61 @@ def drain(listener, count: int, timeout: float = 30.0) -> list[str]:
     heard.extend(n.payload for n in listener.notifies(timeout=0.2, stop_after=10_000))
     return heard
 
+
+
+class StartupTests(TestCase):
+    """
+    The check of the database at start-up, under twistd.
+    """
+
+    def config(self, conninfo: str, passwordFile: Path) -> Path:
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        config = base / "mxrecv.toml"
+        config.write_text(
+            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
+            f'[deliver]\npostgresql = "{conninfo}"\n'
+            f'postgresql_password_file = "{passwordFile}"\n'
+        )
+        return config
+
+    @inlineCallbacks
+    def test_noTables(self):
+        """
+        A database without mxrecv's tables stops start-up, saying to run
+        db-init.
+        """
+        db = database(self, initialise=False)
+        twistd = runTwistd(self, "--config", str(self.config(db.conninfo, db.passwordFile)))
+        twistd.listening.addErrback(lambda _: None)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(
+            b"the database has no mxrecv tables: create them with mxrecv db-init -c CONFIG",
+            twistd.output,
+        )
+        self.assertNotIn(db.password.encode(), twistd.output)
+
+    @inlineCallbacks
+    def test_unreachable(self):
+        """
+        A database that cannot be reached does not stop start-up: callbacks
+        are answered, and the messages wait.
+        """
+        db = database(self)
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        listening.close()
+        conninfo = f"postgresql://mxrecv@127.0.0.1:{port}/{db.name}"
+        twistd = runTwistd(self, "--config", str(self.config(conninfo, db.passwordFile)))
+        node = yield twistd.listening
+        response = yield httpClient(self).get(
+            f"http://127.0.0.1:{node}/", params={**SMS, "id": "early"}
+        )
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"cannot be reached at start-up", twistd.output)
+        twistd.process.signalProcess("TERM")
+        yield twistd.ended
+        self.assertNotIn(db.password.encode(), twistd.output)
