@@ -74,9 +74,74 @@ class CallbackEventTests(TestCase):
         )
 
 
+    @inlineCallbacks
+    def test_forgedLineEscaped(self):
+        """
+        A callback whose id and sender hold a line break, a carriage return
+        and an escape sequence is one line of the text log, with them
+        escaped; message.json keeps them exactly.
+        """
+        running = run(self, runningConfig(self))
+        out = io.StringIO()
+        observer = textObserver(out)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        forged = "x\n2026-11-25T10:30:00+0000 [-] forged\r\x1b[31m"
+        response = yield client().get(running.url, params={**SMS, "id": forged, "from": forged})
+        self.assertEqual(response.code, 200)
+        [line] = [l for l in out.getvalue().splitlines() if "callback" in l]
+        self.assertIn("callback x\\n2026-11-25T10:30:00+0000 [-] forged\\r\\x1b[31m (sms)", line)
+        self.assertNotIn("forged", out.getvalue().replace(line, ""))
+        [name] = [p.name for p in (running.spool / "new").iterdir()]
+        document = json.loads((running.spool / "new" / name / "message.json").read_bytes())
+        self.assertEqual((document["id"], document["from"]), (forged, forged))
+
+
 class FormatTests(TestCase):
     def log(self, observer):
         return Logger(namespace="test", observer=LogPublisher(observer))
+
+    FORGED = "mx-1\n2026-11-25T10:30:00+0000 [-] forged\r\x1b[2J\x00\t\u202e"
+
+    def test_textControlCharactersEscaped(self):
+        """
+        Control characters in fields (CR, LF, ESC, NUL, tab, a bidi
+        override) are escaped in the text log, however they are formatted:
+        each event is one line. The JSON lines keep them exactly.
+        """
+        text, lines = io.StringIO(), io.StringIO()
+        for observer in (textObserver(text), jsonObserver(lines)):
+            log = self.log(observer)
+            log.info("callback {id}: {status}", id=self.FORGED, status=200)
+            log.info("refused: {error}", error=ValueError(self.FORGED))
+            log.info("ids {ids!r}", ids=[self.FORGED])
+        written = text.getvalue()
+        self.assertEqual(written.count("\n"), 3, written)
+        self.assertFalse(any(c in written for c in "\r\x1b\x00\t\u202e"), written)
+        escaped = "mx-1\\n2026-11-25T10:30:00+0000 [-] forged\\r\\x1b[2J\\x00\\t\\u202e"
+        first, second, third = written.splitlines()
+        self.assertTrue(first.endswith(f"callback {escaped}: 200"), first)
+        self.assertTrue(second.endswith(f"refused: {escaped}"), second)
+        decoded = [json.loads(line) for line in lines.getvalue().splitlines()]
+        self.assertEqual([d["log_text"] for d in decoded[:2]], [f"callback {self.FORGED}: 200", f"refused: {self.FORGED}"])
+        self.assertEqual(decoded[0]["id"], self.FORGED)
+
+    def test_tracebackKeepsItsLines(self):
+        """
+        A traceback keeps its lines (indented after the first, as twisted
+        writes them), with the other control characters of its exception's
+        message escaped.
+        """
+        out = io.StringIO()
+        log = self.log(textObserver(out))
+        try:
+            raise ValueError(self.FORGED)
+        except ValueError:
+            log.failure("failed")
+        written = out.getvalue()
+        self.assertIn("Traceback", written)
+        self.assertFalse(any(c in written for c in "\r\x1b\x00\u202e"), written)
+        self.assertTrue(all(line.startswith("\t") for line in written.splitlines()[1:]), written)
 
     def test_jsonLines(self):
         out = io.StringIO()

@@ -29,6 +29,8 @@ from twisted.logger import (
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
+from mxrecv.message.text import printable, printableLines
+
 REDACTED = "[redacted]"
 # Of no use to a log shipper (an object, written as "unpersistable").
 _DROPPED = frozenset({"log_logger"})
@@ -84,16 +86,40 @@ class Redactor:
 
 def textObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
     """
-    Classic twistd log lines, redacted.
+    Classic twistd log lines, redacted, with control characters escaped
+    (L{printableEvent}).
     """
     redact = Redactor(secrets)
     timeStamp = secondsCache(formatTime)
 
     def format(event: Mapping[str, Any]) -> str | None:
-        text = formatEventAsClassicLogText(redact.event(event), formatTime=timeStamp)
-        return None if text is None else redact.text(text)
+        event = printableEvent(redact.event(event))
+        text = formatEventAsClassicLogText(event, formatTime=timeStamp)
+        return None if text is None else printableLines(redact.text(text))
 
     return FileLogObserver(outFile, format)
+
+
+def printableEvent(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """
+    C{event} with the control characters of its fields escaped (a copy, if
+    any had one), so that what a client sent (an id, a sender, a reason
+    quoting them) cannot forge a line of the text log or drive a terminal
+    reading it: line breaks and tabs too, which the lines of the event's
+    own format and traceback keep (twisted indents the lines after the
+    first).  Strings and exceptions (formatted by their text) are escaped;
+    other values are formatted by their repr, which escapes.
+    """
+    changed = {}
+    for key, value in event.items():
+        if key.startswith("log_"):
+            continue
+        if type(value) is str:
+            if not value.isprintable():
+                changed[key] = printable(value)
+        elif isinstance(value, BaseException):
+            changed[key] = printable(str(value))
+    return {**event, **changed} if changed else event
 
 
 def jsonObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:

@@ -9,7 +9,7 @@ spool a server is running on (nothing is fsynced or journaled).
 from __future__ import annotations
 
 import io
-import json
+import os
 import struct
 import zipfile
 import zlib
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mxrecv.message.model import MMS, POST, SMS, Message
+from mxrecv.message.model import MMS, POST, SMS, Message, encodeJSON
 from mxrecv.mms.unpack import unpackInto
-from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS
+from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS, TMP
 from mxrecv.spool.naming import nameForId
 
 
@@ -113,13 +113,15 @@ def put(
     Put C{message} into C{root/folder/NAME} as mxrecv would have, with its
     zip (unpacked into C{parts/} unless C{folder} is C{pending} or
     C{failed}) and, in C{message.json}, the C{extra} keys (C{error},
-    C{attempts} of a failed MMS).
+    C{attempts} of a failed MMS): written in C{tmp/}, then renamed into
+    place whole.
 
     @return: the message's directory.
     """
-    for directory in DIRECTORIES:
-        (root / directory).mkdir(parents=True, exist_ok=True)
-    directory = root / folder / nameForId(message.id)
+    for which in DIRECTORIES:
+        (root / which).mkdir(parents=True, exist_ok=True)
+    name = nameForId(message.id)
+    directory = root / TMP / f"example.{name}"
     directory.mkdir()
     if zipData is not None:
         (directory / MMS_ZIP).write_bytes(zipData)
@@ -133,8 +135,8 @@ def put(
             )
     data = message.encode()
     if extra:
-        document = json.loads(data)
-        document.update(extra)
-        data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
+        data = encodeJSON({**message.toJSON(), **extra})
     (directory / MESSAGE_JSON).write_bytes(data)
-    return directory
+    final = root / folder / name
+    os.rename(directory, final)
+    return final
