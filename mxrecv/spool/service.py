@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxrecv.spool.store import Spool, SpoolLocked
+from mxrecv.spool.store import Spool, SpoolError, SpoolLocked
 
 log = Logger()
 
@@ -60,7 +60,7 @@ def openSpool(
     )
     try:
         spool.open(lock=lock)
-    except (OSError, SpoolLocked) as e:
+    except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {spool.root}: {e}") from None
     if not sync:
         log.warn("spool.fsync is false: callbacks are acknowledged before they are durable")
