@@ -30,7 +30,7 @@ from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.message.dates import isoFromTimestamp, mxDate
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin, tlsPolicy
-from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import Retriever, expiryOf, makeRetriever, whereRaised
 from mxrecv.mms.schedule import Completed, GaveUp
 from mxrecv.ops.cli import requeue
