@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 
 from mxrecv.tls.certificate import ReloadableCertificate
 from mxrecv.tls.description import TLSListen
-from mxrecv.web.access import AllowList, PeerFilter
 
 log = Logger()
 
@@ -39,15 +38,13 @@ def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
     return endpoint(reactor, listen.port, backlog=listen.backlog, interface=listen.interface)
 
 
-def tlsFactory(
-    site: Factory, allow: AllowList, certificate: ReloadableCertificate
-) -> Factory:
+def tlsFactory(site: Factory, certificate: ReloadableCertificate) -> Factory:
     """
-    C{site} behind TLS, behind the allow list: a client outside C{allow} is
-    dropped on connection, before its handshake costs us anything.
+    C{site} behind TLS, with our policy and the reloadable C{certificate};
+    to be put behind the site's L{mxrecv.web.access.Gate}, so that a client
+    it drops costs no handshake.
     """
-    return PeerFilter(allow, TLSMemoryBIOFactory(certificate, False, site))
-
+    return TLSMemoryBIOFactory(certificate, False, site)
 
 
 class Listener(Service):
