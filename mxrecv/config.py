@@ -300,9 +300,36 @@ def availableCores() -> int:
         return os.cpu_count() or 1
 
 
-def _conninfo(key: str, value: Any) -> str:
-    from mxrecv.deliver.postgresql.connect import parseConninfo
+def parseConninfo(conninfo: str) -> dict[str, str]:
+    """
+    The parameters of a libpq connection string (C{key=value ...} or a
+    C{postgresql://} URI).
 
+    @raise ValueError: if it is not one, or if it holds a password.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError(
+            "needs psycopg, which is not installed: pip install 'mxrecv[postgresql]'"
+        ) from None
+    try:
+        parameters = conninfo_to_dict(conninfo)
+    except ProgrammingError as e:
+        raise ValueError(f"not a libpq connection string: {_firstLine(e)}") from None
+    if "password" in parameters:
+        raise ValueError(
+            "must not hold a password: use postgresql_password_file, or PGPASSFILE"
+        )
+    return {k: str(v) for k, v in parameters.items()}
+
+
+def _firstLine(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _conninfo(key: str, value: Any) -> str:
     _nonEmptyString(key, value)
     try:
         parseConninfo(value)

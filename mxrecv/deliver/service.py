@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -38,10 +38,23 @@ from mxrecv.deliver.records import Records
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.spool.store import Spool
 
-if TYPE_CHECKING:
-    from mxrecv.ops.metrics import Metrics
-
 log = Logger()
+
+
+class DeliveryMetrics(Protocol):
+    """
+    Where delivery reports (L{mxrecv.ops.metrics.Metrics}).
+    """
+
+    def delivery(self, target: str, ok: bool) -> None:
+        """
+        Count one attempt to deliver a message to C{target}.
+        """
+
+    def watch(self, collector: Collector) -> None:
+        """
+        Add a collector read at scrape time.
+        """
 
 
 class BacklogCollector(Collector):
@@ -128,7 +141,12 @@ class DeliveryService(Service):
 
 
 def buildDelivery(
-    config: DeliverConfig, *, spool: Spool, reactor: Any, pool: ThreadPool, metrics: Metrics
+    config: DeliverConfig,
+    *,
+    spool: Spool,
+    reactor: Any,
+    pool: ThreadPool,
+    metrics: DeliveryMetrics,
 ) -> DeliveryService:
     """
     The delivery service for C{[deliver]}.

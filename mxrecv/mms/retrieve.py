@@ -23,7 +23,7 @@ import os
 import zipfile
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
@@ -41,7 +41,6 @@ from mxrecv.message.text import decodeText
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, tlsPolicy
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
-from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import PARTIAL_ZIP, PENDING, RETRIEVE_JSON, Attempt, RetrieveState
 from mxrecv.spool.store import Spool
@@ -70,6 +69,30 @@ def whereRaised(failure: Failure) -> str:
 
 def _fromISO(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class RetrievalMetrics(Protocol):
+    """
+    Where retrieval reports (L{mxrecv.ops.metrics.Metrics}).
+    """
+
+    def retrievalAttempt(self, outcome: str) -> None:
+        """
+        Count one attempt, by outcome (C{ok} or a L{RetrieveError}'s kind).
+        """
+
+    def expired(self) -> None:
+        """
+        Count one MMS given up because its expiry passed.
+        """
+
+
+class _NoMetrics:
+    def retrievalAttempt(self, outcome: str) -> None:
+        pass
+
+    def expired(self) -> None:
+        pass
 
 
 # The queue of pending downloads
@@ -117,9 +140,9 @@ class Retriever:
         reactor: Any,
         pool: Any,
         zone: tzinfo,
-        metrics: Metrics | None = None,
+        metrics: RetrievalMetrics | None = None,
     ) -> None:
-        self._metrics = Metrics() if metrics is None else metrics
+        self._metrics = _NoMetrics() if metrics is None else metrics
         self._spool = spool
         self._completer = completer
         self._fetcher = fetcher
@@ -435,7 +458,7 @@ def makeRetriever(
     maxBody: int,
     clock: Any = None,
     random: Callable[[], float] | None = None,
-    metrics: Metrics | None = None,
+    metrics: RetrievalMetrics | None = None,
 ) -> Retriever:
     """
     A retriever configured from C{[retrieve]} (a L{RetrieveConfig}).

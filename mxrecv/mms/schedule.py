@@ -202,11 +202,12 @@ class Schedule:
         """
         job = self._finish(name)
         job.attempts += (Attempt(isoFromTimestamp(now), outcome),)
-        retryAt: float | None = now + self.policy.delay(len(job.attempts), self._random())
+        retryAt = now + self.policy.delay(len(job.attempts), self._random())
         if retryAt >= job.expiry:
-            retryAt = None if job.lastChance else self.policy.lastChance(now, job.expiry)
-            if retryAt is None:
+            lastChance = None if job.lastChance else self.policy.lastChance(now, job.expiry)
+            if lastChance is None:
                 return self._giveUp(job, now)
+            retryAt = lastChance
             job.lastChance = True
         job.retryAt = retryAt
         job.state = "waiting"

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -342,9 +343,9 @@ def buildAdmin(
     spool: Spool,
     listening: Callable[[], int],
     expected: int,
-    registry: Any,
+    registry: CollectorRegistry,
     reactor: Any,
-    pool: Any,
+    pool: ThreadPool,
     takeUp: Callable[[str], None],
     certificates: Sequence[ReloadableCertificate],
     parent: IServiceCollection,

@@ -53,7 +53,10 @@ PARTIAL_ZIP = MMS_ZIP + ".part"
 MESSAGE_ENTRIES = frozenset({MESSAGE_JSON, MMS_ZIP, PARTS})
 
 # In state/.
-SEEN = "seen"
+SEEN_DB = "seen.sqlite"
+SEEN_LOCK = "seen.lock"
+#: The seen-id journal of mxrecv before the SQLite index: imported once.
+SEEN_JOURNAL = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
 # The admin inbox's catalog of the spool: a cache, rebuilt if removed.

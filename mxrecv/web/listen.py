@@ -5,8 +5,9 @@ Listening endpoints from the C{[server] listen} strings.
 The strings are Twisted endpoint descriptions, so HTTP (and UNIX sockets
 behind a proxy) share one code path, as in C{twisted.web.tap}.  C{ssl:}
 descriptions keep Twisted's syntax but are built here (L{mxrecv.tls.certificate}): a TCP
-port, a filter that drops clients outside C{allow} before any TLS work, and
-TLS with our policy and a certificate that can be reloaded.
+port (behind the site's L{mxrecv.web.access.Gate}, which drops clients outside
+C{allow} before any TLS work), and TLS with our policy and a certificate that
+can be reloaded.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -38,7 +38,7 @@ def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
     return endpoint(reactor, listen.port, backlog=listen.backlog, interface=listen.interface)
 
 
-def tlsFactory(site: Factory, certificate: ReloadableCertificate) -> Factory:
+def tlsFactory(site: IProtocolFactory, certificate: ReloadableCertificate) -> IProtocolFactory:
     """
     C{site} behind TLS, with our policy and the reloadable C{certificate};
     to be put behind the site's L{mxrecv.web.access.Gate}, so that a client
@@ -58,14 +58,16 @@ class Listener(Service):
     @ivar port: the listening port once listening, else L{None}.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
     @classmethod
-    def fromDescription(cls, reactor: Any, description: str, factory: Factory) -> Listener:
+    def fromDescription(
+        cls, reactor: Any, description: str, factory: IProtocolFactory
+    ) -> Listener:
         """
         A listener on a plain (not C{ssl:}) endpoint description.
         """

@@ -55,7 +55,7 @@ from mxrecv.ops.metrics import SpoolCollector
 from mxrecv.ops.service import OrderedService, ThreadPoolService
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.naming import isName
-from mxrecv.spool.store import Spool, SpoolLocked, claimSpool
+from mxrecv.spool.store import Spool, SpoolError, SpoolLocked, claimSpool
 from mxrecv.tls import loadCertificates
 from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
 from mxrecv.workers.control import (
@@ -586,8 +586,12 @@ def buildSupervisor(
         text = path.read_text("utf-8")
         base = path.parent
     try:
-        lock = claimSpool(config.spool.dir)
-    except (OSError, SpoolLocked) as e:
+        lock = claimSpool(
+            config.spool.dir,
+            sync=config.spool.fsync,
+            dedupeSeconds=config.spool.dedupe_days * 86400,
+        )
+    except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {config.spool.dir}: {e}") from None
     metrics = Path(config.spool.dir).absolute() / STATE / METRICS_DIR
     # The counts of this run only, as in a server of one process.
