@@ -80,6 +80,7 @@ class RetrieveConfig:
     backoff_initial: float = 5.0
     backoff_max: float = 600.0
     ca_file: Path | None = None
+    max_window_days: float = 3.0
 
 
 # Operations (issue 7): the admin listener, the log format, delivery.
@@ -410,6 +411,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
             "ca_file": _directory,
+            "max_window_days": _positiveNumber,
         },
     ),
     "admin": (
