@@ -59,6 +59,8 @@ class ServerConfig:
     header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     workers: int = 1
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
 
 
 @frozen
@@ -78,6 +80,7 @@ class RetrieveConfig:
     backoff_initial: float = 5.0
     backoff_max: float = 600.0
     ca_file: Path | None = None
+    max_window_days: float = 3.0
 
 
 # Operations (issue 7): the admin listener, the log format, delivery.
@@ -388,6 +391,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
             "workers": _workers,
+            "max_connections": _positiveInt,
+            "max_connections_per_client": _positiveInt,
         },
     ),
     "spool": (
@@ -406,6 +411,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
             "ca_file": _directory,
+            "max_window_days": _positiveNumber,
         },
     ),
     "admin": (
