@@ -91,6 +91,8 @@ class DeliverConfig:
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    max_attempts: int = 3
+    concurrency: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -280,6 +282,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timeout": _positiveNumber,
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
+            "max_attempts": _positiveInt,
+            "concurrency": _positiveInt,
         },
     ),
     "tls": (

@@ -19,7 +19,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.deliver.service import buildDelivery
+from mxrecv.deliver.service import DeliveryService, buildDelivery
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import RetrieveService, makeRetriever
@@ -198,6 +198,7 @@ class MxrecvService(OrderedService):
         self.site: CallbackSite | None = None
         self.listeners: list[Service] = []
         self.adminListeners: list[Service] = []
+        self.delivery: DeliveryService | None = None
         self.inFlight = InFlight()
 
     def setServiceParent(self, parent: Any) -> None:
@@ -279,9 +280,10 @@ def makeService(options: Options, reactor: Any = None) -> MxrecvService:
     PendingService(pending, reactor).setServiceParent(service)
 
     if config.deliver.enabled:
-        buildDelivery(
+        service.delivery = buildDelivery(
             config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
-        ).setServiceParent(service)
+        )
+        service.delivery.setServiceParent(service)
 
     site = service.site = buildSite(
         config,
@@ -337,6 +339,7 @@ def addAdmin(
         reactor=reactor,
         pool=pool,
         certificates=certificates,
+        extra=[service.delivery.checks] if service.delivery else [],
     )
     adminSite = AdminSite(
         health=health,
@@ -344,6 +347,7 @@ def addAdmin(
         reactor=reactor,
         pool=pool,
         takeUp=takeUp,
+        **({"redeliver": service.delivery.redeliver} if service.delivery else {}),
     )
     for description in config.admin.listen:
         listener = strports.service(description, adminSite, reactor=reactor)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mxrecv.deliver.identity import deliveryId
 from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import (
     ANSWER_HEAD,
@@ -155,3 +156,26 @@ class BackoffTests(SynchronousTestCase):
             self.assertGreaterEqual(delay, min(retryAfter, RETRY_AFTER_MAX))
         self.assertLessEqual(delay, max(maximum, RETRY_AFTER_MAX))
         self.assertLessEqual(delay, retryDelay(failures + 1, initial, maximum, retryAfter))
+
+
+class DeliveryIdTests(SynchronousTestCase):
+    @given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E)))
+    def test_visibleAscii(self, messageId):
+        """
+        An id of visible ASCII is given as it is, unless it holds "%".
+        """
+        if "%" not in messageId:
+            self.assertEqual(deliveryId(messageId), messageId)
+
+    @given(st.text(), st.text())
+    def test_injective(self, a, b):
+        """
+        Different ids give different values, each visible ASCII.
+        """
+        self.assertEqual(deliveryId(a) == deliveryId(b), a == b)
+        self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in deliveryId(a)))
+
+    def test_examples(self):
+        self.assertEqual(deliveryId("abc-123"), "abc-123")
+        self.assertEqual(deliveryId("50%"), "50%25")
+        self.assertEqual(deliveryId("a b\x00é\udce9"), "a%20b%00%C3%A9%ED%B3%A9")

@@ -2,7 +2,8 @@
 """
 The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
 in the Prometheus text format, C{/health} for load balancers and
-supervisors, and C{POST /pending/NAME} to take up a requeued MMS.  Never on
+supervisors, C{POST /pending/NAME} to take up a requeued MMS and
+C{POST /deliver/NAME} to deliver a dead letter again.  Never on
 the callback port: it is for operators.
 """
 
@@ -41,11 +42,16 @@ PROBE_TIMEOUT = 5.0
 class Check:
     """
     The result of one health check.
+
+    @ivar critical: whether a failure means mxrecv cannot take callbacks
+        (C{/health} answers 503); a check that is not critical (delivery)
+        is reported but does not take mxrecv out of service.
     """
 
     name: str
     ok: bool
     detail: str
+    critical: bool = True
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -77,6 +83,8 @@ class Health:
     @param expected: how many there should be.
     @param certificates: the HTTPS listeners' certificates; their expiry is
         checked against C{reactor}'s time.
+    @param extra: more checks, each called at every request for its
+        L{Check}s (delivery's, which are not critical).
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class Health:
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
+        extra: Sequence[Callable[[], Sequence[Check]]] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -99,11 +108,13 @@ class Health:
         self._pool = pool
         self._timeout = timeout
         self._certificates = tuple(certificates)
+        self._extra = tuple(extra)
 
     def check(self) -> Deferred[list[Check]]:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
+        checks.extend(succeed(c) for more in self._extra for c in more())
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -166,10 +177,10 @@ class HealthResource(Resource):
 
     def render_GET(self, request: Request) -> int:
         def answer(checks: list[Check]) -> None:
-            ok = all(c.ok for c in checks)
+            ok = all(c.ok for c in checks if c.critical)
             body = {
                 "ok": ok,
-                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+                "checks": {c.name: _checkJSON(c) for c in checks},
             }
             if not ok:
                 log.warn("Health check failed: {checks}", checks=body["checks"])
@@ -182,6 +193,13 @@ class HealthResource(Resource):
 
         self._health.check().addCallback(answer).addErrback(_internalError, request)
         return NOT_DONE_YET
+
+
+def _checkJSON(check: Check) -> dict[str, Any]:
+    body: dict[str, Any] = {"ok": check.ok, "detail": check.detail}
+    if not check.critical:
+        body["critical"] = False
+    return body
 
 
 class MetricsResource(Resource):
@@ -246,6 +264,51 @@ class PendingResource(Resource):
         return json.dumps({"error": "no such message in pending/"}).encode() + b"\n"
 
 
+class RedeliverResource(Resource):
+    """
+    C{POST /deliver/NAME} (optionally C{?target=T}): put the dead letter
+    C{new/NAME} back in its queue (what C{mxrecv redeliver --admin} sends).
+    202 with the targets it was a dead letter of, 404 if it was none.
+    """
+
+    isLeaf = True
+
+    def __init__(self, redeliver: Callable[[str, str | None], Deferred[list[str]]]) -> None:
+        super().__init__()
+        self._redeliver = redeliver
+
+    def render_POST(self, request: Request) -> int | bytes:
+        name = b"/".join(request.postpath).decode("utf-8", "replace")
+        target = (request.args or {}).get(b"target", [None])[0]
+        if not isName(name):
+            return _notUndeliverable(request)
+
+        def answer(targets: list[str]) -> None:
+            if not targets:
+                _write(request, *_NOT_UNDELIVERABLE)
+                return
+            body = json.dumps({"redelivered": name, "targets": targets}).encode() + b"\n"
+            _write(request, HTTPStatus.ACCEPTED, b"application/json", body)
+
+        d = self._redeliver(name, None if target is None else target.decode("utf-8", "replace"))
+        d.addCallback(answer).addErrback(_internalError, request)
+        return NOT_DONE_YET
+
+
+_NOT_UNDELIVERABLE = (
+    HTTPStatus.NOT_FOUND,
+    b"application/json",
+    json.dumps({"error": "no such undeliverable message"}).encode() + b"\n",
+)
+
+
+def _notUndeliverable(request: Request) -> bytes:
+    status, contentType, body = _NOT_UNDELIVERABLE
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", contentType)
+    return body
+
+
 class AdminSite(Site):
     """
     The admin listener's site: C{/metrics}, C{/health} and C{/pending/NAME};
@@ -254,6 +317,8 @@ class AdminSite(Site):
 
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
+    @param redeliver: called with a name and a target (or L{None}) from
+        C{POST /deliver/NAME}; fires with the targets that took it back.
     """
 
     def __init__(
@@ -264,11 +329,15 @@ class AdminSite(Site):
         reactor: Any,
         pool: Any,
         takeUp: Callable[[str], bool] = lambda name: False,
+        redeliver: Callable[[str, str | None], Deferred[list[str]]] = (
+            lambda name, target: succeed([])
+        ),
     ) -> None:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
+        root.putChild(b"deliver", RedeliverResource(redeliver))
         super().__init__(root, reactor=reactor)
 
     def log(self, request: Request) -> None:

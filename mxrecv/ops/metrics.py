@@ -82,7 +82,7 @@ class Metrics:
         self._deliveries = Counter(
             "mxrecv_deliveries",
             "Attempts to deliver a message to the application, by target "
-            "(command or url) and outcome (ok or failed).",
+            "(command, url...) and outcome (ok, temporary or permanent failure).",
             ["target", "outcome"],
             registry=r,
         )
@@ -118,8 +118,13 @@ class Metrics:
         """
         self._expired.inc()
 
-    def delivery(self, target: str, ok: bool) -> None:
-        self._deliveries.labels(target=target, outcome="ok" if ok else "failed").inc()
+    def delivery(self, target: str, outcome: str) -> None:
+        """
+        Count one delivery attempt.
+
+        @param outcome: C{ok}, C{temporary} or C{permanent}.
+        """
+        self._deliveries.labels(target=target, outcome=outcome).inc()
 
     def watch(self, collector: Collector) -> None:
         """

@@ -9,7 +9,8 @@ application (documented in the README): these names do not change.
     cur/                the application's; mxrecv never touches it
     pending/NAME/       MMS accepted but not complete yet (internal)
     failed/NAME/        what could not be completed, with the reason
-    state/              mxrecv's own files
+    state/              mxrecv's own files (state/delivered/TARGET/NAME and
+                        state/undeliverable/TARGET/NAME: delivery records)
 
 and in a message's directory C{message.json}, C{mms.zip}, C{parts/} and,
 while a GET-mode MMS is being retrieved, C{retrieve.json}.
@@ -39,3 +40,4 @@ MESSAGE_ENTRIES = frozenset({MESSAGE_JSON, MMS_ZIP, PARTS})
 SEEN = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
+UNDELIVERABLE = "undeliverable"
