@@ -11,6 +11,8 @@ its check, and anything unknown is an error.
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +21,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import field, frozen
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+
+from mxrecv.tls.description import TLSListen, isTLS, parseTLS
 
 
 class ConfigError(ValueError):
@@ -28,6 +38,13 @@ class ConfigError(ValueError):
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+# The shortest admin token accepted: a bearer token is guessed by trying.
+MIN_TOKEN_LENGTH = 16
 
 
 @frozen
@@ -41,6 +58,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
+    workers: int = 1
 
 
 @frozen
@@ -69,9 +87,17 @@ class RetrieveConfig:
 class AdminConfig:
     """
     The admin listener (C{/metrics}, C{/health}); none unless configured.
+
+    @ivar allow: client networks that may connect (others are dropped at
+        accept).  A listener on another address than loopback is refused
+        unless C{allow} is given in the file and C{token} is set.
+    @ivar token: the bearer token that requests other than GET (such as
+        C{POST /pending/NAME}) must carry; empty: none needed.
     """
 
     listen: tuple[str, ...] = ()
+    allow: tuple[Network, ...] = LOOPBACK
+    token: str = field(default="", repr=False)
 
 
 @frozen
@@ -83,7 +109,14 @@ class LogConfig:
 class DeliverConfig:
     """
     Delivery of each message in C{new/} to the application: a command run
-    with the message directory as its last argument, and/or a POST to a URL.
+    with the message directory as its last argument, and/or a POST to a URL,
+    and/or rows in PostgreSQL.
+
+    @ivar postgresql: a libpq connection string (never with a password).
+    @ivar postgresql_password: read from C{postgresql_password_file}; empty
+        leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
+    @ivar postgresql_pool_size: most connections (and transactions) at once.
+    @ivar postgresql_node: this node's name in the rows it stores.
     """
 
     command: tuple[str, ...] = ()
@@ -93,10 +126,14 @@ class DeliverConfig:
     backoff_max: float = 300.0
     max_attempts: int = 3
     concurrency: int = 1
+    postgresql: str | None = None
+    postgresql_password: str = field(default="", repr=False)
+    postgresql_pool_size: int = 4
+    postgresql_node: str = field(factory=socket.gethostname)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.command) or self.url is not None
+        return bool(self.command) or self.url is not None or self.postgresql is not None
 
 
 @frozen
@@ -167,10 +204,49 @@ def _stringList(key: str, value: Any) -> tuple[str, ...]:
     return tuple(_nonEmptyString(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def parseListen(description: str) -> str | TLSListen:
+    """
+    Check a C{listen} string without reading files or listening.
+
+    @return: the L{TLSListen} for an C{ssl:} description, else the string.
+    @raise ValueError: naming what is wrong with it.
+    """
+    try:
+        if isTLS(description):
+            return parseTLS(description)
+        # Building an endpoint does not listen, so no reactor is needed yet.
+        serverFromString(None, description)
+    except Exception as e:
+        raise ValueError(f"bad endpoint {description!r}: {e}") from None
+    return description
+
+
+def isLoopbackListen(description: str) -> bool:
+    """
+    Whether a valid C{listen} string can only be reached from this machine:
+    TCP on a loopback address, or a UNIX socket.  A wildcard interface (the
+    default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
+    be known before it listens (C{systemd:}, ...).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        interface = listen.interface
+    else:
+        endpoint = serverFromString(None, description)
+        if isinstance(endpoint, UNIXServerEndpoint):
+            return True
+        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            return False
+        # Twisted keeps the parsed address private; it is "" for all addresses.
+        interface = endpoint._interface
+    try:
+        return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(key: str, value: Any) -> tuple[str, ...]:
     descriptions = _stringList(key, value)
-    from mxrecv.web.listen import parseListen
-
     for i, description in enumerate(descriptions):
         try:
             parseListen(description)
@@ -199,6 +275,40 @@ def _nonNegativeNumber(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ConfigError(f"{key}: expected a number of at least 0, got {value!r}")
     return float(value)
+
+
+def _workers(key: str, value: Any) -> int:
+    """
+    A number of processes, or C{"auto"}: as many as the cores this process
+    may run on.
+    """
+    if value == "auto":
+        return availableCores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected \"auto\" or a whole number of at least 1, got {value!r}")
+    return value
+
+
+def availableCores() -> int:
+    """
+    The cores this process may run on (its CPU affinity, which taskset and
+    cgroup cpusets narrow), else all of the machine's.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _conninfo(key: str, value: Any) -> str:
+    from mxrecv.deliver.postgresql.connect import parseConninfo
+
+    _nonEmptyString(key, value)
+    try:
+        parseConninfo(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
 
 
 def _path(key: str, value: Any) -> str:
@@ -252,6 +362,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "request_timeout": _positiveNumber,
             "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
+            "workers": _workers,
         },
     ),
     "spool": (
@@ -272,7 +383,15 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "ca_file": _directory,
         },
     ),
-    "admin": (AdminConfig, {"listen": _listenOrNone}),
+    "admin": (
+        AdminConfig,
+        {
+            "listen": _listenOrNone,
+            "allow": _networks,
+            "token": _string,
+            "token_file": _directory,
+        },
+    ),
     "log": (LogConfig, {"format": _oneOf("text", "json")}),
     "deliver": (
         DeliverConfig,
@@ -284,6 +403,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_max": _positiveNumber,
             "max_attempts": _positiveInt,
             "concurrency": _positiveInt,
+            "postgresql": _conninfo,
+            "postgresql_password_file": _directory,
+            "postgresql_pool_size": _positiveInt,
+            "postgresql_node": _nonEmptyString,
         },
     ),
     "tls": (
@@ -297,7 +420,8 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     """
     Validate a parsed TOML document and build the L{Config}.
 
-    @param base: the directory that relative C{password_file} and C{ca_file}
+    @param base: the directory that relative C{password_file}, C{token_file}
+        and C{ca_file}
         paths are read from (the configuration file's own directory).
     """
     tables: dict[str, Any] = {}
@@ -316,6 +440,10 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
             values[key] = checks[key](f"{table}.{key}", value)
         if table == "retrieve":
             values = _retrieveValues(values, base)
+        if table == "admin":
+            values = _adminValues(values, base)
+        if table == "deliver":
+            values = _deliverValues(values, base)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
@@ -325,20 +453,61 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
     return config
 
 
+def _secretFromFile(
+    values: dict[str, Any], base: Path, table: str, key: str, fileKey: str
+) -> None:
+    """
+    Read C{values[key]} from the file C{values[fileKey]} names (relative to
+    C{base}; trailing whitespace stripped), if it is given.
+    """
+    path = values.pop(fileKey, None)
+    if path is None:
+        return
+    if key in values:
+        raise ConfigError(f"{table}.{fileKey}: give {key} or {fileKey}, not both")
+    try:
+        values[key] = (base / path).read_text("utf-8").rstrip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{table}.{fileKey}: cannot read it: {e}") from None
+
+
+def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """
+    The admin listener is for operators: one on another address than
+    loopback must be opened on purpose, with the networks that may reach it
+    and a token for the requests that change something.
+    """
+    _secretFromFile(values, base, "admin", "token", "token_file")
+    token = values.get("token", "")
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
+    for i, description in enumerate(values.get("listen", ())):
+        if isLoopbackListen(description):
+            continue
+        if "allow" not in values or not token:
+            raise ConfigError(
+                f"admin.listen[{i}]: {description!r} is not only reachable from this "
+                "machine (listen on 127.0.0.1 or ::1 with interface=..., or set both "
+                "admin.allow, the networks that may connect, and admin.token, which "
+                "requests other than GET must carry)"
+            )
+    return values
+
+
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    passwordFile = values.pop("password_file", None)
-    if passwordFile is not None:
-        if "password" in values:
-            raise ConfigError("retrieve.password_file: give password or password_file, not both")
-        try:
-            values["password"] = (base / passwordFile).read_text("utf-8").rstrip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"retrieve.password_file: cannot read it: {e}") from None
+    _secretFromFile(values, base, "retrieve", "password", "password_file")
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():
             raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
+    return values
+
+
+def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    if "postgresql_password_file" in values and "postgresql" not in values:
+        raise ConfigError("deliver.postgresql_password_file: given without postgresql")
+    _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
     return values
 
 

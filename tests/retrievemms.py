@@ -10,6 +10,7 @@ import datetime
 import io
 import ipaddress
 import zipfile
+from collections.abc import Callable
 
 from attrs import frozen
 from cryptography import x509
@@ -89,7 +90,18 @@ class Trickle:
     interval: float = 0.02
 
 
-Behaviour = Serve | Truncate | Stream | Hang | Trickle
+@frozen
+class Redirect:
+    """
+    Answer 302 with the C{Location} that C{location} makes of the request's
+    URI (its path and query, our credentials included): a server that
+    sends us to a login page with C{return_to=} our own URL, say.
+    """
+
+    location: Callable[[bytes], bytes]
+
+
+Behaviour = Serve | Truncate | Stream | Hang | Trickle | Redirect
 
 
 class RetrieveMMS(Resource):
@@ -97,7 +109,9 @@ class RetrieveMMS(Resource):
     The stand-in.  Each request takes the next behaviour of C{script}; once
     it is empty, each gets C{default} (a zip of C{zipSize} bytes).
 
-    @ivar requests: the query arguments of each request, decoded.
+    @ivar requests: the query arguments of each request, decoded (a byte
+        that is not UTF-8 as an escape).
+    @ivar ids: the C{id} of each request, as sent.
     @ivar sent: the bytes of body written by the last L{Stream} so far.
     """
 
@@ -109,6 +123,7 @@ class RetrieveMMS(Resource):
         self.script = list(script or [])
         self.default = Serve(makeZip(zipSize))
         self.requests: list[dict[str, str]] = []
+        self.ids: list[bytes] = []
         self._waiting: list[tuple[int, Deferred[None]]] = []
         self.active = 0
         self.peakActive = 0
@@ -144,8 +159,9 @@ class RetrieveMMS(Resource):
 
     def render_GET(self, request: Request):
         self.requests.append(
-            {k.decode(): v[0].decode() for k, v in request.args.items()}
+            {k.decode(): v[0].decode("utf-8", "surrogateescape") for k, v in request.args.items()}
         )
+        self.ids.append(request.args.get(b"id", [b""])[0])
         behaviour = self.script.pop(0) if self.script else self.default
         self.active += 1
         self.peakActive = max(self.peakActive, self.active)
@@ -178,6 +194,10 @@ class RetrieveMMS(Resource):
             request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))
             _Streamer(self, request, behaviour)
             return NOT_DONE_YET
+        if isinstance(behaviour, Redirect):
+            request.setResponseCode(302)
+            request.setHeader(b"Location", behaviour.location(request.uri))
+            return b""
         if isinstance(behaviour, Trickle):
             self._trickle(request, behaviour.interval)
             return NOT_DONE_YET

@@ -20,7 +20,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from mxrecv.config import AdminConfig, Config, ServerConfig, SpoolConfig
-from mxrecv.tap import MxrecvService, Options, makeService
+from mxrecv.ops.service import MxrecvService
+from mxrecv.tap import Options, makeService
 
 ANY_PORT = ("tcp:0:interface=127.0.0.1",)
 
@@ -46,10 +47,10 @@ def runningConfig(case: TestCase, **tables: Any) -> Config:
     server = {k[len("server_") :]: tables.pop(k) for k in list(tables) if k.startswith("server_")}
     server.setdefault("allow", (ipaddress.ip_network("127.0.0.0/8"),))
     server.setdefault("listen", ANY_PORT)
+    tables.setdefault("admin", AdminConfig(listen=ANY_PORT))
     return Config(
         server=evolve(ServerConfig(), **server),
         spool=SpoolConfig(dir=Path(case.mktemp())),
-        admin=AdminConfig(listen=ANY_PORT),
         **tables,
     )
 
@@ -64,8 +65,8 @@ def run(case: TestCase, config: Config) -> Running:
     service = makeService(options, reactor)
     service.startService()
     case.addCleanup(lambda: service.stopService() if service.running else None)
-    port = _port(service.listeners[0])
-    admin = _port(service.adminListeners[0]) if service.adminListeners else 0
+    port = service.listeners[0].port.getHost().port
+    admin = service.adminListeners[0].port.getHost().port if service.adminListeners else 0
     return Running(
         service=service,
         url=f"http://127.0.0.1:{port}{config.server.path}",
@@ -73,13 +74,6 @@ def run(case: TestCase, config: Config) -> Running:
         port=port,
         spool=config.spool.dir,
     )
-
-
-def _port(listener: Any) -> int:
-    # A TCP listen is immediate, so the port is there once started.
-    ports: list[Any] = []
-    listener._waitingForPort.addCallback(lambda p: ports.append(p) or p)
-    return ports[0].getHost().port
 
 
 def client() -> HTTPClient:
@@ -149,8 +143,13 @@ class _Raw(Protocol):
         self.lost.callback(None)
 
 
-def rawConnection(port: int) -> Deferred[_Raw]:
+def rawConnection(port: int, source: str | None = None) -> Deferred[_Raw]:
     """
-    A TCP connection to 127.0.0.1:C{port} for writing requests by hand.
+    A TCP connection to 127.0.0.1:C{port} for writing requests by hand,
+    from the loopback address C{source} if given (127.0.0.2, ... are this
+    machine too, but other clients to an allow list).
     """
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Raw())
+    bind = (source, 0) if source else None
+    return connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind), _Raw()
+    )

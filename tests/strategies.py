@@ -208,3 +208,15 @@ def examples(strategy, count):
 
     collect()
     return found
+
+
+# Any text, lone surrogates included: message.json is written with
+# surrogatepass, so they can reach the encoder.
+anyText = st.text(st.characters(blacklist_categories=()))
+jsonValues = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | anyText,
+    lambda children: st.lists(children, max_size=4)
+    | st.tuples(children, children)
+    | st.dictionaries(anyText, children, max_size=4),
+    max_leaves=20,
+)

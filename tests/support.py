@@ -28,7 +28,7 @@ from mxrecv.config import Config, ServerConfig
 from mxrecv.message.model import Message
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 

@@ -4,18 +4,22 @@ listeners are up and the HTTPS certificates unexpired; /metrics is the
 Prometheus text format.
 """
 
+import ipaddress
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from mxrecv.config import AdminConfig
 from mxrecv.ops.admin import AdminSite, Health, probeWritable
 from mxrecv.ops.metrics import Metrics
+from mxrecv.spool.layout import PENDING
 from mxrecv.tls.certificate import ReloadableCertificate
 
-from .running import ANY_PORT, client, run, runningConfig
-from .support import startedPool
+from .running import ANY_PORT, client, rawConnection, run, runningConfig
+from .support import ChannelWatch, connectPeer, startedPool
 from .test_tls import DAY, NOW, issue, writeFiles
 
 
@@ -159,3 +163,117 @@ class ProbeTests(TestCase):
 
     def test_raises(self):
         self.assertRaises(OSError, probeWritable, Path(self.mktemp()))
+
+
+class AdminAccessTests(TestCase):
+    """
+    Who may use the admin listener: clients in [admin] allow (others are
+    dropped at accept, before anything is read), with the bearer token for
+    what is not a GET; and no client may take long over its headers.
+    """
+
+    TOKEN = "s3cret-admin-token-0123"
+
+    def setUp(self):
+        self.running = run(
+            self,
+            runningConfig(
+                self,
+                admin=AdminConfig(
+                    listen=ANY_PORT,
+                    allow=(ipaddress.ip_network("127.0.0.1/32"),),
+                    token=self.TOKEN,
+                ),
+            ),
+        )
+        self.port = int(self.running.admin.rsplit(":", 1)[1])
+        self.http = client()
+
+    @inlineCallbacks
+    def test_outsideAllowDropped(self):
+        """
+        A client outside [admin] allow is disconnected without an answer,
+        even to a whole request; one inside gets its answer.
+        """
+        outside = yield rawConnection(self.port, source="127.0.0.2")
+        outside.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield outside.lost
+        self.assertEqual(outside.received, b"")
+        inside = yield rawConnection(self.port, source="127.0.0.1")
+        inside.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        yield inside.lost
+        self.assertTrue(inside.received.startswith(b"HTTP/1.1 200 "), inside.received)
+
+    @inlineCallbacks
+    def test_postNeedsToken(self):
+        """
+        POST /pending/NAME without the token, or with another, is refused
+        with 401 and takes nothing up; with it, it is served.
+        """
+        (self.running.spool / PENDING / "m1").mkdir()
+        url = self.running.admin + "/pending/m1"
+        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": self.TOKEN}]:
+            response = yield self.http.post(url, headers=headers)
+            body = yield response.text()
+            self.assertEqual(response.code, 401, body)
+            self.assertEqual(response.headers.getRawHeaders("WWW-Authenticate"), ['Bearer realm="mxrecv"'])
+            self.assertIn("bearer token", body)
+        response = yield self.http.post(url, headers={"Authorization": f"Bearer {self.TOKEN}"})
+        self.assertEqual(response.code, 202)
+        self.assertEqual((yield response.json()), {"taken": "m1"})
+
+    @inlineCallbacks
+    def test_getWithoutToken(self):
+        """
+        GET /health and /metrics need no token (scrapers and health checks).
+        """
+        for path in ("/health", "/metrics"):
+            response = yield self.http.get(self.running.admin + path)
+            self.assertEqual(response.code, 200)
+            yield response.content()
+
+
+class AdminHeaderDeadlineTests(TestCase):
+    """
+    The admin listener's requests get the callback listeners' header
+    deadline (on a real connection, with the site's clock driven here).
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_halfRequestCutOff(self):
+        clock = Clock()
+        site = AdminSite(
+            health=None,
+            registry=Metrics().registry,
+            reactor=clock,
+            pool=None,
+            headerTimeout=10.0,
+        )
+        watch = ChannelWatch(site)
+        port = reactor.listenTCP(0, site.factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        peer = yield connectPeer(port)
+        yield watch.connected()
+        peer.transport.write(b"GET /heal")
+        yield watch.hasReceived(9)
+        clock.advance(9)
+        self.assertFalse(peer.lost.called)
+        clock.advance(1)
+        yield peer.lost
+        self.assertTrue(peer.received.startswith(b"HTTP/1.1 408 "), peer.received)
+
+
+class ServerHeaderTests(TestCase):
+    @inlineCallbacks
+    def test_adminAnswers(self):
+        """
+        The admin listener's answers name the server "mxrecv", without a
+        version; its error pages too.
+        """
+        running = run(self, runningConfig(self))
+        for path in ("/health", "/nothing"):
+            response = yield client().get(running.admin + path)
+            yield response.content()
+            self.assertEqual(response.headers.getRawHeaders("Server"), ["mxrecv"])

@@ -13,11 +13,12 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from mxrecv.mms.complete import Attempt, Completer
+from mxrecv.config import AdminConfig
+from mxrecv.mms.complete import Completer
 from mxrecv.ops.cli import main
-from mxrecv.spool.layout import FAILED, PENDING
+from mxrecv.spool.layout import FAILED, PENDING, Attempt
 
-from .running import client, run, runningConfig
+from .running import ANY_PORT, client, run, runningConfig
 from .support import openSpool
 from .test_deliver import sms
 
@@ -50,6 +51,13 @@ class CheckConfigTests(TestCase):
         code, out, err = command("check-config", self.config(text))
         self.assertEqual(code, 1)
         self.assertIn(key, err)
+
+    def test_publicAdminRefused(self):
+        """
+        check-config refuses an admin listener on all addresses (what
+        tcp:9100 means) without an allow list and a token.
+        """
+        self.assertRefused('[admin]\nlisten = ["tcp:9100"]\n', "admin.listen[0]")
 
     def test_badValues(self):
         self.assertRefused('[log]\nformat = "xml"\n', "log.format")
@@ -101,6 +109,29 @@ class SpoolCommandTests(TestCase):
         self.assertEqual(code, 0)
         self.assertTrue(out.startswith("failed/m=2F1\n"))
         self.assertIn('"error": "gave up after 3 attempts"', out)
+
+    @inlineCallbacks
+    def test_controlCharactersEscaped(self):
+        """
+        A sender with a line break and tabs cannot forge a row or a column
+        of the list, nor an escape sequence reach the terminal; show gives
+        message.json as the same JSON, DEL and C1 controls as JSON escapes.
+        """
+        forged = "447700900123\nnew\tforged\tsms\t2026\t\x1b[2J\x00\x7f\x9b"
+        yield self.spool.accept(sms("c", received="2026-11-25T10:00:03.000Z").replace(sender=forged))
+        code, out, err = command("-c", self.config, "list", "new")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual([line.split("\t")[1] for line in lines], ["a", "b", "c"])
+        self.assertEqual(
+            lines[2].split("\t")[4],
+            "447700900123\\nnew\\tforged\\tsms\\t2026\\t\\x1b[2J\\x00\\x7f\\x9b",
+        )
+        code, out, err = command("-c", self.config, "show", "c")
+        self.assertEqual(code, 0)
+        self.assertFalse(any(c in out for c in "\x1b\x00\x7f\x9b"), out)
+        document = out[out.index("{") :]
+        self.assertEqual(json.loads(document)["from"], forged)
 
     def test_showUnknown(self):
         code, out, err = command("-c", self.config, "show", "nothing")
@@ -160,6 +191,27 @@ class RequeueNowTests(TestCase):
         self.assertIn(f"taken up by the server at {running.admin}", out)
         self.assertEqual(taken, ["m=2F1"])
         self.assertTrue((config.spool.dir / PENDING / "m=2F1").is_dir())
+
+    @inlineCallbacks
+    def test_withToken(self):
+        """
+        When the admin listener has a token, requeue --admin sends the one
+        in the configuration it was given.
+        """
+        token = "t" * 20
+        config = runningConfig(self, admin=AdminConfig(listen=ANY_PORT, token=token))
+        spool = openSpool(self, config.spool.dir)
+        yield spool.accept(sms("m1").replace(type="mms", message=None), PENDING)
+        yield Completer(spool, reactor=reactor, pool=spool._pool).fail("m1", "gave up", [])
+        spool.close()
+        running = run(self, config)
+        path = Path(self.mktemp())
+        path.write_text(f'[spool]\ndir = "{config.spool.dir}"\n[admin]\ntoken = "{token}"\n')
+        code, out, err = yield deferToThread(
+            command, "-c", str(path), "requeue", "m1", "--admin", running.admin
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"taken up by the server at {running.admin}", out)
 
     @inlineCallbacks
     def test_unknown(self):

@@ -116,3 +116,77 @@ class ConfigTests(SynchronousTestCase):
         path.write_text("[server]\nmax_body = -5\n")
         e = self.assertRaises(ConfigError, loadConfig, path)
         self.assertIn(f"{path}: server.max_body", str(e))
+
+
+class AdminListenTests(SynchronousTestCase):
+    """
+    The admin listener is for operators: one that is not only reachable
+    from this machine must be opened on purpose, with an allow list and a
+    bearer token.
+    """
+
+    PUBLIC = [
+        "tcp:9100",
+        "tcp:9100:interface=0.0.0.0",
+        "tcp:9100:interface=192.0.2.7",
+        "tcp6:9100",
+        "tcp6:9100:interface=\\:\\:",
+    ]
+    TOKEN = "0123456789abcdef0123"
+
+    def test_publicRefused(self) -> None:
+        """
+        A listen string on another address than loopback (the wildcard that
+        tcp:PORT means included) stops start-up, naming the key, unless both
+        admin.allow and admin.token are given.
+        """
+        for listen in self.PUBLIC:
+            for extra in [{}, {"allow": ["10.0.0.0/8"]}, {"token": self.TOKEN}]:
+                e = self.assertRaises(
+                    ConfigError, parseConfig, {"admin": {"listen": [listen], **extra}}
+                )
+                self.assertIn("admin.listen[0]", str(e))
+                self.assertIn("admin.allow", str(e))
+
+    def test_publicOnPurpose(self) -> None:
+        for listen in self.PUBLIC:
+            config = parseConfig(
+                {"admin": {"listen": [listen], "allow": ["10.0.0.0/8"], "token": self.TOKEN}}
+            )
+            self.assertEqual(config.admin.allow, (ipaddress.ip_network("10.0.0.0/8"),))
+            self.assertEqual(config.admin.token, self.TOKEN)
+            self.assertNotIn(self.TOKEN, repr(config))
+
+    def test_localAccepted(self) -> None:
+        """
+        Loopback addresses and UNIX sockets need neither; the allow list is
+        then loopback and there is no token.
+        """
+        for listen in [
+            "tcp:9100:interface=127.0.0.1",
+            "tcp:9100:interface=127.0.0.2",
+            "tcp6:9100:interface=\\:\\:1",
+            "unix:/run/mxrecv/admin.sock",
+        ]:
+            config = parseConfig({"admin": {"listen": [listen]}})
+            self.assertEqual(
+                (config.admin.allow, config.admin.token),
+                ((ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")), ""),
+            )
+
+    def test_token(self) -> None:
+        """
+        The token may come from a file beside the configuration; a short one
+        is refused.
+        """
+        base = Path(self.mktemp())
+        base.mkdir()
+        (base / "token").write_text(self.TOKEN + "\n")
+        config = parseConfig({"admin": {"token_file": "token"}}, base)
+        self.assertEqual(config.admin.token, self.TOKEN)
+        e = self.assertRaises(ConfigError, parseConfig, {"admin": {"token": "short"}})
+        self.assertIn("admin.token: shorter than 16", str(e))
+        e = self.assertRaises(
+            ConfigError, parseConfig, {"admin": {"token_file": "token", "token": self.TOKEN}}, base
+        )
+        self.assertIn("admin.token_file: give token or token_file, not both", str(e))

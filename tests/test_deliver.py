@@ -324,7 +324,7 @@ class DeliveryTests(TestCase):
         self.clock.advance(2.0)
         self.assertEqual((yield self.attempts.get()), "permanent")
         self.assertEqual([r.id for r in app.received], ["a", "b", "c", "d", "b", "b"])
-        [check] = service.checks()
+        [check] = [c() for c in service.checks()]
         self.assertEqual(
             check, Check("delivery.url", False, "0 waiting; 1 undeliverable: b", critical=False)
         )
@@ -347,7 +347,7 @@ class DeliveryTests(TestCase):
         self.assertEqual(self.records.undeliverable(), [])
         self.assertTrue(self.records.isDelivered("url", "b"))
         self.assertEqual((yield service.redeliver("b")), [])
-        self.assertEqual(service.checks()[0].ok, True)
+        self.assertEqual(service.checks()[0]().ok, True)
 
     @inlineCallbacks
     def test_redeliverBySweep(self):

@@ -4,28 +4,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.message.model import MMS, Message, Part, indentedJSON
+from mxrecv.message.model import MMS, Message, Part, decodeJSON, encodeJSON
 
-# Any text, lone surrogates included: message.json is written with
-# surrogatepass, so they can reach the encoder.
-anyText = st.text(st.characters(blacklist_categories=()))
-jsonValues = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | anyText,
-    lambda children: st.lists(children, max_size=4)
-    | st.tuples(children, children)
-    | st.dictionaries(anyText, children, max_size=4),
-    max_leaves=20,
-)
+from .strategies import anyText, jsonValues
 
 
-class IndentedJSONTests(SynchronousTestCase):
+class OneWriterTests(SynchronousTestCase):
     @given(jsonValues)
     def test_sameAsJSONModule(self, value):
         """
-        Byte for byte what json.dumps(indent=2) writes: message.json's layout
-        stays as it was, whatever the values.
+        The one JSON writer of the spool's documents writes byte for byte
+        what json.dumps(indent=2) writes, non-ASCII as is, with a final
+        newline (message.json's layout stays as it was, whatever the
+        values), and reads back what it wrote.
         """
-        self.assertEqual(indentedJSON(value), json.dumps(value, ensure_ascii=False, indent=2))
+        data = encodeJSON(value)
+        self.assertEqual(
+            data,
+            json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8", "surrogatepass")
+            + b"\n",
+        )
+        self.assertEqual(decodeJSON(data), json.loads(json.dumps(value)))
 
 
 class MessageEncodingTests(SynchronousTestCase):

@@ -99,6 +99,24 @@ class CallbackMetricsTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_framingError(self):
+        """
+        A request twisted.web's parser refuses (here, Content-Length and
+        Transfer-Encoding both) is counted as a 400.
+        """
+        connection = yield rawConnection(self.running.port)
+        connection.transport.write(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        yield connection.lost
+        self.assertTrue(connection.received.startswith(b"HTTP/1.1 400 "), connection.received)
+        samples = yield scrape(self.running)
+        self.assertEqual(
+            value(samples, "mxrecv_callbacks_total", type="unknown", mode="post", status="400"), 1
+        )
+
+    @inlineCallbacks
     def test_pendingDownload(self):
         """
         An MMS notification waits in pending/ for its download.

@@ -1,3 +1,5 @@
+from hashlib import sha256
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -37,6 +39,41 @@ class NameForIdTests(SynchronousTestCase):
         Ids of safe characters are kept as they are, for the operator.
         """
         self.assertEqual(nameForId(messageId), messageId)
+
+    @given(st.binary(min_size=1), st.binary(min_size=1))
+    def test_uniqueBytes(self, one: bytes, other: bytes) -> None:
+        """
+        Different byte strings, valid UTF-8 or not, have different names.
+        """
+        if one != other:
+            self.assertNotEqual(nameForId(one), nameForId(other))
+
+    @given(st.binary(min_size=1, max_size=300))
+    def test_safeBytes(self, messageId: bytes) -> None:
+        name = nameForId(messageId)
+        self.assertTrue(name.isascii() and 0 < len(name) <= 145)
+        self.assertFalse(name.startswith((".", "-")))
+        self.assertTrue(isName(name), name)
+
+    @given(messageIds)
+    def test_utf8BytesAsText(self, messageId: str) -> None:
+        """
+        A valid UTF-8 id is named as before: its bytes and its text give
+        the same name.
+        """
+        self.assertEqual(nameForId(messageId.encode()), nameForId(messageId))
+
+    def test_notUTF8(self) -> None:
+        """
+        Ids that are not valid UTF-8 are named from their bytes, so that
+        they differ from the UTF-8 ids their ISO-8859-15 decoding would
+        encode to.
+        """
+        self.assertEqual(nameForId(b"x\xff"), "x=FF")
+        self.assertEqual(nameForId(b"x\xc3\xbf"), "x=C3=BF")
+        self.assertEqual(nameForId(b"caf\xe9"), "caf=E9")
+        self.assertEqual(nameForId("café"), "caf=C3=A9")
+        self.assertEqual(nameForId(b"\xff" * 100), "=FF" * 26 + "=F~" + sha256(b"\xff" * 100).hexdigest())
 
     def test_escapes(self) -> None:
         self.assertEqual(nameForId("../x"), "=2E=2E=2Fx")

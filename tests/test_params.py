@@ -1,3 +1,4 @@
+import json
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -68,6 +69,31 @@ class ParseCallbackTests(SynchronousTestCase):
         self.assertIn(message.charset, ("utf-8", "iso-8859-15"))
         self.assertEqual(message.message.encode(message.charset), text)
         self.assertEqual(Message.decode(message.encode()), message)
+
+    @given(st.binary(min_size=1, max_size=LIMITS[b"id"]))
+    def test_anyIdBytes(self, raw: bytes) -> None:
+        """
+        Any id is kept with the charset that gives its bytes back, through
+        message.json too.
+        """
+        message = parse({**VALID, b"id": [raw]})
+        self.assertEqual(message.rawId, raw)
+        document = json.loads(message.encode())
+        self.assertEqual(document["id"].encode(document["id_charset"]), raw)
+        self.assertEqual(Message.decode(message.encode()).rawId, raw)
+
+    def test_idCharset(self) -> None:
+        self.assertEqual(parse({**VALID, b"id": ["café".encode()]}).id_charset, "utf-8")
+        message = parse({**VALID, b"id": [b"caf\xe9"]})
+        self.assertEqual((message.id, message.id_charset), ("café", "iso-8859-15"))
+
+    def test_idCharsetOfOldFiles(self) -> None:
+        """
+        A message.json written before ids kept their charset reads as UTF-8.
+        """
+        document = json.loads(parse(VALID).encode())
+        del document["id_charset"]
+        self.assertEqual(Message.fromJSON(document).rawId, b"1")
 
     def test_utf8Preferred(self) -> None:
         message = parse({**VALID, b"message": ["£5 €".encode()]})
@@ -146,6 +172,30 @@ class DateTests(SynchronousTestCase):
         moment = parseDate(text, LONDON)
         self.assertIsNotNone(moment.utcoffset())
         self.assertEqual(moment.strftime("%Y-%m-%d %H:%M:%S"), text[:19])
+
+    @given(mxDates(), st.data())
+    def test_onlyASCIIDigits(self, text: str, data) -> None:
+        """
+        A date with any of its digits written in another script (Arabic-Indic,
+        Devanagari, fullwidth...) is refused, offset digits included.
+        """
+        positions = [i for i, c in enumerate(text) if c.isdigit()]
+        i = data.draw(st.sampled_from(positions))
+        digit = data.draw(
+            st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+        )
+        self.assertRaises(ValueError, parseDate, text[:i] + digit + text[i + 1 :], LONDON)
+
+    def test_arabicIndicDateRefused(self) -> None:
+        """
+        A callback whose date is in Arabic-Indic digits gets 400 for its date
+        (and for its expiry).
+        """
+        arabic = "٢٠٢٦-١١-٢٥ ١٠:٣٠:٠٠".encode()
+        e = self.assertRaises(BadParameter, parse, {**VALID, b"date": [arabic]})
+        self.assertEqual(e.name, "date")
+        e = self.assertRaises(BadParameter, parse, {**VALID, b"type": [b"2"], b"expiry": [arabic]})
+        self.assertEqual(e.name, "expiry")
 
     def test_isoFromTimestamp(self) -> None:
         self.assertEqual(isoFromTimestamp(0), "1970-01-01T00:00:00.000Z")

@@ -10,6 +10,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -23,7 +24,7 @@ from mxrecv.message.model import Message
 from mxrecv.message.params import parseCallback
 from mxrecv.mms.complete import Completer
 from mxrecv.spool.layout import NEW, PENDING, TMP
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
 from .support import (
@@ -252,6 +253,90 @@ class PostTests(TestCase):
         self.assertEqual((self.spool.dir(PENDING) / "mms-1" / "mms.zip").read_bytes(), MMS_ZIP)
 
     # Refused
+
+    # One source of parameters per mode
+
+    @inlineCallbacks
+    def test_getBodyNotTaken(self):
+        """
+        A GET callback's parameters are its query string: a multipart body
+        with an mms.zip is read and dropped, not taken for the MMS, which
+        waits in pending/ for RetrieveMMS like any GET-mode notification.
+        """
+        self.startServer(complete=False)
+        query = urlencode([(k, v) for k, v in mmsFields("get-1")])
+        response = yield self.treq.get(
+            f"{self.url}?{query}",
+            data=multipartBody(BOUNDARY, mmsFields("other"), MMS_ZIP),
+            headers={b"Content-Type": [contentTypeFor(BOUNDARY)]},
+        )
+        yield self.assertAnswer(response, 200, "OK")
+        self.assertEqual(listing(self.spool.dir(PENDING)), ["get-1"])
+        self.assertEqual(listing(self.spool.dir(PENDING) / "get-1"), ["message.json"])
+        self.assertEqual(self.stored(PENDING, "get-1").delivery, "get")
+
+    @inlineCallbacks
+    def test_getBodyOfAnyType(self):
+        """
+        Whatever its type, a GET's body is not read as parameters (a form's
+        id does not replace the query string's) nor refused.
+        """
+        self.startServer()
+        fields = dict(SMS_FIELDS)
+        query = urlencode({**fields, "message": b"hi"})
+        for contentType, body in [
+            (b"application/x-www-form-urlencoded", b"id=form"),
+            (b"text/plain", b"anything"),
+        ]:
+            response = yield self.treq.get(
+                f"{self.url}?{query}", data=body, headers={b"Content-Type": [contentType]}
+            )
+            yield self.assertAnswer(response, 200, "OK")
+        self.assertEqual(listing(self.spool.dir(NEW)), ["sms-1"])
+
+    @inlineCallbacks
+    def test_postParametersInQueryRefused(self):
+        """
+        A POST whose query string carries a callback parameter, as well as
+        its body or instead of it, is refused with 400 naming it, before the
+        body is read; nothing is stored.
+        """
+        self.startServer()
+        for query, fields in [("id=other", SMS_FIELDS), ("from=1&to=2", SMS_FIELDS), ("id=x", [])]:
+            response = yield self.treq.post(
+                f"{self.url}?{query}",
+                data=multipartBody(BOUNDARY, fields),
+                headers={b"Content-Type": [contentTypeFor(BOUNDARY)]},
+            )
+            name = query.split("=")[0]
+            yield self.assertAnswer(response, 400, f"parameter {name!r} in the query string of a POST")
+        response = yield self.treq.post(f"{self.url}?{urlencode(dict(SMS_FIELDS))}")
+        yield self.assertAnswer(response, 400, "in the query string of a POST")
+        self.assertEqual(listing(self.spool.dir(NEW)), [])
+
+    @inlineCallbacks
+    def test_postOtherQueryIgnored(self):
+        """
+        Names that are no callback parameter in a POST's query string (a
+        token in the URL given to MX Telecom, say) are ignored.
+        """
+        self.startServer()
+        response = yield self.treq.post(
+            f"{self.url}?key=abc",
+            data=multipartBody(BOUNDARY, SMS_FIELDS),
+            headers={b"Content-Type": [contentTypeFor(BOUNDARY)]},
+        )
+        yield self.assertAnswer(response, 200, "OK")
+        self.assertEqual(listing(self.spool.dir(NEW)), ["sms-1"])
+
+    @inlineCallbacks
+    def test_postWithoutBodyType(self):
+        """
+        A POST without a form or multipart body is refused with 415.
+        """
+        self.startServer()
+        response = yield self.treq.post(self.url)
+        yield self.assertAnswer(response, 415, "multipart/form-data")
 
     @inlineCallbacks
     def test_mmsWithoutZip(self):

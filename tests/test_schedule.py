@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxrecv.mms.complete import Attempt
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
+from mxrecv.spool.layout import Attempt
 
 
 def schedule(random: float = 0.0, **policy) -> Schedule:

@@ -2,6 +2,7 @@
 The callback server over a real port on 127.0.0.1, with treq as the client.
 """
 
+import json
 from ipaddress import ip_network
 from urllib.parse import urlencode
 
@@ -16,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .support import (
     SMS,
@@ -76,6 +77,27 @@ class CallbackTests(TestCase):
         yield self.assertAnswer((yield self.treq.get(url)), 200)
         message = Message.decode((self.spool.dir(NEW) / "mx-1" / "message.json").read_bytes())
         self.assertEqual((message.message, message.charset), ("£5€", "iso-8859-15"))
+
+    @inlineCallbacks
+    def test_idsOfOtherBytesDistinct(self):
+        """
+        Ids that differ in their bytes are different messages, even where
+        one is not valid UTF-8 and its ISO-8859-15 decoding encodes to the
+        other ("x%FF" and "x%C3%BF", "caf%E9" and "caf%C3%A9"): each is
+        stored, under a name made of its bytes, and its message.json gives
+        the bytes back.
+        """
+        sent = [b"x\xff", b"x\xc3\xbf", b"caf\xe9", b"caf\xc3\xa9"]
+        for raw in sent:
+            query = urlencode({**SMS, "id": raw})
+            response = yield self.treq.get(self.server.url + "?" + query)
+            yield self.assertAnswer(response, 200)
+        self.assertEqual(files(self.spool.dir(NEW)), ["caf=C3=A9", "caf=E9", "x=C3=BF", "x=FF"])
+        stored = []
+        for name in files(self.spool.dir(NEW)):
+            document = json.loads((self.spool.dir(NEW) / name / "message.json").read_bytes())
+            stored.append(document["id"].encode(document["id_charset"]))
+        self.assertEqual(sorted(stored), sorted(sent))
 
     @inlineCallbacks
     def test_duplicate(self):
@@ -471,3 +493,90 @@ class HeaderDeadlineAbortTests(TestCase):
         self.assertTrue(transport.aborted)
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ServerHeaderTests(TestCase):
+    """
+    Every answer names the server "mxrecv", without a version (twisted.web
+    would send its name and version).
+    """
+
+    @inlineCallbacks
+    def test_answers(self):
+        server = startServer(self, max_body=1000)
+        treq = httpClient(self)
+        for response in [
+            (yield treq.get(server.url, params=SMS)),
+            (yield treq.get(server.url + "nothing")),
+            (yield treq.get(server.url, params={**SMS, "date": "x"})),
+            (yield treq.put(server.url, data=b"")),
+        ]:
+            yield response.content()
+            self.assertEqual(response.headers.getRawHeaders("Server"), ["mxrecv"])
+
+    @inlineCallbacks
+    def test_refusals(self):
+        """
+        Refusals written before the resource has the request say the same.
+        """
+        server = startServer(self, max_body=1000)
+        answer = yield rawExchange(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1001\r\n\r\n",
+        )
+        head = answer.partition(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"\r\nServer: mxrecv\r\n", head)
+
+
+class FramingErrorTests(TestCase):
+    """
+    Requests that twisted.web's own parser refuses are answered 400 with
+    the reason, and logged and counted like the other refusals.
+    """
+
+    FORM = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    CASES = [
+        (b"GARBAGE\r\n\r\n", "other", "a bad request line"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "post",
+            "a bad header",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "get", "a bad header"),
+        (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", "get", "a bad header"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\n" + FORM + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "post",
+            "a bad chunk",
+        ),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 501 + b"\r\n", "get", "more than 500 headers"),
+        (
+            b"GET / HTTP/1.1\r\n" + (b"X-A: " + b"b" * 6000 + b"\r\n") * 3 + b"\r\n",
+            "get",
+            "headers longer than 16384 bytes",
+        ),
+        (b"GET /" + b"a" * 17000, "other", "line longer than 16384 bytes"),
+    ]
+
+    @inlineCallbacks
+    def test_answeredCountedLogged(self):
+        server = startServer(self)
+        outcomes = []
+        server.site.observe = outcomes.append
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for data, mode, reason in self.CASES:
+            del outcomes[:]
+            answer = yield rawExchange(server.port, data)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (data[:40], answer))
+            self.assertIn(reason.encode(), answer)
+            [outcome] = outcomes
+            self.assertEqual(
+                (outcome.status, outcome.mode, outcome.type, outcome.client),
+                (400, mode, None, "127.0.0.1"),
+            )
+            self.assertIn(reason, outcome.reason)
+        logged = [e for e in events if e["log_namespace"] == "mxrecv.web.request"]
+        self.assertEqual([e["status"] for e in logged], [400] * len(self.CASES))
+        self.assertEqual(files(server.spool.dir("tmp")), [])

@@ -3,7 +3,6 @@ A graceful stop (what twistd does on SIGTERM: stopService) while a callback
 is being uploaded over a real port.
 """
 
-from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
@@ -12,7 +11,6 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IBodyProducer, INonQueuedRequestFactory
 from zope.interface import directlyProvides, implementer
 
-from mxrecv.tap import OrderedService
 from mxrecv.web.drain import DrainService, InFlight
 
 from .running import SMS, client, rawConnection, run, runningConfig
@@ -152,39 +150,6 @@ class StopDuringUploadTests(TestCase):
         self.assertEqual(
             second.service.metrics.registry.get_sample_value("mxrecv_duplicates_total"), 1
         )
-
-
-class OrderedServiceTests(TestCase):
-    def test_oneAfterAnother(self):
-        """
-        Children stop last first, each once the one before it has stopped.
-        """
-        stopped = []
-        holds = {}
-
-        class Child(Service):
-            def __init__(self, name):
-                self.name = name
-
-            def stopService(self):
-                super().stopService()
-                stopped.append(self.name)
-                holds[self.name] = Deferred()
-                return holds[self.name]
-
-        parent = OrderedService()
-        for name in ("first", "second", "third"):
-            Child(name).setServiceParent(parent)
-        parent.startService()
-        done = parent.stopService()
-        self.assertEqual(stopped, ["third"])
-        holds["third"].callback(None)
-        self.assertEqual(stopped, ["third", "second"])
-        holds["second"].errback(RuntimeError("cannot stop"))
-        self.assertEqual(stopped, ["third", "second", "first"])
-        holds["first"].callback(None)
-        self.successResultOf(done)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class DrainTests(TestCase):

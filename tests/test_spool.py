@@ -327,7 +327,7 @@ class RestartTests(TestCase):
         document = json.loads(sms().encode())
         self.assertEqual(
             list(document),
-            ["id", "type", "from", "to", "cc", "date", "network", "subject", "message",
+            ["id", "id_charset", "type", "from", "to", "cc", "date", "network", "subject", "message",
              "charset", "expiry", "delivery", "received", "mms_size", "mms_sha256",
              "parts", "text", "parts_error"],
         )

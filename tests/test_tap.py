@@ -8,16 +8,33 @@ import signal
 import sys
 from pathlib import Path
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, TestCase
 
-from mxrecv.tap import Options
+from mxrecv.config import (
+    AdminConfig,
+    Config,
+    DeliverConfig,
+    RetrieveConfig,
+    ServerConfig,
+    SpoolConfig,
+)
+from mxrecv.deliver.service import DeliveryService
+from mxrecv.mms.pending import PendingService
+from mxrecv.mms.retrieve import RetrieveService
+from mxrecv.ops.inbox.service import InboxService
+from mxrecv.ops.service import OrderedService, ThreadPoolService
+from mxrecv.spool.service import PruneService, SpoolService
+from mxrecv.tap import Options, makeService
+from mxrecv.web.drain import DrainService
+from mxrecv.web.listen import Listener
 
 from .support import SMS, httpClient
 
@@ -152,10 +169,6 @@ class OrderedServiceTests(TestCase):
         """
         Children stop last-first, each only after the previous one finished.
         """
-        from twisted.application.service import Service
-
-        from mxrecv.tap import OrderedService
-
         events = []
         gate: Deferred[None] = Deferred()
 
@@ -179,3 +192,74 @@ class OrderedServiceTests(TestCase):
         gate.callback(None)
         self.assertEqual(events, ["listener", "spool", "pool"])
         self.successResultOf(stopped)
+
+    def test_oneAfterAnother(self):
+        """
+        Children stop last first, each once the one before it has stopped.
+        """
+        stopped = []
+        holds = {}
+
+        class Child(Service):
+            def __init__(self, name):
+                self.name = name
+
+            def stopService(self):
+                super().stopService()
+                stopped.append(self.name)
+                holds[self.name] = Deferred()
+                return holds[self.name]
+
+        parent = OrderedService()
+        for name in ("first", "second", "third"):
+            Child(name).setServiceParent(parent)
+        parent.startService()
+        done = parent.stopService()
+        self.assertEqual(stopped, ["third"])
+        holds["third"].callback(None)
+        self.assertEqual(stopped, ["third", "second"])
+        holds["second"].errback(RuntimeError("cannot stop"))
+        self.assertEqual(stopped, ["third", "second", "first"])
+        holds["first"].callback(None)
+        self.successResultOf(done)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class LayersTests(TestCase):
+    def test_stopOrderByLayer(self) -> None:
+        """
+        The service is composed in layers, stopped from the top: the edge
+        (callback listeners, then the drain of the callbacks in flight,
+        then the admin listeners, then the inbox they served), the MMS and
+        delivery work (delivery, then the sweep of pending/, then retrieval,
+        then the prune of the seen-id index), the spool, the thread pools.
+        """
+        base = Path(self.mktemp())
+        config = Config(
+            server=ServerConfig(listen=("tcp:0:interface=127.0.0.1",) * 2),
+            spool=SpoolConfig(dir=base / "spool"),
+            retrieve=RetrieveConfig(user="u", password="p"),
+            admin=AdminConfig(listen=("tcp:0:interface=127.0.0.1",)),
+            deliver=DeliverConfig(command=("true",)),
+        )
+        service = makeService({"settings": config}, MemoryReactorClock())
+        self.addCleanup(service.spool.close)
+
+        def stopOrder(collection) -> list:
+            return list(reversed(list(collection)))
+
+        self.assertEqual(
+            [(layer.name, [type(s) for s in stopOrder(layer)]) for layer in stopOrder(service)],
+            [
+                ("edge", [Listener, Listener, DrainService, Listener, InboxService]),
+                ("work", [DeliveryService, PendingService, RetrieveService, PruneService]),
+                ("store", [SpoolService]),
+                ("threads", [ThreadPoolService, ThreadPoolService]),
+            ],
+        )
+        self.assertEqual(
+            [s.pool.name for s in stopOrder(service.threads)], ["mxrecv-upload", "mxrecv-io"]
+        )
+        edge = stopOrder(service.edge)
+        self.assertEqual(edge[:2], service.listeners[::-1])
+        self.assertEqual(edge[3:4], service.adminListeners)

@@ -49,21 +49,20 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
-from mxrecv.config import ConfigError, parseConfig
-from mxrecv.tap import Options, buildSite, makeService
+from mxrecv.config import ConfigError, parseConfig, parseListen
+from mxrecv.tap import Options, makeService
 from mxrecv.tls import selfsigned
 from mxrecv.tls.certificate import (
     CertificateError,
     ReloadableCertificate,
-    TLSFiles,
-    TLSListen,
     clockTime,
     loadCertificate,
-    parseTLS,
 )
+from mxrecv.tls.description import TLSFiles, TLSListen, parseTLS
 from mxrecv.tls.reload import CertificateReloadService
 from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
-from mxrecv.web.listen import parseListen, tlsEndpoint, tlsFactory
+from mxrecv.web.listen import tlsEndpoint, tlsFactory
+from mxrecv.web.service import buildSite
 
 from .strategies import contentTypeFor, multipartBody
 from .support import (

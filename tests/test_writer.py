@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.writer import FileWriters, Written
-from mxrecv.tap import buildSite
+from mxrecv.web.service import buildSite
 
 from .strategies import contentTypeFor, examples, multipartBody
 from .support import (

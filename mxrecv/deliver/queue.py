@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -28,8 +29,23 @@ from mxrecv.deliver.outcome import Delivered, Outcome, PermanentFailure, Tempora
 from mxrecv.deliver.records import Records, Scan
 from mxrecv.deliver.schedule import Failing, GaveUp, Policy, Schedule
 from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.spool.layout import undeliverableDocument
 
 log = Logger()
+
+
+@frozen
+class DeliveryState:
+    """
+    What the metrics show of one queue: messages waiting (or being
+    delivered), since when the oldest has waited (POSIX seconds), and dead
+    letters.
+    """
+
+    target: str
+    backlog: int
+    oldest: float | None
+    undeliverable: int
 
 
 class Deliverer:
@@ -39,6 +55,8 @@ class Deliverer:
     @param new: the spool's C{new/}.
     @param onAttempt: called after each attempt with the target's name and
         its outcome: C{ok}, C{temporary} or C{permanent} (metrics).
+    @param onState: called with the queue's L{DeliveryState} whenever it
+        may have changed (metrics).
     @param clock: times the attempts and retries.
     @param reactor: runs the records' writes in C{pool}.
     """
@@ -54,6 +72,7 @@ class Deliverer:
         pool: ThreadPool,
         clock: IReactorTime,
         onAttempt: Callable[[str, str], None] = lambda target, outcome: None,
+        onState: Callable[[DeliveryState], None] = lambda state: None,
     ) -> None:
         self.target = target
         self.policy = policy
@@ -63,6 +82,7 @@ class Deliverer:
         self._pool = pool
         self._clock = clock
         self._onAttempt = onAttempt
+        self._onState = onState
         self._schedule = Schedule(policy)
         #: This target's dead letters: their names, and when their records
         #: were written (L{None} while being written).
@@ -95,11 +115,23 @@ class Deliverer:
 
     def add(self, name: str) -> None:
         """
-        Deliver C{new/NAME} after the messages already queued.
+        Deliver C{new/NAME} after the messages already queued.  A dead
+        letter is taken up again only if its record has been removed
+        (L{mxrecv.deliver.deadletters}).
         """
-        if name not in self.undeliverable:
-            self._schedule.add(name, self._clock.seconds())
-            self._poll()
+        if name in self.undeliverable:
+            if self.undeliverable[name] is None or self._records.isUndeliverable(
+                self.target.name, name
+            ):
+                return
+            del self.undeliverable[name]
+            log.info(
+                "new/{name} is no longer undeliverable to the {target}: delivering it again",
+                name=name,
+                target=self.target.name,
+            )
+        self._schedule.add(name, self._clock.seconds())
+        self._poll()
 
     def start(self, scan: Scan, scannedAt: float) -> None:
         """
@@ -145,28 +177,6 @@ class Deliverer:
             for name, received in scan.undelivered
         ]
 
-    def redeliver(self, name: str) -> Deferred[bool]:
-        """
-        Take C{new/NAME} out of the dead letters and queue it again.
-
-        @return: fires with whether it was a dead letter of this target.
-        """
-        d = self._inThread(self._records.redeliver, self.target.name, name)
-
-        def removed(onDisk: bool) -> bool:
-            known = name in self.undeliverable
-            self.undeliverable.pop(name, None)
-            if known or onDisk:
-                log.info(
-                    "Delivering new/{name} to the {target} again, at the operator's request",
-                    name=name,
-                    target=self.target.name,
-                )
-                self.add(name)
-            return known or onDisk
-
-        return d.addCallback(removed)
-
     def stop(self) -> Deferred[None]:
         """
         Start nothing more; fires once the attempts and records under way
@@ -177,6 +187,7 @@ class Deliverer:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._report()
 
         def forget(_: object) -> None:
             self._schedule = Schedule(self.policy)
@@ -204,6 +215,18 @@ class Deliverer:
         finally:
             self._polling = False
         self._arm()
+        self._report()
+
+    def _report(self) -> None:
+        running = self._running
+        self._onState(
+            DeliveryState(
+                self.target.name,
+                backlog=len(self._schedule) if running else 0,
+                oldest=self._schedule.oldest() if running else None,
+                undeliverable=len(self.undeliverable) if running else 0,
+            )
+        )
 
     def _arm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -297,14 +320,14 @@ class Deliverer:
             target=self.target.name,
             error=gaveUp.error,
         )
-        record = {
-            "name": name,
-            "target": self.target.name,
-            "error": gaveUp.error,
-            "at": isoFromTimestamp(now),
-            "attempt_count": gaveUp.count,
-            "attempts": [a.toJSON() for a in gaveUp.attempts],
-        }
+        record = undeliverableDocument(
+            name=name,
+            target=self.target.name,
+            error=gaveUp.error,
+            at=isoFromTimestamp(now),
+            count=gaveUp.count,
+            attempts=gaveUp.attempts,
+        )
         d = self._inThread(self._records.markUndeliverable, self.target.name, name, record)
 
         def recorded(_: object) -> None:

@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_deliver -*-
 """
-What has become of each message's delivery, on disk, per target:
+What has become of each message's delivery, on disk, per target
+(L{mxrecv.spool.layout.Layout.delivered} and C{undeliverable}):
 
     state/delivered/TARGET/NAME       new/NAME was delivered to TARGET (empty)
     state/undeliverable/TARGET/NAME   TARGET refused new/NAME for good: a dead
-                                      letter, with its attempts (JSON)
+                                      letter, with its attempts
+                                      (L{mxrecv.spool.layout.undeliverableDocument})
 
 Never inside C{new/NAME}, which is the application's.  Records of messages no
 longer in C{new/} are removed by L{Records.scan}.
@@ -14,7 +16,6 @@ Blocking: called in worker threads, or by the C{mxrecv} command.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +23,10 @@ from typing import Any
 
 from attrs import frozen
 
+from mxrecv.message.model import decodeJSON, encodeJSON
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, replaceFile, writeNew
-from mxrecv.spool.layout import DELIVERED, MESSAGE_JSON, NEW, STATE, UNDELIVERABLE
+from mxrecv.spool.layout import NEW, Layout
 from mxrecv.spool.naming import isName
 
 
@@ -47,15 +50,17 @@ class Records:
     """
 
     def __init__(self, root: Path, sync: bool = True) -> None:
-        self._state = root / STATE
-        self._new = root / NEW
+        layout = Layout(root)
+        self._delivered = layout.delivered()
+        self._undeliverable = layout.undeliverable()
+        self._new = layout.dir(NEW)
         self._sync = sync
 
     def mark(self, target: str, name: str) -> None:
         """
         Record that C{new/NAME} was delivered to C{target}.
         """
-        directory = self._directory(DELIVERED, target)
+        directory = _made(self._delivered / target)
         try:
             writeNew(directory / name, b"", self._sync)
         except FileExistsError:
@@ -63,33 +68,40 @@ class Records:
         fsyncPath(directory, self._sync)
 
     def isDelivered(self, target: str, name: str) -> bool:
-        return (self._state / DELIVERED / target / name).exists()
+        return (self._delivered / target / name).exists()
 
-    def markUndeliverable(self, target: str, name: str, record: dict[str, Any]) -> None:
+    def markUndeliverable(self, target: str, name: str, document: dict[str, Any]) -> None:
         """
-        Record C{new/NAME} as a dead letter of C{target}, with C{record}
-        (its error and attempts).
+        Record C{new/NAME} as a dead letter of C{target}, with C{document}
+        (L{mxrecv.spool.layout.undeliverableDocument}).
         """
-        directory = self._directory(UNDELIVERABLE, target)
-        data = json.dumps(record, ensure_ascii=False, indent=2).encode() + b"\n"
-        replaceFile(directory / name, data, self._sync)
+        directory = _made(self._undeliverable / target)
+        replaceFile(directory / name, encodeJSON(document), self._sync)
+
+    def isUndeliverable(self, target: str, name: str) -> bool:
+        return (self._undeliverable / target / name).exists()
+
+    def undeliverableNames(self, target: str) -> list[str]:
+        """
+        The names of C{target}'s dead letters, without reading them.
+        """
+        return sorted(_names(self._undeliverable / target))
 
     def undeliverable(self, target: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
         """
-        The dead letters, C{(target, name, record)}, of C{target} or of
+        The dead letters, C{(target, name, document)}, of C{target} or of
         every target, by target and name.  A record that cannot be read is
-        still listed (with an empty record).
+        still listed (with an empty document).
         """
-        root = self._state / UNDELIVERABLE
-        targets = [target] if target is not None else _names(root)
+        targets = [target] if target is not None else _names(self._undeliverable)
         found = []
         for t in sorted(targets):
-            for name in sorted(_names(root / t)):
+            for name in sorted(_names(self._undeliverable / t)):
                 try:
-                    record = json.loads((root / t / name).read_bytes())
+                    document = decodeJSON((self._undeliverable / t / name).read_bytes())
                 except (OSError, ValueError):
-                    record = {}
-                found.append((t, name, record if isinstance(record, dict) else {}))
+                    document = {}
+                found.append((t, name, document if isinstance(document, dict) else {}))
         return found
 
     def redeliver(self, target: str, name: str) -> bool:
@@ -99,7 +111,7 @@ class Records:
 
         @return: whether there was such a dead letter.
         """
-        path = self._state / UNDELIVERABLE / target / name
+        path = self._undeliverable / target / name
         try:
             path.unlink()
         except FileNotFoundError:
@@ -115,7 +127,7 @@ class Records:
         """
         # Records first: a message is in new/ before it has a record, so one
         # whose record is listed but which is missing from new/ has left it.
-        directories = [self._directory(kind, target) for kind in (DELIVERED, UNDELIVERABLE)]
+        directories = [_made(root / target) for root in (self._delivered, self._undeliverable)]
         listed = [set(_names(d)) for d in directories]
         present = set(_names(self._new))
         for directory, names in zip(directories, listed, strict=True):
@@ -126,22 +138,22 @@ class Records:
         waiting.sort(key=lambda entry: (entry[1] is not None, entry[1] or 0.0, entry[0]))
         return Scan(waiting, sorted(undeliverable))
 
-    def _directory(self, kind: str, target: str) -> Path:
-        directory = self._state / kind / target
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
-
 
 def received(directory: Path) -> float | None:
     """
     When the message in C{directory} was received, in POSIX seconds;
     L{None} if that cannot be read.
     """
+    text = MessageDirectory(directory).readDocument().get("received")
     try:
-        text = json.loads((directory / MESSAGE_JSON).read_bytes())["received"]
-        return datetime.fromisoformat(text).timestamp()
-    except (OSError, ValueError, KeyError, TypeError):
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else None
+    except ValueError:
         return None
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def _names(directory: Path) -> list[str]:

@@ -32,7 +32,7 @@ from attrs import frozen
 from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import RETRY_AFTER_MAX, retryDelay
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.mms.complete import Attempt
+from mxrecv.spool.layout import Attempt
 
 #: Attempts of one message kept for its record (the last ones): a target
 #: down for a day would otherwise make thousands.

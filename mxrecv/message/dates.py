@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
+# ASCII digits only: \d and int() also take other scripts' digits
+# (Arabic-Indic, fullwidth...), which would be stored as sent.
 _DATE = re.compile(
-    r"\A(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})"
-    r"(?: ?(?:(Z)|([+-])(\d{2}):?(\d{2})))?\Z"
+    r"\A([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?: ?(?:(Z)|([+-])([0-9]{2}):?([0-9]{2})))?\Z"
 )
 
 
@@ -20,7 +22,7 @@ def parseDate(text: str, zone: tzinfo) -> datetime:
     """
     Parse an MX Telecom date into an aware datetime.
 
-    @raise ValueError: if C{text} is not such a date.
+    @raise ValueError: if C{text} is not such a date (its digits ASCII).
     """
     match = _DATE.match(text)
     if match is None:

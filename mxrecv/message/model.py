@@ -12,6 +12,8 @@ from typing import Any
 
 from attrs import evolve, frozen
 
+from mxrecv.message.text import UTF8
+
 SMS = "sms"
 MMS = "mms"
 
@@ -50,6 +52,11 @@ class Message:
     C{date} and C{expiry} are kept as sent; C{received} is ISO 8601 UTC.  The
     C{mms_*}, C{parts}, C{text} and C{parts_error} fields are filled in when an
     MMS is completed.
+
+    @ivar id: the id decoded with C{id_charset}: UTF-8 when the bytes sent
+        were valid UTF-8, else ISO-8859-15, so that L{rawId}, the bytes as
+        sent, are always known (two ids that differ only in how they were
+        encoded are two messages).
     """
 
     id: str
@@ -70,10 +77,19 @@ class Message:
     parts: tuple[Part, ...] = ()
     text: str | None = None
     parts_error: str | None = None
+    id_charset: str = UTF8
+
+    @property
+    def rawId(self) -> bytes:
+        """
+        The id's bytes as MX Telecom sent them.
+        """
+        return self.id.encode(self.id_charset, "surrogatepass")
 
     def toJSON(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "id_charset": self.id_charset,
             "type": self.type,
             "from": self.sender,
             "to": list(self.to),
@@ -97,12 +113,14 @@ class Message:
         """
         The bytes of C{message.json}.
         """
-        return indentedJSON(self.toJSON()).encode("utf-8", "surrogatepass") + b"\n"
+        return encodeJSON(self.toJSON())
 
     @classmethod
     def fromJSON(cls, document: dict[str, Any]) -> Message:
         return cls(
             id=document["id"],
+            # Written before ids kept their charset: taken as UTF-8, as then.
+            id_charset=document.get("id_charset", UTF8),
             type=document["type"],
             sender=document["from"],
             to=tuple(document["to"]),
@@ -124,10 +142,29 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes) -> Message:
-        return cls.fromJSON(json.loads(data.decode("utf-8", "surrogatepass")))
+        return cls.fromJSON(decodeJSON(data))
 
     def replace(self, **changes: Any) -> Message:
         return evolve(self, **changes)
+
+
+def encodeJSON(document: Any) -> bytes:
+    """
+    The one JSON writer of the spool's documents (C{message.json}, and those
+    of L{mxrecv.spool.layout}): indented by two spaces, non-ASCII as is, in
+    UTF-8 (a lone surrogate that came in a callback kept as it came), with
+    a final newline.
+    """
+    return indentedJSON(document).encode("utf-8", "surrogatepass") + b"\n"
+
+
+def decodeJSON(data: bytes) -> Any:
+    """
+    A document written by L{encodeJSON}.
+
+    @raise ValueError: if C{data} is not JSON.
+    """
+    return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
 _scalar = json.JSONEncoder(ensure_ascii=False).encode

@@ -4,7 +4,8 @@ Validation of a callback's parameters into a L{Message}.
 
 Pure: parameters in, a message or a L{BadParameter} out, so that every rule can
 be property-tested without a server.  The same rules apply whichever way the
-parameters arrived (query string, form body or multipart fields).
+parameters arrived: the query string of a GET, or the body (form or multipart
+fields) of a POST, never both (see L{mxrecv.web.body.BodyChooser}).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ LIMITS = {
 MAX_RECIPIENTS = 100
 REQUIRED = (b"id", b"from", b"to", b"date", b"type")
 REPEATABLE = (b"to", b"cc")
+# Every name MX Telecom's callbacks use (the zip's too).
+PARAMETERS = frozenset(LIMITS) | {b"mms.zip"}
 
 
 class BadParameter(Exception):
@@ -112,8 +115,10 @@ def parseCallback(
             raise BadParameter("expiry", str(e)) from None
     text = _single(params, b"message")
     message, charset = decodeText(text) if text is not None else (None, None)
+    messageId, idCharset = decodeText(_single(params, b"id"))
     return Message(
-        id=_text(_single(params, b"id")),
+        id=messageId,
+        id_charset=idCharset,
         type=kind,
         sender=_text(_single(params, b"from")),
         to=tuple(_text(v) for v in params[b"to"] if v),

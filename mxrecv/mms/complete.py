@@ -13,46 +13,23 @@ crash leaves the message in C{pending/} to be completed again.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
 from mxrecv.mms.unpack import Unpacked, unpackInto
-from mxrecv.spool.durable import fsyncPath, keepOnly, moveDir, removeTree, replaceFile
-from mxrecv.spool.layout import (
-    FAILED,
-    MESSAGE_ENTRIES,
-    MESSAGE_JSON,
-    MMS_ZIP,
-    NEW,
-    PARTS,
-    PENDING,
-)
+from mxrecv.spool.durable import fsyncPath, removeTree
+from mxrecv.spool.layout import FAILED, NEW, PENDING, Attempt
 from mxrecv.spool.store import Spool
 
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
 # never starves the threads that fsync callbacks.
 CONCURRENT_COMPLETIONS = 2
-
-
-@frozen
-class Attempt:
-    """
-    One try at getting an MMS, as recorded in C{failed/NAME/message.json}.
-    """
-
-    at: str
-    outcome: str
-
-    def toJSON(self) -> dict[str, str]:
-        return {"at": self.at, "outcome": self.outcome}
 
 
 def fileDigest(path: Path) -> tuple[int, str]:
@@ -130,16 +107,15 @@ class Completer:
 
     def _complete(self, name: str) -> Message:
         sync = self._spool.sync
-        source = self._spool.dir(PENDING) / name
-        message = Message.decode((source / MESSAGE_JSON).read_bytes())
-        zipPath = source / MMS_ZIP
+        pending = self._spool.message(PENDING, name)
+        message = pending.readMessage()
         if message.mms_sha256 is None:
-            size, sha256 = fileDigest(zipPath)
+            size, sha256 = fileDigest(pending.zip)
             message = message.replace(mms_size=size, mms_sha256=sha256)
-        partsDir = source / PARTS
+        partsDir = pending.parts
         removeTree(partsDir)
         try:
-            unpacked = self._unpack(zipPath, partsDir)
+            unpacked = self._unpack(pending.zip, partsDir)
         except OSError:
             # Our disk, not the zip (the unpacker reports the zip's own
             # faults): the message stays in pending/ to be completed later.
@@ -155,28 +131,11 @@ class Completer:
         message = message.replace(
             parts=unpacked.parts, text=unpacked.text, parts_error=unpacked.error
         )
-        replaceFile(source / MESSAGE_JSON, message.encode(), sync)
-        self._move(source, NEW)
+        pending.writeMessage(message)
+        pending.finishIn(self._spool.dir(NEW))
         return message
 
     def _fail(self, name: str, error: str, attempts: tuple[Attempt, ...]) -> None:
-        sync = self._spool.sync
-        source = self._spool.dir(PENDING) / name
-        document = json.loads((source / MESSAGE_JSON).read_bytes())
-        document["error"] = error
-        document["attempts"] = [a.toJSON() for a in attempts]
-        data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
-        replaceFile(source / MESSAGE_JSON, data, sync)
-        self._move(source, FAILED)
-
-    def _move(self, source: Path, target: str) -> None:
-        """
-        Move a message out of C{pending/} into C{target}, with only what
-        the layout allows there: whatever internal files a crash or a
-        failed write left (C{retrieve.json}, a half-written replacement, a
-        partial download) are removed first, durably.
-        """
-        sync = self._spool.sync
-        if keepOnly(source, MESSAGE_ENTRIES):
-            fsyncPath(source, sync)
-        moveDir(source, self._spool.dir(target) / source.name, sync)
+        pending = self._spool.message(PENDING, name)
+        pending.fail(error, attempts)
+        pending.finishIn(self._spool.dir(FAILED))

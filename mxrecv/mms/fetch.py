@@ -3,7 +3,9 @@
 One RetrieveMMS attempt: a treq GET whose body streams into
 C{pending/NAME/mms.zip.part}, cut off at a deadline that covers the whole
 body (and the writing of it) and at a byte cap, and its outcome as a
-sentence with the password masked.
+sentence made of what happened (a status, a kind of failure, of a redirect
+only the scheme and host), never of anything derived from the request's URL,
+which carries the password.
 
 The reactor only counts the body and checks its first bytes; the bytes are
 written and hashed in worker threads by a L{mxrecv.spool.writer.FileWriter} (the
@@ -17,10 +19,11 @@ L{mxrecv.mms.retrieve} decides when attempts run and what becomes of the message
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import urlsplit
 
 from attrs import frozen
 from OpenSSL import SSL
@@ -35,6 +38,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
+from twisted.web import _newclient
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -46,10 +50,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
 
-from mxrecv.spool.layout import MMS_ZIP
+from mxrecv.spool.layout import PARTIAL_ZIP
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
-PART = MMS_ZIP + ".part"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -57,7 +60,8 @@ _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", r
 class RetrieveError(Exception):
     """
     One attempt failed.  C{str()} is the attempt's outcome, a sentence fit
-    for logs and C{failed/NAME/message.json} (no secrets).
+    for logs and C{failed/NAME/message.json}: nothing in it is derived from
+    the request's URL.
 
     @ivar kind: the attempt's outcome for the metrics: C{timeout},
         C{connection}, C{http_4xx}, C{http_5xx}, C{invalid} (not a zip, too
@@ -114,32 +118,65 @@ def tlsPolicy(caFile: Path | None = None) -> IPolicyForHTTPS:
 # One attempt
 
 
-def redact(text: str, secret: str) -> str:
-    """
-    C{text} with C{secret} (and its URL-encoded forms) masked.
-    """
-    if not secret:
-        return text
-    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-        text = text.replace(form, "***")
-    return text
-
-
 def _statusOutcome(code: int, location: bytes | None) -> RetrieveError:
     if code in (401, 403):
         return RetrieveError(
             f"HTTP {code}: RetrieveMMS refused our credentials", "http_4xx", refused=True
         )
     if 300 <= code < 400:
-        where = location.decode("ascii", "replace")[:200] if location else "nowhere"
-        return RetrieveError(f"HTTP {code}: redirect to {where} not followed")
+        origin = redirectOrigin(location)
+        where = f" to {origin}" if origin else ""
+        return RetrieveError(f"HTTP {code}: redirect{where} not followed")
     kind = {4: "http_4xx", 5: "http_5xx"}.get(code // 100, "other")
     return RetrieveError(f"HTTP {code}", kind)
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,15}")
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,62}\.?)*")
+
+
+def redirectOrigin(location: bytes | None) -> str | None:
+    """
+    The scheme and host of a redirect's C{Location}, and nothing else of it:
+    its path and query may be derived from our request (a login page's
+    C{return_to=} our URL, encoded once more), and so hold the password
+    in a form no masking would recognise.  L{None} when the location has
+    no scheme and host (a relative one) or when they are not plainly a
+    scheme and a host name or address.
+    """
+    if not location:
+        return None
+    try:
+        parts = urlsplit(location.decode("ascii"))
+        host = parts.hostname
+    except (UnicodeDecodeError, ValueError):
+        return None
+    scheme = parts.scheme.lower()
+    if not host or not _SCHEME.fullmatch(scheme) or len(host) > 253:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            return None
+        return f"{scheme}://{host}"
+    return f"{scheme}://[{address}]" if address.version == 6 else f"{scheme}://{address}"
+
+
+# What a request that got no response met, named by its type: the messages
+# of these exceptions may quote what the server sent back, which may quote
+# our request.
+_NO_RESPONSE = {
+    netError.ConnectionDone: "connection closed before a response",
+    netError.ConnectionLost: "connection lost before a response",
+    _newclient.ParseError: "malformed response",
+}
+
+
 def _requestOutcome(reason: Failure) -> RetrieveError:
     """
-    A sentence for a request that got no usable response.
+    A sentence for a request that got no usable response, made of what
+    kind of failure it was, never of its message.
     """
     if reason.check(netError.ConnectionRefusedError):
         return RetrieveError("connection refused", "connection")
@@ -147,6 +184,9 @@ def _requestOutcome(reason: Failure) -> RetrieveError:
         return RetrieveError("host name not found", "connection")
     if reason.check(netError.TimeoutError):
         return RetrieveError("connection timed out", "timeout")
+    if reason.check(netError.ConnectError):
+        # Made of the OS's error for the connection: no part of the URL.
+        return RetrieveError(f"cannot connect: {reason.getErrorMessage()}", "connection")
     inner = getattr(reason.value, "reasons", None) or []
     for f in inner:
         if f.check(VerificationError):
@@ -154,9 +194,9 @@ def _requestOutcome(reason: Failure) -> RetrieveError:
         if f.check(SSL.Error):
             return RetrieveError(f"TLS handshake failed: {_tlsReason(f.value)}", "connection")
     if inner:
-        what = ", ".join(sorted({f.getErrorMessage() or f.type.__name__ for f in inner}))
-        return RetrieveError(f"no response: {what}", "connection")
-    return RetrieveError(f"{reason.type.__name__}: {reason.getErrorMessage()}")
+        what = sorted({_NO_RESPONSE.get(f.type) or f"no response ({f.type.__name__})" for f in inner})
+        return RetrieveError(", ".join(what), "connection")
+    return RetrieveError(f"request failed ({reason.type.__name__})")
 
 
 def _tlsReason(e: BaseException) -> str:
@@ -207,13 +247,11 @@ class Fetcher:
         )
         self._http = HTTPClient(agent)
 
-    def redact(self, text: str) -> str:
-        return redact(text, self._password)
-
-    def fetch(self, messageId: str, part: Path, deadline: float) -> Deferred[Download]:
+    def fetch(self, messageId: bytes, part: Path, deadline: float) -> Deferred[Download]:
         """
-        Download the zip of C{messageId} into C{part} (replaced if it
-        exists), by C{deadline} (on the clock).  C{part} may be left behind,
+        Download the zip of C{messageId} (the id's bytes as MX Telecom sent
+        them) into C{part} (replaced if it exists), by C{deadline} (on the
+        clock).  C{part} may be left behind,
         complete or not, either way, but closed: no worker writes to it once
         the result has fired.
 
@@ -238,7 +276,7 @@ class Fetcher:
 
 
 class _Attempt:
-    def __init__(self, fetcher: Fetcher, messageId: str, part: Path, deadline: float) -> None:
+    def __init__(self, fetcher: Fetcher, messageId: bytes, part: Path, deadline: float) -> None:
         self._fetcher = fetcher
         self._part = part
         self._body: _BodyFile | None = None
@@ -293,16 +331,12 @@ class _Attempt:
         if isinstance(outcome, Download):
             self.result.callback(outcome)
         else:
-            if isinstance(outcome, RetrieveError):
-                outcome = RetrieveError(
-                    self._fetcher.redact(str(outcome)), outcome.kind, outcome.refused
-                )
             self.result.errback(outcome)
 
 
 def _writeError(e: BaseException) -> RetrieveError:
     reason = getattr(e, "strerror", None) or str(e)
-    return RetrieveError(f"cannot write {PART}: {reason}")
+    return RetrieveError(f"cannot write {PARTIAL_ZIP}: {reason}")
 
 
 @implementer(IPushProducer)

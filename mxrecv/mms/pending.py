@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mxrecv.mms.complete import Completer
-from mxrecv.spool.layout import MMS_ZIP, PENDING
+from mxrecv.spool.layout import PENDING
 from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool
 
@@ -65,14 +65,14 @@ class PendingWork:
         Take up C{pending/NAME}; nothing happens if it is not there (already
         completed or failed) or already being completed or retrieved.
         """
-        directory = self._spool.dir(PENDING) / name
-        if not directory.is_dir():
+        pending = self._spool.message(PENDING, name)
+        if not pending.exists():
             return
         if self.retrieve is not None and self.retrieve.handles(name):
             # Its zip may be in place already, with the retriever about to
             # complete it: completing it from here too would race that.
             return
-        if (directory / MMS_ZIP).is_file():
+        if pending.hasZip():
             self._completer.complete(name).addCallbacks(
                 lambda message: log.info(
                     "MMS {id} complete in new/{name}: {parts} parts{error}",
@@ -100,7 +100,7 @@ class PendingWork:
         directory = self._spool.dir(PENDING)
         names = sorted(entry.name for entry in directory.iterdir() if isName(entry.name))
         if sweep and self.retrieve is None:
-            names = [n for n in names if (directory / n / MMS_ZIP).is_file()]
+            names = [n for n in names if self._spool.message(PENDING, n).hasZip()]
         for name in names:
             self(name)
         return len(names)

@@ -11,21 +11,21 @@ each message's attempts in C{pending/NAME/retrieve.json} so that a restart
 resumes with its history, and moves the message on: to C{new/} once
 C{mms.zip} is in place, or to C{failed/} when its expiry passes.
 
-The RetrieveMMS password travels in the query string, so no URL with a query
-is ever logged or recorded: log lines name the configured base URL and the
-message id, and every outcome sentence has the password masked.
+The RetrieveMMS password travels in the query string, so no URL derived
+from the request is ever logged or recorded: log lines name the configured
+base URL and the message id, and outcome sentences are made of what happened
+(see L{mxrecv.mms.fetch}), never of an error's message.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
 
@@ -35,14 +35,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.config import RetrieveConfig
-from mxrecv.message.dates import isoFromTimestamp, parseDate
+from mxrecv.message.dates import parseDate
 from mxrecv.message.model import Message
-from mxrecv.mms.complete import Attempt, Completer
-from mxrecv.mms.fetch import PART, Download, Fetcher, RetrieveError, tlsPolicy
+from mxrecv.message.text import decodeText
+from mxrecv.mms.complete import Completer
+from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, tlsPolicy
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
 from mxrecv.ops.metrics import Metrics
-from mxrecv.spool.durable import fsyncPath, removeTree, replaceFile
-from mxrecv.spool.layout import MESSAGE_JSON, MMS_ZIP, PENDING, RETRIEVE_JSON
+from mxrecv.spool.durable import fsyncPath, removeTree
+from mxrecv.spool.layout import PARTIAL_ZIP, PENDING, RETRIEVE_JSON, Attempt, RetrieveState
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 
@@ -56,13 +57,15 @@ DEFAULT_LIFETIME = timedelta(hours=24)
 REQUEUE_WINDOW = timedelta(hours=1)
 
 
-def requeuedState(now: float) -> bytes:
+def whereRaised(failure: Failure) -> str:
     """
-    The C{retrieve.json} of an MMS requeued at C{now}: no attempts yet, and
-    a new retrieval window from C{now} (see L{REQUEUE_WINDOW}).
+    A failure's type and the frames it was raised through, without its
+    message (which could quote the request's URL, and so the password).
     """
-    document = {"attempts": [], "requeued": isoFromTimestamp(now)}
-    return json.dumps(document, indent=2).encode() + b"\n"
+    lines = [f"{failure.type.__module__}.{failure.type.__qualname__} raised at:"]
+    for function, path, line, *_ in failure.frames:
+        lines.append(f'  File "{path}", line {line}, in {function}')
+    return "\n".join(lines)
 
 
 def _fromISO(text: str) -> datetime:
@@ -74,7 +77,8 @@ def _fromISO(text: str) -> datetime:
 
 @frozen
 class _Job:
-    messageId: str
+    # The id as MX Telecom sent it: RetrieveMMS is asked for these bytes.
+    messageId: bytes
     expiry: float
     attempts: tuple[Attempt, ...]
 
@@ -124,7 +128,7 @@ class Retriever:
         self._reactor = reactor
         self._pool = pool
         self._zone = zone
-        self._ids: dict[str, str] = {}
+        self._ids: dict[str, bytes] = {}
         self._attempts: dict[str, Deferred[Any]] = {}
         self._waiters: dict[str, list[Deferred[Completed | GaveUp]]] = {}
         self._busy: set[Deferred[Any]] = set()
@@ -136,7 +140,7 @@ class Retriever:
     def __call__(self, name: str) -> None:
         if self._stopped or name in self._ids:
             return
-        self._ids[name] = ""
+        self._ids[name] = b""
         self._serially(name, self._inThread, self._load, name).addCallbacks(
             self._loaded,
             lambda f: self._lost(name, f, "Reading pending/{name} for retrieval failed"),
@@ -178,22 +182,25 @@ class Retriever:
         In a worker: the message, its attempts so far; a half-written
         download is discarded.
         """
-        directory = self._spool.dir(PENDING) / name
-        message = Message.decode((directory / MESSAGE_JSON).read_bytes())
-        removeTree(directory / PART)
+        pending = self._spool.message(PENDING, name)
+        message = pending.readMessage()
+        removeTree(pending.partialZip)
         attempts: tuple[Attempt, ...] = ()
         expiry = expiryOf(message, self._zone)
         try:
-            document = json.loads((directory / RETRIEVE_JSON).read_bytes())
-            attempts = tuple(Attempt(a["at"], a["outcome"]) for a in document["attempts"])
-            if document.get("requeued"):
-                window = _fromISO(document["requeued"]) + REQUEUE_WINDOW
-                expiry = max(expiry, window.timestamp())
-        except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            log.warn("Ignoring unreadable {path}: {error}", path=str(directory / RETRIEVE_JSON), error=e)
-        return _Job(message.id, expiry, attempts)
+            state = pending.readRetrieveState()
+            if state is not None:
+                if state.requeued:
+                    window = _fromISO(state.requeued) + REQUEUE_WINDOW
+                    expiry = max(expiry, window.timestamp())
+                attempts = state.attempts
+        except ValueError as e:
+            log.warn(
+                "Ignoring unreadable {path}: {error}",
+                path=str(pending.path / RETRIEVE_JSON),
+                error=e,
+            )
+        return _Job(message.rawId, expiry, attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
         if self._stopped:
@@ -223,9 +230,12 @@ class Retriever:
         name = start.name
         messageId = self._ids[name]
         log.debug(
-            "Retrieving MMS {id} from {url}", id=messageId, url=self._fetcher.url, name=name
+            "Retrieving MMS {id} from {url}",
+            id=decodeText(messageId)[0],
+            url=self._fetcher.url,
+            name=name,
         )
-        part = self._spool.dir(PENDING) / name / PART
+        part = self._spool.message(PENDING, name).partialZip
         fetched = self._fetcher.fetch(messageId, part, start.deadline)
         self._attempts[name] = fetched
 
@@ -243,27 +253,25 @@ class Retriever:
         and hash recorded in C{message.json}.  The rename is the commit point:
         after it the message is never downloaded again.
         """
-        sync = self._spool.sync
-        directory = self._spool.dir(PENDING) / name
-        part = directory / PART
+        pending = self._spool.message(PENDING, name)
+        part = pending.partialZip
         if not zipfile.is_zipfile(part):
             raise RetrieveError(f"HTTP 200 but the body ({download.size} bytes) is not a zip", "invalid")
-        fsyncPath(part, sync)
-        message = Message.decode((directory / MESSAGE_JSON).read_bytes())
-        message = message.replace(mms_size=download.size, mms_sha256=download.sha256)
-        replaceFile(directory / MESSAGE_JSON, message.encode(), sync)
-        (directory / RETRIEVE_JSON).unlink(missing_ok=True)
-        os.rename(part, directory / MMS_ZIP)
-        fsyncPath(directory, sync)
+        fsyncPath(part, pending.sync)
+        message = pending.readMessage()
+        pending.writeMessage(message.replace(mms_size=download.size, mms_sha256=download.sha256))
+        pending.removeRetrieveState()
+        os.rename(part, pending.zip)
+        fsyncPath(pending.path, pending.sync)
 
     def _ended(self, result: None | Failure, name: str) -> None:
         self._attempts.pop(name, None)
         if isinstance(result, Failure):
             # Here, not in a worker, so that it cannot race the next attempt.
             try:
-                (self._spool.dir(PENDING) / name / PART).unlink(missing_ok=True)
+                self._spool.message(PENDING, name).partialZip.unlink(missing_ok=True)
             except OSError as e:
-                log.warn("Cannot remove {part}: {error}", part=PART, error=e.strerror)
+                log.warn("Cannot remove {part}: {error}", part=PARTIAL_ZIP, error=e.strerror)
         if self._stopped:
             if isinstance(result, Failure) and not result.check(CancelledError):
                 log.info("MMS pending/{name}: attempt abandoned at shutdown", name=name)
@@ -284,19 +292,20 @@ class Retriever:
             elif result.check(OSError):
                 error = RetrieveError(f"cannot store the zip: {result.value.strerror}")
             else:
-                # Not log.failure: the traceback could quote the request's URL.
+                # Not log.failure: the exception's message could quote the
+                # request's URL.
                 log.error(
                     "Retrieving pending/{name}: unexpected error\n{traceback}",
                     name=name,
-                    traceback=self._fetcher.redact(result.getTraceback()),
+                    traceback=whereRaised(result),
                 )
                 error = RetrieveError("internal error (see the log)")
             self._failed(name, messageId, error, now)
         self._pump()
 
-    def _failed(self, name: str, messageId: str, error: RetrieveError, now: float) -> None:
+    def _failed(self, name: str, messageId: bytes, error: RetrieveError, now: float) -> None:
         self._metrics.retrievalAttempt(error.kind)
-        outcome = self._fetcher.redact(str(error))
+        outcome = str(error)
         gaveUp = self.schedule.failed(name, now, outcome)
         if gaveUp is None:
             attempts = self.schedule.attempts(name)
@@ -308,13 +317,13 @@ class Retriever:
                 "RetrieveMMS at {url} refused our credentials for MMS {id} ({outcome}): "
                 "check [retrieve] user and password",
                 url=self._fetcher.url,
-                id=messageId,
+                id=decodeText(messageId)[0],
                 outcome=outcome,
             )
         else:
             log.warn(
                 "Retrieving MMS {id} from {url} failed: {outcome}",
-                id=messageId,
+                id=decodeText(messageId)[0],
                 url=self._fetcher.url,
                 outcome=outcome,
             )
@@ -325,24 +334,20 @@ class Retriever:
         """
         In a worker: journal the attempts so far.
         """
-        path = self._spool.dir(PENDING) / name / RETRIEVE_JSON
+        pending = self._spool.message(PENDING, name)
         try:
-            document = json.loads(path.read_bytes())
-            if not isinstance(document, dict):
-                document = {}
+            state = pending.readRetrieveState() or RetrieveState()
         except (OSError, ValueError):
-            document = {}
+            state = RetrieveState()
         # Keep what else is there (when it was requeued).
-        document["attempts"] = [a.toJSON() for a in attempts]
-        data = json.dumps(document, indent=2).encode()
-        replaceFile(path, data + b"\n", self._spool.sync)
+        pending.writeRetrieveState(evolve(state, attempts=tuple(attempts)))
 
     def _giveUp(self, gaveUp: GaveUp) -> None:
         self._metrics.expired()
         name = gaveUp.name
         log.error(
             "MMS {id} moved to failed/{name}: {error}",
-            id=self._ids.get(name),
+            id=decodeText(self._ids.get(name, b""))[0],
             name=name,
             error=gaveUp.error,
         )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from attrs import frozen
 
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.mms.complete import Attempt
+from mxrecv.spool.layout import Attempt
 
 
 @frozen

@@ -200,24 +200,38 @@ def mediaType(value: str) -> str | None:
     return value if _MEDIA_TYPE.fullmatch(value) else None
 
 
-def smilTypes(document: bytes) -> dict[str, str]:
+@frozen
+class SmilReference:
     """
-    From a SMIL document, the content type it implies for each file it
-    refers to, by C{src} (with any C{cid:} dropped): a C{type} attribute
-    if it is a plain media type (L{mediaType}), else C{text/plain} for a
-    C{<text>} element.  A document that does not parse, is in an encoding
-    the parser does not support (Shift_JIS, an unknown name, ...), or
-    declares a DTD (entities are not expanded), gives nothing.
+    One media element of a SMIL document, in document order.
+
+    @ivar source: its C{src}, with any C{cid:} and angle brackets dropped.
+    @ivar kind: the element's local name, lowercased (C{img}, C{text}, ...).
+    @ivar declared: its C{type} attribute if that is a plain media type
+        (L{mediaType}), else L{None}.
+    """
+
+    source: str
+    kind: str
+    declared: str | None
+
+
+def smilReferences(document: bytes) -> list[SmilReference]:
+    """
+    The media elements of a SMIL document that name a C{src}, in document
+    order.  A document that does not parse, is in an encoding the parser
+    does not support (Shift_JIS, an unknown name, ...), or declares a DTD
+    (entities are not expanded), gives nothing.
     """
     if b"<!DOCTYPE" in document or b"<!ENTITY" in document:
-        return {}
+        return []
     try:
         root = ElementTree.fromstring(document)
     except (ElementTree.ParseError, ValueError, LookupError):
         # ValueError: expat's "multi-byte encodings are not supported";
         # LookupError: an encoding name Python does not know.
-        return {}
-    types: dict[str, str] = {}
+        return []
+    references = []
     for element in root.iter():
         kind = element.tag.rsplit("}", 1)[-1].lower()
         source = element.get("src")
@@ -225,9 +239,21 @@ def smilTypes(document: bytes) -> dict[str, str]:
             continue
         if source.lower().startswith("cid:"):
             source = source[4:].strip("<>")
-        found = mediaType(element.get("type", "")) or _SMIL_KINDS.get(kind)
+        references.append(SmilReference(source, kind, mediaType(element.get("type", ""))))
+    return references
+
+
+def smilTypes(document: bytes) -> dict[str, str]:
+    """
+    From a SMIL document, the content type it implies for each file it
+    refers to, by C{src} (L{smilReferences}): a C{type} attribute if it is
+    a plain media type, else C{text/plain} for a C{<text>} element.
+    """
+    types: dict[str, str] = {}
+    for reference in smilReferences(document):
+        found = reference.declared or _SMIL_KINDS.get(reference.kind)
         if found:
-            types.setdefault(source, found)
+            types.setdefault(reference.source, found)
     return types
 
 

@@ -2,9 +2,14 @@
 """
 The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
 in the Prometheus text format, C{/health} for load balancers and
-supervisors, C{POST /pending/NAME} to take up a requeued MMS and
-C{POST /deliver/NAME} to deliver a dead letter again.  Never on
+supervisors, C{POST /pending/NAME} to take up a requeued MMS and C{POST
+/deliver/NAME} to deliver a dead letter again.  Never on
 the callback port: it is for operators.
+
+Like the callback listeners, it drops clients outside its allow list
+(C{[admin] allow}, loopback by default) at accept and bounds how long a
+request's headers may take; requests other than GET and HEAD must carry the
+bearer token when one is configured (L{mxrecv.ops.bearer}).
 """
 
 from __future__ import annotations
@@ -13,25 +18,37 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.application.service import IServiceCollection
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mxrecv.config import LOOPBACK, AdminConfig
+from mxrecv.ops.bearer import BearerToken, TokenRequired
+from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.spool.durable import fsyncPath
+from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
+from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
+from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.web.listen import Listener
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.web.request import CallbackChannel
 
 log = Logger()
+
+INBOX = b"inbox"
 
 # A disk that takes longer than this to write and fsync a few bytes is not
 # healthy, even if it would succeed in the end.
@@ -43,15 +60,22 @@ class Check:
     """
     The result of one health check.
 
+    @ivar more: further JSON fields of the check (per-worker states).
     @ivar critical: whether a failure means mxrecv cannot take callbacks
-        (C{/health} answers 503); a check that is not critical (delivery)
-        is reported but does not take mxrecv out of service.
+        (C{/health} answers 503); a check that is not critical (delivery's)
+        is reported, with C{"critical": false}, but does not take mxrecv out
+        of service.
     """
 
     name: str
     ok: bool
     detail: str
+    more: Mapping[str, Any] = field(factory=dict)
     critical: bool = True
+
+    def toJSON(self) -> dict[str, Any]:
+        critical = {} if self.critical else {"critical": False}
+        return {"ok": self.ok, "detail": self.detail, **critical, **self.more}
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -83,8 +107,8 @@ class Health:
     @param expected: how many there should be.
     @param certificates: the HTTPS listeners' certificates; their expiry is
         checked against C{reactor}'s time.
-    @param extra: more checks, each called at every request for its
-        L{Check}s (delivery's, which are not critical).
+    @param more: further checks (the worker processes', delivery's); each
+        returns a L{Check} or a L{Deferred} that fires with one.
     """
 
     def __init__(
@@ -98,7 +122,7 @@ class Health:
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
-        extra: Sequence[Callable[[], Sequence[Check]]] = (),
+        more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -108,13 +132,13 @@ class Health:
         self._pool = pool
         self._timeout = timeout
         self._certificates = tuple(certificates)
-        self._extra = tuple(extra)
+        self._more = tuple(more)
 
     def check(self) -> Deferred[list[Check]]:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
-        checks.extend(succeed(c) for more in self._extra for c in more())
+        checks.extend(maybeDeferred(check) for check in self._more)
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -180,7 +204,7 @@ class HealthResource(Resource):
             ok = all(c.ok for c in checks if c.critical)
             body = {
                 "ok": ok,
-                "checks": {c.name: _checkJSON(c) for c in checks},
+                "checks": {c.name: c.toJSON() for c in checks},
             }
             if not ok:
                 log.warn("Health check failed: {checks}", checks=body["checks"])
@@ -193,13 +217,6 @@ class HealthResource(Resource):
 
         self._health.check().addCallback(answer).addErrback(_internalError, request)
         return NOT_DONE_YET
-
-
-def _checkJSON(check: Check) -> dict[str, Any]:
-    body: dict[str, Any] = {"ok": check.ok, "detail": check.detail}
-    if not check.critical:
-        body["critical"] = False
-    return body
 
 
 class MetricsResource(Resource):
@@ -266,9 +283,10 @@ class PendingResource(Resource):
 
 class RedeliverResource(Resource):
     """
-    C{POST /deliver/NAME} (optionally C{?target=T}): put the dead letter
-    C{new/NAME} back in its queue (what C{mxrecv redeliver --admin} sends).
-    202 with the targets it was a dead letter of, 404 if it was none.
+    C{POST /deliver/NAME} (C{?target=T} for one target only): put the dead
+    letter C{new/NAME} back in its queue (what C{mxrecv redeliver --admin}
+    sends).  202 with the targets it was a dead letter of, 404 if it was
+    none.
     """
 
     isLeaf = True
@@ -281,12 +299,19 @@ class RedeliverResource(Resource):
         name = b"/".join(request.postpath).decode("utf-8", "replace")
         target = (request.args or {}).get(b"target", [None])[0]
         if not isName(name):
-            return _notUndeliverable(request)
+            request.setResponseCode(HTTPStatus.NOT_FOUND)
+            request.setHeader(b"Content-Type", b"application/json")
+            return _NOT_UNDELIVERABLE
 
         def answer(targets: list[str]) -> None:
             if not targets:
-                _write(request, *_NOT_UNDELIVERABLE)
+                _write(request, HTTPStatus.NOT_FOUND, b"application/json", _NOT_UNDELIVERABLE)
                 return
+            log.info(
+                "Delivering new/{name} again to {targets} at the operator's request",
+                name=name,
+                targets=", ".join(targets),
+            )
             body = json.dumps({"redelivered": name, "targets": targets}).encode() + b"\n"
             _write(request, HTTPStatus.ACCEPTED, b"application/json", body)
 
@@ -295,18 +320,7 @@ class RedeliverResource(Resource):
         return NOT_DONE_YET
 
 
-_NOT_UNDELIVERABLE = (
-    HTTPStatus.NOT_FOUND,
-    b"application/json",
-    json.dumps({"error": "no such undeliverable message"}).encode() + b"\n",
-)
-
-
-def _notUndeliverable(request: Request) -> bytes:
-    status, contentType, body = _NOT_UNDELIVERABLE
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", contentType)
-    return body
+_NOT_UNDELIVERABLE = json.dumps({"error": "no such undeliverable message"}).encode() + b"\n"
 
 
 class AdminSite(Site):
@@ -315,11 +329,21 @@ class AdminSite(Site):
     no access log (scrapes every few seconds would drown the callbacks'
     events).
 
+    Its connections are L{CallbackChannel}s, so that a request's headers
+    must be in within C{headerTimeout} here too.  Listen with L{factory},
+    which drops clients outside C{allow} at accept.
+
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
     @param redeliver: called with a name and a target (or L{None}) from
         C{POST /deliver/NAME}; fires with the targets that took it back.
+    @param token: what requests other than GET and HEAD must carry.
+    @param allow: the clients that may connect.
+    @param children: more resources, by path segment (C{b"inbox"}); those
+        in C{selfChecking} check C{token} themselves.
     """
+
+    protocol = CallbackChannel
 
     def __init__(
         self,
@@ -332,13 +356,114 @@ class AdminSite(Site):
         redeliver: Callable[[str, str | None], Deferred[list[str]]] = (
             lambda name, target: succeed([])
         ),
+        token: BearerToken = BearerToken(),
+        allow: AllowList = AllowList(LOOPBACK),
+        headerTimeout: float = 30.0,
+        children: Mapping[bytes, IResource] = {},
+        selfChecking: frozenset[bytes] = frozenset(),
     ) -> None:
         root = Resource()
+        for segment, child in children.items():
+            root.putChild(segment, child)
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
         root.putChild(b"deliver", RedeliverResource(redeliver))
-        super().__init__(root, reactor=reactor)
+        super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
+        self.token = token
+        self.allow = allow
+        self.headerTimeout = headerTimeout
+
+    def observe(self, outcome: CallbackOutcome) -> None:
+        """
+        Requests refused by the channel are logged there; the callback
+        metrics do not count the admin listener's.
+        """
+
+    def factory(self) -> PeerFilter:
+        """
+        What to listen with: this site behind the allow list.
+        """
+        return PeerFilter(self.allow, self)
 
     def log(self, request: Request) -> None:
         pass
+
+
+def buildAdmin(
+    config: AdminConfig,
+    *,
+    headerTimeout: float,
+    spool: Spool,
+    listening: Callable[[], int],
+    expected: int,
+    registry: Any,
+    reactor: Any,
+    pool: Any,
+    takeUp: Callable[[str], None],
+    certificates: Sequence[ReloadableCertificate],
+    parent: IServiceCollection,
+    more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
+    redeliver: Callable[[str, str | None], Deferred[list[str]]] | None = None,
+) -> list[Listener]:
+    """
+    The admin listeners (C{[admin] listen}), added to C{parent}:
+    C{/metrics} from C{registry}, C{/health} (the spool writable,
+    C{expected} callback listeners up, the HTTPS C{certificates} not
+    expired, and the checks C{more}), C{POST /pending/NAME} and the
+    C{/inbox}; for the clients in C{[admin] allow}, with C{[admin] token}
+    for POST, and C{headerTimeout} (the callback listeners').
+
+    @param listening: how many callback listeners are up.
+    @param takeUp: takes up an MMS in C{pending/} by name.
+    @param redeliver: puts a dead letter back (C{POST /deliver/NAME}), if
+        anything is delivered.
+    """
+
+    def takeUpIfThere(name: str) -> bool:
+        if not spool.message(PENDING, name).exists():
+            return False
+        takeUp(name)
+        return True
+
+    health = Health(
+        directory=spool.dir(TMP),
+        sync=spool.sync,
+        listening=listening,
+        expected=expected,
+        reactor=reactor,
+        pool=pool,
+        certificates=certificates,
+        more=more,
+    )
+    token = BearerToken(config.token)
+    children: dict[bytes, IResource] = {}
+    if config.listen:
+        # Before the listeners, so that it stops after them.
+        inbox = buildInbox(
+            spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUpIfThere, token=token
+        )
+        inbox.setServiceParent(parent)
+        children[INBOX] = inbox.resource
+    site = AdminSite(
+        health=health,
+        registry=registry,
+        reactor=reactor,
+        pool=pool,
+        takeUp=takeUpIfThere,
+        **({} if redeliver is None else {"redeliver": redeliver}),
+        token=token,
+        allow=AllowList(config.allow),
+        headerTimeout=headerTimeout,
+        children=children,
+        # Its requeue form carries the token in a field: a browser cannot
+        # send an Authorization header without script.
+        selfChecking=frozenset({INBOX}),
+    )
+    listeners = [
+        Listener.fromDescription(reactor, description, site.factory())
+        for description in config.listen
+    ]
+    for listener in listeners:
+        listener.setServiceParent(parent)
+    return listeners

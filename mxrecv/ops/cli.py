@@ -6,8 +6,10 @@ C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
     mxrecv [-c FILE] list [new|pending|failed]
     mxrecv [-c FILE] show NAME
     mxrecv [-c FILE] requeue NAME [--admin URL]
+    mxrecv db-init -c FILE
 
-It reads the spool directly and needs no running server.  C{requeue} moves
+It reads the spool directly and needs no running server.  C{db-init}
+creates or upgrades the tables of C{[deliver] postgresql}.  C{requeue} moves
 a failed MMS back to C{pending/}; a running server takes it up at its next
 start (C{systemctl restart mxrecv} is a graceful restart), or at once when
 C{--admin} names its admin listener (C{POST /pending/NAME}).
@@ -16,26 +18,19 @@ C{--admin} names its admin listener (C{POST /pending/NAME}).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.mms.retrieve import requeuedState
-from mxrecv.spool.durable import moveDir, replaceFile
-from mxrecv.spool.layout import (
-    DELIVERED,
-    FAILED,
-    MESSAGE_JSON,
-    NEW,
-    PENDING,
-    RETRIEVE_JSON,
-    STATE,
-)
+from mxrecv.message.dates import isoFromTimestamp
+from mxrecv.message.text import printable, printableJSON
+from mxrecv.spool.directory import MessageDirectory
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Layout
 from mxrecv.spool.naming import isName, nameForId
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -52,50 +47,67 @@ def checkConfig(path: str, out: TextIO) -> None:
     out.write(f"{path}: ok\n")
     out.write(f"  listen: {', '.join(config.server.listen)}\n")
     out.write(f"  spool: {config.spool.dir}\n")
-    out.write(f"  admin: {', '.join(config.admin.listen) or 'none'}\n")
+    admin = config.admin
+    out.write(f"  admin: {', '.join(admin.listen) or 'none'}\n")
+    if admin.listen:
+        allow = ", ".join(str(n) for n in admin.allow)
+        token = "required for POST" if admin.token else "none"
+        out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
     targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    if deliver.postgresql is not None:
+        from mxrecv.deliver.postgresql.connect import describe
+
+        targets.append(f"postgresql {describe(deliver.postgresql)}")
     out.write(f"  deliver: {', '.join(targets) or 'none'}\n")
 
 
 def listMessages(root: Path, which: Sequence[str], out: TextIO) -> None:
     """
     One line per message, oldest first: directory, name, type, received,
-    sender, and for a failed one its error.
+    sender, and for a failed one its error; tab-separated, each field with
+    its control characters (tabs and line breaks included) escaped, so that
+    what a sender wrote cannot make a column or a row of its own.
     """
     rows = []
     for directory in which:
         for entry in _entries(root / directory):
-            document = _document(entry)
+            document = MessageDirectory(entry).readDocument()
             rows.append(
                 (
-                    document.get("received") or "",
+                    str(document.get("received") or ""),
                     directory,
                     entry.name,
-                    document.get("type") or "?",
-                    document.get("from") or "?",
-                    document.get("error") or "",
+                    str(document.get("type") or "?"),
+                    str(document.get("from") or "?"),
+                    str(document.get("error") or ""),
                 )
             )
     for received, directory, name, kind, sender, error in sorted(rows):
-        line = "\t".join([directory, name, kind, received or "?", sender])
-        out.write(line + (f"\t{error}" if error else "") + "\n")
+        fields = [directory, name, kind, received or "?", sender] + ([error] if error else [])
+        out.write("\t".join(map(printable, fields)) + "\n")
 
 
 def show(root: Path, nameOrId: str, out: TextIO) -> None:
+    """
+    Where a message is, its files and deliveries, and its C{message.json}:
+    file names with their control characters escaped, C{message.json} with
+    those JSON leaves raw (DEL, C1 controls...) written as JSON escapes, so
+    that it is the same document.
+    """
     directory, path = _find(root, nameOrId)
     out.write(f"{directory}/{path.name}\n")
     for f in sorted(path.rglob("*")):
         if f.is_file():
-            out.write(f"  {f.relative_to(path)}\t{f.stat().st_size} bytes\n")
+            out.write(f"  {printable(str(f.relative_to(path)))}\t{f.stat().st_size} bytes\n")
     delivered = sorted(
         target.name
-        for target in (root / STATE / DELIVERED).glob("*")
+        for target in Layout(root).delivered().glob("*")
         if (target / path.name).exists()
     )
     if directory == NEW:
-        out.write(f"delivered to: {', '.join(delivered) or 'nothing yet'}\n")
-    out.write((path / MESSAGE_JSON).read_text("utf-8", "surrogateescape"))
+        out.write(f"delivered to: {printable(', '.join(delivered)) or 'nothing yet'}\n")
+    out.write(printableJSON((path / MESSAGE_JSON).read_text("utf-8", "surrogateescape")))
 
 
 def requeue(
@@ -105,25 +117,23 @@ def requeue(
     sync: bool = True,
     admin: str | None = None,
     now: float | None = None,
+    token: str = "",
 ) -> None:
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
     C{attempts} and with a new retrieval window from C{now} (its expiry has
     passed), so that it is retrieved again: at the running server's next sweep
     of C{pending/} (within 5 minutes) or start, or now if
-    C{admin} (the running server's admin URL) is given.
+    C{admin} (the running server's admin URL) is given; C{token} is the
+    admin listener's bearer token, if it has one.
     """
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
-    document = _document(path)
-    document.pop("error", None)
-    document.pop("attempts", None)
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
-    replaceFile(path / MESSAGE_JSON, data, sync)
-    replaceFile(path / RETRIEVE_JSON, requeuedState(time.time() if now is None else now), sync)
+    failed = MessageDirectory(path, sync)
+    failed.requeue(isoFromTimestamp(time.time() if now is None else now))
     try:
-        moveDir(path, root / PENDING / path.name, sync)
+        failed.moveTo(Layout(root).dir(PENDING))
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
     out.write(f"failed/{path.name} -> pending/{path.name}\n")
@@ -134,8 +144,10 @@ def requeue(
         )
         return
     url = f"{admin.rstrip('/')}/pending/{path.name}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+        request = urllib.request.Request(url, method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10):
             pass
     except (OSError, ValueError) as e:
         raise CommandError(
@@ -145,6 +157,38 @@ def requeue(
     out.write(f"taken up by the server at {admin}\n")
 
 
+def dbInit(config: Config, out: TextIO) -> None:
+    """
+    Create the tables of C{[deliver] postgresql}, or upgrade them to this
+    mxrecv's version; idempotent.
+    """
+    if config.deliver.postgresql is None:
+        raise CommandError("the configuration has no [deliver] postgresql")
+    import psycopg
+
+    from mxrecv.deliver.postgresql.connect import describe
+    from mxrecv.deliver.postgresql.schema import VERSION, SchemaError, upgrade
+    from mxrecv.deliver.postgresql.target import settingsFor
+
+    where = describe(config.deliver.postgresql)
+    try:
+        with settingsFor(config.deliver).connect() as connection:
+            before, after = upgrade(connection)
+    except (SchemaError, psycopg.Error) as e:
+        raise CommandError(f"PostgreSQL ({where}): {str(e).strip()}") from None
+    if before == 0:
+        out.write(f"{where}: created the mxrecv tables (version {after})\n")
+    elif before < after:
+        out.write(f"{where}: upgraded the mxrecv tables from version {before} to {after}\n")
+    elif before > VERSION:
+        out.write(
+            f"{where}: the mxrecv tables are at version {before}, newer than this mxrecv's "
+            f"{VERSION}; nothing to do\n"
+        )
+    else:
+        out.write(f"{where}: the mxrecv tables are at version {after}; nothing to do\n")
+
+
 def _entries(directory: Path) -> list[Path]:
     try:
         return sorted(e for e in directory.iterdir() if isName(e.name) and e.is_dir())
@@ -152,23 +196,16 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
-def _document(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads((path / MESSAGE_JSON).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def _find(root: Path, nameOrId: str) -> tuple[str, Path]:
     """
     Where a message is, by its directory name or by its id.
     """
     candidates = [nameOrId] if isName(nameOrId) else []
-    candidates.append(nameForId(nameOrId))
+    # The id's bytes as given on the command line, valid UTF-8 or not.
+    candidates.append(nameForId(os.fsencode(nameOrId)))
     for name in candidates:
         for directory in DIRECTORIES:
-            path = root / directory / name
+            path = Layout(root).message(directory, name)
             if path.is_dir():
                 return directory, path
     raise CommandError(f"no message {nameOrId!r} in new/, pending/ or failed/")
@@ -190,6 +227,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the running server's admin listener (http://127.0.0.1:9100): take it up now",
     )
+    init = commands.add_parser(
+        "db-init", help="create or upgrade the tables of [deliver] postgresql"
+    )
+    init.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, help="the server's TOML configuration"
+    )
     return p
 
 
@@ -202,15 +245,20 @@ def main(
             checkConfig(args.file, out)
             return 0
         config: Config = loadConfig(args.config)
+        if args.command == "db-init":
+            dbInit(config, out)
+            return 0
         root = config.spool.dir
-        if not (root / STATE).is_dir():
+        if not Layout(root).dir(STATE).is_dir():
             raise CommandError(f"{root}: not an mxrecv spool")
         if args.command == "list":
             listMessages(root, [args.which] if args.which else DIRECTORIES, out)
         elif args.command == "show":
             show(root, args.name, out)
         else:
-            requeue(root, args.name, out, config.spool.fsync, args.admin)
+            requeue(
+                root, args.name, out, config.spool.fsync, args.admin, token=config.admin.token
+            )
     except (ConfigError, CommandError) as e:
         err.write(f"mxrecv: {e}\n")
         return 1

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_logs -*-
 """
 Where the log goes and how it looks: classic text, or JSON lines for log
-shippers (C{[log] format}), with secrets taken out either way.
+shippers (C{[log] format}), with secrets taken out either way, by the
+structure of the events (L{Redactor}).
 
 twistd chooses its log observer after C{makeService}, from the application's
 L{ILogObserver} component if it has one (as a C{.tac} file would set it), so
@@ -11,7 +12,6 @@ application (L{installObserver}).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -29,31 +29,52 @@ from twisted.logger import (
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
+from mxrecv.message.text import printable, printableLines
+
 REDACTED = "[redacted]"
 # Of no use to a log shipper (an object, written as "unpersistable").
 _DROPPED = frozenset({"log_logger"})
 
-# Credentials in query strings and URLs (RetrieveMMS takes its password in
-# the query string), whatever the configured secrets are.
-_QUERY_SECRET = re.compile(r"(?i)\b(pass(?:word)?|pwd|secret|token)=([^&\s\"'\\]+)")
+# Names of fields and of query-string parameters that hold a secret.
+_SECRET_NAMES = frozenset({"pass", "password", "pwd", "secret", "token"})
+# Credentials in query strings (RetrieveMMS takes its password in the query
+# string) and in URLs' user information, whatever the configured secrets are.
+_QUERY_SECRET = re.compile(r"(?i)(?<=[?&;])(pass(?:word)?|pwd|secret|token)=([^&;#\s\"'\\]*)")
 _URL_CREDENTIALS = re.compile(r"(?i)\b(https?://[^:/@\s\"']+):([^@/\s\"']+)@")
 
 
-def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+class Redactor:
     """
-    A function that takes the C{secrets} (and query-string passwords, and
-    passwords in URLs) out of a line of log text.
+    Takes secrets out of log events, by their structure, never by looking
+    for the secret as a substring of free text (a short password would
+    mangle every line that merely contains its characters, and show where
+    it had been): a field that holds one of the configured C{secrets},
+    a field named for a secret (C{password}, C{pass}, C{pwd}, C{secret},
+    C{token}), a query-string parameter of those names and the password of
+    a URL's user information.
     """
-    forms = set()
-    for secret in secrets:
-        if secret:
-            forms.add(secret)
-            forms.add(json.dumps(secret)[1:-1])
-    ordered = sorted(forms, key=len, reverse=True)
 
-    def redact(text: str) -> str:
-        for secret in ordered:
-            text = text.replace(secret, REDACTED)
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = frozenset(s for s in secrets if s)
+
+    def event(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        """
+        C{event} with its secret fields redacted (a copy, if any was): the
+        fields before they are formatted into the text.
+        """
+        keys = event.keys() & _SECRET_NAMES
+        if self._secrets:
+            secrets = self._secrets
+            keys.update(k for k, v in event.items() if type(v) is str and v in secrets)
+        if not keys:
+            return event
+        return {**event, **dict.fromkeys(keys, REDACTED)}
+
+    def text(self, text: str) -> str:
+        """
+        C{text} (a formatted line, a traceback) with the credentials of the
+        URLs and query strings in it redacted.
+        """
         # Each callback logs a line: skip the patterns where they cannot
         # match, which most lines are, and which is most of their cost.
         if "=" in text:
@@ -62,21 +83,43 @@ def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
             text = _URL_CREDENTIALS.sub(rf"\1:{REDACTED}@", text)
         return text
 
-    return redact
-
 
 def textObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
     """
-    Classic twistd log lines, redacted.
+    Classic twistd log lines, redacted, with control characters escaped
+    (L{printableEvent}).
     """
-    redact = redactor(secrets)
+    redact = Redactor(secrets)
     timeStamp = secondsCache(formatTime)
 
     def format(event: Mapping[str, Any]) -> str | None:
+        event = printableEvent(redact.event(event))
         text = formatEventAsClassicLogText(event, formatTime=timeStamp)
-        return None if text is None else redact(text)
+        return None if text is None else printableLines(redact.text(text))
 
     return FileLogObserver(outFile, format)
+
+
+def printableEvent(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """
+    C{event} with the control characters of its fields escaped (a copy, if
+    any had one), so that what a client sent (an id, a sender, a reason
+    quoting them) cannot forge a line of the text log or drive a terminal
+    reading it: line breaks and tabs too, which the lines of the event's
+    own format and traceback keep (twisted indents the lines after the
+    first).  Strings and exceptions (formatted by their text) are escaped;
+    other values are formatted by their repr, which escapes.
+    """
+    changed = {}
+    for key, value in event.items():
+        if key.startswith("log_"):
+            continue
+        if type(value) is str:
+            if not value.isprintable():
+                changed[key] = printable(value)
+        elif isinstance(value, BaseException):
+            changed[key] = printable(str(value))
+    return {**event, **changed} if changed else event
 
 
 def jsonObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
@@ -86,15 +129,16 @@ def jsonObserver(outFile: IO[str], secrets: Iterable[str] = ()) -> ILogObserver:
     Twisted's C{log_*} keys (C{log_level} as a name: C{info}, C{warn}...),
     and C{log_text}, the formatted message.
     """
-    redact = redactor(secrets)
+    redact = Redactor(secrets)
 
     def format(event: Mapping[str, Any]) -> str:
+        event = redact.event(event)
         text = formatEvent(event)
         event = {k: v for k, v in event.items() if k not in _DROPPED}
         event["log_text"] = text
         level = event.get("log_level")
         event["log_level"] = getattr(level, "name", level)
-        return redact(eventAsJSON(event)) + "\n"
+        return redact.text(eventAsJSON(event)) + "\n"
 
     return FileLogObserver(outFile, format)
 

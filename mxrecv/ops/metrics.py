@@ -14,15 +14,18 @@ a worker thread (L{mxrecv.ops.admin}), because they list directories.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PENDING
+from mxrecv.spool.layout import FAILED, NEW, PENDING
 from mxrecv.spool.naming import isName
 from mxrecv.web.outcome import CallbackOutcome
+
+if TYPE_CHECKING:
+    from mxrecv.deliver.queue import DeliveryState
 
 # Outcomes of one RetrieveMMS attempt; anything else is counted as "other",
 # so that the label's values stay few.
@@ -79,6 +82,31 @@ class Metrics:
             "MMS given up because their expiry passed before they could be retrieved.",
             registry=r,
         )
+        # Set by the leader only (in a server of several processes): summed
+        # over the processes alive, which is the leader's.
+        self._backlog = Gauge(
+            "mxrecv_delivery_backlog",
+            "Messages in new/ waiting to be delivered to the application, per target.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._oldest = Gauge(
+            "mxrecv_delivery_oldest_timestamp_seconds",
+            "Since when the message waiting longest for delivery has waited, per target "
+            "(POSIX seconds; 0 when none waits): time() minus this is the backlog's age.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._undeliverable = Gauge(
+            "mxrecv_delivery_undeliverable",
+            "Messages the target refused max_attempts times (dead letters), until "
+            "`mxrecv redeliver` puts them back.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._deliveries = Counter(
             "mxrecv_deliveries",
             "Attempts to deliver a message to the application, by target "
@@ -126,6 +154,15 @@ class Metrics:
         """
         self._deliveries.labels(target=target, outcome=outcome).inc()
 
+    def deliveryState(self, state: DeliveryState) -> None:
+        """
+        Show one target's queue: its backlog, since when its oldest message
+        has waited, its dead letters.
+        """
+        self._backlog.labels(target=state.target).set(state.backlog)
+        self._oldest.labels(target=state.target).set(state.oldest or 0.0)
+        self._undeliverable.labels(target=state.target).set(state.undeliverable)
+
     def watch(self, collector: Collector) -> None:
         """
         Add a collector that reads state at scrape time.
@@ -154,9 +191,7 @@ class SpoolCollector(Collector):
             names = _names(self._spool.dir(which))
             family.add_metric([which], len(names))
             if which == PENDING:
-                downloads = sum(
-                    1 for n in names if not (self._spool.dir(PENDING) / n / MMS_ZIP).exists()
-                )
+                downloads = sum(1 for n in names if not self._spool.message(PENDING, n).hasZip())
         yield family
         yield GaugeMetricFamily(
             "mxrecv_pending_downloads",

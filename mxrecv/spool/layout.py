@@ -9,12 +9,28 @@ application (documented in the README): these names do not change.
     cur/                the application's; mxrecv never touches it
     pending/NAME/       MMS accepted but not complete yet (internal)
     failed/NAME/        what could not be completed, with the reason
-    state/              mxrecv's own files (state/delivered/TARGET/NAME and
-                        state/undeliverable/TARGET/NAME: delivery records)
+    state/              mxrecv's own files (the inbox's catalog, the delivery
+                        records state/delivered/TARGET/NAME and the dead letters
+                        state/undeliverable/TARGET/NAME among them)
 
 and in a message's directory C{message.json}, C{mms.zip}, C{parts/} and,
 while a GET-mode MMS is being retrieved, C{retrieve.json}.
+
+It also owns the schema of the documents that mxrecv writes there besides
+the message itself (L{mxrecv.message.model.Message} is C{message.json}'s):
+why a message is in C{failed/} (L{failedDocument}), and a retrieval's
+history (L{RetrieveState}).  All of them are written by one JSON writer,
+L{mxrecv.message.model.encodeJSON}; L{mxrecv.spool.directory} reads and
+writes them.  Pure: names, paths and documents, no I/O.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
 
 TMP = "tmp"
 NEW = "new"
@@ -31,6 +47,8 @@ MESSAGE_JSON = "message.json"
 MMS_ZIP = "mms.zip"
 PARTS = "parts"
 RETRIEVE_JSON = "retrieve.json"
+#: A download from RetrieveMMS in progress, renamed to C{mms.zip} once whole.
+PARTIAL_ZIP = MMS_ZIP + ".part"
 #: All that a message's directory in new/ or failed/ may hold: anything else
 #: (C{retrieve.json}, a partial download, a half-written replacement) is
 #: internal and never moved there.
@@ -41,3 +59,135 @@ SEEN = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
 UNDELIVERABLE = "undeliverable"
+# The admin inbox's catalog of the spool: a cache, rebuilt if removed.
+INBOX_DB = "inbox.sqlite"
+INBOX_LOCK = "inbox.lock"
+
+
+@frozen
+class Layout:
+    """
+    The paths of a spool rooted at C{root}.
+    """
+
+    root: Path
+
+    def dir(self, which: str) -> Path:
+        """
+        One of L{DIRECTORIES}.
+        """
+        return self.root / which
+
+    def message(self, which: str, name: str) -> Path:
+        """
+        The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
+        L{FAILED}).
+        """
+        return self.root / which / name
+
+    def delivered(self) -> Path:
+        """
+        The delivery records: C{TARGET/NAME} for each message delivered.
+        """
+        return self.root / STATE / DELIVERED
+
+    def undeliverable(self) -> Path:
+        """
+        The dead letters: C{TARGET/NAME} for each message that TARGET refused
+        for good (L{undeliverableDocument}).
+        """
+        return self.root / STATE / UNDELIVERABLE
+
+
+# The documents.
+
+#: The keys that C{failed/NAME/message.json} has besides the message's.
+ERROR = "error"
+ATTEMPTS = "attempts"
+
+
+@frozen
+class Attempt:
+    """
+    One try at getting an MMS, as recorded in C{failed/NAME/message.json}
+    and C{retrieve.json}: when (ISO 8601 UTC), and how it went.
+    """
+
+    at: str
+    outcome: str
+
+    def toJSON(self) -> dict[str, str]:
+        return {"at": self.at, "outcome": self.outcome}
+
+    @classmethod
+    def fromJSON(cls, document: Mapping[str, Any]) -> Attempt:
+        return cls(document["at"], document["outcome"])
+
+
+def failedDocument(
+    message: Mapping[str, Any], error: str, attempts: Sequence[Attempt]
+) -> dict[str, Any]:
+    """
+    The C{message.json} of a message in C{failed/}: the message's own keys,
+    then C{error} (a sentence) and C{attempts} (oldest first).
+    """
+    return {**message, ERROR: error, ATTEMPTS: [a.toJSON() for a in attempts]}
+
+
+def requeuedDocument(failed: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The C{message.json} of a message moved back from C{failed/} to
+    C{pending/}: without what L{failedDocument} added.
+    """
+    return {k: v for k, v in failed.items() if k not in (ERROR, ATTEMPTS)}
+
+
+@frozen
+class RetrieveState:
+    """
+    C{pending/NAME/retrieve.json}: the attempts so far at downloading a
+    GET-mode MMS, and when it was requeued (C{mxrecv requeue}), if it was.
+    Internal: it never leaves C{pending/}.
+    """
+
+    attempts: tuple[Attempt, ...] = ()
+    requeued: str | None = None
+
+    def toJSON(self) -> dict[str, Any]:
+        document: dict[str, Any] = {ATTEMPTS: [a.toJSON() for a in self.attempts]}
+        if self.requeued is not None:
+            document["requeued"] = self.requeued
+        return document
+
+    @classmethod
+    def fromJSON(cls, document: Any) -> RetrieveState:
+        """
+        @raise ValueError: if C{document} does not follow the schema.
+        """
+        try:
+            attempts = tuple(Attempt.fromJSON(a) for a in document[ATTEMPTS])
+            requeued = document.get("requeued") or None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a retrieval record: {e!r}") from None
+        if requeued is not None and not isinstance(requeued, str):
+            raise ValueError(f"not a retrieval record: requeued is {requeued!r}")
+        return cls(attempts, requeued)
+
+
+def undeliverableDocument(
+    *, name: str, target: str, error: str, at: str, count: int, attempts: Sequence[Attempt]
+) -> dict[str, Any]:
+    """
+    C{state/undeliverable/TARGET/NAME}: why TARGET refused C{new/NAME} for
+    good (C{error}, a sentence), when it was given up (C{at}, ISO 8601 UTC),
+    how many attempts there were (C{attempt_count}) and the last of them
+    (C{attempts}, oldest first).
+    """
+    return {
+        "name": name,
+        "target": target,
+        ERROR: error,
+        "at": at,
+        "attempt_count": count,
+        ATTEMPTS: [a.toJSON() for a in attempts],
+    }

@@ -22,24 +22,32 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _MAX_ESCAPED = 120
 # Most ids (MX Telecom's are digits) are their own name: skip the escaping.
 _ALREADY_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,119}")
+_ALREADY_SAFE_BYTES = re.compile(_ALREADY_SAFE.pattern.encode())
 _NAME = re.compile(
     r"\A(?:[A-Za-z0-9_]|=[0-9A-F]{2})(?:[A-Za-z0-9_-]|=[0-9A-F]{2})*\Z"
     r"|\A[A-Za-z0-9_=-]{0,80}~[0-9a-f]{64}\Z"
 )
 
 
-def nameForId(messageId: str) -> str:
+def nameForId(messageId: bytes | str) -> str:
     """
-    Return the directory name for C{messageId}.
+    Return the directory name for C{messageId}: its bytes as sent, or a
+    text id, which stands for its UTF-8 form.
 
-    Bytes outside C{[A-Za-z0-9_-]} of the id's UTF-8 form, and a leading
-    C{-} (which shell tools would read as an option), become C{=XX}; an
-    escaped name longer than 120 characters is cut to 80 and followed by
-    C{~} and the SHA-256 of the id.
+    Bytes outside C{[A-Za-z0-9_-]}, and a leading C{-} (which shell tools
+    would read as an option), become C{=XX}; an escaped name longer than
+    120 characters is cut to 80 and followed by C{~} and the SHA-256 of the
+    id's bytes.  Different bytes give different names: an id that is not
+    valid UTF-8 is named from its bytes, never from a decoding of them.
     """
-    if _ALREADY_SAFE.fullmatch(messageId):
-        return messageId
-    raw = messageId.encode("utf-8", "surrogatepass")
+    if isinstance(messageId, str):
+        if _ALREADY_SAFE.fullmatch(messageId):
+            return messageId
+        raw = messageId.encode("utf-8", "surrogatepass")
+    else:
+        raw = messageId
+        if _ALREADY_SAFE_BYTES.fullmatch(raw):
+            return raw.decode("ascii")
     escaped = "".join(
         chr(b) if b in _SAFE and not (i == 0 and b == ord("-")) else f"={b:02X}"
         for i, b in enumerate(raw)

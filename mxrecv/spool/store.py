@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
 from mxrecv.spool.layout import (
     DIRECTORIES,
@@ -47,6 +48,7 @@ from mxrecv.spool.layout import (
     SEEN,
     STATE,
     TMP,
+    Layout,
 )
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.seen import SeenIndex
@@ -91,6 +93,71 @@ class Staging:
         return self.path / name
 
 
+def stagingPrefix(worker: int | None) -> str:
+    """
+    How the names of a process's staging directories in C{tmp/} start:
+    C{in.N} for a server of one process, C{wK.in.N} for its worker K.
+    """
+    return "" if worker is None else f"w{worker}."
+
+
+def claimSpool(root: Path) -> int:
+    """
+    Claim the spool at C{root} for a server of several worker processes,
+    before they start: create its layout, take its lock, and empty C{tmp/}
+    (no process of this server has started yet).
+
+    @return: the file descriptor holding the lock, for the workers to
+        inherit (L{Spool.open}'s C{lock}); the lock lasts as long as any
+        process holds it.
+    @raise SpoolLocked: if another server uses this spool.
+    """
+    root = Path(root).absolute()
+    lock = _lock(root)
+    try:
+        for leftover in (root / TMP).iterdir():
+            removeTree(leftover)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def _lock(root: Path) -> int:
+    """
+    Create the spool's layout and take its lock, exclusively.
+    """
+    for which in DIRECTORIES:
+        (root / which).mkdir(parents=True, exist_ok=True)
+    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    return lock
+
+
+def _adoptLock(root: Path, fd: int) -> int:
+    """
+    Check that the inherited C{fd} is this spool's lock file, holding its
+    lock (taking it again through the same open file is a no-op); it is
+    then closed on exec, so that no process this one runs holds it.
+    """
+    try:
+        held, path = os.fstat(fd), os.stat(root / STATE / LOCK)
+    except OSError as e:
+        raise SpoolLocked(f"the inherited lock of {root} is not usable: {e.strerror}") from None
+    if (held.st_dev, held.st_ino) != (path.st_dev, path.st_ino):
+        raise SpoolLocked(f"the inherited lock is not the lock of the spool {root}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    os.set_inheritable(fd, False)
+    return fd
+
+
 class Spool:
     """
     Durable storage of messages, shared fsyncs, and the seen-id index.
@@ -99,6 +166,9 @@ class Spool:
     @param pool: a started L{twisted.python.threadpool.ThreadPool}.
     @param clock: tells the time of acceptance (the reactor by default).
     @param sync: fsync, or not (benchmarks only: acks are then not durable).
+    @param worker: the number of this worker process when the server runs
+        several (C{[server] workers}); its staging directories in C{tmp/}
+        are named apart from the other workers'.
     """
 
     def __init__(
@@ -110,8 +180,11 @@ class Spool:
         sync: bool = True,
         dedupeSeconds: float = 7 * 86400,
         clock: Any = None,
+        worker: int | None = None,
     ) -> None:
         self.root = Path(root).absolute()
+        self.worker = worker
+        self._prefix = stagingPrefix(worker)
         self.sync = sync
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
@@ -132,28 +205,34 @@ class Spool:
         return self._lock is not None
 
     def dir(self, which: str) -> Path:
-        return self.root / which
+        return Layout(self.root).dir(which)
+
+    def message(self, which: str, name: str) -> MessageDirectory:
+        """
+        The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
+        L{FAILED}), whether it is there or not.
+        """
+        return MessageDirectory.at(self.root, which, name, self.sync)
 
     # Start and stop (blocking, before the server listens and after it stops)
 
-    def open(self) -> None:
+    def open(self, lock: int | None = None) -> None:
         """
-        Create the layout, take the lock, empty C{tmp/}, and load the seen-id
-        index.
+        Create the layout, take the lock, clear this process's leftovers
+        from C{tmp/}, and load the seen-id index.
 
-        @raise SpoolLocked: if another process uses this spool.
+        @param lock: in a worker process (C{[server] workers} above 1), the
+            spool's lock, taken by the parent (L{claimSpool}) and inherited
+            as this file descriptor: the workers of one server share the
+            spool, which stays refused to any other server.
+        @raise SpoolLocked: if another server uses this spool.
         @raise OSError: if the spool cannot be created.
         """
-        for which in DIRECTORIES:
-            self.dir(which).mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.dir(STATE) / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
-            raise SpoolLocked(f"another process is using the spool {self.root}") from None
-        self._lock = lock
-        for leftover in self.dir(TMP).iterdir():
+        if lock is None:
+            self._lock = _lock(self.root)
+        else:
+            self._lock = _adoptLock(self.root, lock)
+        for leftover in self._leftovers():
             removeTree(leftover)
         # A crash between a rename and its directory's fsync leaves a message
         # visible but not durable: make it durable before it counts as seen.
@@ -166,6 +245,16 @@ class Spool:
             if isName(entry.name)
         ]
         self._seen.load(self._clock.seconds(), present)
+
+    def _leftovers(self) -> list[Path]:
+        """
+        What a previous run of this process left in C{tmp/}: all of it for a
+        server of one process; a worker's own entries only (its staging
+        names start with its prefix), since the other workers are running.
+        """
+        return [
+            entry for entry in self.dir(TMP).iterdir() if entry.name.startswith(self._prefix)
+        ]
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -235,13 +324,14 @@ class Spool:
 
     def _makeStaging(self) -> Staging:
         """
-        A new, empty directory under C{tmp/}, named from a counter: the
-        spool is locked to this process and C{tmp/} emptied when it opens,
-        so names cannot clash, and C{mkdtemp}'s random names cost as much
-        as the C{mkdir} itself, once per callback.  Thread-safe.
+        A new, empty directory under C{tmp/}, named from a counter (after
+        the worker's prefix): the spool is locked to this server, and this
+        process's names are cleared from C{tmp/} when it opens, so names
+        cannot clash, and C{mkdtemp}'s random names cost as much as the
+        C{mkdir} itself, once per callback.  Thread-safe.
         """
         while True:
-            path = self.dir(TMP) / f"in.{next(self._staged)}"
+            path = self.dir(TMP) / f"{self._prefix}in.{next(self._staged)}"
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
@@ -270,7 +360,7 @@ class Spool:
 
     # Accepting messages
 
-    def isSeen(self, messageId: str) -> bool:
+    def isSeen(self, messageId: bytes | str) -> bool:
         return nameForId(messageId) in self._seen
 
     def accept(
@@ -284,7 +374,7 @@ class Spool:
         @return: fires with L{Accepted} once the message is durable, or fails
             with L{SpoolError}.  Either way C{staging} is consumed.
         """
-        name = nameForId(message.id)
+        name = nameForId(message.rawId)
         if name in self._seen:
             if staging is not None:
                 self.discard(staging)

@@ -19,7 +19,7 @@ from twisted.web.http import parse_qs
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface, implementer
 
-from mxrecv.message.params import Params
+from mxrecv.message.params import PARAMETERS, Params
 
 
 class Refusal(Exception):
@@ -93,7 +93,8 @@ class IBody(Interface):
 @implementer(IBody)
 class DiscardBody:
     """
-    A body that means nothing to us (a GET's), counted and dropped.
+    A body that means nothing to us (a GET's, whatever its type), counted
+    and dropped.
     """
 
     params: Params = {}
@@ -148,7 +149,14 @@ class FormBody:
 
 class BodyChooser:
     """
-    Picks the L{IBody} for a request from its C{Content-Type}.
+    Picks the L{IBody} for a request from its method, URI and
+    C{Content-Type}, so that a callback's parameters come from one place:
+    a GET's from its query string (its body, if any, is read and dropped,
+    whatever its type: never taken for parameters or an MMS zip); a POST's
+    from its body, a form or multipart (a POST whose query string carries
+    a callback parameter is refused, rather than one of two values being
+    stored silently; other names there, such as a token in the URL given
+    to MX Telecom, are ignored).
 
     @param formLimit: the largest urlencoded form body held in memory.
     @param multipart: makes the body for a C{multipart/form-data} request,
@@ -161,16 +169,27 @@ class BodyChooser:
         self._formLimit = formLimit
         self._multipart = multipart
 
-    def __call__(self, headers: Headers) -> IBody:
+    def __call__(self, method: bytes, uri: bytes, headers: Headers) -> IBody:
+        if method != b"POST":
+            # A GET's parameters are its query string; other methods are
+            # answered 405 once the body is in.
+            return DiscardBody()
+        query = uri.partition(b"?")[2]
+        stray = sorted(PARAMETERS.intersection(parse_qs(query, 1))) if query else []
+        if stray:
+            raise Refusal(
+                HTTPStatus.BAD_REQUEST,
+                f"parameter {stray[0].decode()!r} in the query string of a POST: a POST "
+                "callback carries its parameters in its body",
+            )
         value = headers.getRawHeaders(b"Content-Type", [b""])[0]
         kind = value.split(b";", 1)[0].strip().lower()
-        if kind == b"":
-            return DiscardBody()
         if kind == b"application/x-www-form-urlencoded":
             return FormBody(self._formLimit)
         if kind == b"multipart/form-data" and self._multipart is not None:
             return self._multipart(value)
         raise Refusal(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            "expected application/x-www-form-urlencoded or multipart/form-data",
+            "a POST callback's body must be application/x-www-form-urlencoded or "
+            "multipart/form-data",
         )

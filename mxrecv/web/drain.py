@@ -5,7 +5,7 @@ Stopping without losing anything.
 On SIGTERM twistd stops the service tree.  The order matters: stop listening,
 let the requests in flight be answered (bounded by C{[server]
 shutdown_timeout}), then let the spool finish its commits, then close it and
-stop the threads.  L{mxrecv.tap.OrderedService} stops its children in that
+stop the threads.  L{mxrecv.ops.service.MxrecvService} stops its layers in that
 order, one after the other; L{InFlight} knows which requests are being
 answered, and L{DrainService} waits for them.
 """

@@ -13,35 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
-from mxrecv.tls.certificate import ReloadableCertificate, TLSListen, isTLS, parseTLS
+from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.description import TLSListen
 from mxrecv.web.access import AllowList, PeerFilter
 
-
-def parseListen(description: str) -> str | TLSListen:
-    """
-    Check a C{listen} string without reading files or listening.
-
-    @return: the L{TLSListen} for an C{ssl:} description, else the string.
-    @raise ValueError: naming what is wrong with it.
-    """
-    try:
-        if isTLS(description):
-            return parseTLS(description)
-        # Building an endpoint does not listen, so no reactor is needed yet.
-        serverFromString(None, description)
-    except Exception as e:
-        raise ValueError(f"bad endpoint {description!r}: {e}") from None
-    return description
+log = Logger()
 
 
 def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
@@ -58,3 +48,60 @@ def tlsFactory(
     """
     return PeerFilter(allow, TLSMemoryBIOFactory(certificate, False, site))
 
+
+
+class Listener(Service):
+    """
+    Listens on an endpoint while running, as Twisted's
+    L{StreamServerEndpointService} made by C{strports.service} does (a
+    failure to listen that is known at once, as a TCP port's is, is raised
+    from C{startService}, so that twistd does not start), with the port it
+    listens on in public view.
+
+    @ivar port: the listening port once listening, else L{None}.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    @classmethod
+    def fromDescription(cls, reactor: Any, description: str, factory: Factory) -> Listener:
+        """
+        A listener on a plain (not C{ssl:}) endpoint description.
+        """
+        return cls(serverFromString(reactor, description), factory)
+
+    def startService(self) -> None:
+        super().startService()
+        failed: list[Failure] = []
+        synchronous = True
+
+        def refused(reason: Failure) -> None:
+            self._listening = None
+            if synchronous:
+                failed.append(reason)
+            elif not reason.check(CancelledError):
+                log.failure("Cannot listen on {endpoint}", reason, endpoint=self.endpoint)
+
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, refused)
+        synchronous = False
+        if failed:
+            failed[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        self._listening = None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
+            self._listening = None
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return port.stopListening()

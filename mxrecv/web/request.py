@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 from mxrecv.web.access import AllowList
@@ -44,6 +45,9 @@ DRAIN_SECONDS = 2.0
 # the hand-over to the upload writer.  (Plain TCP only: TLS hands over 16 KiB
 # records whatever the read size.)
 READ_SIZE = 256 * 1024
+# The Server header of every answer: twisted.web's own names it and its
+# version, which tells a scanner which advisories to try.
+SERVER = b"mxrecv"
 
 
 class _NoContent:
@@ -72,7 +76,9 @@ class CallbackChannel(HTTPChannel):
     """
     An HTTP/1.1 connection whose requests must get their headers in within
     the site's C{headerTimeout}, however steadily they trickle (twisted.web's
-    own idle timeout starts again with every byte).
+    own idle timeout starts again with every byte), and whose answers name
+    the server only as C{mxrecv}.  The admin site's connections are these
+    too: its site has the same C{headerTimeout}, C{reactor} and C{observe}.
 
     The header deadline starts when the connection is made, so it covers a
     TLS handshake, and, on a kept-alive connection, with the first byte of
@@ -118,6 +124,12 @@ class CallbackChannel(HTTPChannel):
         self._stopHeaderDeadline()
         super().allHeadersReceived()
 
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        # Every answer a request writes comes through here, error pages too.
+        if isinstance(headers, Headers):
+            headers.setRawHeaders(b"Server", [SERVER])
+        super().writeHeaders(version, code, reason, headers)
+
     def connectionLost(self, reason: Failure) -> None:
         self._stopHeaderDeadline()
         _cancel(self._abortLater)
@@ -135,35 +147,101 @@ class CallbackChannel(HTTPChannel):
 
     def _headersTimedOut(self) -> None:
         self._headerDeadline = None
-        self._cutOff = True
-        site = self.site
+        timeout = self.site.headerTimeout
         if self._partial:
-            refusal = Refusal(
-                HTTPStatus.REQUEST_TIMEOUT,
-                f"request headers not complete after {site.headerTimeout:g} seconds",
+            self._refuseAndClose(
+                Refusal(
+                    HTTPStatus.REQUEST_TIMEOUT,
+                    f"request headers not complete after {timeout:g} seconds",
+                ),
+                self._headerBegan,
             )
-            _writeRefusal(self.transport, refusal)
+            return
+        self._cutOff = True
+        self.transport.abortConnection()
+        self._report(
+            Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"nothing received in {timeout:g} seconds, dropped without an answer",
+            ),
+            self._headerBegan,
+        )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        twisted.web's parser refused the request's framing (its request
+        line, a header, the headers' size or count, conflicting
+        Content-Length and Transfer-Encoding, a chunk): answer 400 saying
+        which, and log and count it like any other refusal.
+        """
+        if self._cutOff:
+            return
+        request = self.requests[-1] if self.requests else None
+        if getattr(request, "_refused", None) is not None:
+            # Its answer is written already: only the drain is cut short.
+            self._cutOff = True
             self.loseConnection()
-            # Over TLS the connection only closes once the client answers our
-            # close_notify; one that never does is dropped, as twisted.web
-            # does after its idle timeout.
-            self._abortLater = site.reactor.callLater(
-                self.abortTimeout, self.transport.abortConnection
-            )
-        else:
-            refusal = Refusal(
-                HTTPStatus.REQUEST_TIMEOUT,
-                f"nothing received in {site.headerTimeout:g} seconds, dropped without an answer",
-            )
-            self.transport.abortConnection()
+            return
+        began = getattr(request, "started", 0.0) or self._headerBegan
+        self._refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver would close the connection without a word.
+        if self._cutOff:
+            return
+        self._refuseAndClose(
+            Refusal(
+                HTTPStatus.BAD_REQUEST,
+                f"malformed request: a request or header line longer than {self.MAX_LENGTH} bytes",
+            ),
+            self._headerBegan,
+        )
+
+    def _framingProblem(self) -> str:
+        """
+        What twisted.web's parser found wrong, from the state it was left
+        in (it says nothing itself).
+        """
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            return f"malformed request: headers longer than {self.totalHeadersSize} bytes"
+        if self._receivedHeaderCount > self.maxHeaders:
+            return f"malformed request: more than {self.maxHeaders} headers"
+        if not self.line_mode:
+            return "malformed request: a bad chunk in its chunked body"
+        if getattr(self, "_command", None) is None:
+            return "malformed request: a bad request line"
+        return (
+            "malformed request: a bad header (name, value, Content-Length or "
+            "Transfer-Encoding, or both of the last two)"
+        )
+
+    def _refuseAndClose(self, refusal: Refusal, began: float) -> None:
+        """
+        Answer C{refusal}, close the connection, ignore what else comes,
+        and report it.
+        """
+        self._cutOff = True
+        self._stopHeaderDeadline()
+        _writeRefusal(self.transport, refusal)
+        self.loseConnection()
+        # Over TLS the connection only closes once the client answers our
+        # close_notify; one that never does is dropped, as twisted.web does
+        # after its idle timeout.
+        self._abortLater = self.site.reactor.callLater(
+            self.abortTimeout, self.transport.abortConnection
+        )
+        self._report(refusal, began)
+
+    def _report(self, refusal: Refusal, began: float) -> None:
+        request = self.requests[-1] if self.requests else None
         _report(
-            site,
+            self.site,
             refusal,
             # twisted.web's private record of the method, once the request
             # line is in: no public attribute has it before the headers are.
             method=getattr(self, "_command", None),
-            received=0,
-            seconds=site.reactor.seconds() - self._headerBegan,
+            received=getattr(request, "bodyBytes", 0),
+            seconds=self.site.reactor.seconds() - began,
             peer=self.getPeer(),
         )
 
@@ -173,8 +251,9 @@ class CallbackSite(Site):
     A Site for L{CallbackRequest}s on L{CallbackChannel}s: it holds what they
     need to decide about a body before the resource sees the request.
 
-    @ivar chooseBody: called with the request headers once they are in;
-        returns the L{IBody} for the body or raises L{Refusal}.
+    @ivar chooseBody: called with the request's method, URI and headers
+        once the headers are in; returns the L{IBody} for the body or raises
+        L{Refusal}.
     @ivar observe: called with the L{CallbackOutcome} of each request refused
         here (metrics).
     @ivar headerTimeout: seconds a request's headers may take in all
@@ -197,7 +276,7 @@ class CallbackSite(Site):
         maxBody: int,
         requestTimeout: float,
         headerTimeout: float,
-        chooseBody: Callable[[Any], IBody],
+        chooseBody: Callable[[bytes, bytes, Headers], IBody],
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
@@ -250,7 +329,11 @@ class CallbackRequest(Request):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"body of {length} bytes is over the limit of {site.maxBody}",
                 )
-            self.body = site.chooseBody(self.requestHeaders)
+            # twisted.web's private record of the request line: no public
+            # attribute has it before the body is in.
+            self.body = site.chooseBody(
+                self.channel._command, self.channel._path, self.requestHeaders
+            )
         except Refusal as refusal:
             self._refuse(refusal)
             return
@@ -390,10 +473,11 @@ def _writeRefusal(transport: Any, refusal: Refusal) -> None:
     status = HTTPStatus(refusal.code)
     transport.write(
         b"HTTP/1.1 %d %s\r\n"
+        b"Server: %s\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\n"
         b"Connection: close\r\n\r\n%s"
-        % (status.value, status.phrase.encode(), len(body), body)
+        % (status.value, status.phrase.encode(), SERVER, len(body), body)
     )
 
 

@@ -74,10 +74,9 @@ class CallbackResource(Resource):
             return self._answer(
                 request, HTTPStatus.METHOD_NOT_ALLOWED, "callbacks are GET or POST"
             )
+        # One place per mode (BodyChooser): a GET's query string, a POST's body.
         delivery = GET if request.method == b"GET" else POST
-        params = request.args
-        if delivery == POST:
-            params = {**params, **request.body.params}
+        params = request.args if delivery == GET else request.body.params
         staging = request.body.staging
         try:
             message = parseCallback(

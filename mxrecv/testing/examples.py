@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_inbox_pages -*-
+"""
+Example messages put into a spool as mxrecv leaves them: C{message.json}
+written by L{Message.encode}, an MMS's zip unpacked by mxrecv's own
+unpacker.  For tests, benchmarks and the screenshots in the docs; not for a
+spool a server is running on (nothing is fsynced or journaled).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mxrecv.message.model import MMS, POST, SMS, Message
+from mxrecv.mms.unpack import unpackInto
+from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS
+from mxrecv.spool.naming import nameForId
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int] = (31, 95, 191)) -> bytes:
+    """
+    A PNG image of one colour, with a lighter diagonal band.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    light = tuple(min(255, c + 90) for c in rgb)
+    rows = []
+    for y in range(height):
+        row = bytearray(b"\x00")
+        for x in range(width):
+            row += bytes(light if abs(x - y * width // max(height, 1)) < width // 8 else rgb)
+        rows.append(bytes(row))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def smil(*sources: tuple[str, str]) -> bytes:
+    """
+    A SMIL document presenting C{(element, src)} pairs, one slide each.
+    """
+    slides = "".join(f'<par dur="5s"><{kind} src="{source}"/></par>' for kind, source in sources)
+    return f"<smil><head/><body>{slides}</body></smil>".encode()
+
+
+def mmsZip(entries: Sequence[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def sms(ident: str, received: str, text: str = "Hello", sender: str = "447700900123") -> Message:
+    return Message(
+        id=ident,
+        type=SMS,
+        sender=sender,
+        to=("80000",),
+        date=received[:19].replace("T", " "),
+        delivery="get",
+        received=received,
+        network="vodafone",
+        message=text,
+        charset="utf-8",
+    )
+
+
+def mms(
+    ident: str,
+    received: str,
+    subject: str | None = "Hi",
+    sender: str = "447700900123",
+    delivery: str = POST,
+) -> Message:
+    """
+    An MMS; C{delivery="get"} for one notified in GET mode (its zip is
+    downloaded from RetrieveMMS, or not, when it failed).
+    """
+    return Message(
+        id=ident,
+        type=MMS,
+        sender=sender,
+        to=("80000",),
+        date=received[:19].replace("T", " "),
+        delivery=delivery,
+        received=received,
+        subject=subject,
+    )
+
+
+def put(
+    root: Path,
+    folder: str,
+    message: Message,
+    zipData: bytes | None = None,
+    **extra: Any,
+) -> Path:
+    """
+    Put C{message} into C{root/folder/NAME} as mxrecv would have, with its
+    zip (unpacked into C{parts/} unless C{folder} is C{pending} or
+    C{failed}) and, in C{message.json}, the C{extra} keys (C{error},
+    C{attempts} of a failed MMS).
+
+    @return: the message's directory.
+    """
+    for directory in DIRECTORIES:
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    directory = root / folder / nameForId(message.id)
+    directory.mkdir()
+    if zipData is not None:
+        (directory / MMS_ZIP).write_bytes(zipData)
+        if folder not in ("pending", "failed"):
+            unpacked = unpackInto(directory / MMS_ZIP, directory / PARTS)
+            message = message.replace(
+                mms_size=len(zipData),
+                parts=unpacked.parts,
+                text=unpacked.text,
+                parts_error=unpacked.error,
+            )
+    data = message.encode()
+    if extra:
+        document = json.loads(data)
+        document.update(extra)
+        data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
+    (directory / MESSAGE_JSON).write_bytes(data)
+    return directory

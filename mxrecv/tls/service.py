@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+The HTTPS certificates of a running mxrecv: loaded and checked once at
+start-up, before the spool is opened, and reloaded while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.application.service import IServiceCollection
+from twisted.internet.interfaces import IReactorTime
+
+from mxrecv.tls.certificate import CertificateError, ReloadableCertificate, clockTime
+from mxrecv.tls.description import TLSFiles, isTLS, parseTLS
+from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
+
+
+def loadCertificates(
+    descriptions: Iterable[str], *, warnDays: float, reactor: IReactorTime
+) -> dict[TLSFiles, ReloadableCertificate]:
+    """
+    Load and check the certificate of each C{ssl:} listener among
+    C{descriptions} (the C{[server] listen} strings, already validated), once
+    for listeners that share their files.
+
+    @raise SystemExit: when a certificate or key cannot be used, naming the
+        listener and the file.
+    """
+    certificates: dict[TLSFiles, ReloadableCertificate] = {}
+    for i, description in enumerate(descriptions):
+        if not isTLS(description):
+            continue
+        files = parseTLS(description).files
+        if files in certificates:
+            continue
+        try:
+            certificates[files] = ReloadableCertificate(
+                files, now=clockTime(reactor), warnDays=warnDays
+            )
+        except CertificateError as e:
+            raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
+    return certificates
+
+
+def reloadCertificates(
+    certificates: Iterable[ReloadableCertificate],
+    *,
+    watch: float,
+    reactor: IReactorTime,
+    parent: IServiceCollection,
+) -> None:
+    """
+    Reload C{certificates} on SIGHUP and, when C{watch} is above 0, when
+    their files change, while C{parent} runs; nothing without certificates.
+    """
+    certificates = list(certificates)
+    if certificates:
+        CertificateReloadService(
+            certificates,
+            reactor=reactor,
+            watch=watch,
+            handleSignal=canHandleSignals(reactor),
+        ).setServiceParent(parent)

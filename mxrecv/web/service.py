@@ -1,0 +1,125 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The HTTP edge of a running mxrecv: the callback site, and its listeners
+with the drain that lets the callbacks in flight be answered at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from attrs import frozen
+from twisted.application.service import IServiceCollection
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+
+from mxrecv.config import Config, ServerConfig, parseListen
+from mxrecv.spool.store import Spool
+from mxrecv.spool.writer import FileWriters
+from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.description import TLSFiles, TLSListen
+from mxrecv.web.access import AllowList
+from mxrecv.web.body import BodyChooser
+from mxrecv.web.drain import DrainService, InFlight
+from mxrecv.web.listen import Listener, tlsEndpoint, tlsFactory
+from mxrecv.web.multipart import MultipartBody
+from mxrecv.web.outcome import CallbackOutcome
+from mxrecv.web.request import CallbackSite
+from mxrecv.web.resource import CallbackResource
+
+# Largest urlencoded form body: a callback's parameters are small.
+FORM_LIMIT = 1024 * 1024
+
+
+def buildSite(
+    config: Config,
+    spool: Spool,
+    reactor: IReactorTime,
+    onPending: Callable[[str], None] | None = None,
+    *,
+    writers: FileWriters,
+    observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
+) -> CallbackSite:
+    """
+    The web site that takes the callbacks; C{writers} write their uploads.
+
+    @param onPending: called with the name of each MMS accepted into
+        C{pending/}.
+    @param observe: called with the outcome of each callback (metrics).
+    """
+    server = config.server
+    resource = CallbackResource(
+        path=server.path,
+        spool=spool,
+        zone=server.timezone,
+        ack=server.ack,
+        clock=reactor,
+        observe=observe,
+        **({"onPending": onPending} if onPending else {}),
+    )
+    return CallbackSite(
+        resource,
+        reactor=reactor,
+        allow=AllowList(server.allow),
+        maxBody=server.max_body,
+        requestTimeout=server.request_timeout,
+        headerTimeout=server.header_timeout,
+        chooseBody=BodyChooser(
+            min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
+        ),
+        observe=observe,
+    )
+
+
+@frozen
+class Edge:
+    """
+    The callback site being served.
+
+    @ivar listeners: one per C{[server] listen} string.
+    @ivar inFlight: the callbacks being answered.
+    """
+
+    listeners: list[Listener]
+    inFlight: InFlight
+
+
+def serveCallbacks(
+    server: ServerConfig,
+    site: CallbackSite,
+    *,
+    certificates: Mapping[TLSFiles, ReloadableCertificate],
+    reactor: IReactorTime,
+    parent: IServiceCollection,
+    endpoints: Sequence[IStreamServerEndpoint] | None = None,
+) -> Edge:
+    """
+    Listen for callbacks on each C{[server] listen} string (an C{ssl:} one
+    with its certificate among C{certificates}, behind the allow list), and
+    at shutdown stop listening, then let the callbacks in flight be answered
+    for up to C{shutdown_timeout}.
+
+    @param endpoints: where each C{listen} string listens, when not where
+        it says: in a worker process, the socket its parent made for it
+        (L{mxrecv.workers.sockets.AdoptedEndpoint}).
+
+    The services are added to C{parent} in the order they start, the drain
+    first, for a parent that stops them last first (an
+    L{mxrecv.ops.service.OrderedService}).
+    """
+    inFlight = InFlight()
+    inFlight.track(site)
+    DrainService(inFlight, server.shutdown_timeout, reactor).setServiceParent(parent)
+    listeners = []
+    for i, description in enumerate(server.listen):
+        listen = parseListen(description)
+        if isinstance(listen, TLSListen):
+            endpoint = tlsEndpoint(reactor, listen)
+            factory = tlsFactory(site, site.allow, certificates[listen.files])
+        else:
+            endpoint = serverFromString(reactor, description)
+            factory = site
+        listener = Listener(endpoint if endpoints is None else endpoints[i], factory)
+        listener.setServiceParent(parent)
+        listeners.append(listener)
+    return Edge(listeners, inFlight)

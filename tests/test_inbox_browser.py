@@ -1,0 +1,331 @@
+"""
+The inbox in a real browser: Debian's Chromium, driven by selenium through
+Debian's chromedriver, against a whole mxrecv on 127.0.0.1 (its admin
+listener on a fresh port).  The spool holds an SMS, an MMS (a SMIL, a PNG,
+a text part), a failed MMS, and an MMS whose SVG and HTML parts carry
+script.  No page has any script of its own: everything here works without
+JavaScript.
+
+Selenium blocks (it talks HTTP to chromedriver), so each browser step runs
+in a thread while the reactor serves the pages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mxrecv.config import AdminConfig
+from mxrecv.testing.examples import mms, mmsZip, png, put, smil, sms
+
+from .browser import Browser
+from .running import ANY_PORT, run, runningConfig
+
+# Seconds a page may take to load after a click: a bound on a hang, never
+# a pause (the wait ends as soon as the page is there).
+LOAD_TIMEOUT = 30
+
+
+class Canary(Resource):
+    """
+    A loopback web server that hostile parts would call if their script
+    ran; it records the paths asked for.  C{/control} serves a page running
+    the same kind of script, without the inbox's protections, to show that
+    script does run in this browser and that this canary hears it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[str] = []
+        self._waiting: dict[str, Deferred[None]] = {}
+
+    def render_GET(self, request: Any) -> bytes:
+        path = request.path.decode()
+        self.heard.append(path)
+        if path in self._waiting:
+            self._waiting.pop(path).callback(None)
+        if path == "/control":
+            request.setHeader(b"Content-Type", b"text/html")
+            return (
+                b"<title>control</title><script>document.title='control ran';"
+                b"fetch('/control-ran')</script>"
+            )
+        return b"heard"
+
+    def hears(self, path: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if path in self.heard:
+            d.callback(None)
+        else:
+            self._waiting[path] = d
+        return d
+
+
+def payload(canary: str, what: str) -> str:
+    """
+    Script that leaves a trace of C{what} everywhere it could: the title,
+    a cookie, local storage, and a request to the canary.
+    """
+    return (
+        f"document.title='{what} ran';document.cookie='{what}=1;path=/';"
+        f"localStorage.setItem('{what}','1');fetch('{canary}/{what}-ran');"
+        f"new Image().src='{canary}/{what}-img';"
+    )
+
+
+def fillSpool(root: Path, canary: str) -> None:
+    put(root, "new", sms("sms-1", "2026-11-25T10:30:01.123Z", "Hello from the browser test"))
+    put(
+        root,
+        "new",
+        mms("mms-1", "2026-11-25T10:31:00.000Z", "Holiday"),
+        mmsZip(
+            [
+                ("slides.smil", smil(("img", "photo.png"), ("text", "words.txt"))),
+                ("photo.png", png(160, 90)),
+                ("words.txt", b"Greetings from the beach"),
+            ]
+        ),
+    )
+    put(
+        root,
+        "failed",
+        mms("mms-2", "2026-11-25T10:32:00.000Z", "Lost in transit", delivery="get"),
+        error="no zip from RetrieveMMS before the expiry (2026-11-26 10:32:00 UTC)",
+        attempts=[{"at": "2026-11-25T10:32:05.000Z", "outcome": "HTTP 404"}],
+    )
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
+        f"onload=\"{payload(canary, 'svgload')}\"><script>{payload(canary, 'svg')}</script>"
+        '<rect width="10" height="10"/></svg>'
+    )
+    html = (
+        f"<html><body><script>{payload(canary, 'html')}</script>"
+        f"<img src=x onerror=\"{payload(canary, 'htmlimg')}\"></body></html>"
+    )
+    put(
+        root,
+        "new",
+        mms("evil", "2026-11-25T10:33:00.000Z", f"<script>{payload(canary, 'subject')}</script>"),
+        mmsZip(
+            [
+                ("show.smil", smil(("img", "x.svg"), ("ref", "page.html"))),
+                ("x.svg", svg.encode()),
+                ("page.html", html.encode()),
+                ("t.txt", f"<script>{payload(canary, 'text')}</script>".encode()),
+            ]
+        ),
+    )
+
+
+class BrowserCase(TestCase):
+    """
+    A browser (its own Chromium, closed after the test), a canary, and a
+    running mxrecv whose spool L{fillSpool} filled.
+    """
+
+    def setUp(self) -> None:
+        self.browser = Browser()
+        self.addCleanup(self.browser.close)
+        self.canary = Canary()
+        port = reactor.listenTCP(0, Site(self.canary), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.canaryURL = f"http://127.0.0.1:{port.getHost().port}"
+        self.running = run(self, runningConfig(self, admin=self.adminConfig()))
+        fillSpool(self.running.spool, self.canaryURL)
+        self.driver = self.browser.driver
+
+    def adminConfig(self) -> AdminConfig:
+        return AdminConfig(listen=ANY_PORT)
+
+    def browse(self, f: Any, *args: Any) -> Deferred[Any]:
+        return deferToThread(f, *args)
+
+    def css(self, selector: str) -> Deferred[list[Any]]:
+        return self.browse(self.driver.find_elements, "css selector", selector)
+
+    def texts(self, selector: str) -> Deferred[list[str]]:
+        return self.attributes(selector, "text")
+
+    def attributes(self, selector: str, name: str) -> Deferred[list[Any]]:
+        """
+        C{name} (C{text}, or an attribute) of each element that C{selector}
+        matches.
+        """
+
+        def read() -> list[Any]:
+            elements = self.driver.find_elements("css selector", selector)
+            if name == "text":
+                return [e.text for e in elements]
+            return [e.get_attribute(name) for e in elements]
+
+        return self.browse(read)
+
+    def go(self, path: str) -> Deferred[None]:
+        return self.browse(self.driver.get, self.running.admin + path)
+
+    def follow(self, selector: str, by: str = "css selector") -> Deferred[None]:
+        """
+        Click what C{selector} finds (a link, a submit button), and return
+        once the page it leads to has loaded.
+        """
+
+        def click() -> None:
+            from selenium.webdriver.support import expected_conditions
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            page = self.driver.find_element("tag name", "html")
+            self.driver.find_element(by, selector).click()
+            wait = WebDriverWait(self.driver, LOAD_TIMEOUT)
+            wait.until(expected_conditions.staleness_of(page))
+            wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+        return self.browse(click)
+
+    @inlineCallbacks
+    def requeue(self) -> Any:
+        """
+        The failed MMS's page says why; its button moves it back to
+        pending/ (retrieval is off here, so it stays there).
+        """
+        spool = self.running.spool
+        yield self.go("/inbox/failed/mms-2")
+        reason = yield self.texts("section.failure p")
+        self.assertIn("no zip from RetrieveMMS", reason[0])
+        yield self.fillToken()
+        yield self.follow("form.requeue button")
+        self.assertTrue(self.driver.current_url.endswith("/inbox/pending/mms-2?requeued=1"))
+        notice = yield self.texts("p.notice")
+        self.assertEqual(notice, ["Requeued: moved from failed/ to pending/, to be retrieved again."])
+        self.assertTrue((spool / "pending" / "mms-2").is_dir())
+        self.assertFalse((spool / "failed" / "mms-2").exists())
+
+    def fillToken(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class InboxBrowserTests(BrowserCase):
+
+    @inlineCallbacks
+    def test_inboxListsAll(self):
+        yield self.go("/inbox")
+        rows = yield self.texts("table.messages tbody tr td:nth-child(2)")
+        self.assertEqual(rows, ["new", "failed", "new", "new"])
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries[1:], ["Lost in transit", "Holiday", "Hello from the browser test"])
+        self.assertIn("<script>", summaries[0])
+        problems = yield self.texts("table.messages td.problem")
+        self.assertIn("no zip from RetrieveMMS", problems[1])
+
+    @inlineCallbacks
+    def test_imageRendered(self):
+        """
+        The MMS's PNG is decoded and drawn (its natural width is the
+        image's), its text part shown, in the SMIL's order.
+        """
+        yield self.go("/inbox")
+        yield self.follow("2026-11-25 10:31:00", "link text")
+        self.assertTrue(self.driver.current_url.endswith("/inbox/new/mms-1"))
+        images = yield self.css("section.content img")
+        self.assertEqual(len(images), 1)
+        width = yield self.browse(images[0].get_property, "naturalWidth")
+        complete = yield self.browse(images[0].get_property, "complete")
+        self.assertEqual((width, complete), (160, True))
+        kinds = yield self.attributes("section.content figure", "class")
+        self.assertEqual(kinds, ["slide slide-image", "slide slide-text"])
+        texts = yield self.texts("section.content pre")
+        self.assertEqual(texts, ["Greetings from the beach"])
+
+    @inlineCallbacks
+    def test_filters(self):
+        """
+        The filter form (a GET form: no script) and the folder links.
+        """
+        yield self.go("/inbox")
+        select = yield self.browse(self.driver.find_element, "css selector", "select[name=type]")
+        option = yield self.browse(select.find_element, "css selector", "option[value=sms]")
+        yield self.browse(option.click)
+        yield self.follow("form.filters button")
+        self.assertIn("type=sms", self.driver.current_url)
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries, ["Hello from the browser test"])
+
+        yield self.follow("failed (1)", "partial link text")
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries, [])
+        self.assertIn("type=sms", self.driver.current_url)
+
+        yield self.go("/inbox?folder=failed")
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries, ["Lost in transit"])
+
+        yield self.go("/inbox")
+        ident = yield self.browse(self.driver.find_element, "css selector", "input[name=id]")
+        yield self.browse(ident.send_keys, "mms-1")
+        yield self.follow("form.filters button")
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries, ["Holiday"])
+
+        yield self.go("/inbox?since=2026-11-25T10:31&until=2026-11-25T10:32")
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertEqual(summaries, ["Lost in transit", "Holiday"])
+
+    def test_requeue(self):
+        return self.requeue()
+
+    @inlineCallbacks
+    def test_scriptInPartsInert(self):
+        """
+        Neither the message page nor the SVG and HTML parts opened on their
+        own run any of their script: no title, cookie, storage or request
+        to the canary; while the same script on a page without the inbox's
+        protections does run, and is heard.
+        """
+        yield self.go("/inbox/new/evil")
+        title = yield self.browse(lambda: self.driver.title)
+        self.assertEqual(title, "<script>" + payload(self.canaryURL, "subject") + "</script> · mxrecv")
+        hrefs = yield self.attributes("section.files a", "href")
+        parts = [h for h in hrefs if "/parts/" in h]
+        self.assertEqual(len(parts), 4)
+        for url in parts:
+            yield self.browse(self.driver.get, url)
+        yield self.go("/inbox")
+        cookie = yield self.browse(self.driver.execute_script, "return document.cookie")
+        stored = yield self.browse(self.driver.execute_script, "return localStorage.length")
+        title = yield self.browse(lambda: self.driver.title)
+        self.assertEqual((cookie, stored, title), ("", 0, "Inbox · mxrecv"))
+
+        yield self.browse(self.driver.get, self.canaryURL + "/control")
+        yield self.canary.hears("/control-ran")
+        title = yield self.browse(lambda: self.driver.title)
+        self.assertEqual(title, "control ran")
+        heard = [path for path in self.canary.heard if path != "/favicon.ico"]
+        self.assertEqual(heard, ["/control", "/control-ran"])
+
+
+class InboxBrowserTokenTests(BrowserCase):
+    """
+    With C{[admin] token} set, the requeue form asks for it.
+    """
+
+    TOKEN = "browser-test-admin-token"
+
+    def adminConfig(self) -> AdminConfig:
+        return AdminConfig(listen=ANY_PORT, token=self.TOKEN)
+
+    @inlineCallbacks
+    def fillToken(self) -> Any:
+        field = yield self.browse(self.driver.find_element, "css selector", "input[name=token]")
+        yield self.browse(field.send_keys, self.TOKEN)
+
+    def test_requeue(self):
+        return self.requeue()
