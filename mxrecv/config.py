@@ -112,6 +112,12 @@ class DeliverConfig:
     with the message directory as its last argument, and/or a POST to a URL,
     and/or rows in PostgreSQL.
 
+    @ivar max_attempts: refusals (permanent failures) after which a message
+        is a dead letter of its target.
+    @ivar concurrency: messages in flight at once, per target.
+    @ivar secret: the key that signs the POSTs to C{url} (Standard
+        Webhooks), from the C{whsec_} secret in C{secret_file}.
+    @ivar ca_file: an extra trusted CA for an C{https://} C{url}.
     @ivar postgresql: a libpq connection string (never with a password).
     @ivar postgresql_password: read from C{postgresql_password_file}; empty
         leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
@@ -126,6 +132,8 @@ class DeliverConfig:
     backoff_max: float = 300.0
     max_attempts: int = 3
     concurrency: int = 1
+    secret: bytes | None = field(default=None, repr=False)
+    ca_file: Path | None = None
     postgresql: str | None = None
     postgresql_password: str = field(default="", repr=False)
     postgresql_pool_size: int = 4
@@ -403,6 +411,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_max": _positiveNumber,
             "max_attempts": _positiveInt,
             "concurrency": _positiveInt,
+            "secret_file": _directory,
+            "ca_file": _directory,
             "postgresql": _conninfo,
             "postgresql_password_file": _directory,
             "postgresql_pool_size": _positiveInt,
@@ -496,18 +506,34 @@ def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     _secretFromFile(values, base, "retrieve", "password", "password_file")
+    _caFile(values, base, "retrieve")
+    return values
+
+
+def _caFile(values: dict[str, Any], base: Path, table: str) -> None:
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():
-            raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
+            raise ConfigError(f"{table}.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
-    return values
 
 
 def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     if "postgresql_password_file" in values and "postgresql" not in values:
         raise ConfigError("deliver.postgresql_password_file: given without postgresql")
     _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
+    for key in ("secret_file", "ca_file"):
+        if key in values and "url" not in values:
+            raise ConfigError(f"deliver.{key}: given without url")
+    _caFile(values, base, "deliver")
+    _secretFromFile(values, base, "deliver", "secret", "secret_file")
+    if "secret" in values:
+        from mxrecv.deliver.signature import parseSecret
+
+        try:
+            values["secret"] = parseSecret(values["secret"])
+        except ValueError as e:
+            raise ConfigError(f"deliver.secret_file: {e}") from None
     return values
 
 

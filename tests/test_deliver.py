@@ -25,13 +25,13 @@ from mxrecv.deliver.records import Records
 from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
-from mxrecv.message.model import Message, Part
+from mxrecv.message.model import Message
 from mxrecv.ops.admin import Check
 
 from .application import Answer, Application
 from .retrievemms import QuietSite
 from .running import client
-from .support import openSpool, reactorTurns, startedPool, turnsUntil
+from .support import acceptMMS, openSpool, reactorTurns, startedPool, turnsUntil
 
 
 def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
@@ -77,15 +77,7 @@ class DeliveryTests(TestCase):
         return service
 
     def acceptMMS(self, message: Message, name: str, data: bytes, contentType: str):
-        """
-        Accept C{message} into new/ as an MMS with one part.
-        """
-        staging = self.spool.stage()
-        (staging.path / "parts").mkdir()
-        (staging.path / "parts" / name).write_bytes(data)
-        part = Part(name=name, path=f"parts/{name}", size=len(data), content_type=contentType)
-        message = message.replace(type="mms", message=None, charset=None, parts=(part,))
-        return self.spool.accept(message, "new", staging)
+        return acceptMMS(self.spool, message, {name: (data, contentType)})
 
     def command(self, script: str) -> CommandTarget:
         return CommandTarget(
@@ -409,9 +401,8 @@ class DeliveryTests(TestCase):
 
     def test_urlRequestNotMade(self):
         """
-        An exception while the request is built (treq encodes the body's
-        headers before it returns) fails the attempt, asynchronously, and
-        closes the parts opened.
+        An exception while the request is made fails the attempt,
+        asynchronously, and leaves no file of the message open.
         """
         directory = self.spool.dir("new") / "m"
         (directory / "parts").mkdir(parents=True)
@@ -420,18 +411,17 @@ class DeliveryTests(TestCase):
         (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
 
         class Broken:
-            def post(self, url, files, timeout):
-                self.files = files
+            def request(self, method, url, data, **kwargs):
                 raise UnicodeEncodeError("ascii", "\xe9", 0, 1, "ordinal not in range(128)")
 
-        broken = Broken()
-        d = WebhookTarget("http://127.0.0.1:9/", client=broken, clock=reactor, timeout=5.0).deliver(
-            directory
-        )
+        before = set(os.listdir("/proc/self/fd"))
+        d = WebhookTarget(
+            "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
+        ).deliver(directory)
         outcome = self.successResultOf(d)
         self.assertIsInstance(outcome, PermanentFailure)
         self.assertIn("UnicodeEncodeError", outcome.why)
-        self.assertTrue(broken.files[1][1][2].closed)
+        self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
 
     @inlineCallbacks
     def test_urlContentTypeNotAscii(self):

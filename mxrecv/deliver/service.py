@@ -177,6 +177,45 @@ class DeliveryService(Service):
         return d.addErrback(failed)
 
 
+def webhookTarget(config: DeliverConfig, *, reactor: Any, pool: ThreadPool) -> WebhookTarget:
+    """
+    The C{url} target: HTTPS verified against the system's CAs and
+    C{ca_file}; a connection per request.
+
+    @raise SystemExit: if the C{ca_file} holds no certificate.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from mxrecv.tls.client import tlsPolicy
+
+    assert config.url is not None
+    try:
+        policy = tlsPolicy(config.ca_file)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mxrecv: deliver.ca_file: {e}") from None
+    agent = Agent(
+        reactor,
+        contextFactory=policy,
+        connectTimeout=config.timeout,
+        pool=HTTPConnectionPool(reactor, persistent=False),
+    )
+    if config.secret is None:
+        log.warn(
+            "[deliver] url without secret_file: the application cannot tell mxrecv's "
+            "requests from anyone else's (make one with `mxrecv webhook-secret`)"
+        )
+    return WebhookTarget(
+        config.url,
+        client=HTTPClient(agent),
+        clock=reactor,
+        timeout=config.timeout,
+        secret=config.secret,
+        reactor=reactor,
+        pool=pool,
+    )
+
+
 def buildDelivery(
     config: DeliverConfig, *, spool: Spool, reactor: Any, pool: ThreadPool, metrics: Metrics
 ) -> DeliveryService:
@@ -196,15 +235,7 @@ def buildDelivery(
             )
         )
     if config.url is not None:
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-        targets.append(
-            WebhookTarget(
-                config.url, client=HTTPClient(agent), clock=reactor, timeout=config.timeout
-            )
-        )
+        targets.append(webhookTarget(config, reactor=reactor, pool=pool))
     if config.postgresql is not None:
         from mxrecv.deliver.postgresql.target import buildTarget
 
