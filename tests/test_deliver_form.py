@@ -6,7 +6,7 @@ back from it is what was put in, and it reads the same twice.
 
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multipart import MultipartSegment, PushMultipartParser
 from twisted.trial.unittest import SynchronousTestCase
@@ -35,6 +35,7 @@ def parse(body: bytes, boundary: bytes):
 
 
 class FormTests(SynchronousTestCase):
+    @settings(deadline=None)
     @given(
         st.lists(
             st.tuples(names, names, contentTypes, st.binary(max_size=3 * CHUNK // 2)),

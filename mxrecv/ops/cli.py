@@ -63,7 +63,8 @@ def checkConfig(path: str, out: TextIO) -> None:
         token = "required for POST" if admin.token else "none"
         out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
-    targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    url = deliver.url and deliver.url + (" (signed)" if deliver.secret else "")
+    targets = [t for t in ("command" if deliver.command else "", url or "") if t]
     if deliver.postgresql is not None:
         from mxrecv.deliver.postgresql.connect import describe
 
