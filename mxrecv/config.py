@@ -10,6 +10,8 @@ its check, and anything unknown is an error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import socket
@@ -78,6 +80,7 @@ class RetrieveConfig:
     backoff_initial: float = 5.0
     backoff_max: float = 600.0
     ca_file: Path | None = None
+    max_window_days: float = 3.0
 
 
 # Operations (issue 7): the admin listener, the log format, delivery.
@@ -308,9 +311,36 @@ def availableCores() -> int:
         return os.cpu_count() or 1
 
 
-def _conninfo(key: str, value: Any) -> str:
-    from mxrecv.deliver.postgresql.connect import parseConninfo
+def parseConninfo(conninfo: str) -> dict[str, str]:
+    """
+    The parameters of a libpq connection string (C{key=value ...} or a
+    C{postgresql://} URI).
 
+    @raise ValueError: if it is not one, or if it holds a password.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError(
+            "needs psycopg, which is not installed: pip install 'mxrecv[postgresql]'"
+        ) from None
+    try:
+        parameters = conninfo_to_dict(conninfo)
+    except ProgrammingError as e:
+        raise ValueError(f"not a libpq connection string: {_firstLine(e)}") from None
+    if "password" in parameters:
+        raise ValueError(
+            "must not hold a password: use postgresql_password_file, or PGPASSFILE"
+        )
+    return {k: str(v) for k, v in parameters.items()}
+
+
+def _firstLine(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _conninfo(key: str, value: Any) -> str:
     _nonEmptyString(key, value)
     try:
         parseConninfo(value)
@@ -389,6 +419,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
             "ca_file": _directory,
+            "max_window_days": _positiveNumber,
         },
     ),
     "admin": (
@@ -528,13 +559,40 @@ def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     _caFile(values, base, "deliver")
     _secretFromFile(values, base, "deliver", "secret", "secret_file")
     if "secret" in values:
-        from mxrecv.deliver.signature import parseSecret
-
         try:
-            values["secret"] = parseSecret(values["secret"])
+            values["secret"] = parseWebhookSecret(values["secret"])
         except ValueError as e:
             raise ConfigError(f"deliver.secret_file: {e}") from None
     return values
+
+
+#: How a webhook secret starts (Standard Webhooks): C{whsec_}, then its key
+#: in base64.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+#: The sizes of key the specification allows, in bytes.
+WEBHOOK_KEY_SIZES = range(24, 65)
+
+
+def parseWebhookSecret(text: str) -> bytes:
+    """
+    The key of a C{whsec_} secret (C{[deliver] secret_file}).
+
+    @raise ValueError: if C{text} is not one, saying why (without the
+        secret).
+    """
+    text = text.strip()
+    if not text.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(
+            f"not a {WEBHOOK_SECRET_PREFIX} secret (make one with `mxrecv webhook-secret`)"
+        )
+    try:
+        key = base64.b64decode(text[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
+    if len(key) not in WEBHOOK_KEY_SIZES:
+        sizes = WEBHOOK_KEY_SIZES
+        raise ValueError(f"its key is {len(key)} bytes; expected {sizes[0]} to {sizes[-1]}")
+    return key
 
 
 def loadConfig(path: str | Path | None) -> Config:

@@ -11,6 +11,7 @@ pools, the spool, the MMS and delivery work, and the edge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IServiceCollection, Service
@@ -86,7 +87,9 @@ def makeService(options: Options, reactor: Any = None) -> Service:
     # The bottom layers: threads, then the spool.
     pool = service.threadPool("mxrecv-io", IO_THREADS)
     spool = service.spool = openSpool(
-        config.spool,
+        config.spool.dir,
+        sync=config.spool.fsync,
+        dedupeSeconds=config.spool.dedupe_days * 86400,
         reactor=reactor,
         pool=pool,
         **({} if worker is None else {"worker": worker.number, "lock": worker.lock}),
@@ -120,6 +123,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
             service.delivery.setServiceParent(parent)
         return mms
 
+    pending: Callable[[str], None]
     if worker is None:
         pending = work(service.work).pending
     else:

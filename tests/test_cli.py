@@ -20,7 +20,7 @@ from mxrecv.deliver.records import Records
 from mxrecv.deliver.signature import KEY_SIZE, parseSecret
 from mxrecv.mms.complete import Completer
 from mxrecv.ops.cli import main
-from mxrecv.spool.layout import FAILED, PENDING, Attempt, undeliverableDocument
+from mxrecv.spool.layout import FAILED, PENDING, Attempt, Attempts, undeliverableDocument
 
 from .running import ANY_PORT, client, run, runningConfig
 from .support import openSpool
@@ -92,7 +92,9 @@ class SpoolCommandTests(TestCase):
         yield self.spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
         completer = Completer(self.spool, reactor=reactor, pool=self.spool._pool)
         yield completer.fail(
-            "m=2F1", "gave up after 3 attempts", [Attempt("2026-11-25T10:00:05Z", "HTTP 500")]
+            "m=2F1",
+            "gave up after 3 attempts",
+            Attempts.of([Attempt("2026-11-25T10:00:05Z", "HTTP 500")]),
         )
 
     def test_list(self):
@@ -149,11 +151,47 @@ class SpoolCommandTests(TestCase):
         """
         code, out, err = command("-c", self.config, "requeue", "m=2F1")
         self.assertEqual((code, err), (0, ""))
+        self.assertEqual(
+            out.splitlines()[0],
+            "failed/m=2F1 -> pending/m=2F1 "
+            "(after 1 attempt; the last, at 2026-11-25T10:00:05Z: HTTP 500)",
+        )
         self.assertFalse((self.spool.dir(FAILED) / "m=2F1").exists())
         document = json.loads((self.spool.dir(PENDING) / "m=2F1" / "message.json").read_bytes())
         self.assertNotIn("error", document)
         self.assertNotIn("attempts", document)
+        self.assertNotIn("attempt_count", document)
         self.assertEqual(document["id"], "m/1")
+
+    @inlineCallbacks
+    def test_requeueAfterManyAttempts(self):
+        """
+        A message given up after many attempts records their count and the
+        last ten; requeue says how many there were and what the last was.
+        """
+        yield self.spool.accept(sms("many").replace(type="mms", message=None), PENDING)
+        attempts = Attempts.of(
+            Attempt(f"2026-11-25T10:{i // 60:02}:{i % 60:02}Z", f"HTTP {400 + i % 2}")
+            for i in range(250)
+        )
+        completer = Completer(self.spool, reactor=reactor, pool=self.spool._pool)
+        yield completer.fail("many", "gave up", attempts)
+        document = json.loads((self.spool.dir(FAILED) / "many" / "message.json").read_bytes())
+        self.assertEqual(document["attempt_count"], 250)
+        self.assertEqual(
+            document["attempts"],
+            [
+                {"at": f"2026-11-25T10:{i // 60:02}:{i % 60:02}Z", "outcome": f"HTTP {400 + i % 2}"}
+                for i in range(240, 250)
+            ],
+        )
+        code, out, err = command("-c", self.config, "requeue", "many")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(
+            out.splitlines()[0],
+            "failed/many -> pending/many "
+            "(after 250 attempts; the last, at 2026-11-25T10:04:09Z: HTTP 401)",
+        )
 
     def test_requeueNotFailed(self):
         code, out, err = command("-c", self.config, "requeue", "a")
@@ -173,7 +211,7 @@ class RequeueNowTests(TestCase):
         spool = openSpool(self, config.spool.dir)
         yield spool.accept(sms("m/1").replace(type="mms", message=None), PENDING)
         completer = Completer(spool, reactor=reactor, pool=spool._pool)
-        yield completer.fail("m=2F1", "gave up", [])
+        yield completer.fail("m=2F1", "gave up", Attempts())
         spool.close()
         running = run(self, config)
         path = Path(self.mktemp())
@@ -206,7 +244,7 @@ class RequeueNowTests(TestCase):
         config = runningConfig(self, admin=AdminConfig(listen=ANY_PORT, token=token))
         spool = openSpool(self, config.spool.dir)
         yield spool.accept(sms("m1").replace(type="mms", message=None), PENDING)
-        yield Completer(spool, reactor=reactor, pool=spool._pool).fail("m1", "gave up", [])
+        yield Completer(spool, reactor=reactor, pool=spool._pool).fail("m1", "gave up", Attempts())
         spool.close()
         running = run(self, config)
         path = Path(self.mktemp())
@@ -251,8 +289,7 @@ class DeadLetterCommandTests(TestCase):
                     target=target,
                     error=f"refused 1 times; the last time: {attempt.outcome}",
                     at=attempt.at,
-                    count=1,
-                    attempts=[attempt],
+                    attempts=Attempts.of([attempt]),
                 ),
             )
 

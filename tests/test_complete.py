@@ -17,7 +17,7 @@ from mxrecv.message.model import Message
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
 from mxrecv.mms.unpack import unpackInto
-from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING, Attempts
 
 from .retrievemms import makeZip
 from .support import (
@@ -99,7 +99,7 @@ class CompleterTests(TestCase):
         directory = spool.dir(PENDING) / "m2"
         for leftover in ("message.json.new", "retrieve.json", "retrieve.json.new"):
             (directory / leftover).write_bytes(b"internal")
-        yield completer.fail("m2", "gave up", [])
+        yield completer.fail("m2", "gave up", Attempts())
         self.assertEqual(
             [p.name for p in (spool.dir(FAILED) / "m2").iterdir()], [MESSAGE_JSON]
         )

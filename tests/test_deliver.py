@@ -18,6 +18,7 @@ from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from mxrecv.deliver.command import CommandTarget
+from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
 from mxrecv.deliver.outcome import PermanentFailure
 from mxrecv.deliver.queue import Deliverer
@@ -26,7 +27,6 @@ from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
-from mxrecv.ops.admin import Check
 
 from .application import Answer, Application
 from .retrievemms import QuietSite
@@ -318,7 +318,7 @@ class DeliveryTests(TestCase):
         self.assertEqual([r.id for r in app.received], ["a", "b", "c", "d", "b", "b"])
         [check] = [c() for c in service.checks()]
         self.assertEqual(
-            check, Check("delivery.url", False, "0 waiting; 1 undeliverable: b", critical=False)
+            check, TargetHealth("url", False, "0 waiting; 1 undeliverable: b")
         )
         yield turnsUntil(lambda: self.records.undeliverable())
         [(_, name, record)] = self.records.undeliverable("url")

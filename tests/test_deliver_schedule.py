@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import RETRY_AFTER_MAX
-from mxrecv.deliver.schedule import ATTEMPTS_KEPT, GaveUp, Policy, Retry, Schedule
+from mxrecv.deliver.schedule import GaveUp, Policy, Retry, Schedule
+from mxrecv.spool.layout import RECENT_ATTEMPTS
 
 OK = Delivered()
 BUSY = TemporaryFailure("HTTP 503")
@@ -97,7 +98,7 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(s.poll(4.0), ["a"])
         gaveUp = s.failed("a", NO, 4.0)
         self.assertIsInstance(gaveUp, GaveUp)
-        self.assertEqual(gaveUp.count, 4)
+        self.assertEqual(gaveUp.attempts.count, 4)
         self.assertEqual(
             [a.outcome for a in gaveUp.attempts], [NO.why, BUSY.why, NO.why, NO.why]
         )
@@ -107,18 +108,18 @@ class ExampleTests(SynchronousTestCase):
 
     def test_attemptsKept(self):
         """
-        Only the last ATTEMPTS_KEPT attempts are kept, but all are counted.
+        Only the last RECENT_ATTEMPTS attempts are kept, but all are counted.
         """
         s = schedule(maxAttempts=1)
         s.add("a", 0)
-        for t in range(ATTEMPTS_KEPT + 5):
+        for t in range(RECENT_ATTEMPTS + 5):
             self.assertEqual(s.poll(float(t * 1000)), ["a"])
             s.failed("a", BUSY, float(t * 1000))
         s.poll(1e9)
         gaveUp = s.failed("a", NO, 1e9)
-        self.assertEqual(gaveUp.count, ATTEMPTS_KEPT + 6)
-        self.assertEqual(len(gaveUp.attempts), ATTEMPTS_KEPT)
-        self.assertEqual(gaveUp.attempts[-1].outcome, NO.why)
+        self.assertEqual(gaveUp.attempts.count, RECENT_ATTEMPTS + 6)
+        self.assertEqual(len(gaveUp.attempts.recent), RECENT_ATTEMPTS)
+        self.assertEqual(gaveUp.attempts.last.outcome, NO.why)
 
     def test_concurrentFailuresCountOnce(self):
         """

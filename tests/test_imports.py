@@ -24,7 +24,6 @@ PURE = (
     "mxrecv.deliver.outcome",
     "mxrecv.deliver.policy",
     "mxrecv.deliver.identity",
-    "mxrecv.deliver.signature",
     "mxrecv.deliver.schedule",
 )
 

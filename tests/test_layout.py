@@ -21,6 +21,7 @@ from mxrecv.spool.layout import (
     PENDING,
     RETRIEVE_JSON,
     Attempt,
+    Attempts,
     Layout,
     RetrieveState,
     failedDocument,
@@ -29,21 +30,26 @@ from mxrecv.spool.layout import (
 
 from .strategies import anyText, jsonValues
 
-attempts = st.lists(st.builds(Attempt, anyText, anyText), max_size=4).map(tuple)
-documents = st.dictionaries(anyText.filter(lambda k: k not in ("error", "attempts")), jsonValues)
+attempts = st.lists(st.builds(Attempt, anyText, anyText), max_size=14).map(Attempts.of)
+documents = st.dictionaries(
+    anyText.filter(lambda k: k not in ("error", "attempts", "attempt_count")), jsonValues
+)
 
 
 class DocumentTests(SynchronousTestCase):
     @given(documents, anyText, attempts)
     def test_failedAndRequeued(self, message, error, tried):
         """
-        A failed message's document is the message's, then C{error} and
-        C{attempts}; requeueing takes exactly those back.
+        A failed message's document is the message's, then C{error},
+        C{attempts} (the last ten) and C{attempt_count}; requeueing takes
+        exactly those back.
         """
         failed = failedDocument(message, error, tried)
-        self.assertEqual(list(failed)[-2:], ["error", "attempts"])
+        self.assertEqual(list(failed)[-3:], ["error", "attempts", "attempt_count"])
         self.assertEqual(failed["error"], error)
-        self.assertEqual([Attempt.fromJSON(a) for a in failed["attempts"]], list(tried))
+        self.assertEqual([Attempt.fromJSON(a) for a in failed["attempts"]], list(tried.recent))
+        self.assertLessEqual(len(failed["attempts"]), 10)
+        self.assertEqual(failed["attempt_count"], tried.count)
         self.assertEqual(requeuedDocument(failed), message)
 
     @given(attempts, st.none() | anyText.filter(bool))
@@ -94,7 +100,7 @@ class MessageDirectoryTests(SynchronousTestCase):
         C{message.json} again and a new retrieval window, and keeps its
         C{retrieve.json} across the move back to C{pending/}.
         """
-        self.pending.fail("gave up", [Attempt("2026-11-25T10:30:05Z", "HTTP 500")])
+        self.pending.fail("gave up", Attempts.of([Attempt("2026-11-25T10:30:05Z", "HTTP 500")]))
         failed = self.pending.finishIn(self.root / FAILED)
         self.assertEqual(failed.path, self.root / FAILED / "m1")
         document = json.loads((failed.path / MESSAGE_JSON).read_bytes())
@@ -112,7 +118,7 @@ class MessageDirectoryTests(SynchronousTestCase):
         Out of C{pending/}, a message takes only what the layout allows:
         its retrieval record and a partial download stay behind, removed.
         """
-        self.pending.writeRetrieveState(RetrieveState((Attempt("t", "HTTP 503"),)))
+        self.pending.writeRetrieveState(RetrieveState(Attempts.of([Attempt("t", "HTTP 503")])))
         self.pending.partialZip.write_bytes(b"PK")
         self.pending.zip.write_bytes(b"PK\x05\x06" + bytes(18))
         self.pending.parts.mkdir()

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -31,7 +31,13 @@ from mxrecv.message.dates import isoFromTimestamp, mxDate
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
-from mxrecv.mms.retrieve import Retriever, expiryOf, makeRetriever, whereRaised
+from mxrecv.mms.retrieve import (
+    Retriever,
+    expiryOf,
+    makeRetriever,
+    retrievalWindow,
+    whereRaised,
+)
 from mxrecv.mms.schedule import Completed, GaveUp
 from mxrecv.ops.cli import requeue
 from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
@@ -936,6 +942,122 @@ class LostTests(RetrieveTestCase):
 
 class RetryTests(RetrieveTestCase):
     @inlineCallbacks
+    def failUntilDone(self, retriever, name, done, attempts=None):
+        """
+        Let each attempt at C{name} fail, advancing the clock to each retry,
+        until it is given up (or, with C{attempts}, that many attempts have
+        failed); return the outcome (or L{None}) and the attempts made.
+        """
+        failures = 0
+        while True:
+            failed = self.log.next(attemptFailed)
+            if failures:
+                wake = retriever.schedule.wakeAt()
+                self.clock.advance(max(0.0, wake - self.clock.seconds()))
+                if name not in retriever.schedule:
+                    # Given up while waiting: no attempt could start in time.
+                    break
+            yield failed
+            failures += 1
+            if failures == attempts:
+                return None, failures
+            if name not in retriever.schedule:
+                break
+        return (yield done), failures
+
+    @inlineCallbacks
+    def oneRequestPerAttempt(self, tls=None, **config):
+        script = [
+            Serve(b"no such id", status=404),
+            Serve(b"<html>Service unavailable</html>"),
+            Serve(b"x" * 100_000, status=500),
+            Serve(b"<html>Busy</html>", status=503),
+            Serve(b"<html>" + b"x" * 200_000),
+        ]
+        standIn, url = self.standIn(script, tls=tls)
+        retriever = self.retriever(url, backoff_initial=1.0, backoff_max=1.0, **config)
+        name = yield self.pend("once-each")
+        done = retriever.whenDone(name)
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        outcomes = [(yield failed)["outcome"]]
+        for _ in range(4):
+            failed = self.log.next(attemptFailed)
+            self.clock.advance(1.0)
+            outcomes.append((yield failed)["outcome"])
+        self.clock.advance(1.0)
+        self.assertIsInstance((yield done), Completed)
+        self.assertEqual(
+            outcomes,
+            ["HTTP 404", "HTTP 200 but the body is not a zip", "HTTP 500", "HTTP 503",
+             "HTTP 200 but the body is not a zip"],
+        )
+        self.assertEqual(len(standIn.requests), 6)
+
+    def test_oneRequestPerAttempt(self):
+        """
+        Each attempt sends RetrieveMMS one request, also after answers that
+        were refused before the end of their body, however much of it was
+        in already (an error page, a page that is not a zip): their
+        connection, closing, is not kept for the next attempt.
+        """
+        return self.oneRequestPerAttempt()
+
+    def test_oneRequestPerAttemptHTTPS(self):
+        """
+        Over HTTPS too, where the connection that closes is under TLS.
+        """
+        ca = TestCA.make()
+        caFile = Path(self.mktemp())
+        caFile.write_bytes(ca.pem)
+        return self.oneRequestPerAttempt(tls=ca, ca_file=caFile)
+
+    @inlineCallbacks
+    def test_retrievalWindowCapped(self):
+        """
+        An MMS whose expiry is centuries away (9999-12-31) and whose
+        RetrieveMMS keeps answering 404 is tried only for [retrieve]
+        max_window_days after it was received, then goes to failed/.  Its
+        record stays bounded however many attempts it took: the count of
+        them and the last ten, in retrieve.json (across a restart) as in
+        failed/NAME/message.json.
+        """
+        standIn, url = self.standIn()
+        standIn.default = Serve(b"no such id", status=404)
+        window = 600.0 / 86400
+        retriever = self.retriever(url, backoff_initial=5.0, backoff_max=40.0, max_window_days=window)
+        name = yield self.pend("forever", expiresIn=None)
+        message = self.spool.dir(PENDING) / name / "message.json"
+        document = json.loads(message.read_bytes())
+        document["expiry"] = "9999-12-31 23:59:59"
+        message.write_bytes(json.dumps(document).encode())
+        done = retriever.whenDone(name)
+        retriever(name)
+        yield self.failUntilDone(retriever, name, done, attempts=12)
+        yield retriever.stop()
+        state = json.loads((self.spool.dir(PENDING) / name / RETRIEVE_JSON).read_bytes())
+        self.assertEqual(state["attempt_count"], 12)
+        self.assertEqual(len(state["attempts"]), 10)
+        self.assertEqual(state["attempts"][-1]["outcome"], "HTTP 404")
+
+        second = self.retriever(url, backoff_initial=5.0, backoff_max=40.0, max_window_days=window)
+        done = second.whenDone(name)
+        second(name)
+        outcome, more = yield self.failUntilDone(second, name, done)
+        self.assertIsInstance(outcome, GaveUp)
+        self.assertLessEqual(self.clock.seconds(), NOW + 600.0)
+        count = 12 + more
+        self.assertGreater(more, 1)
+        document = self.document(FAILED, name)
+        self.assertEqual(document["attempt_count"], count)
+        self.assertEqual(len(document["attempts"]), 10)
+        self.assertEqual(
+            document["error"],
+            "not downloaded from RetrieveMMS before the end of its retrieval window "
+            f"({isoFromTimestamp(NOW + 600.0)}) after {count} attempts; the last one: HTTP 404",
+        )
+
+    @inlineCallbacks
     def test_backoff(self):
         """
         Failures are retried after backoff_initial, then twice as long; the
@@ -1089,7 +1211,9 @@ class RequeueTests(RetrieveTestCase):
         self.clock.advance(60.0)
         requeue(self.root, name, io.StringIO(), now=self.clock.seconds())
         state = json.loads((self.spool.dir(PENDING) / name / RETRIEVE_JSON).read_bytes())
-        self.assertEqual(state, {"attempts": [], "requeued": isoFromTimestamp(NOW + 60)})
+        self.assertEqual(
+            state, {"attempts": [], "attempt_count": 0, "requeued": isoFromTimestamp(NOW + 60)}
+        )
         failed = self.log.next(attemptFailed)
         retriever(name)
         yield failed
@@ -1193,6 +1317,31 @@ class ExpiryTests(TestCase):
         self.assertEqual(
             expiryOf(self.message("2026-07-01 12:00:00 +0000"), LONDON),
             datetime(2026, 7, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp(),
+        )
+
+    def test_windowCapped(self):
+        """
+        An MMS is tried until its expiry, but never more than the maximum
+        window after it was received; a requeue gives it at least an hour
+        from the requeue.
+        """
+        received = datetime(2026, 11, 25, 10, 0, 1, tzinfo=timezone.utc).timestamp()
+        days = timedelta(days=3)
+        self.assertEqual(
+            retrievalWindow(self.message("9999-12-31 23:59:59"), LONDON, days),
+            (received + 3 * 86400, "the end of its retrieval window"),
+        )
+        self.assertEqual(
+            retrievalWindow(self.message("2026-11-26 10:00:01 +0000"), LONDON, days),
+            (received + 86400, "its expiry"),
+        )
+        self.assertEqual(
+            retrievalWindow(self.message(None), LONDON, days, "2026-12-01T00:00:00.000Z"),
+            (datetime(2026, 12, 1, 1, tzinfo=timezone.utc).timestamp(), "the end of its requeue window"),
+        )
+        self.assertEqual(
+            retrievalWindow(self.message(None), LONDON, days, "2026-11-25T10:30:00.000Z"),
+            (received + 86400, "its expiry"),
         )
 
     def test_noExpiry(self):

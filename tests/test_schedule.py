@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
-from mxrecv.spool.layout import Attempt
+from mxrecv.spool.layout import Attempt, Attempts
 
 
 def schedule(random: float = 0.0, **policy) -> Schedule:
@@ -35,6 +35,53 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(policy.delay(1, 0.5), 7.0)
         self.assertAlmostEqual(policy.delay(1, 0.999999), 6.0, places=4)
         self.assertEqual(policy.delay(100, 0.0), 600.0)
+
+
+class AttemptsTests(SynchronousTestCase):
+    @given(st.integers(0, 60))
+    def test_bounded(self, n: int) -> None:
+        """
+        However many attempts are added, the record counts them all and
+        keeps the last ten, in order.
+        """
+        attempts = Attempts()
+        for i in range(n):
+            attempts = attempts.add(Attempt(str(i), f"HTTP {i}"))
+        self.assertEqual(attempts.count, n)
+        self.assertEqual([a.at for a in attempts], [str(i) for i in range(max(0, n - 10), n)])
+        self.assertEqual(Attempts.fromJSON(attempts.toJSON()), attempts)
+
+    def test_olderRecord(self) -> None:
+        """
+        A record written before attempts were counted (every attempt
+        listed) is read as their count and the last ten.
+        """
+        listed = [{"at": str(i), "outcome": "HTTP 404"} for i in range(25)]
+        attempts = Attempts.fromJSON({"attempts": listed})
+        self.assertEqual(attempts.count, 25)
+        self.assertEqual([a.at for a in attempts], [str(i) for i in range(15, 25)])
+        self.assertRaises(ValueError, Attempts.fromJSON, {"attempts": [{"at": "x"}]})
+        self.assertRaises(ValueError, Attempts.fromJSON, {"attempts": [{"at": 1, "outcome": 2}]})
+        self.assertRaises(ValueError, Attempts.fromJSON, {})
+
+    def test_scheduleKeepsItBounded(self) -> None:
+        """
+        The queue's record of a message tried many times stays bounded; the
+        backoff and the sentence of a message given up count every attempt.
+        """
+        s = schedule(timeout=1.0, backoffInitial=1.0, backoffMax=1.0)
+        s.add("a", 1000.0)
+        now = 0.0
+        for i in range(30):
+            [start] = s.poll(now)
+            self.assertIsNone(s.failed("a", now + 0.5, "HTTP 404"))
+            now += 1.5
+        self.assertEqual(s.attempts("a").count, 30)
+        self.assertEqual(len(s.attempts("a").recent), 10)
+        s.poll(now)
+        gaveUp = s.failed("a", 1000.0 - 0.1, "HTTP 404")
+        self.assertIn("after 31 attempts; the last one: HTTP 404", gaveUp.error)
+        self.assertEqual(gaveUp.attempts.count, 31)
 
 
 class ScheduleTests(SynchronousTestCase):
@@ -151,7 +198,7 @@ class ScheduleTests(SynchronousTestCase):
         [decision] = s.poll(50.0)
         self.assertIsInstance(decision, GaveUp)
         self.assertEqual(decision.name, "waiter")
-        self.assertEqual(decision.attempts, ())
+        self.assertEqual(decision.attempts, Attempts())
         self.assertIn("0 attempts", decision.error)
         self.assertIsNone(s.wakeAt())
         self.assertEqual(s.inFlight, 1)
@@ -273,4 +320,4 @@ class SchedulePropertyTests(SynchronousTestCase):
         self.assertEqual(len(s), 0)
         for name, outcome in ended.items():
             if isinstance(outcome, GaveUp):
-                self.assertEqual(len(outcome.attempts), failures.get(name, 0))
+                self.assertEqual(outcome.attempts.count, failures.get(name, 0))

@@ -1,6 +1,5 @@
 import json
 import os
-import time
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -10,10 +9,19 @@ from twisted.trial.unittest import TestCase
 
 from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
-from mxrecv.spool.seen import SeenIndex
-from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked
+from mxrecv.spool.seen import Claim, SeenIndex
+from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked, claimSpool
+from mxrecv.testing.seen import generateIndex
 
-from .support import exampleMessage, fillUp, openSpool, smallFilesystem, startedPool
+from .support import (
+    DrivenPool,
+    exampleMessage,
+    fillUp,
+    openSpool,
+    reactorTurns,
+    smallFilesystem,
+    startedPool,
+)
 
 
 def sms(messageId: str = "mx-1", text: str = "Hello") -> Message:
@@ -111,8 +119,8 @@ class AcceptTests(TestCase):
         results = yield gatherResults([spool.accept(sms(i)) for i in ids])
         self.assertEqual({r.name for r in results}, set(ids))
         self.assertEqual(contents(spool.dir(NEW)), sorted(ids))
-        journal = (spool.dir("state") / "seen").read_text().split()
-        self.assertEqual(sorted(journal[1::2]), sorted(ids))
+        seen = yield gatherResults([spool.isSeen(i) for i in ids])
+        self.assertEqual(set(seen), {True})
 
     @inlineCallbacks
     def test_unwritable(self):
@@ -127,7 +135,7 @@ class AcceptTests(TestCase):
         new.write_bytes(b"not a directory")
         yield self.assertFailure(spool.accept(sms()), SpoolError)
         self.assertEqual(contents(spool.dir("tmp")), [])
-        self.assertFalse(spool.isSeen("mx-1"))
+        self.assertFalse((yield spool.isSeen("mx-1")))
         new.unlink()
         new.mkdir()
         accepted = yield spool.accept(sms())
@@ -151,94 +159,26 @@ class AcceptTests(TestCase):
         self.assertFalse(accepted.duplicate)
         self.assertEqual(contents(spool.dir(NEW)), ["mx-1"])
 
-    def fullButOnePage(self, journalSize: int):
+    @inlineCallbacks
+    def test_indexFull(self):
         """
-        A spool on a small filesystem whose journal is C{journalSize} bytes,
-        then filled up but for one page: a message's message.json takes that
-        page, so the rename into new/ works and the journal append fails.
+        When the message is written but its id cannot be marked seen (the
+        index's transaction finds the disk full), the callback is refused
+        with SpoolError, the message is not put in new/ and nothing is left
+        in tmp/; once there is room the retry is stored.
         """
         root = smallFilesystem(self, "256k")
-        (root / "spool" / "state").mkdir(parents=True)
-        head = b"%d " % int(time.time())
-        padding = head + b"p" * (journalSize - len(head) - 1) + b"\n"
-        (root / "spool" / "state" / "seen").write_bytes(padding)
         spool = openSpool(self, root / "spool")
-        self.assertEqual((root / "spool" / "state" / "seen").stat().st_size, journalSize)
-        return spool, fillUp(root, leave=4096)
-
-    def journal(self, spool: Spool) -> list[bytes]:
-        return (spool.dir("state") / "seen").read_bytes().split(b"\n")
-
-    @inlineCallbacks
-    def test_journalFullMessageStored(self):
-        """
-        A message that is durable in new/ when only its journal line cannot
-        be written is accepted (the 200 is due: it is stored, and a 503 would
-        have MX Telecom send it again), and its line is written with the next
-        group once there is room.
-        """
-        spool, filler = self.fullButOnePage(4096 - 5)
+        filler = fillUp(root, leave=4096)
+        failure = yield self.assertFailure(spool.accept(sms("mx-1")), SpoolError)
+        self.assertIn("seen.sqlite", str(failure))
+        self.assertEqual(contents(spool.dir(NEW)), [])
+        self.assertEqual(contents(spool.dir("tmp")), [])
+        self.assertFalse((yield spool.isSeen("mx-1")))
+        filler.unlink()
         accepted = yield spool.accept(sms("mx-1"))
         self.assertEqual(accepted, Accepted("mx-1", duplicate=False))
         self.assertEqual(contents(spool.dir(NEW)), ["mx-1"])
-        self.assertNotIn(b"mx-1", b"\n".join(self.journal(spool)))
-        again = yield spool.accept(sms("mx-1"))
-        self.assertTrue(again.duplicate)
-        filler.unlink()
-        yield spool.accept(sms("mx-2"))
-        names = [line.split(b" ")[1] for line in self.journal(spool)[1:] if line]
-        self.assertEqual(names, [b"mx-1", b"mx-2"])
-
-    @inlineCallbacks
-    def test_unjournaledWrittenAtClose(self):
-        """
-        An id kept out of the journal by a full disk is written when the
-        spool closes (a clean stop before any other commit), so that after a
-        restart a retry is still a duplicate once the application has taken
-        the message.
-        """
-        spool, filler = self.fullButOnePage(4096 - 5)
-        yield spool.accept(sms("mx-1"))
-        filler.unlink()
-        spool.close()
-        os.rename(spool.dir(NEW) / "mx-1", spool.dir("cur") / "mx-1")
-        reopened = openSpool(self, spool.root)
-        again = yield reopened.accept(sms("mx-1"))
-        self.assertTrue(again.duplicate)
-
-    @inlineCallbacks
-    def test_unjournaledAtCloseStillFull(self):
-        """
-        When the disk is still full at close, the error is logged and the
-        spool's lock released all the same.
-        """
-        spool, filler = self.fullButOnePage(4096 - 5)
-        yield spool.accept(sms("mx-1"))
-        spool.close()
-        filler.unlink()
-        reopened = openSpool(self, spool.root)
-        self.assertEqual(contents(reopened.dir(NEW)), ["mx-1"])
-
-    @inlineCallbacks
-    def test_shortJournalWriteCutBack(self):
-        """
-        A journal append cut short by a full disk is cut back to its last
-        whole line: the next line is not glued to a fragment, and both ids
-        are remembered after a restart, after the application has taken
-        their messages.
-        """
-        spool, filler = self.fullButOnePage(4096 - 12)
-        yield spool.accept(sms("mx-1"))
-        filler.unlink()
-        yield spool.accept(sms("mx-2"))
-        spool.close()
-        for name in ("mx-1", "mx-2"):
-            os.rename(spool.dir(NEW) / name, spool.dir("cur") / name)
-        reopened = openSpool(self, spool.root)
-        for name in ("mx-1", "mx-2"):
-            accepted = yield reopened.accept(sms(name))
-            self.assertTrue(accepted.duplicate, name)
-        self.assertEqual(contents(reopened.dir(NEW)), [])
 
     def test_rejectsSecondProcess(self):
         spool = openSpool(self)
@@ -267,11 +207,10 @@ class RestartTests(TestCase):
         self.assertFalse((yield second.accept(sms("c"))).duplicate)
 
     @inlineCallbacks
-    def test_startUpCleansTmpAndReadsDirectories(self):
+    def test_startUpCleansTmp(self):
         """
-        At start-up tmp/ is emptied, a torn journal line is ignored, and a
-        message present in new/ but missing from the journal (a crash between
-        rename and journal) counts as seen.
+        At start-up tmp/ is emptied: what was being received when the server
+        stopped was never acknowledged, and its id is not seen.
         """
         root = Path(self.mktemp())
         first = openSpool(self, root)
@@ -279,19 +218,16 @@ class RestartTests(TestCase):
         first.close()
         (root / "tmp" / "in.leftover").mkdir()
         (root / "tmp" / "in.leftover" / "message.json").write_bytes(b"{")
-        (root / NEW / "crashed").mkdir()
-        with (root / "state" / "seen").open("ab") as f:
-            f.write(b"17000")
         second = openSpool(self, root)
         self.assertEqual(contents(root / "tmp"), [])
-        self.assertTrue(second.isSeen("a"))
-        self.assertTrue(second.isSeen("crashed"))
+        self.assertTrue((yield second.isSeen("a")))
+        self.assertFalse((yield second.isSeen("leftover")))
 
     @inlineCallbacks
     def test_prune(self):
         """
-        Ids older than the dedupe window are forgotten, in memory and in the
-        journal; younger ones are kept.
+        Ids older than the dedupe window are forgotten; younger ones are
+        kept, and stay kept after a restart.
         """
         clock = Clock()
         clock.advance(1_800_000_000)
@@ -303,21 +239,12 @@ class RestartTests(TestCase):
         clock.advance(86400 + 1)
         forgotten = yield spool.prune()
         self.assertEqual(forgotten, 1)
-        self.assertFalse(spool.isSeen("old"))
-        self.assertTrue(spool.isSeen("young"))
-        journal = (root / "state" / "seen").read_text()
-        self.assertNotIn("old", journal)
-        self.assertIn("young", journal)
+        self.assertFalse((yield spool.isSeen("old")))
+        self.assertTrue((yield spool.isSeen("young")))
         spool.close()
-        # The journal is appended to after a prune; "old" stays forgotten
-        # once the application has taken it out of new/.
-        (root / NEW / "old" / "message.json").unlink()
-        (root / NEW / "old").rmdir()
         again = openSpool(self, root, clock=clock)
-        yield again.accept(sms("later"))
         self.assertEqual(
-            [line.split()[1] for line in (root / "state" / "seen").read_text().splitlines()],
-            ["young", "later"],
+            (yield gatherResults([again.isSeen("old"), again.isSeen("young")])), [False, True]
         )
 
     def test_messageJsonKeys(self):
@@ -334,50 +261,214 @@ class RestartTests(TestCase):
 
 
 
-class PruneFailureTests(TestCase):
-    @inlineCallbacks
-    def test_failedPruneFailsOnlyThePrune(self):
+class PruneTests(TestCase):
+    def oldIds(self, count: int) -> tuple[Clock, Path]:
         """
-        A prune that cannot rewrite the journal fails alone: messages
-        committed with it and after it are accepted, and journaled.
+        A spool whose index holds C{count} ids accepted more than the dedupe
+        window ago, and the clock of now.
         """
         clock = Clock()
         clock.advance(1_800_000_000)
         root = Path(self.mktemp())
-        spool = openSpool(self, root, clock=clock)
-        (root / "state" / "seen.new").mkdir()
-        pruned = spool.prune()
-        during = spool.accept(sms("during"))
-        yield self.assertFailure(pruned, OSError)
-        self.assertFalse((yield during).duplicate)
-        self.assertFalse((yield spool.accept(sms("after"))).duplicate)
-        (root / "state" / "seen.new").rmdir()
-        spool.close()
-        for name in ("during", "after"):
-            for f in (root / NEW / name).iterdir():
-                f.unlink()
-            (root / NEW / name).rmdir()
-        again = openSpool(self, root, clock=clock)
-        self.assertTrue(again.isSeen("during"))
-        self.assertTrue(again.isSeen("after"))
+        (root / "state").mkdir(parents=True)
+        generateIndex(
+            root / "state" / "seen.sqlite",
+            count,
+            oldest=clock.seconds() - 9 * 86400,
+            newest=clock.seconds() - 8 * 86400,
+        )
+        return clock, root
 
-    def test_rewriteKeepsJournaledNames(self):
+    @inlineCallbacks
+    def test_inChunks(self):
         """
-        A prune keeps what the journal holds, not only what memory knows:
-        the names of the group committed with the prune are journaled
-        before the reactor learns of them.
+        With no callbacks coming in, a prune forgets the old ids a chunk per
+        transaction, and fires with how many it forgot.
         """
-        path = Path(self.mktemp())
-        index = SeenIndex(path, keepSeconds=100)
-        index.load(1000.0)
-        index.append([("journaled", 1000.0), ("old", 800.0)])
-        self.assertNotIn("journaled", index)
-        cutoff = index.rewrite(1050.0)
-        self.assertEqual(path.read_text().split(), ["1000", "journaled"])
-        index.add("journaled", 1000.0)
-        index.add("old", 800.0)
-        self.assertEqual(index.forget(cutoff), 1)
-        self.assertIn("journaled", index)
-        index.append([("later", 1060.0)])
+        clock, root = self.oldIds(10)
+        spool = openSpool(self, root, clock=clock, pruneChunk=3)
+        forgotten = yield spool.prune()
+        self.assertEqual(forgotten, 10)
+        self.assertFalse((yield spool.isSeen("g000000000000")))
+
+    @inlineCallbacks
+    def test_callbacksDuringPrune(self):
+        """
+        Callbacks accepted while a prune is under way are stored and stay
+        seen; a second prune asked for meanwhile joins the first.
+        """
+        clock, root = self.oldIds(50)
+        spool = openSpool(self, root, clock=clock, pruneChunk=2)
+        first = spool.prune()
+        accepted = yield gatherResults([spool.accept(sms(f"during-{i}")) for i in range(20)])
+        second = spool.prune()
+        self.assertEqual((yield first), 50)
+        self.assertEqual((yield second), 50)
+        self.assertEqual({a.duplicate for a in accepted}, {False})
+        seen = yield gatherResults([spool.isSeen(f"during-{i}") for i in range(20)])
+        self.assertEqual(set(seen), {True})
+        self.assertEqual(len(contents(spool.dir(NEW))), 20)
+
+    @inlineCallbacks
+    def test_closeEndsPrune(self):
+        """
+        Closing the spool ends a prune under way with what it forgot so far.
+        """
+        clock, root = self.oldIds(10)
+        spool = openSpool(self, root, clock=clock, pruneChunk=3)
+        pruned = spool.prune()
+        yield spool.whenIdle()
+        spool.close()
+        self.assertEqual((yield pruned), 3)
+
+
+class CrashWindowTests(TestCase):
+    """
+    A crash at each point of a group commit, the application taking what is
+    in new/ meanwhile: the id is seen if and only if its message is stored,
+    once.  The commit's blocking steps run in a pool the test drives; the
+    crash is the spool closing (its lock and index released, as the kernel
+    would) with the rest of its steps never run.
+    """
+
+    def drivenSpool(self, root: Path) -> tuple[Spool, DrivenPool]:
+        pool = DrivenPool()
+        spool = Spool(root, reactor=reactor, pool=pool)
+        spool.open()
+        self.addCleanup(spool.close)
+        return spool, pool
+
+    def stored(self, root: Path, name: str) -> list[str]:
+        """
+        The texts of the copies of message C{name} in new/ and cur/.
+        """
+        return [
+            Message.decode((root / where / name / "message.json").read_bytes()).message
+            for where in (NEW, "cur")
+            if (root / where / name).is_dir()
+        ]
+
+    @inlineCallbacks
+    def test_beforeClaim(self):
+        """
+        Written but not yet marked seen: rolled back at start-up, and the
+        retry is stored.
+        """
+        root = Path(self.mktemp())
+        spool, pool = self.drivenSpool(root)
+        spool.accept(sms("a", text="first"))
+        yield pool.run("_prepare")
+        self.assertEqual(len(contents(root / "tmp")), 1)
+        spool.close()
+        again = openSpool(self, root)
+        self.assertEqual(contents(root / "tmp"), [])
+        self.assertFalse((yield again.isSeen("a")))
+        self.assertFalse((yield again.accept(sms("a", text="retry"))).duplicate)
+        self.assertEqual(self.stored(root, "a"), ["retry"])
+
+    @inlineCallbacks
+    def test_afterClaim(self):
+        """
+        Marked seen, not yet renamed into new/: another process's retry is
+        a duplicate already, and start-up rolls the message forward.
+        """
+        root = Path(self.mktemp())
+        spool, pool = self.drivenSpool(root)
+        accepted = spool.accept(sms("a", text="first"))
+        yield pool.run("_prepare", "_claimGroup")
+        self.assertEqual(contents(root / NEW), [])
+        other = SeenIndex(root / "state" / "seen.sqlite", root / "state" / "seen.lock")
+        other.open()
+        self.assertEqual(other.claim([Claim("a", "tmp/in.x", NEW, 0.0)])[0], set())
+        other.close()
+        spool.close()
+        again = openSpool(self, root)
+        self.assertEqual(self.stored(root, "a"), ["first"])
+        self.assertEqual(contents(root / "tmp"), [])
+        self.assertTrue((yield again.accept(sms("a", text="retry"))).duplicate)
+        self.assertEqual(self.stored(root, "a"), ["first"])
+        self.assertFalse(accepted.called)
+
+    @inlineCallbacks
+    def test_afterRename(self):
+        """
+        Renamed into new/ and taken by the application before the staged
+        row went: start-up leaves it alone, and the retry is a duplicate.
+        """
+        root = Path(self.mktemp())
+        spool, pool = self.drivenSpool(root)
+        spool.accept(sms("a", text="first"))
+        yield pool.run("_prepare", "_claimGroup", "_placeGroup")
+        os.rename(root / NEW / "a", root / "cur" / "a")
+        spool.close()
+        index = SeenIndex(root / "state" / "seen.sqlite", root / "state" / "seen.lock")
+        index.open()
+        self.assertEqual([c.name for c in index.staged()], ["a"])
         index.close()
-        self.assertEqual(path.read_text().split(), ["1000", "journaled", "1060", "later"])
+        again = openSpool(self, root)
+        self.assertEqual(contents(root / NEW), [])
+        self.assertTrue((yield again.accept(sms("a", text="retry"))).duplicate)
+        self.assertEqual(self.stored(root, "a"), ["first"])
+        again.close()
+        index.open()
+        self.assertEqual(index.staged(), [])
+        index.close()
+
+    @inlineCallbacks
+    def test_rollForwardRetried(self):
+        """
+        A message that start-up cannot roll forward stays staged (its id
+        seen) and is put in place with the next group commit.
+        """
+        root = Path(self.mktemp())
+        spool, pool = self.drivenSpool(root)
+        spool.accept(sms("a", text="first"))
+        yield pool.run("_prepare", "_claimGroup")
+        spool.close()
+        (root / NEW / "a").write_bytes(b"in the way")
+        again = openSpool(self, root)
+        self.assertEqual(len(contents(root / "tmp")), 1)
+        landed = []
+        again.observeNew(landed.append)
+        (root / NEW / "a").unlink()
+        yield again.accept(sms("b"))
+        # Observers hear of new messages after the acks of the group.
+        yield reactorTurns(1)
+        self.assertEqual(contents(root / NEW), ["a", "b"])
+        self.assertEqual(self.stored(root, "a"), ["first"])
+        self.assertEqual(sorted(landed), ["a", "b"])
+        self.assertEqual(contents(root / "tmp"), [])
+
+    @inlineCallbacks
+    def test_workers(self):
+        """
+        With several worker processes on one spool, a worker that starts
+        again rolls forward its own staged messages only (another worker's
+        may be mid-commit), and a server claiming the spool rolls forward
+        every process's.
+        """
+        root = Path(self.mktemp())
+        lock = claimSpool(root)
+
+        def worker(number: int, pool) -> Spool:
+            spool = Spool(root, reactor=reactor, pool=pool, worker=number)
+            spool.open(lock=os.dup(lock))
+            self.addCleanup(spool.close)
+            return spool
+
+        pools = [DrivenPool(), DrivenPool()]
+        first, second = worker(0, pools[0]), worker(1, pools[1])
+        first.accept(sms("a", text="from 0"))
+        second.accept(sms("b", text="from 1"))
+        for pool in pools:
+            yield pool.run("_prepare", "_claimGroup")
+        first.close()
+        worker(0, startedPool(self)).close()
+        self.assertEqual(contents(root / NEW), ["a"])
+        self.assertEqual([p.name for p in (root / "tmp").iterdir()], ["w1.in.1"])
+        second.close()
+        os.close(lock)
+        self.addCleanup(os.close, claimSpool(root))
+        self.assertEqual(contents(root / NEW), ["a", "b"])
+        self.assertEqual(self.stored(root, "b"), ["from 1"])
+        self.assertEqual(contents(root / "tmp"), [])

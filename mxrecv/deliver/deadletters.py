@@ -15,7 +15,9 @@ up again (L{mxrecv.deliver.queue.Deliverer.add}).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -25,7 +27,6 @@ from mxrecv.config import DeliverConfig
 from mxrecv.deliver.records import Records
 from mxrecv.deliver.schedule import Failing
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.ops.admin import Check
 
 #: Dead letters named in a health check's detail.
 NAMED = 5
@@ -47,7 +48,21 @@ def targetNames(config: DeliverConfig) -> list[str]:
     ]
 
 
-def targetCheck(
+@frozen
+class TargetHealth:
+    """
+    The health of one target (the admin listener's check C{delivery.TARGET},
+    L{mxrecv.ops.admin.deliveryCheck}): failing while it has dead letters or
+    fails temporarily, but not critical: a target's trouble does not stop
+    mxrecv from taking callbacks, and keeping them.
+    """
+
+    target: str
+    ok: bool
+    detail: str
+
+
+def targetHealth(
     target: str,
     dead: Sequence[str],
     *,
@@ -55,11 +70,9 @@ def targetCheck(
     backlog: int | None = None,
     waited: float | None = None,
     failing: Failing | None = None,
-) -> Check:
+) -> TargetHealth:
     """
-    The health of one target (C{delivery.TARGET}): failing while it has
-    dead letters or fails temporarily.  Not critical: a target's trouble
-    does not stop mxrecv from taking callbacks, and keeping them.
+    The health of one target, from what is known of it.
 
     @param backlog: messages waiting (unknown where delivery runs in
         another process).
@@ -81,12 +94,7 @@ def targetCheck(
         if len(names) > NAMED:
             named += f" and {len(names) - NAMED} more"
         parts.append(f"{len(names)} undeliverable: {named}")
-    return Check(
-        f"delivery.{target}",
-        failing is None and not dead,
-        "; ".join(parts) or "no dead letters",
-        critical=False,
-    )
+    return TargetHealth(target, failing is None and not dead, "; ".join(parts) or "no dead letters")
 
 
 class DeadLetters:
@@ -137,15 +145,15 @@ class DeadLetters:
 
         return d.addCallback(removed)
 
-    def checks(self) -> list[Callable[[], Deferred[Check]]]:
+    def checks(self) -> list[Callable[[], Deferred[TargetHealth]]]:
         """
         A health check per target, from the records on disk (where delivery
         runs in another process, these are all there is to know here).
         """
-        return [lambda t=t: self._check(t) for t in self._targets]
+        return [partial(self._check, t) for t in self._targets]
 
-    def _check(self, target: str) -> Deferred[Check]:
+    def _check(self, target: str) -> Deferred[TargetHealth]:
         d = deferToThreadPool(
             self._reactor, self._pool, self._records.undeliverableNames, target
         )
-        return d.addCallback(lambda dead: targetCheck(target, dead, now=self._now()))
+        return d.addCallback(lambda dead: targetHealth(target, dead, now=self._now()))

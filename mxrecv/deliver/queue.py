@@ -325,7 +325,6 @@ class Deliverer:
             target=self.target.name,
             error=gaveUp.error,
             at=isoFromTimestamp(now),
-            count=gaveUp.count,
             attempts=gaveUp.attempts,
         )
         d = self._inThread(self._records.markUndeliverable, self.target.name, name, record)

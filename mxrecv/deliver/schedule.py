@@ -24,7 +24,6 @@ Times are POSIX seconds from the caller's clock.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Iterable
 
 from attrs import frozen
@@ -32,11 +31,7 @@ from attrs import frozen
 from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import RETRY_AFTER_MAX, retryDelay
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.spool.layout import Attempt
-
-#: Attempts of one message kept for its record (the last ones): a target
-#: down for a day would otherwise make thousands.
-ATTEMPTS_KEPT = 20
+from mxrecv.spool.layout import Attempt, Attempts
 
 
 @frozen
@@ -61,14 +56,13 @@ class GaveUp:
     A message refused C{maxAttempts} times: a dead letter.
 
     @ivar error: a sentence for its record.
-    @ivar attempts: the last L{ATTEMPTS_KEPT} attempts.
-    @ivar count: how many attempts there were.
+    @ivar attempts: how many attempts there were, and the last ones (a
+        target down for a day makes thousands).
     """
 
     name: str
     error: str
-    attempts: tuple[Attempt, ...]
-    count: int
+    attempts: Attempts
 
 
 @frozen
@@ -98,14 +92,13 @@ class Failing:
 
 
 class _Job:
-    __slots__ = ("name", "order", "since", "attempts", "count", "refusals", "state")
+    __slots__ = ("name", "order", "since", "attempts", "refusals", "state")
 
     def __init__(self, name: str, order: int, since: float) -> None:
         self.name = name
         self.order = order
         self.since = since
-        self.attempts: deque[Attempt] = deque(maxlen=ATTEMPTS_KEPT)
-        self.count = 0
+        self.attempts = Attempts()
         self.refusals = 0
         self.state = "ready"
 
@@ -211,8 +204,7 @@ class Schedule:
         """
         job = self._finish(name)
         assert isinstance(outcome, TemporaryFailure | PermanentFailure)
-        job.attempts.append(Attempt(isoFromTimestamp(now), outcome.why))
-        job.count += 1
+        job.attempts = job.attempts.add(Attempt(isoFromTimestamp(now), outcome.why))
         if isinstance(outcome, TemporaryFailure):
             self._pause(outcome, now)
             job.state = "ready"
@@ -226,8 +218,7 @@ class Schedule:
             return GaveUp(
                 name,
                 f"refused {job.refusals} times; the last time: {outcome.why}",
-                tuple(job.attempts),
-                job.count,
+                job.attempts,
             )
         p = self.policy
         retryAt = now + retryDelay(job.refusals, p.backoffInitial, p.backoffMax)
@@ -235,8 +226,8 @@ class Schedule:
         heapq.heappush(self._aside, (retryAt, job.order, name))
         return Retry(name, retryAt, job.refusals)
 
-    def attempts(self, name: str) -> tuple[Attempt, ...]:
-        return tuple(self._jobs[name].attempts)
+    def attempts(self, name: str) -> Attempts:
+        return self._jobs[name].attempts
 
     def oldest(self) -> float | None:
         """

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any, Protocol
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -35,23 +36,36 @@ from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import DeliverConfig
 from mxrecv.deliver.command import CommandTarget
-from mxrecv.deliver.deadletters import DeadLetters, targetCheck, targetNames
+from mxrecv.deliver.deadletters import DeadLetters, TargetHealth, targetHealth, targetNames
 from mxrecv.deliver.interfaces import ITarget
-from mxrecv.deliver.queue import Deliverer
+from mxrecv.deliver.queue import Deliverer, DeliveryState
 from mxrecv.deliver.records import Records, Scan
 from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.webhook import WebhookTarget
-from mxrecv.ops.admin import Check
 from mxrecv.spool.layout import NEW
 from mxrecv.spool.store import Spool
-
-if TYPE_CHECKING:
-    from mxrecv.ops.metrics import Metrics
 
 log = Logger()
 
 #: Seconds between two scans of C{new/} and of the records.
 SWEEP_INTERVAL = 300.0
+
+
+class DeliveryMetrics(Protocol):
+    """
+    Where delivery reports (L{mxrecv.ops.metrics.Metrics}).
+    """
+
+    def delivery(self, target: str, outcome: str) -> None:
+        """
+        Count one attempt to deliver a message to C{target}: C{ok},
+        C{temporary} or C{permanent}.
+        """
+
+    def deliveryState(self, state: DeliveryState) -> None:
+        """
+        Show one target's queue.
+        """
 
 
 class DeliveryService(Service):
@@ -111,11 +125,11 @@ class DeliveryService(Service):
         """
         return self.deadLetters.redeliver(name, target)
 
-    def checks(self) -> list[Callable[[], Check]]:
+    def checks(self) -> list[Callable[[], TargetHealth]]:
         """
-        A health check per target (L{targetCheck}).
+        A health check per target (L{targetHealth}).
         """
-        return [lambda d=d: self._check(d) for d in self.deliverers]
+        return [partial(self._check, d) for d in self.deliverers]
 
     def startService(self) -> None:
         super().startService()
@@ -154,8 +168,8 @@ class DeliveryService(Service):
     def _targetServices(self) -> list[IService]:
         return [d.target for d in self.deliverers if IService.providedBy(d.target)]
 
-    def _check(self, deliverer: Deliverer) -> Check:
-        return targetCheck(
+    def _check(self, deliverer: Deliverer) -> TargetHealth:
+        return targetHealth(
             deliverer.target.name,
             list(deliverer.undeliverable),
             now=self._clock.seconds(),
@@ -217,7 +231,12 @@ def webhookTarget(config: DeliverConfig, *, reactor: Any, pool: ThreadPool) -> W
 
 
 def buildDelivery(
-    config: DeliverConfig, *, spool: Spool, reactor: Any, pool: ThreadPool, metrics: Metrics
+    config: DeliverConfig,
+    *,
+    spool: Spool,
+    reactor: Any,
+    pool: ThreadPool,
+    metrics: DeliveryMetrics,
 ) -> DeliveryService:
     """
     The delivery service for C{[deliver]}.

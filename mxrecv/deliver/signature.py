@@ -11,50 +11,34 @@ that a POST came from its mxrecv, and came once:
 The key is a C{whsec_} secret: C{whsec_} and the key's bytes in base64, as
 the specification's libraries (and C{mxrecv webhook-secret}) make them.
 The body is signed as it streams (L{Signing}), so that a large MMS never
-has to be held whole.  Pure: no I/O.
+has to be held whole.  What a secret file may hold is the configuration's
+to say (L{mxrecv.config.parseWebhookSecret}).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
 
-PREFIX = "whsec_"
-#: The sizes of key the specification allows, in bytes.
-MIN_KEY, MAX_KEY = 24, 64
+from mxrecv.config import WEBHOOK_SECRET_PREFIX
+from mxrecv.config import parseWebhookSecret as parseSecret
+
 #: The size of the keys L{newSecret} makes.
 KEY_SIZE = 32
+
+__all__ = ["KEY_SIZE", "Signing", "newSecret", "parseSecret"]
 
 
 def newSecret(key: bytes | None = None) -> str:
     """
-    A new C{whsec_} secret, of C{key} or of L{KEY_SIZE} random bytes.
+    A new C{whsec_} secret (L{parseSecret} reads it), of C{key} or of
+    L{KEY_SIZE} random bytes.
     """
     if key is None:
         key = os.urandom(KEY_SIZE)
-    return PREFIX + base64.b64encode(key).decode("ascii")
-
-
-def parseSecret(text: str) -> bytes:
-    """
-    The key of a C{whsec_} secret.
-
-    @raise ValueError: if C{text} is not one, saying why (without the
-        secret).
-    """
-    text = text.strip()
-    if not text.startswith(PREFIX):
-        raise ValueError(f"not a {PREFIX} secret (make one with `mxrecv webhook-secret`)")
-    try:
-        key = base64.b64decode(text[len(PREFIX) :], validate=True)
-    except binascii.Error:
-        raise ValueError(f"the part after {PREFIX} is not base64") from None
-    if not MIN_KEY <= len(key) <= MAX_KEY:
-        raise ValueError(f"its key is {len(key)} bytes; expected {MIN_KEY} to {MAX_KEY}")
-    return key
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(key).decode("ascii")
 
 
 class Signing:

@@ -29,12 +29,19 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import CooperativeTask, TaskStopped, cooperate
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -184,7 +191,8 @@ class _Head(Protocol):
 
     def _stop(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            # A response's body comes through a producer.
+            IPushProducer(self.transport).stopProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._timer.active():
@@ -235,12 +243,14 @@ class WebhookTarget:
         webhookId = deliveryId(messageId)
         timestamp = int(self._clock.seconds())
         signing = None if self._secret is None else Signing(self._secret, webhookId, timestamp)
-        headers = {
-            b"Content-Type": [body.contentType],
-            b"User-Agent": [USER_AGENT],
-            b"webhook-id": [webhookId.encode("ascii")],
-            b"webhook-timestamp": [str(timestamp).encode("ascii")],
-        }
+        headers = Headers(
+            {
+                b"Content-Type": [body.contentType],
+                b"User-Agent": [USER_AGENT],
+                b"webhook-id": [webhookId.encode("ascii")],
+                b"webhook-timestamp": [str(timestamp).encode("ascii")],
+            }
+        )
         if all(f.path is None for f in body.fields) or self._pool is None:
             d = _readNow(body, signing)
         else:
@@ -250,7 +260,7 @@ class WebhookTarget:
         def read(reading: tuple[int, bytes]) -> Deferred[Outcome]:
             length, digest = reading
             if signing is not None:
-                headers[b"webhook-signature"] = [signing.signature().encode("ascii")]
+                headers.setRawHeaders(b"webhook-signature", [signing.signature().encode("ascii")])
             producer = SignedBodyProducer(body, length, digest, self._cooperator)
             try:
                 request = self._client.request(

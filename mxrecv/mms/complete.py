@@ -13,7 +13,7 @@ crash leaves the message in C{pending/} to be completed again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from mxrecv.message.model import Message
 from mxrecv.mms.unpack import Unpacked, unpackInto
 from mxrecv.spool.durable import fsyncPath, removeTree
-from mxrecv.spool.layout import FAILED, NEW, PENDING, Attempt
+from mxrecv.spool.layout import FAILED, NEW, PENDING, Attempts
 from mxrecv.spool.store import Spool
 
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
@@ -96,14 +96,13 @@ class Completer:
             else:
                 d.callback(outcome)
 
-    def fail(self, name: str, error: str, attempts: Sequence[Attempt]) -> Deferred[None]:
+    def fail(self, name: str, error: str, attempts: Attempts) -> Deferred[None]:
         """
         Move C{pending/NAME} to C{failed/NAME}, recording C{error} (a sentence)
-        and C{attempts} in its C{message.json}.
+        and C{attempts} (C{attempts}, the last ones, and C{attempt_count})
+        in its C{message.json}.
         """
-        return deferToThreadPool(
-            self._reactor, self._pool, self._fail, name, error, tuple(attempts)
-        )
+        return deferToThreadPool(self._reactor, self._pool, self._fail, name, error, attempts)
 
     def _complete(self, name: str) -> Message:
         sync = self._spool.sync
@@ -135,7 +134,7 @@ class Completer:
         pending.finishIn(self._spool.dir(NEW))
         return message
 
-    def _fail(self, name: str, error: str, attempts: tuple[Attempt, ...]) -> None:
+    def _fail(self, name: str, error: str, attempts: Attempts) -> None:
         pending = self._spool.message(PENDING, name)
         pending.fail(error, attempts)
         pending.finishIn(self._spool.dir(FAILED))

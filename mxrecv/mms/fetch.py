@@ -161,6 +161,30 @@ def _tlsReason(e: BaseException) -> str:
     return match.group(1) or match.group(2) if match else text[:200]
 
 
+class _Pool(HTTPConnectionPool):
+    """
+    A pool that does not keep a connection that is closing.
+
+    An attempt that refuses an answer (an error status, a body that is not
+    a zip, too large) stops reading it (C{stopProducing}), which closes the
+    connection; when the body's last bytes are already in, Twisted's
+    client sees the answer complete and hands the connection back to the
+    pool all the same.  The next attempt would then write its request on
+    it, the server would get it, the connection would close before the
+    answer, and the client would send the request again on a new one: two
+    requests per attempt.
+    """
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        transport = connection.transport
+        while transport is not None:
+            # TLS wraps the TCP connection: either may be the one closing.
+            if getattr(transport, "disconnecting", False):
+                return
+            transport = getattr(transport, "transport", None)
+        super()._putConnection(key, connection)
+
+
 class Fetcher:
     """
     Downloads from RetrieveMMS, one attempt per call, over its own
@@ -196,7 +220,7 @@ class Fetcher:
         self._password = password
         self._clock = clock
         self._maxBody = maxBody
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = _Pool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = concurrency
         agent = Agent(
             reactor, contextFactory=policy, connectTimeout=connectTimeout, pool=self._pool

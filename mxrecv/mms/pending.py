@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -112,7 +113,9 @@ class PendingService(Service):
     then sweeps C{pending/} every C{interval} seconds on C{clock}.
     """
 
-    def __init__(self, pending: PendingWork, clock: Any, interval: float = SWEEP_SECONDS) -> None:
+    def __init__(
+        self, pending: PendingWork, clock: IReactorTime, interval: float = SWEEP_SECONDS
+    ) -> None:
         self.pending = pending
         self._sweeps = LoopingCall(self._sweep)
         self._sweeps.clock = clock

@@ -23,7 +23,7 @@ import os
 import zipfile
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
@@ -41,9 +41,8 @@ from mxrecv.message.text import decodeText
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
-from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.durable import fsyncPath, removeTree
-from mxrecv.spool.layout import PARTIAL_ZIP, PENDING, RETRIEVE_JSON, Attempt, RetrieveState
+from mxrecv.spool.layout import PARTIAL_ZIP, PENDING, RETRIEVE_JSON, Attempts, RetrieveState
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls.client import tlsPolicy
@@ -56,6 +55,11 @@ DEFAULT_LIFETIME = timedelta(hours=24)
 # it reached failed/ because its expiry passed, and RetrieveMMS may still
 # have it.
 REQUEUE_WINDOW = timedelta(hours=1)
+# The ends of a retrieval window, as the sentence of a message given up
+# names them.
+EXPIRY = "its expiry"
+WINDOW_END = "the end of its retrieval window"
+REQUEUE_END = "the end of its requeue window"
 
 
 def whereRaised(failure: Failure) -> str:
@@ -73,6 +77,30 @@ def _fromISO(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class RetrievalMetrics(Protocol):
+    """
+    Where retrieval reports (L{mxrecv.ops.metrics.Metrics}).
+    """
+
+    def retrievalAttempt(self, outcome: str) -> None:
+        """
+        Count one attempt, by outcome (C{ok} or a L{RetrieveError}'s kind).
+        """
+
+    def expired(self) -> None:
+        """
+        Count one MMS given up because its expiry passed.
+        """
+
+
+class _NoMetrics:
+    def retrievalAttempt(self, outcome: str) -> None:
+        pass
+
+    def expired(self) -> None:
+        pass
+
+
 # The queue of pending downloads
 
 
@@ -81,7 +109,8 @@ class _Job:
     # The id as MX Telecom sent it: RetrieveMMS is asked for these bytes.
     messageId: bytes
     expiry: float
-    attempts: tuple[Attempt, ...]
+    window: str
+    attempts: Attempts
 
 
 def expiryOf(message: Message, zone: tzinfo) -> float:
@@ -96,6 +125,27 @@ def expiryOf(message: Message, zone: tzinfo) -> float:
         except ValueError:
             pass
     return (_fromISO(message.received) + DEFAULT_LIFETIME).timestamp()
+
+
+def retrievalWindow(
+    message: Message, zone: tzinfo, maxWindow: timedelta, requeued: str | None = None
+) -> tuple[float, str]:
+    """
+    Until when C{message} is tried, in POSIX seconds, and what that time is
+    (L{EXPIRY}, L{WINDOW_END} or L{REQUEUE_END}): its expiry (L{expiryOf}),
+    but never more than C{maxWindow} after it was received, whatever the
+    expiry says (a far-off one would have it retried for years); and, if
+    it was requeued at C{requeued}, at least L{REQUEUE_WINDOW} from then.
+    """
+    end, what = expiryOf(message, zone), EXPIRY
+    cap = (_fromISO(message.received) + maxWindow).timestamp()
+    if cap < end:
+        end, what = cap, WINDOW_END
+    if requeued:
+        requeueEnd = (_fromISO(requeued) + REQUEUE_WINDOW).timestamp()
+        if requeueEnd > end:
+            end, what = requeueEnd, REQUEUE_END
+    return end, what
 
 
 class Retriever:
@@ -118,9 +168,11 @@ class Retriever:
         reactor: Any,
         pool: Any,
         zone: tzinfo,
-        metrics: Metrics | None = None,
+        maxWindow: timedelta = timedelta(days=3),
+        metrics: RetrievalMetrics | None = None,
     ) -> None:
-        self._metrics = Metrics() if metrics is None else metrics
+        self._metrics = _NoMetrics() if metrics is None else metrics
+        self._maxWindow = maxWindow
         self._spool = spool
         self._completer = completer
         self._fetcher = fetcher
@@ -186,28 +238,23 @@ class Retriever:
         pending = self._spool.message(PENDING, name)
         message = pending.readMessage()
         removeTree(pending.partialZip)
-        attempts: tuple[Attempt, ...] = ()
-        expiry = expiryOf(message, self._zone)
         try:
-            state = pending.readRetrieveState()
-            if state is not None:
-                if state.requeued:
-                    window = _fromISO(state.requeued) + REQUEUE_WINDOW
-                    expiry = max(expiry, window.timestamp())
-                attempts = state.attempts
+            state = pending.readRetrieveState() or RetrieveState()
         except ValueError as e:
             log.warn(
                 "Ignoring unreadable {path}: {error}",
                 path=str(pending.path / RETRIEVE_JSON),
                 error=e,
             )
-        return _Job(message.rawId, expiry, attempts)
+            state = RetrieveState()
+        end, window = retrievalWindow(message, self._zone, self._maxWindow, state.requeued)
+        return _Job(message.rawId, end, window, state.attempts)
 
     def _loaded(self, job: _Job, name: str) -> None:
         if self._stopped:
             return
         self._ids[name] = job.messageId
-        self.schedule.add(name, job.expiry, job.attempts)
+        self.schedule.add(name, job.expiry, job.attempts, job.window)
         self._pump()
 
     def _pump(self) -> None:
@@ -331,7 +378,7 @@ class Retriever:
         if gaveUp is not None:
             self._giveUp(gaveUp)
 
-    def _record(self, name: str, attempts: tuple[Attempt, ...]) -> None:
+    def _record(self, name: str, attempts: Attempts) -> None:
         """
         In a worker: journal the attempts so far.
         """
@@ -341,7 +388,7 @@ class Retriever:
         except (OSError, ValueError):
             state = RetrieveState()
         # Keep what else is there (when it was requeued).
-        pending.writeRetrieveState(evolve(state, attempts=tuple(attempts)))
+        pending.writeRetrieveState(evolve(state, attempts=attempts))
 
     def _giveUp(self, gaveUp: GaveUp) -> None:
         self._metrics.expired()
@@ -365,8 +412,8 @@ class Retriever:
             "new/{name}{error}",
             id=message.id,
             size=message.mms_size,
-            count=len(completed.attempts),
-            s="" if len(completed.attempts) == 1 else "s",
+            count=completed.attempts.count,
+            s="" if completed.attempts.count == 1 else "s",
             name=completed.name,
             error=f" ({message.parts_error})" if message.parts_error else "",
         )
@@ -436,7 +483,7 @@ def makeRetriever(
     maxBody: int,
     clock: Any = None,
     random: Callable[[], float] | None = None,
-    metrics: Metrics | None = None,
+    metrics: RetrievalMetrics | None = None,
 ) -> Retriever:
     """
     A retriever configured from C{[retrieve]} (a L{RetrieveConfig}).
@@ -477,5 +524,6 @@ def makeRetriever(
         reactor=reactor,
         pool=pool,
         zone=zone,
+        maxWindow=timedelta(days=retrieve.max_window_days),
         metrics=metrics,
     )

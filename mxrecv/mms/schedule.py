@@ -21,12 +21,20 @@ Times are POSIX seconds from the caller's clock.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 from attrs import frozen
 
 from mxrecv.message.dates import isoFromTimestamp
-from mxrecv.spool.layout import Attempt
+from mxrecv.spool.layout import Attempt, Attempts
+
+
+def backoff(failures: int, initial: float, maximum: float) -> float:
+    """
+    The nominal wait after the C{failures}th failure in a row (1 for the
+    first): C{initial}, doubled after each failure, up to C{maximum}.
+    """
+    return min(maximum, initial * 2.0 ** min(failures - 1, 64))
 
 
 @frozen
@@ -53,7 +61,7 @@ class Policy:
         The wait after the C{failures}th failure (1 for the first), given a
         random number in [0, 1).
         """
-        nominal = min(self.backoffMax, self.backoffInitial * 2.0 ** min(failures - 1, 64))
+        nominal = backoff(failures, self.backoffInitial, self.backoffMax)
         return nominal * (1.0 - self.jitter * random)
 
     def lastChance(self, now: float, expiry: float) -> float | None:
@@ -81,7 +89,7 @@ class Start:
 @frozen
 class Completed:
     name: str
-    attempts: tuple[Attempt, ...]
+    attempts: Attempts
 
 
 @frozen
@@ -94,18 +102,19 @@ class GaveUp:
 
     name: str
     error: str
-    attempts: tuple[Attempt, ...]
+    attempts: Attempts
 
 
 Decision = Start | GaveUp
 
 
 class _Job:
-    __slots__ = ("name", "expiry", "attempts", "retryAt", "state", "lastChance")
+    __slots__ = ("name", "expiry", "window", "attempts", "retryAt", "state", "lastChance")
 
-    def __init__(self, name: str, expiry: float, attempts: tuple[Attempt, ...]) -> None:
+    def __init__(self, name: str, expiry: float, window: str, attempts: Attempts) -> None:
         self.name = name
         self.expiry = expiry
+        self.window = window
         self.attempts = attempts
         self.retryAt = 0.0
         self.state = "ready"
@@ -136,14 +145,27 @@ class Schedule:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def add(self, name: str, expiry: float, attempts: Sequence[Attempt] = ()) -> None:
+    def add(
+        self,
+        name: str,
+        expiry: float,
+        attempts: Attempts | Iterable[Attempt] = Attempts(),
+        window: str = "its expiry",
+    ) -> None:
         """
         Queue C{name} (ready at once), with the C{attempts} a previous run
         made.  A name already queued is ignored.
+
+        @param expiry: when the message can no longer be had (or is no
+            longer tried): the end of its retrieval window.
+        @param window: what C{expiry} is, for the sentence of a message
+            given up: C{"its expiry"}, or another end of its window.
         """
         if name in self._jobs:
             return
-        job = _Job(name, expiry, tuple(attempts))
+        if not isinstance(attempts, Attempts):
+            attempts = Attempts.of(attempts)
+        job = _Job(name, expiry, window, attempts)
         self._jobs[name] = job
         self._push(self._ready, expiry, name)
 
@@ -190,7 +212,7 @@ class Schedule:
     def succeeded(self, name: str, now: float) -> Completed:
         job = self._finish(name)
         del self._jobs[name]
-        return Completed(name, job.attempts + (Attempt(isoFromTimestamp(now), "downloaded"),))
+        return Completed(name, job.attempts.add(Attempt(isoFromTimestamp(now), "downloaded")))
 
     def failed(self, name: str, now: float, outcome: str) -> GaveUp | None:
         """
@@ -201,19 +223,20 @@ class Schedule:
             waits for its retry.
         """
         job = self._finish(name)
-        job.attempts += (Attempt(isoFromTimestamp(now), outcome),)
-        retryAt: float | None = now + self.policy.delay(len(job.attempts), self._random())
+        job.attempts = job.attempts.add(Attempt(isoFromTimestamp(now), outcome))
+        retryAt = now + self.policy.delay(job.attempts.count, self._random())
         if retryAt >= job.expiry:
-            retryAt = None if job.lastChance else self.policy.lastChance(now, job.expiry)
-            if retryAt is None:
+            lastChance = None if job.lastChance else self.policy.lastChance(now, job.expiry)
+            if lastChance is None:
                 return self._giveUp(job, now)
+            retryAt = lastChance
             job.lastChance = True
         job.retryAt = retryAt
         job.state = "waiting"
         self._push(self._waiting, retryAt, name)
         return None
 
-    def attempts(self, name: str) -> tuple[Attempt, ...]:
+    def attempts(self, name: str) -> Attempts:
         return self._jobs[name].attempts
 
     def _finish(self, name: str) -> _Job:
@@ -225,12 +248,13 @@ class Schedule:
 
     def _giveUp(self, job: _Job, now: float) -> GaveUp:
         del self._jobs[job.name]
-        count = len(job.attempts)
-        last = f"; the last one: {job.attempts[-1].outcome}" if job.attempts else ""
+        count = job.attempts.count
+        last = job.attempts.last
         error = (
-            f"not downloaded from RetrieveMMS before its expiry "
+            f"not downloaded from RetrieveMMS before {job.window} "
             f"({isoFromTimestamp(job.expiry)}) after {count} "
-            f"attempt{'' if count == 1 else 's'}{last}"
+            f"attempt{'' if count == 1 else 's'}"
+            + (f"; the last one: {last.outcome}" if last else "")
         )
         return GaveUp(job.name, error, job.attempts)
 

@@ -17,8 +17,7 @@ from twisted.python.threadpool import ThreadPool
 from mxrecv.config import Config
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
-from mxrecv.mms.retrieve import Retriever, RetrieveService, makeRetriever
-from mxrecv.ops.metrics import Metrics
+from mxrecv.mms.retrieve import RetrievalMetrics, Retriever, RetrieveService, makeRetriever
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 
@@ -43,7 +42,7 @@ def buildMMS(
     reactor: Any,
     pool: ThreadPool,
     writers: FileWriters,
-    metrics: Metrics,
+    metrics: RetrievalMetrics,
     parent: IServiceCollection,
 ) -> MMSWork:
     """

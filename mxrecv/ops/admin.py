@@ -19,21 +19,24 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import field, frozen
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.config import LOOPBACK, AdminConfig
+from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.spool.durable import fsyncPath
@@ -47,6 +50,8 @@ from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 INBOX = b"inbox"
 
@@ -76,6 +81,38 @@ class Check:
     def toJSON(self) -> dict[str, Any]:
         critical = {} if self.critical else {"critical": False}
         return {"ok": self.ok, "detail": self.detail, **critical, **self.more}
+
+
+def deliveryCheck(health: TargetHealth) -> Check:
+    """
+    The check C{delivery.TARGET} of a delivery target: not critical.
+    """
+    return Check(f"delivery.{health.target}", health.ok, health.detail, critical=False)
+
+
+def deliveryChecks(
+    sources: Sequence[Callable[[], TargetHealth | Deferred[TargetHealth]]],
+) -> list[Callable[[], Deferred[Check]]]:
+    """
+    The checks of the delivery targets whose health C{sources} tell.
+    """
+    return [partial(_deliveryCheck, source) for source in sources]
+
+
+def _deliveryCheck(source: Callable[[], TargetHealth | Deferred[TargetHealth]]) -> Deferred[Check]:
+    return _deferred(source).addCallback(deliveryCheck)
+
+
+def _deferred(f: Callable[[], _T | Deferred[_T]]) -> Deferred[_T]:
+    """
+    What C{f} returns, as a L{Deferred} (as L{maybeDeferred}, for a
+    function that may return either).
+    """
+    try:
+        result = f()
+    except Exception:
+        return fail()
+    return result if isinstance(result, Deferred) else succeed(result)
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -138,7 +175,7 @@ class Health:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
-        checks.extend(maybeDeferred(check) for check in self._more)
+        checks.extend(_deferred(check) for check in self._more)
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -297,7 +334,8 @@ class RedeliverResource(Resource):
 
     def render_POST(self, request: Request) -> int | bytes:
         name = b"/".join(request.postpath).decode("utf-8", "replace")
-        target = (request.args or {}).get(b"target", [None])[0]
+        values = request.args.get(b"target") if request.args else None
+        target = values[0].decode("utf-8", "replace") if values else None
         if not isName(name):
             request.setResponseCode(HTTPStatus.NOT_FOUND)
             request.setHeader(b"Content-Type", b"application/json")
@@ -315,7 +353,7 @@ class RedeliverResource(Resource):
             body = json.dumps({"redelivered": name, "targets": targets}).encode() + b"\n"
             _write(request, HTTPStatus.ACCEPTED, b"application/json", body)
 
-        d = self._redeliver(name, None if target is None else target.decode("utf-8", "replace"))
+        d = self._redeliver(name, target)
         d.addCallback(answer).addErrback(_internalError, request)
         return NOT_DONE_YET
 
@@ -397,9 +435,9 @@ def buildAdmin(
     spool: Spool,
     listening: Callable[[], int],
     expected: int,
-    registry: Any,
+    registry: CollectorRegistry,
     reactor: Any,
-    pool: Any,
+    pool: ThreadPool,
     takeUp: Callable[[str], None],
     certificates: Sequence[ReloadableCertificate],
     parent: IServiceCollection,

@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
 from mxrecv.deliver.records import Records
@@ -39,7 +39,7 @@ from mxrecv.deliver.signature import newSecret
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.text import printable, printableJSON
 from mxrecv.spool.directory import MessageDirectory
-from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Layout
+from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Attempts, Layout
 from mxrecv.spool.naming import isName, nameForId
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -235,9 +235,10 @@ def requeue(
     token: str = "",
 ) -> None:
     """
-    Move C{failed/NAME} back to C{pending/NAME}, without its C{error} and
-    C{attempts} and with a new retrieval window from C{now} (its expiry has
-    passed), so that it is retrieved again: at the running server's next sweep
+    Move C{failed/NAME} back to C{pending/NAME}, without its C{error},
+    C{attempts} and C{attempt_count} (what they said is printed) and with a
+    new retrieval window from C{now} (its expiry has passed), so that it is
+    retrieved again: at the running server's next sweep
     of C{pending/} (within 5 minutes) or start, or now if
     C{admin} (the running server's admin URL) is given; C{token} is the
     admin listener's bearer token, if it has one.
@@ -246,12 +247,13 @@ def requeue(
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
     failed = MessageDirectory(path, sync)
+    before = _attemptsSummary(failed.readDocument())
     failed.requeue(isoFromTimestamp(time.time() if now is None else now))
     try:
         failed.moveTo(Layout(root).dir(PENDING))
     except OSError as e:
         raise CommandError(f"cannot move it to pending/: {e.strerror}") from None
-    out.write(f"failed/{path.name} -> pending/{path.name}\n")
+    out.write(f"failed/{path.name} -> pending/{path.name}{before}\n")
     if admin is None:
         out.write(
             "a running mxrecv takes it up within 5 minutes, at its next sweep of pending/ "
@@ -266,6 +268,22 @@ def requeue(
         "minutes) or start",
     )
     out.write(f"taken up by the server at {admin}\n")
+
+
+def _attemptsSummary(document: dict[str, Any]) -> str:
+    """
+    What a failed message's record says of its attempts, for the line of
+    C{requeue} that moves it: how many, and the last one.
+    """
+    try:
+        attempts = Attempts.fromJSON(document)
+    except ValueError:
+        return ""
+    last = attempts.last
+    if last is None:
+        return " (no attempt was made)"
+    s = "" if attempts.count == 1 else "s"
+    return f" (after {attempts.count} attempt{s}; the last, at {last.at}: {last.outcome})"
 
 
 def dbInit(config: Config, out: TextIO) -> None:

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 
+from mxrecv.ops.admin import deliveryChecks
 from mxrecv.ops.logs import installObserver
 from mxrecv.ops.metrics import Metrics
 
@@ -133,7 +134,10 @@ class MxrecvService(OrderedService):
         """
         if self.delivery is None:
             return {}
-        return {"more": self.delivery.checks(), "redeliver": self.delivery.redeliver}
+        return {
+            "more": deliveryChecks(self.delivery.checks()),
+            "redeliver": self.delivery.redeliver,
+        }
 
     def _layer(self, name: str) -> OrderedService:
         layer = OrderedService()

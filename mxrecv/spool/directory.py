@@ -10,7 +10,6 @@ Blocking: used in worker threads and by the command line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from mxrecv.spool.layout import (
     PARTIAL_ZIP,
     PARTS,
     RETRIEVE_JSON,
-    Attempt,
+    Attempts,
     Layout,
     RetrieveState,
     failedDocument,
@@ -138,7 +137,7 @@ class MessageDirectory:
 
     # Moves
 
-    def fail(self, error: str, attempts: Sequence[Attempt]) -> None:
+    def fail(self, error: str, attempts: Attempts) -> None:
         """
         Record in C{message.json} why this message could not be completed
         (L{mxrecv.spool.layout.failedDocument}), before it moves to

@@ -26,7 +26,7 @@ writes them.  Pure: names, paths and documents, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ PARTIAL_ZIP = MMS_ZIP + ".part"
 MESSAGE_ENTRIES = frozenset({MESSAGE_JSON, MMS_ZIP, PARTS})
 
 # In state/.
-SEEN = "seen"
+SEEN_DB = "seen.sqlite"
+SEEN_LOCK = "seen.lock"
+#: The seen-id journal of mxrecv before the SQLite index: imported once.
+SEEN_JOURNAL = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
 UNDELIVERABLE = "undeliverable"
@@ -104,6 +107,10 @@ class Layout:
 #: The keys that C{failed/NAME/message.json} has besides the message's.
 ERROR = "error"
 ATTEMPTS = "attempts"
+ATTEMPT_COUNT = "attempt_count"
+#: How many of the last attempts at an MMS are recorded; the ones before are
+#: only counted.
+RECENT_ATTEMPTS = 10
 
 
 @frozen
@@ -124,14 +131,71 @@ class Attempt:
         return cls(document["at"], document["outcome"])
 
 
-def failedDocument(
-    message: Mapping[str, Any], error: str, attempts: Sequence[Attempt]
-) -> dict[str, Any]:
+@frozen
+class Attempts:
+    """
+    What is recorded of the attempts at getting an MMS: their C{count}, and
+    the C{recent} ones (at most L{RECENT_ATTEMPTS}, oldest first), so that
+    the record stays small however long the MMS is tried.  Iterating gives
+    the recent ones.
+    """
+
+    count: int = 0
+    recent: tuple[Attempt, ...] = ()
+
+    @classmethod
+    def of(cls, attempts: Iterable[Attempt]) -> Attempts:
+        """
+        The record of all of C{attempts}, in order.
+        """
+        listed = tuple(attempts)
+        return cls(len(listed), listed[-RECENT_ATTEMPTS:])
+
+    def add(self, attempt: Attempt) -> Attempts:
+        return Attempts(self.count + 1, (self.recent + (attempt,))[-RECENT_ATTEMPTS:])
+
+    def __iter__(self) -> Iterator[Attempt]:
+        return iter(self.recent)
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.recent[-1] if self.recent else None
+
+    def toJSON(self) -> dict[str, Any]:
+        """
+        The C{attempts} (the recent ones) and C{attempt_count} keys of a
+        record.
+        """
+        return {ATTEMPTS: [a.toJSON() for a in self.recent], ATTEMPT_COUNT: self.count}
+
+    @classmethod
+    def fromJSON(cls, document: Mapping[str, Any]) -> Attempts:
+        """
+        Read the keys L{toJSON} writes.  A record without C{attempt_count}
+        (written before attempts were counted) counts the attempts it lists,
+        however many, and keeps the last ones.
+
+        @raise ValueError: if C{document} is not such a record.
+        """
+        try:
+            listed = tuple(Attempt.fromJSON(a) for a in document[ATTEMPTS])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a record of attempts: {e!r}") from None
+        if not all(isinstance(a.at, str) and isinstance(a.outcome, str) for a in listed):
+            raise ValueError("not a record of attempts: an attempt that is not text")
+        count = document.get(ATTEMPT_COUNT, len(listed))
+        if type(count) is not int or count < len(listed):
+            count = len(listed)
+        return cls(count, listed[-RECENT_ATTEMPTS:])
+
+
+def failedDocument(message: Mapping[str, Any], error: str, attempts: Attempts) -> dict[str, Any]:
     """
     The C{message.json} of a message in C{failed/}: the message's own keys,
-    then C{error} (a sentence) and C{attempts} (oldest first).
+    then C{error} (a sentence), C{attempts} (the last ones, oldest first)
+    and C{attempt_count}.
     """
-    return {**message, ERROR: error, ATTEMPTS: [a.toJSON() for a in attempts]}
+    return {**message, ERROR: error, **attempts.toJSON()}
 
 
 def requeuedDocument(failed: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,7 +203,7 @@ def requeuedDocument(failed: Mapping[str, Any]) -> dict[str, Any]:
     The C{message.json} of a message moved back from C{failed/} to
     C{pending/}: without what L{failedDocument} added.
     """
-    return {k: v for k, v in failed.items() if k not in (ERROR, ATTEMPTS)}
+    return {k: v for k, v in failed.items() if k not in (ERROR, ATTEMPTS, ATTEMPT_COUNT)}
 
 
 @frozen
@@ -150,11 +214,11 @@ class RetrieveState:
     Internal: it never leaves C{pending/}.
     """
 
-    attempts: tuple[Attempt, ...] = ()
+    attempts: Attempts = Attempts()
     requeued: str | None = None
 
     def toJSON(self) -> dict[str, Any]:
-        document: dict[str, Any] = {ATTEMPTS: [a.toJSON() for a in self.attempts]}
+        document: dict[str, Any] = self.attempts.toJSON()
         if self.requeued is not None:
             document["requeued"] = self.requeued
         return document
@@ -164,8 +228,8 @@ class RetrieveState:
         """
         @raise ValueError: if C{document} does not follow the schema.
         """
+        attempts = Attempts.fromJSON(document)
         try:
-            attempts = tuple(Attempt.fromJSON(a) for a in document[ATTEMPTS])
             requeued = document.get("requeued") or None
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a retrieval record: {e!r}") from None
@@ -175,19 +239,12 @@ class RetrieveState:
 
 
 def undeliverableDocument(
-    *, name: str, target: str, error: str, at: str, count: int, attempts: Sequence[Attempt]
+    *, name: str, target: str, error: str, at: str, attempts: Attempts
 ) -> dict[str, Any]:
     """
     C{state/undeliverable/TARGET/NAME}: why TARGET refused C{new/NAME} for
     good (C{error}, a sentence), when it was given up (C{at}, ISO 8601 UTC),
-    how many attempts there were (C{attempt_count}) and the last of them
-    (C{attempts}, oldest first).
+    and its attempts (L{Attempts}: C{attempt_count}, and the last ones as
+    C{attempts}).
     """
-    return {
-        "name": name,
-        "target": target,
-        ERROR: error,
-        "at": at,
-        "attempt_count": count,
-        ATTEMPTS: [a.toJSON() for a in attempts],
-    }
+    return {"name": name, "target": target, ERROR: error, "at": at, **attempts.toJSON()}

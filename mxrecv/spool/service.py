@@ -7,6 +7,8 @@ its commits are done.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -14,8 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mxrecv.config import SpoolConfig
-from mxrecv.spool.store import Spool, SpoolLocked
+from mxrecv.spool.store import Spool, SpoolError, SpoolLocked
 
 log = Logger()
 
@@ -32,16 +33,21 @@ UPLOAD_THREADS = 4
 
 
 def openSpool(
-    config: SpoolConfig,
+    root: Path,
     *,
+    sync: bool,
+    dedupeSeconds: float,
     reactor: IReactorThreads,
     pool: ThreadPool,
     worker: int | None = None,
     lock: int | None = None,
 ) -> Spool:
     """
-    Open the spool of C{[spool]}: the one place a running mxrecv opens it.
+    Open the spool at C{root} (C{[spool] dir}): the one place a running
+    mxrecv opens it.
 
+    @param sync: fsync (C{[spool] fsync}).
+    @param dedupeSeconds: how long accepted ids are remembered.
     @param pool: the thread pool of its writes and fsyncs.
     @param worker: this process's number, in a server of several worker
         processes (L{Spool}'s C{worker}).
@@ -50,18 +56,13 @@ def openSpool(
         another process), saying why.
     """
     spool = Spool(
-        config.dir,
-        reactor=reactor,
-        pool=pool,
-        sync=config.fsync,
-        dedupeSeconds=config.dedupe_days * 86400,
-        worker=worker,
+        root, reactor=reactor, pool=pool, sync=sync, dedupeSeconds=dedupeSeconds, worker=worker
     )
     try:
         spool.open(lock=lock)
-    except (OSError, SpoolLocked) as e:
+    except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {spool.root}: {e}") from None
-    if not config.fsync:
+    if not sync:
         log.warn("spool.fsync is false: callbacks are acknowledged before they are durable")
     return spool
 

@@ -9,14 +9,21 @@ Layout (a public interface, documented in the README)::
     cur/       the application's; mxrecv never touches it
     pending/NAME/  MMS accepted but not complete yet (internal)
     failed/NAME/   what could not be completed, with the reason
-    state/     mxrecv's own files (the seen-id journal, the lock)
+    state/     mxrecv's own files (the seen-id index, the lock)
 
 A message is acknowledged only when it is durable.  Making it durable costs
 fsyncs, so they are shared: each message is written and fsynced in its own
 directory under C{tmp/} by a pool of worker threads (concurrent fsyncs share
-the filesystem's journal commits), and the renames into place, the fsync of
-the parent directories and the seen-id journal line are done for a whole
-group of messages at once (group commit), one group at a time.
+the filesystem's journal commits), and for a whole group of messages at once
+(group commit), one group at a time, their names are durably marked seen
+(one transaction of the seen index), then they are renamed into place and
+the parent directories fsynced.
+
+A name is seen before its message is visible, and the index records where
+the message is staged until its rename is durable, so that after a crash
+start-up rolls a staged message forward: a name marked seen always has its
+message stored, and a stored message always has its name marked seen
+(docs/spool.md).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import errno
 import fcntl
 import itertools
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,15 +54,29 @@ from mxrecv.spool.layout import (
     MESSAGE_JSON,
     NEW,
     PENDING,
-    SEEN,
+    SEEN_DB,
+    SEEN_JOURNAL,
+    SEEN_LOCK,
     STATE,
     TMP,
     Layout,
 )
 from mxrecv.spool.naming import isName, nameForId
-from mxrecv.spool.seen import SeenIndex
+from mxrecv.spool.seen import (
+    PRUNE_CHUNK,
+    Claim,
+    Pruned,
+    PruneStep,
+    SeenIndex,
+    SeenIndexError,
+)
+from mxrecv.spool.seenjournal import importJournal
 
 log = Logger()
+
+#: Between two chunks of a prune that no group commit carries (no callbacks
+#: coming in), so that other processes' writers find the index free.
+PRUNE_PAUSE = 0.01
 
 
 class SpoolError(Exception):
@@ -101,25 +124,46 @@ def stagingPrefix(worker: int | None) -> str:
     return "" if worker is None else f"w{worker}."
 
 
-def claimSpool(root: Path) -> int:
+def claimSpool(
+    root: Path,
+    *,
+    sync: bool = True,
+    dedupeSeconds: float = 7 * 86400,
+    now: float | None = None,
+) -> int:
     """
     Claim the spool at C{root} for a server of several worker processes,
-    before they start: create its layout, take its lock, and empty C{tmp/}
-    (no process of this server has started yet).
+    before they start: create its layout, take its lock, import the seen-id
+    journal of an older mxrecv (once), roll forward every message whose id
+    was marked seen before a crash cut its commit short, and empty the rest
+    of C{tmp/} (no process of this server has started yet).
 
+    @param sync: C{[spool] fsync}.
+    @param dedupeSeconds: C{[spool] dedupe_days}, in seconds: the old
+        journal's ids older than that are not imported.
+    @param now: the time (unix seconds), for the import.
     @return: the file descriptor holding the lock, for the workers to
         inherit (L{Spool.open}'s C{lock}); the lock lasts as long as any
         process holds it.
     @raise SpoolLocked: if another server uses this spool.
+    @raise SpoolError: if the seen-id index cannot be opened or written.
     """
     root = Path(root).absolute()
     lock = _lock(root)
+    index = SeenIndex(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync)
     try:
-        for leftover in (root / TMP).iterdir():
-            removeTree(leftover)
+        index.open()
+        _importJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
+        stuck = _recover(root, index, "", sync)
+        _emptyTmp(root, "", stuck)
+    except SeenIndexError as e:
+        os.close(lock)
+        raise SpoolError(str(e)) from e
     except BaseException:
         os.close(lock)
         raise
+    finally:
+        index.close()
     return lock
 
 
@@ -158,6 +202,50 @@ def _adoptLock(root: Path, fd: int) -> int:
     return fd
 
 
+@frozen
+class _Placed:
+    """
+    What became of staged messages rolled forward: the names now in place
+    (C{landed}, as C{(target, name)}), the staging directories whose staged
+    rows can go (C{settled}), and the claims still staged (C{stuck}).
+    """
+
+    landed: list[tuple[str, str]]
+    settled: list[str]
+    stuck: list[Claim]
+
+
+@frozen
+class _Claimed:
+    """
+    The first step of a group commit: the group's claims, the names that
+    were new (C{won}), what the prune did, what the leftovers rolled
+    forward put in place, or the C{error} that failed the whole group.
+    """
+
+    claims: list[Claim]
+    won: set[str]
+    pruned: Pruned | SeenIndexError | None
+    landed: list[tuple[str, str]]
+    error: SpoolError | None = None
+
+
+@frozen
+class _GroupResult:
+    outcomes: list[Accepted | SpoolError]
+    pruned: Pruned | SeenIndexError | None
+    landed: list[tuple[str, str]]
+    errors: list[str]
+
+
+@define
+class _Pruning:
+    step: PruneStep
+    waiting: list[Deferred[int]]
+    forgotten: int = 0
+    pause: IDelayedCall | None = field(default=None)
+
+
 class Spool:
     """
     Durable storage of messages, shared fsyncs, and the seen-id index.
@@ -166,6 +254,7 @@ class Spool:
     @param pool: a started L{twisted.python.threadpool.ThreadPool}.
     @param clock: tells the time of acceptance (the reactor by default).
     @param sync: fsync, or not (benchmarks only: acks are then not durable).
+    @param pruneChunk: ids forgotten per transaction of the seen index.
     @param worker: the number of this worker process when the server runs
         several (C{[server] workers}); its staging directories in C{tmp/}
         are named apart from the other workers'.
@@ -180,6 +269,7 @@ class Spool:
         sync: bool = True,
         dedupeSeconds: float = 7 * 86400,
         clock: Any = None,
+        pruneChunk: int = PRUNE_CHUNK,
         worker: int | None = None,
     ) -> None:
         self.root = Path(root).absolute()
@@ -189,16 +279,27 @@ class Spool:
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._pool = pool
-        self._seen = SeenIndex(self.root / STATE / SEEN, dedupeSeconds, sync)
+        self._dedupe = dedupeSeconds
+        self._seen = SeenIndex(
+            self.root / STATE / SEEN_DB,
+            self.root / STATE / SEEN_LOCK,
+            sync=sync,
+            pruneChunk=pruneChunk,
+        )
         self._lock: int | None = None
         self._inflight: dict[str, list[Callable[[Accepted | Failure], None]]] = {}
         self._queue: list[_Commit] = []
         self._committing = False
-        self._pruneWaiting: list[Deferred[int]] = []
+        self._pruning: _Pruning | None = None
         self._idleWaiting: list[Deferred[None]] = []
         self._newObservers: list[Callable[[str], None]] = []
         self._discarding = 0
         self._staged = itertools.count(1)
+        # Touched only by the group commit, one job at a time: the staging
+        # directories whose staged rows the next transaction deletes, and
+        # the claims whose messages are still to be rolled forward.
+        self._unstage: list[str] = []
+        self._stuck: list[Claim] = []
 
     @property
     def isOpen(self) -> bool:
@@ -218,43 +319,38 @@ class Spool:
 
     def open(self, lock: int | None = None) -> None:
         """
-        Create the layout, take the lock, clear this process's leftovers
-        from C{tmp/}, and load the seen-id index.
+        Create the layout, take the lock, open the seen-id index (importing
+        the journal of an older mxrecv once), roll forward this process's
+        messages whose ids were marked seen before a crash cut their commit
+        short, and clear the rest of its leftovers from C{tmp/}.
 
         @param lock: in a worker process (C{[server] workers} above 1), the
-            spool's lock, taken by the parent (L{claimSpool}) and inherited
-            as this file descriptor: the workers of one server share the
-            spool, which stays refused to any other server.
+            spool's lock, taken by the parent (L{claimSpool}, which also
+            imported the old journal and recovered what every process left)
+            and inherited as this file descriptor: the workers of one server
+            share the spool, which stays refused to any other server.
         @raise SpoolLocked: if another server uses this spool.
         @raise OSError: if the spool cannot be created.
+        @raise SpoolError: if the seen-id index cannot be opened or written.
         """
         if lock is None:
             self._lock = _lock(self.root)
         else:
             self._lock = _adoptLock(self.root, lock)
-        for leftover in self._leftovers():
-            removeTree(leftover)
-        # A crash between a rename and its directory's fsync leaves a message
-        # visible but not durable: make it durable before it counts as seen.
-        for which in (NEW, PENDING, FAILED):
-            fsyncPath(self.dir(which), self.sync)
-        present = [
-            entry.name
-            for which in (NEW, PENDING, FAILED)
-            for entry in self.dir(which).iterdir()
-            if isName(entry.name)
-        ]
-        self._seen.load(self._clock.seconds(), present)
-
-    def _leftovers(self) -> list[Path]:
-        """
-        What a previous run of this process left in C{tmp/}: all of it for a
-        server of one process; a worker's own entries only (its staging
-        names start with its prefix), since the other workers are running.
-        """
-        return [
-            entry for entry in self.dir(TMP).iterdir() if entry.name.startswith(self._prefix)
-        ]
+        try:
+            self._seen.open()
+            if lock is None:
+                _importJournal(
+                    self.root, self._seen, self._clock.seconds(), self._dedupe, self.sync
+                )
+            self._stuck = _recover(self.root, self._seen, self._prefix, self.sync)
+            _emptyTmp(self.root, self._prefix, self._stuck)
+        except SeenIndexError as e:
+            self.close()
+            raise SpoolError(str(e)) from e
+        except BaseException:
+            self.close()
+            raise
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -274,16 +370,18 @@ class Spool:
             d.callback(None)
 
     def close(self) -> None:
+        """
+        Close the index and release the spool; a prune still under way ends
+        with what it forgot so far.
+        """
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            if pruning.pause is not None and pruning.pause.active():
+                pruning.pause.cancel()
+            for d in pruning.waiting:
+                d.callback(pruning.forgotten)
         try:
             self._seen.close()
-        except OSError as e:
-            log.error(
-                "Cannot journal accepted ids in {journal} ({error}) at shutdown: after a "
-                "restart, a retry of them that MX Telecom sends will be stored again once "
-                "the application has taken the first copy from new/",
-                journal=str(self.dir(STATE) / SEEN),
-                error=e.strerror,
-            )
         finally:
             if self._lock is not None:
                 os.close(self._lock)
@@ -360,8 +458,12 @@ class Spool:
 
     # Accepting messages
 
-    def isSeen(self, messageId: bytes | str) -> bool:
-        return nameForId(messageId) in self._seen
+    def isSeen(self, messageId: bytes | str) -> Deferred[bool]:
+        """
+        Whether the id is marked seen (in a worker: the index is on disk).
+        """
+        name = nameForId(messageId)
+        return deferToThreadPool(self._reactor, self._pool, self._seen.__contains__, name)
 
     def accept(
         self, message: Message, target: str = NEW, staging: Staging | None = None
@@ -375,10 +477,6 @@ class Spool:
             with L{SpoolError}.  Either way C{staging} is consumed.
         """
         name = nameForId(message.rawId)
-        if name in self._seen:
-            if staging is not None:
-                self.discard(staging)
-            return succeed(Accepted(name, duplicate=True))
         waiting = self._inflight.get(name)
         if waiting is not None:
             return self._afterEarlier(waiting, message, target, staging)
@@ -414,8 +512,6 @@ class Spool:
 
     def _settled(self, outcome: Accepted | Failure, name: str) -> Accepted | Failure:
         waiting = self._inflight.pop(name)
-        if not isinstance(outcome, Failure):
-            self._seen.add(name, self._clock.seconds())
         for settled in waiting:
             settled(outcome)
         self._checkIdle()
@@ -447,104 +543,160 @@ class Spool:
         self._next()
 
     def _next(self) -> None:
-        if self._committing or not (self._queue or self._pruneWaiting):
+        if self._committing:
             return
+        pruning = self._pruning
+        # A group carries a chunk of the prune under way; with no group,
+        # a chunk goes alone, after a pause.
+        if not self._queue and (pruning is None or pruning.pause is not None):
+            return
+        step = pruning.step if pruning is not None else None
         group, self._queue = self._queue, []
-        prunes, self._pruneWaiting = self._pruneWaiting, []
         self._committing = True
-        d = deferToThreadPool(self._reactor, self._pool, self._commitGroup, group, bool(prunes))
-        d.addBoth(self._committed, group, prunes)
+        d = deferToThreadPool(self._reactor, self._pool, self._claimGroup, group, step)
+        d.addCallback(
+            lambda claimed: deferToThreadPool(
+                self._reactor, self._pool, self._placeGroup, group, claimed
+            )
+        )
+        d.addBoth(self._committed, group)
 
-    def _commitGroup(
-        self, group: list[_Commit], prune: bool
-    ) -> tuple[list, float | Failure | None, str | None]:
+    def _claimGroup(self, group: list[_Commit], prune: PruneStep | None) -> _Claimed:
         """
-        In a worker, one group at a time: rename each prepared message into
-        place, fsync each parent directory once, and journal the names once.
+        In a worker, the first step of a group commit: make the staging
+        directories' entries durable, then mark the names seen in one
+        transaction (with one chunk of a prune under way).
+        """
+        landed: list[tuple[str, str]] = []
+        if self._stuck:
+            placed = _rollForward(self.root, self._stuck, self.sync)
+            landed += placed.landed
+            self._unstage += placed.settled
+            self._stuck = placed.stuck
+        claims = [
+            Claim(c.name, str(c.staging.path.relative_to(self.root)), c.target, c.received)
+            for c in group
+        ]
+        try:
+            if group:
+                # The names are about to be durably seen: their messages'
+                # staging directories must be durable first.
+                fsyncPath(self.dir(TMP), self.sync)
+            won, pruned = self._seen.claim(claims, self._unstage, prune)
+        except (OSError, SeenIndexError) as e:
+            for commit in group:
+                removeTree(commit.staging.path)
+            error = SpoolError(f"cannot write to the spool: {_reason(e)}")
+            failed = SeenIndexError(str(error)) if prune is not None else None
+            return _Claimed(claims, set(), failed, landed, error)
+        self._unstage = []
+        return _Claimed(claims, won, pruned, landed)
+
+    def _placeGroup(self, group: list[_Commit], claimed: _Claimed) -> _GroupResult:
+        """
+        In a worker, the second step: put the messages in place.
+        """
+        errors: list[str] = []
+        if claimed.error is not None:
+            outcomes: list[Accepted | SpoolError] = [claimed.error] * len(group)
+        else:
+            outcomes = self._place(group, claimed.claims, claimed.won, errors)
+        return _GroupResult(outcomes, claimed.pruned, claimed.landed, errors)
+
+    def _place(
+        self, group: list[_Commit], claims: list[Claim], won: set[str], errors: list[str]
+    ) -> list[Accepted | SpoolError]:
+        """
+        In a worker, once the names are durably seen: rename each message
+        whose name was new into place, and fsync the parents.  A message
+        that cannot be put in place is answered 503 and its name forgotten
+        again (so that MX Telecom's retry is stored); if even that fails, it
+        stays staged, to be rolled forward with the next group.
         """
         outcomes: list[Accepted | SpoolError] = []
         parents: set[Path] = set()
-        for commit in group:
+        renamed: list[tuple[_Commit, Claim]] = []
+        undo: list[tuple[_Commit, Claim]] = []
+        for commit, claim in zip(group, claims):
+            if commit.name not in won:
+                removeTree(commit.staging.path)
+                outcomes.append(Accepted(commit.name, duplicate=True))
+                continue
             destination = self.dir(commit.target) / commit.name
             try:
                 os.rename(commit.staging.path, destination)
             except OSError as e:
-                removeTree(commit.staging.path)
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    # Answered as stored: so its entry must be durable too.
+                    # Already there (put by hand?): answered as stored, so
+                    # its entry must be durable too.
+                    removeTree(commit.staging.path)
                     parents.add(destination.parent)
+                    self._unstage.append(claim.dir)
                     outcomes.append(Accepted(commit.name, duplicate=True))
                 else:
+                    undo.append((commit, claim))
                     outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
                 continue
             parents.add(destination.parent)
+            renamed.append((commit, claim))
             outcomes.append(Accepted(commit.name, duplicate=False))
         try:
             for parent in parents:
                 fsyncPath(parent, self.sync)
         except OSError as e:
             error = SpoolError(f"cannot write to the spool: {e.strerror}")
-            self._unrename(group, outcomes)
             outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
-        journalError: str | None = None
-        try:
-            self._seen.append(
-                (c.name, c.received)
-                for c, o in zip(group, outcomes)
-                if isinstance(o, Accepted)
-            )
-        except OSError as e:
-            # The messages are durable where they are: answer 200.  Their
-            # names are still remembered in memory, and journaled next time.
-            journalError = e.strerror
-        pruned: float | Failure | None = None
-        if prune:
+            undo += self._unrename(renamed)
+        else:
+            self._unstage += [claim.dir for _, claim in renamed]
+        if undo:
             try:
-                pruned = self._seen.rewrite(self._clock.seconds())
-            except OSError:
-                # Only the prune fails: the messages of this group are fine.
-                pruned = Failure()
-        return outcomes, pruned, journalError
+                self._seen.release([claim for _, claim in undo])
+            except SeenIndexError as e:
+                self._stuck += [claim for _, claim in undo]
+                errors.append(
+                    f"cannot forget the ids of messages that could not be stored ({e}): "
+                    "they stay staged, to be moved into place with the next group"
+                )
+            else:
+                for commit, _ in undo:
+                    removeTree(commit.staging.path)
+        return outcomes
 
-    def _unrename(self, group: list[_Commit], outcomes: list) -> None:
+    def _unrename(self, renamed: list[tuple[_Commit, Claim]]) -> list[tuple[_Commit, Claim]]:
         """
         In a worker, after a failed directory fsync: take the messages this
         group renamed back out of their targets, so that none that will be
         answered 503 (and retried by MX Telecom) is left for the
-        application.  Best effort: one that cannot be moved back stays, and
-        the retry finds it there (a duplicate).
+        application.  Best effort: one that cannot be moved back (the
+        application may have taken it already) stays, its name seen, and
+        the retry is answered as a duplicate.
+
+        @return: those moved back.
         """
-        for commit, outcome in zip(group, outcomes):
-            if isinstance(outcome, Accepted) and not outcome.duplicate:
-                try:
-                    os.rename(self.dir(commit.target) / commit.name, commit.staging.path)
-                except OSError:
-                    continue
-                removeTree(commit.staging.path)
+        back = []
+        for commit, claim in renamed:
+            try:
+                os.rename(self.dir(commit.target) / commit.name, commit.staging.path)
+            except OSError:
+                self._unstage.append(claim.dir)
+                continue
+            back.append((commit, claim))
+        return back
 
     def _committed(
-        self,
-        result: tuple[list, float | Failure | None, str | None] | Failure,
-        group: list[_Commit],
-        prunes: list[Deferred],
+        self, result: _GroupResult | Failure, group: list[_Commit]
     ) -> None:
         self._committing = False
         if isinstance(result, Failure):
             log.failure("Group commit failed", result)
             for commit in group:
                 commit.fail(SpoolError("cannot write to the spool"))
-            for d in prunes:
-                d.errback(result)
+            self._pruneFailed(result)
         else:
-            outcomes, pruned, journalError = result
-            if journalError is not None:
-                log.error(
-                    "Cannot journal accepted ids in {journal} ({error}): the messages are "
-                    "stored; their ids will be journaled with the next group",
-                    journal=str(self.dir(STATE) / SEEN),
-                    error=journalError,
-                )
-            for commit, outcome in zip(group, outcomes):
+            for error in result.errors:
+                log.error("Group commit: {error}", error=error)
+            for commit, outcome in zip(group, result.outcomes):
                 if isinstance(outcome, Accepted):
                     commit.result.callback(outcome)
                     # After the 200: delivery must never delay an ack.
@@ -552,27 +704,189 @@ class Spool:
                         self.landed(commit.name)
                 else:
                     commit.fail(outcome)
-            if isinstance(pruned, Failure):
-                for d in prunes:
-                    d.errback(pruned)
-            elif prunes:
-                forgotten = self._seen.forget(pruned)
-                for d in prunes:
-                    d.callback(forgotten)
+            for target, name in result.landed:
+                log.info("Moved the staged message {name} to {target}/", name=name, target=target)
+                if target == NEW:
+                    self.landed(name)
+            if isinstance(result.pruned, SeenIndexError):
+                self._pruneFailed(Failure(result.pruned))
+            elif result.pruned is not None:
+                self._pruneProgress(result.pruned, alone=not group)
         self._next()
         # A group of prunes only settles no message: check here too.
         self._checkIdle()
 
+    # Forgetting old ids
+
     def prune(self) -> Deferred[int]:
         """
-        Forget ids older than the dedupe window, in the next group commit.
+        Forget ids older than the dedupe window, a chunk with each group
+        commit (or, with no callbacks coming, a chunk at a time with short
+        pauses between), until none is older.  A prune asked for while one is
+        under way joins it.
 
         @return: fires with the number of ids forgotten.
         """
         d: Deferred[int] = Deferred()
-        self._pruneWaiting.append(d)
+        if self._pruning is not None:
+            self._pruning.waiting.append(d)
+            return d
+        cutoff = self._clock.seconds() - self._dedupe
+        self._pruning = _Pruning(PruneStep(cutoff), [d])
         self._next()
         return d
+
+    def _pruneProgress(self, pruned: Pruned, alone: bool) -> None:
+        pruning = self._pruning
+        if pruning is None:
+            return
+        pruning.forgotten += pruned.forgotten
+        pruning.step = pruned.next(pruning.step)
+        if pruned.done:
+            self._pruning = None
+            for d in pruning.waiting:
+                d.callback(pruning.forgotten)
+        elif alone:
+            pruning.pause = self._reactor.callLater(PRUNE_PAUSE, self._resumePrune, pruning)
+
+    def _resumePrune(self, pruning: _Pruning) -> None:
+        pruning.pause = None
+        self._next()
+
+    def _pruneFailed(self, reason: Failure) -> None:
+        pruning, self._pruning = self._pruning, None
+        if pruning is not None:
+            for d in pruning.waiting:
+                d.errback(reason)
+
+
+def _importJournal(
+    root: Path, index: SeenIndex, now: float, dedupeSeconds: float, sync: bool
+) -> None:
+    """
+    Import the seen-id journal of an older mxrecv, if it is there.
+    """
+    journal = root / STATE / SEEN_JOURNAL
+    if not journal.is_file():
+        return
+    present = [
+        entry.name
+        for which in (NEW, PENDING, FAILED)
+        for entry in (root / which).iterdir()
+        if isName(entry.name)
+    ]
+    added = importJournal(
+        index, journal, cutoff=now - dedupeSeconds, alsoPresent=present, now=now, sync=sync
+    )
+    log.info(
+        "Imported {count} ids from the seen-id journal {journal} into {index}",
+        count=added,
+        journal=str(journal),
+        index=str(index.path),
+    )
+
+
+def _recover(root: Path, index: SeenIndex, prefix: str, sync: bool) -> list[Claim]:
+    """
+    Blocking, at start-up: roll forward the staged messages of the process
+    whose staging names start with C{prefix} (all of them for C{""}), and
+    delete their staged rows.
+
+    @return: the claims that could not be rolled forward (logged): their
+        staging directories are kept, to be tried again.
+    """
+    # A crash between a rename and its directory's fsync leaves a message
+    # visible but not durable: make it durable before its staged row goes.
+    for which in (NEW, PENDING, FAILED):
+        fsyncPath(root / which, sync)
+    claims = [c for c in index.staged() if Path(c.dir).name.startswith(prefix)]
+    placed = _rollForward(root, claims, sync)
+    index.settle(placed.settled)
+    for target, name in placed.landed:
+        log.info("Moved the staged message {name} to {target}/", name=name, target=target)
+    for claim in placed.stuck:
+        log.error(
+            "Cannot move the staged message {dir} to {target}/{name}: its id is "
+            "marked seen; will try again with each group commit",
+            dir=claim.dir,
+            target=claim.target,
+            name=claim.name,
+        )
+    return placed.stuck
+
+
+def _emptyTmp(root: Path, prefix: str, keep: Sequence[Claim]) -> None:
+    """
+    Remove what a previous run of the process left in C{tmp/} (its staging
+    names start with C{prefix}; C{""} for all), but for the staging
+    directories of C{keep}.
+    """
+    kept = {root / c.dir for c in keep}
+    for entry in (root / TMP).iterdir():
+        if entry.name.startswith(prefix) and entry not in kept:
+            removeTree(entry)
+
+
+def _rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> _Placed:
+    """
+    Blocking: rename the messages of C{claims} (marked seen, with their
+    staging directories) into place, and fsync the parents.  A claim whose
+    staging directory is gone was renamed already.
+    """
+    landed: list[tuple[str, str]] = []
+    settled: list[str] = []
+    stuck: list[Claim] = []
+    parents: dict[Path, list[Claim]] = {}
+    for claim in claims:
+        source = _stagedPath(root, claim)
+        if source is None or not source.exists():
+            settled.append(claim.dir)
+            continue
+        destination = root / claim.target / claim.name
+        try:
+            os.rename(source, destination)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                removeTree(source)
+                settled.append(claim.dir)
+            else:
+                stuck.append(claim)
+            continue
+        parents.setdefault(destination.parent, []).append(claim)
+    for parent, moved in parents.items():
+        try:
+            fsyncPath(parent, sync)
+        except OSError:
+            # In place, not yet durable: its row stays, and goes once the
+            # next try finds its staging directory gone.
+            stuck += moved
+            continue
+        settled += [c.dir for c in moved]
+        landed += [(c.target, c.name) for c in moved]
+    return _Placed(landed, settled, stuck)
+
+
+def _stagedPath(root: Path, claim: Claim) -> Path | None:
+    """
+    The staging directory of a claim read from the index, or C{None} if the
+    row is not one this spool could have written.
+    """
+    parts = Path(claim.dir).parts
+    if (
+        len(parts) != 2
+        or parts[0] != TMP
+        or parts[1] in ("", ".", "..")
+        or claim.target not in (NEW, PENDING)
+        or not isName(claim.name)
+    ):
+        return None
+    return root / claim.dir
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 class _Commit:

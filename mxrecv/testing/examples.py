@@ -9,7 +9,6 @@ spool a server is running on (nothing is fsynced or journaled).
 from __future__ import annotations
 
 import io
-import json
 import struct
 import zipfile
 import zlib
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mxrecv.message.model import MMS, POST, SMS, Message
+from mxrecv.message.model import MMS, POST, SMS, Message, encodeJSON
 from mxrecv.mms.unpack import unpackInto
 from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS
 from mxrecv.spool.naming import nameForId
@@ -117,8 +116,8 @@ def put(
 
     @return: the message's directory.
     """
-    for directory in DIRECTORIES:
-        (root / directory).mkdir(parents=True, exist_ok=True)
+    for which in DIRECTORIES:
+        (root / which).mkdir(parents=True, exist_ok=True)
     directory = root / folder / nameForId(message.id)
     directory.mkdir()
     if zipData is not None:
@@ -133,8 +132,6 @@ def put(
             )
     data = message.encode()
     if extra:
-        document = json.loads(data)
-        document.update(extra)
-        data = json.dumps(document, ensure_ascii=False, indent=2).encode() + b"\n"
+        data = encodeJSON({**message.toJSON(), **extra})
     (directory / MESSAGE_JSON).write_bytes(data)
     return directory

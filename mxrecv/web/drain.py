@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import INonQueuedRequestFactory
@@ -138,7 +139,7 @@ class DrainService(Service):
     clients get no answer, so MX Telecom retries them).
     """
 
-    def __init__(self, inFlight: InFlight, timeout: float, clock: Any) -> None:
+    def __init__(self, inFlight: InFlight, timeout: float, clock: IReactorTime) -> None:
         self.inFlight = inFlight
         self.timeout = timeout
         self.clock = clock

@@ -21,8 +21,7 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -40,8 +39,8 @@ def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
 
 
 def tlsFactory(
-    site: Factory, allow: AllowList, certificate: ReloadableCertificate
-) -> Factory:
+    site: IProtocolFactory, allow: AllowList, certificate: ReloadableCertificate
+) -> IProtocolFactory:
     """
     C{site} behind TLS, behind the allow list: a client outside C{allow} is
     dropped on connection, before its handshake costs us anything.
@@ -61,14 +60,16 @@ class Listener(Service):
     @ivar port: the listening port once listening, else L{None}.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
     @classmethod
-    def fromDescription(cls, reactor: Any, description: str, factory: Factory) -> Listener:
+    def fromDescription(
+        cls, reactor: Any, description: str, factory: IProtocolFactory
+    ) -> Listener:
         """
         A listener on a plain (not C{ssl:}) endpoint description.
         """

@@ -50,13 +50,13 @@ from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
 from mxrecv.deliver import buildDeadLetters
-from mxrecv.ops.admin import Check, buildAdmin
+from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
 from mxrecv.ops.service import OrderedService, ThreadPoolService
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.naming import isName
-from mxrecv.spool.store import Spool, SpoolLocked, claimSpool
+from mxrecv.spool.store import Spool, SpoolError, SpoolLocked, claimSpool
 from mxrecv.tls import loadCertificates
 from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
 from mxrecv.workers.control import (
@@ -587,8 +587,12 @@ def buildSupervisor(
         text = path.read_text("utf-8")
         base = path.parent
     try:
-        lock = claimSpool(config.spool.dir)
-    except (OSError, SpoolLocked) as e:
+        lock = claimSpool(
+            config.spool.dir,
+            sync=config.spool.fsync,
+            dedupeSeconds=config.spool.dedupe_days * 86400,
+        )
+    except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {config.spool.dir}: {e}") from None
     metrics = Path(config.spool.dir).absolute() / STATE / METRICS_DIR
     # The counts of this run only, as in a server of one process.
@@ -629,7 +633,7 @@ def buildSupervisor(
         takeUp=supervisor.takeUp,
         certificates=supervisor.certificates,
         parent=supervisor,
-        more=[supervisor.workersCheck, *(deadLetters.checks() if deadLetters else ())],
+        more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
         redeliver=deadLetters.redeliver if deadLetters else None,
     )
     return supervisor

@@ -23,36 +23,15 @@ from typing import Any
 
 from attrs import field, frozen
 
+from mxrecv.config import parseConninfo
+
+__all__ = ["CONNECT_TIMEOUT", "KEEPALIVES", "Settings", "describe", "parseConninfo"]
+
 #: Most seconds to wait for a connection, whatever C{[deliver] timeout}.
 CONNECT_TIMEOUT = 10
 #: libpq parameters set unless the connection string sets them.
 KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
               "keepalives_count": "3"}
-
-
-def parseConninfo(conninfo: str) -> dict[str, str]:
-    """
-    The parameters of a libpq connection string (C{key=value ...} or a
-    C{postgresql://} URI).
-
-    @raise ValueError: if it is not one, or if it holds a password.
-    """
-    try:
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:
-        raise ValueError(
-            "needs psycopg, which is not installed: pip install 'mxrecv[postgresql]'"
-        ) from None
-    try:
-        parameters = conninfo_to_dict(conninfo)
-    except ProgrammingError as e:
-        raise ValueError(f"not a libpq connection string: {_firstLine(e)}") from None
-    if "password" in parameters:
-        raise ValueError(
-            "must not hold a password: use postgresql_password_file, or PGPASSFILE"
-        )
-    return {k: str(v) for k, v in parameters.items()}
 
 
 def describe(conninfo: str) -> str:
@@ -119,7 +98,3 @@ class Settings:
             connection.close()
             raise
         return connection
-
-
-def _firstLine(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
