@@ -361,6 +361,24 @@ class DeliveryTests(TestCase):
         self.assertEqual(service.deliverers[0].undeliverable, {})
 
     @inlineCallbacks
+    def test_stopWaitsForAttempt(self):
+        """
+        Stopping waits for the attempt under way (its answer, then its
+        record), however its request was made.
+        """
+        app, target = self.application()
+        app.hold = True
+        service = self.deliverTo(target)
+        yield self.acceptAll("a")
+        yield app.whenReceived(1)
+        stopped = service.stopService()
+        yield reactorTurns(10)
+        self.assertNoResult(stopped)
+        app.release()
+        yield stopped
+        self.assertTrue(self.records.isDelivered("url", "a"))
+
+    @inlineCallbacks
     def test_concurrency(self):
         """
         With concurrency 3, three messages are in flight at once.

@@ -360,8 +360,8 @@ class Deliverer:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def _track(self, d: Deferred[Any]) -> None:
-        if d.called:
-            return
+        # Not "if d.called": a Deferred waiting on another it was given is
+        # called, and not done.
         self._busy.add(d)
 
         def untrack(result: object) -> object:
