@@ -419,8 +419,9 @@ class DeliveryTests(TestCase):
 
     def test_urlRequestNotMade(self):
         """
-        An exception while the request is made fails the attempt,
-        asynchronously, and leaves no file of the message open.
+        An exception while the request is made (a bug) is logged with its
+        traceback and fails the attempt for good, leaving no file of the
+        message open.
         """
         directory = self.spool.dir("new") / "m"
         (directory / "parts").mkdir(parents=True)
@@ -437,9 +438,34 @@ class DeliveryTests(TestCase):
             "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
         ).deliver(directory)
         outcome = self.successResultOf(d)
-        self.assertIsInstance(outcome, PermanentFailure)
-        self.assertIn("UnicodeEncodeError", outcome.why)
+        self.assertEqual(
+            outcome, PermanentFailure("cannot make the request: internal error (logged)")
+        )
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
         self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
+
+    def test_urlRequestBugLogged(self):
+        """
+        An exception nothing foresees while the request is built (a bug) is
+        logged with its traceback, and the attempt fails permanently like
+        any other that cannot be sent.
+        """
+        directory = self.spool.dir("new") / "m"
+        directory.mkdir(parents=True)
+        (directory / "message.json").write_text(json.dumps({"id": "m", "parts": []}))
+
+        class Broken:
+            def post(self, url, files, timeout):
+                raise RuntimeError("a bug")
+
+        d = WebhookTarget(
+            "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
+        ).deliver(directory)
+        outcome = self.successResultOf(d)
+        self.assertIsInstance(outcome, PermanentFailure)
+        self.assertEqual(outcome.why, "cannot make the request: internal error (logged)")
+        [logged] = self.flushLoggedErrors(RuntimeError)
+        self.assertIn("a bug", logged.getTraceback())
 
     @inlineCallbacks
     def test_urlContentTypeNotAscii(self):

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import CooperativeTask, TaskStopped, cooperate
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
@@ -54,6 +55,8 @@ from mxrecv.deliver.signature import Signing
 from mxrecv.message.model import decodeJSON
 from mxrecv.mms.unpack import OCTET_STREAM, mediaType
 from mxrecv.spool.layout import MESSAGE_JSON
+
+log = Logger()
 
 USER_AGENT = b"mxrecv"
 
@@ -272,11 +275,16 @@ class WebhookTarget:
                     allow_redirects=False,
                     unbuffered=True,
                 )
-            except Exception as e:
-                return succeed(_unreadable(e))
+            except Exception:
+                return succeed(_bug(directory))
             return request.addCallbacks(self._answered, _noAnswer)
 
-        return d.addCallbacks(read, lambda f: _unreadable(f.value))
+        def unread(reason: Failure) -> Outcome:
+            if reason.check(OSError):
+                return _unreadable(reason.value)
+            return _bug(directory, reason)
+
+        return d.addCallbacks(read, unread)
 
     def _answered(self, response: Any) -> Deferred[Outcome]:
         retryAfter = parseRetryAfter(
@@ -295,7 +303,20 @@ def _readNow(body: FormBody, signing: Signing | None) -> Deferred[tuple[int, byt
 
 
 def _unreadable(e: BaseException) -> Outcome:
+    """
+    The message's files cannot be read, or message.json is not what mxrecv
+    writes: this message cannot be sent.
+    """
     return PermanentFailure(f"cannot make the request: {type(e).__name__}: {e}")
+
+
+def _bug(directory: Path, reason: Failure | None = None) -> Outcome:
+    """
+    A bug: logged with its traceback, and the message dead lettered like any
+    other that cannot be sent.
+    """
+    log.failure("Making the request for {directory} failed", reason, directory=str(directory))
+    return PermanentFailure("cannot make the request: internal error (logged)")
 
 
 def _noAnswer(reason: Failure) -> Outcome:
