@@ -165,14 +165,22 @@ class BrowserCase(TestCase):
         """
 
         def click() -> None:
-            from selenium.webdriver.support import expected_conditions
+            from selenium.common.exceptions import WebDriverException
             from selenium.webdriver.support.ui import WebDriverWait
 
-            page = self.driver.find_element("tag name", "html")
+            # A mark on this page's window: the next page's is a new one.
+            self.driver.execute_script("window.mxrecvBefore = true")
             self.driver.find_element(by, selector).click()
-            wait = WebDriverWait(self.driver, LOAD_TIMEOUT)
-            wait.until(expected_conditions.staleness_of(page))
-            wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+            # While the page changes, chromedriver may answer with errors
+            # of any kind about the old one: ask again.
+            WebDriverWait(
+                self.driver, LOAD_TIMEOUT, ignored_exceptions=(WebDriverException,)
+            ).until(
+                lambda d: d.execute_script(
+                    "return window.mxrecvBefore === undefined"
+                    " && document.readyState === 'complete'"
+                )
+            )
 
         return self.browse(click)
 
