@@ -200,10 +200,11 @@ def split(server: Server) -> str:
     """
     How many callbacks each worker answered (from the log), over all rounds.
     """
-    log = server.workdir / "twistd.log"
     counts: dict[str, int] = {}
-    for worker in re.findall(r"worker=(\d+)\] get callback", log.read_text(errors="replace")):
-        counts[worker] = counts.get(worker, 0) + 1
+    # twistd rotates its log file every MB: twistd.log, twistd.log.1, ...
+    for log in server.workdir.glob("twistd.log*"):
+        for worker in re.findall(r"worker=(\d+)\] get callback", log.read_text(errors="replace")):
+            counts[worker] = counts.get(worker, 0) + 1
     return " / ".join(f"worker {k}: {v}" for k, v in sorted(counts.items()))
 
 
