@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,10 @@ from mxrecv.web.outcome import CallbackOutcome
 RETRIEVAL_OUTCOMES = frozenset(
     {"ok", "timeout", "connection", "http_4xx", "http_5xx", "invalid", "other"}
 )
+
+# The gauge of MMS held up by a local error (mxrecv.mms.recover), which
+# /health reports too.
+LOCAL_ERROR_WAITING = "mxrecv_mms_local_error_waiting"
 
 # Seconds: a callback is acknowledged after local fsyncs, so mostly
 # milliseconds; the upper buckets catch a struggling disk.
@@ -86,6 +90,15 @@ class Metrics:
             ["target", "outcome"],
             registry=r,
         )
+        # Set by the process that does the MMS work (the leader, with
+        # several workers): summed over the live processes.
+        self._localErrorWaiting = Gauge(
+            LOCAL_ERROR_WAITING,
+            "MMS whose completion or download set-up stopped on a local error "
+            "(a full or failing disk), waiting to be taken up again.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
 
     def callback(self, outcome: CallbackOutcome) -> None:
         """
@@ -118,6 +131,12 @@ class Metrics:
         """
         self._expired.inc()
 
+    def waitingAfterLocalError(self, count: int) -> None:
+        """
+        C{count} MMS now wait to be taken up again after a local error.
+        """
+        self._localErrorWaiting.set(count)
+
     def delivery(self, target: str, ok: bool) -> None:
         self._deliveries.labels(target=target, outcome="ok" if ok else "failed").inc()
 
@@ -126,6 +145,25 @@ class Metrics:
         Add a collector that reads state at scrape time.
         """
         self.registry.register(collector)
+
+
+def sampleValue(registry: CollectorRegistry, name: str) -> float:
+    """
+    The value of the unlabelled metric C{name} in C{registry}, 0 if it has
+    none.  Blocking (in multiprocess mode, it reads the workers' files):
+    called in a worker thread.
+
+    The collectors that describe C{name} are asked first, which spares the
+    spool's listings; all of them only if none does (the workers' metrics,
+    summed by prometheus-client's multiprocess collector, are described by
+    none).
+    """
+    for source in (registry.restricted_registry([name]), registry):
+        for family in source.collect():
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value
+    return 0.0
 
 
 class SpoolCollector(Collector):
