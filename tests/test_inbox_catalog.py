@@ -139,6 +139,29 @@ class CatalogTests(SynchronousTestCase):
             rows, {"broken": "message.json is not valid JSON", "empty": "no message.json"}
         )
 
+    def test_halfWrittenReadAgain(self):
+        """
+        A message.json caught half-written (copied into cur/ in place rather
+        than renamed) is listed with the reason, and read again at the next
+        refresh, though its folder's time has not changed.
+        """
+        self.clock.now = 1 << 62
+        directory = self.root / "cur" / "copied"
+        directory.mkdir()
+        (directory / "message.json").write_text('{"id": "copied", "rec')
+        rows = self._refreshAll(Query(folder="cur"))
+        self.assertEqual([r.problem for r in rows], ["message.json is not valid JSON"])
+        folder = os.stat(self.root / "cur")
+        (directory / "message.json").write_text(
+            json.dumps({"id": "copied", "type": "sms", "received": stamp(9), "message": "whole"})
+        )
+        os.utime(self.root / "cur", ns=(folder.st_atime_ns, folder.st_mtime_ns))
+        rows = self._refreshAll(Query(folder="cur"))
+        self.assertEqual([(r.id, r.summary, r.problem) for r in rows], [("copied", "whole", None)])
+        self.assertEqual(self.catalog.refresh(), 0)
+        self.catalog.close()
+        self.assertEqual(self.open().refresh(), 0)
+
     def _refreshAll(self, query):
         self.catalog.refresh()
         return self.catalog.page(query).rows

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxrecv.deliver.postgresql.copyformat import HEADER, MAX_FIELD, TRAILER, partHead
-from mxrecv.deliver.postgresql.row import BadDocument, PartSource, messageRow
+from mxrecv.deliver.postgresql.row import BadDocument, PartSource, idKey, messageRow
 from mxrecv.deliver.postgresql.sanitise import cleanDocument, cleanText
 from mxrecv.message.model import Part
 
@@ -75,6 +75,28 @@ class CleanTests(SynchronousTestCase):
                 "replaced by U+FFFD",
             ],
         )
+
+
+class IdKeyTests(SynchronousTestCase):
+    @given(st.binary(max_size=20), st.binary(max_size=20))
+    def test_distinct(self, a: bytes, b: bytes) -> None:
+        """
+        Distinct ids (as bytes) have distinct keys, which PostgreSQL can
+        store.
+        """
+        self.assertTrue(storable(idKey(a)))
+        self.assertEqual(idKey(a) == idKey(b), a == b)
+
+    @given(st.text().filter(lambda t: "\\" not in t and "\x00" not in t))
+    def test_plain(self, text: str) -> None:
+        """
+        A UTF-8 id without NUL or backslash is its own key.
+        """
+        self.assertEqual(idKey(text.encode("utf-8")), text)
+
+    def test_escapes(self) -> None:
+        self.assertEqual(idKey(b"caf\xe9"), "caf\\xe9")
+        self.assertEqual(idKey(b"a\\b\x00"), "a\\\\b\\x00")
 
 
 class RowTests(SynchronousTestCase):

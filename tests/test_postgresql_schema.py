@@ -169,3 +169,22 @@ class DbInitTests(SynchronousTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertIn('password authentication failed for user "mxrecv"', err)
         self.assertNotIn("not-it-at-all", err)
+
+    def test_checkConfig(self) -> None:
+        """
+        C{mxrecv check-config} names the database (never the password).
+        """
+        db = database(self, initialise=False)
+        base = Path(self.mktemp())
+        base.mkdir()
+        (base / "mxrecv.toml").write_text(
+            f'[deliver]\npostgresql = "{db.conninfo}"\n'
+            f'postgresql_password_file = "{db.passwordFile}"\n'
+        )
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["check-config", str(base / "mxrecv.toml")], out, err), 0)
+        self.assertIn(
+            f"  deliver: postgresql mxrecv@127.0.0.1:{db.cluster.port}/{db.name}\n",
+            out.getvalue(),
+        )
+        self.assertNotIn(db.password, out.getvalue())

@@ -169,8 +169,9 @@ class StoreTests(SynchronousTestCase):
     def test_unstorableCharacters(self) -> None:
         """
         NUL and lone surrogates, which PostgreSQL text cannot hold, are
-        replaced by U+FFFD wherever they are (the id included); each change
-        is in the row's changes, and original holds message.json's bytes.
+        replaced by U+FFFD wherever they are; the id is escaped instead (see
+        test_distinctIds); each change is in the row's changes, and
+        original holds message.json's bytes.
         """
         message = exampleMessage(
             id="bad\x00id", sender="44\udcff77", message="a\x00b\x00c", subject="\ud800"
@@ -182,8 +183,8 @@ class StoreTests(SynchronousTestCase):
             "SELECT id, document, sender, text, changes, original FROM mxrecv_message"
         )
         self.assertEqual(
-            (rowId, sender, text, document["message"]),
-            ("bad\ufffdid", "44\ufffd77", "a\ufffdb\ufffdc", "a\ufffdb\ufffdc"),
+            (rowId, document["id"], sender, text, document["message"]),
+            ("bad\\x00id", "bad\ufffdid", "44\ufffd77", "a\ufffdb\ufffdc", "a\ufffdb\ufffdc"),
         )
         self.assertEqual(
             changes,
@@ -192,10 +193,38 @@ class StoreTests(SynchronousTestCase):
                 "from: 1 character PostgreSQL cannot store (U+DCFF) replaced by U+FFFD",
                 "subject: 1 character PostgreSQL cannot store (U+D800) replaced by U+FFFD",
                 "message: 2 characters PostgreSQL cannot store (U+0000) replaced by U+FFFD",
+                "id: stored as 'bad\\\\x00id' (an id holding a backslash, NUL or bytes that "
+                "are not UTF-8 is written with backslash escapes)",
             ],
         )
         self.assertEqual(list(stored.changes), changes)
         self.assertEqual(bytes(original), (directory / "message.json").read_bytes())
+
+    def test_distinctIds(self) -> None:
+        """
+        Ids that differ in their bytes as sent stay distinct rows, even when
+        their text is the same (one was not UTF-8) or when their cleaned
+        text would be (NUL and U+FFFD); and each is stored once.
+        """
+        ids = [
+            exampleMessage(id="caf\u00e9"),
+            exampleMessage(id="caf\u00e9", id_charset="iso-8859-15"),
+            exampleMessage(id="caf\\xe9"),
+            exampleMessage(id="x\x00"),
+            exampleMessage(id="x\ufffd"),
+        ]
+        for message in ids + ids:
+            storeMessage(self.connection, messageDirectory(self, message), "n")
+        self.assertEqual(
+            sorted(self.db.query("SELECT id, document->>'id_charset' FROM mxrecv_message")),
+            [
+                ("caf\\\\xe9", "utf-8"),
+                ("caf\\xe9", "iso-8859-15"),
+                ("caf\u00e9", "utf-8"),
+                ("x\\x00", "utf-8"),
+                ("x\ufffd", "utf-8"),
+            ],
+        )
 
     def test_partNames(self) -> None:
         """

@@ -200,6 +200,36 @@ class RunningTests(TestCase):
         self.assertTrue((running.spool / "state" / "delivered" / "postgresql" / "dup").exists())
 
     @inlineCallbacks
+    def test_recordLost(self):
+        """
+        A node that stored a message but lost its record of it (a crash
+        between the commit and the record) stores it again at its next
+        start: it finds the row there, marks the message delivered, and no
+        one is notified twice.
+        """
+        listener = self.db.connect()
+        self.addCleanup(listener.close)
+        listener.execute("LISTEN mxrecv_message")
+        config = runningConfig(self, deliver=self.db.deliverConfig())
+        running = run(self, config)
+        self.http = client()
+        yield self.send(running, "lost")
+        yield self.delivered.all(["lost"])
+        yield running.stop()
+        record = running.spool / "state" / "delivered" / "postgresql" / "lost"
+        record.unlink()
+
+        self.delivered.names.clear()
+        again = run(self, config)
+        yield self.delivered.all(["lost"])
+        yield again.stop()
+        self.assertTrue(record.exists())
+        self.assertEqual(self.db.query("SELECT count(*) FROM mxrecv_message"), [(1,)])
+        self.assertEqual(
+            [n.payload for n in listener.notifies(timeout=0.5, stop_after=10)], ["lost"]
+        )
+
+    @inlineCallbacks
     def test_databaseDownThenUp(self):
         """
         With the database down, callbacks are still answered 200, delivery

@@ -9,6 +9,7 @@ spool a server is running on (nothing is fsynced or journaled).
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zipfile
 import zlib
@@ -18,7 +19,7 @@ from typing import Any
 
 from mxrecv.message.model import MMS, POST, SMS, Message, encodeJSON
 from mxrecv.mms.unpack import unpackInto
-from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS
+from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS, TMP
 from mxrecv.spool.naming import nameForId
 
 
@@ -112,13 +113,15 @@ def put(
     Put C{message} into C{root/folder/NAME} as mxrecv would have, with its
     zip (unpacked into C{parts/} unless C{folder} is C{pending} or
     C{failed}) and, in C{message.json}, the C{extra} keys (C{error},
-    C{attempts} of a failed MMS).
+    C{attempts} of a failed MMS): written in C{tmp/}, then renamed into
+    place whole.
 
     @return: the message's directory.
     """
     for which in DIRECTORIES:
         (root / which).mkdir(parents=True, exist_ok=True)
-    directory = root / folder / nameForId(message.id)
+    name = nameForId(message.id)
+    directory = root / TMP / f"example.{name}"
     directory.mkdir()
     if zipData is not None:
         (directory / MMS_ZIP).write_bytes(zipData)
@@ -134,4 +137,6 @@ def put(
     if extra:
         data = encodeJSON({**message.toJSON(), **extra})
     (directory / MESSAGE_JSON).write_bytes(data)
-    return directory
+    final = root / folder / name
+    os.rename(directory, final)
+    return final

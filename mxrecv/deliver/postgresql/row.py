@@ -4,7 +4,9 @@ A message's C{message.json} as the row of C{mxrecv_message} and the list of
 its parts, ready for L{mxrecv.deliver.postgresql.store}.
 
 Everything PostgreSQL would refuse is dealt with here, before any statement
-is sent: the strings are cleaned (L{mxrecv.deliver.postgresql.sanitise}),
+is sent: the id becomes a key that PostgreSQL text can hold and that stays
+distinct for distinct ids (L{idKey}), the strings are cleaned
+(L{mxrecv.deliver.postgresql.sanitise}),
 part names made unique (they are the key of C{mxrecv_part}, and a zip may
 hold two entries of the same name), and each change is listed in
 C{changes}; when a string was changed, the exact bytes of C{message.json}
@@ -17,6 +19,7 @@ Pure: bytes in, values out.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -91,13 +94,19 @@ def messageRow(raw: bytes) -> MessageRow:
     if not isinstance(loaded, dict):
         raise BadDocument("message.json is not a JSON object")
     changes: list[str] = []
+    key = idKey(_rawId(loaded))
     document = cleanDocument(loaded, changes)
     original = raw if changes else None
+    if key != document["id"]:
+        changes.append(
+            f"id: stored as {key!r} (an id holding a backslash, NUL or bytes that are not "
+            "UTF-8 is written with backslash escapes)"
+        )
     kind = _string(document, "type")
     text = _optional(document, "message" if kind == "sms" else "text")
     parts = _parts(document, kind, changes)
     return MessageRow(
-        id=_string(document, "id"),
+        id=key,
         document=document,
         type=kind,
         sender=_string(document, "from"),
@@ -115,6 +124,44 @@ def messageRow(raw: bytes) -> MessageRow:
         original=original,
         parts=parts,
     )
+
+
+def idKey(raw: bytes) -> str:
+    """
+    The key of the id whose bytes (as MX Telecom sent them) are C{raw}: the
+    id itself when it is UTF-8 without NUL or backslash (every id MX Telecom
+    is known to send), else the id with backslash escapes: C{\\\\} for a
+    backslash, C{\\xNN} for NUL and for each byte that is not part of
+    UTF-8.  Escaped keys always hold a backslash and the others never do,
+    and each escaping is reversible, so distinct ids have distinct keys (two
+    nodes make the same key of the same id).
+    """
+    text = raw.decode("utf-8", "surrogateescape")
+    if not _ESCAPED.search(text):
+        return text
+    return _ESCAPED.sub(_escape, text)
+
+
+_ESCAPED = re.compile(r"[\\\x00\udc80-\udcff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    if c == "\\":
+        return "\\\\"
+    return f"\\x{ord(c) & 0xFF:02x}"
+
+
+def _rawId(document: dict[str, Any]) -> bytes:
+    """
+    The id's bytes as sent: its text encoded with its C{id_charset}.
+    """
+    text = _string(document, "id")
+    charset = document.get("id_charset")
+    try:
+        return text.encode(charset if isinstance(charset, str) else "utf-8", "surrogatepass")
+    except (LookupError, UnicodeEncodeError):
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _parts(document: dict[str, Any], kind: str, changes: list[str]) -> tuple[PartSource, ...]:

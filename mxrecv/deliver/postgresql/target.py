@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
@@ -40,6 +41,9 @@ from mxrecv.deliver.postgresql.store import MessageUnreadable, Stored, storeMess
 
 log = Logger()
 
+#: Seconds the check at start-up waits for the database: an unreachable
+#: one must not hold up the callbacks for long.
+STARTUP_TIMEOUT = 3.0
 #: SQLSTATE classes that refuse a message for what it holds.
 PERMANENT_CLASSES = ("22", "23")
 
@@ -131,7 +135,7 @@ def buildTarget(config: DeliverConfig, *, reactor: IReactorFromThreads) -> Postg
     settings = settingsFor(config)
     where = describe(config.postgresql)
     try:
-        with settings.connect() as connection:
+        with evolve(settings, timeout=STARTUP_TIMEOUT).connect() as connection:
             version = schema.check(connection)
     except SchemaError as e:
         raise SystemExit(f"mxrecv: deliver.postgresql ({where}): {e}") from None

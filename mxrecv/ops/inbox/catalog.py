@@ -24,6 +24,10 @@ before each query (L{Catalog.refresh}):
     a margin (2 s, as git's "racy" index entries): a change made in the
     same clock tick as the listing, which would leave the time as it was,
     is then caught by the next refresh, which lists the folder again.
+  - A message whose C{message.json} could not be read (one copied into
+    C{cur/} file by file rather than renamed, caught half-written) is
+    listed with the reason, and read again at each refresh until it can
+    be.
 
 The catalog is written by one process only, the one serving the admin
 listener, which holds C{state/inbox.lock}.  It can be removed at any time
@@ -49,17 +53,21 @@ from attrs import evolve, frozen
 from mxrecv.ops.inbox.query import FOLDERS, Cursor, Query
 from mxrecv.ops.inbox.summary import Row, summarize, unreadable
 from mxrecv.spool.layout import FAILED, INBOX_DB, INBOX_LOCK, MESSAGE_JSON, PENDING, STATE
-from mxrecv.spool.naming import isName
+from mxrecv.spool.naming import isName, nameForId
 
 #: Bumped whenever the schema or what a row holds changes: an older
 #: catalog is then rebuilt.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How much older than the listing a folder's time must be to be trusted.
 RACY_MARGIN_NS = 2_000_000_000
 #: Largest message.json read for a row (an SMS or MMS text is at most 1 MiB).
 LARGEST_DOCUMENT = 8 * 1024 * 1024
 #: Rows written per transaction while a big folder is first read.
 BATCH = 2000
+
+#: The stamp of a message whose message.json could not be read: it is
+#: read again at each refresh.
+UNREADABLE = -1
 
 # Folders whose messages mxrecv rewrites in place.
 _REWRITTEN = frozenset({PENDING, FAILED})
@@ -73,6 +81,7 @@ CREATE TABLE message (
     id TEXT NOT NULL,
     type TEXT NOT NULL,
     sender TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
     recipients TEXT NOT NULL,
     summary TEXT NOT NULL,
     parts INTEGER NOT NULL,
@@ -81,7 +90,7 @@ CREATE TABLE message (
 );
 CREATE INDEX message_recent ON message (received, folder, name);
 CREATE INDEX message_folder ON message (folder, received, name);
-CREATE INDEX message_id ON message (id);
+CREATE INDEX message_name ON message (name);
 CREATE TABLE folder (folder TEXT PRIMARY KEY, mtime INTEGER);
 """
 
@@ -131,6 +140,10 @@ class Catalog:
         # Entries that are not message directories (a stray file): not
         # rows, and not read again until their folder changes.
         self._ignored: dict[str, set[str]] = {}
+        # Messages whose message.json could not be read (one copied in
+        # place, not renamed, say): listed with the reason, read again
+        # until they can be.
+        self._unreadable: dict[str, set[str]] = {}
 
     @property
     def path(self) -> Path:
@@ -202,9 +215,12 @@ class Catalog:
         db = self._database()
         self._known = {folder: {} for folder in FOLDERS}
         self._ignored = {folder: set() for folder in FOLDERS}
+        self._unreadable = {folder: set() for folder in FOLDERS}
         for folder, name, stamp in db.execute("SELECT folder, name, stamp FROM message"):
             if folder in self._known:
                 self._known[folder][name] = stamp
+                if stamp == UNREADABLE:
+                    self._unreadable[folder].add(name)
         self._mtimes = dict(db.execute("SELECT folder, mtime FROM folder"))
 
     def _database(self) -> sqlite3.Connection:
@@ -231,16 +247,26 @@ class Catalog:
             mtime = None
         if mtime is not None and self._mtimes.get(folder) == mtime:
             return 0
-        listing = self._list(folder, path) if mtime is not None else {}
         known = self._known[folder]
         ignored = self._ignored[folder]
-        ignored.intersection_update(listing)
-        gone = [name for name in known if name not in listing]
-        fresh = [
-            (name, stamp)
-            for name, stamp in listing.items()
-            if known.get(name) != stamp and name not in ignored
-        ]
+        unreadable = self._unreadable[folder]
+        if folder in _REWRITTEN:
+            listing = self._stamped(path) if mtime is not None else {}
+            gone = known.keys() - listing.keys()
+            fresh = [
+                (name, stamp)
+                for name, stamp in listing.items()
+                if known.get(name) != stamp and name not in ignored
+            ]
+            ignored.intersection_update(listing)
+        else:
+            # The big folders: set operations on the names, in C; only the
+            # names that appeared are checked and read.
+            names = self._names(path) if mtime is not None else set()
+            gone = known.keys() - names
+            fresh = [(name, 0) for name in names - known.keys() - ignored if isName(name)]
+            fresh.extend((name, 0) for name in unreadable & names)
+            ignored.intersection_update(names)
         db = self._database()
         changes = 0
         if gone:
@@ -251,25 +277,34 @@ class Catalog:
                 )
             for name in gone:
                 del known[name]
+            unreadable.difference_update(gone)
             changes += len(gone)
         for batch in _batches(fresh, BATCH):
             rows = []
             for name, stamp in batch:
-                row = self._read(folder, path / name)
-                if row is None:
+                read = self._read(folder, path / name)
+                if read is None:
                     ignored.add(name)
                 else:
-                    rows.append((row, stamp))
+                    row, readable = read
+                    rows.append((row, stamp if readable else UNREADABLE))
             with _transaction(db):
                 db.executemany(
-                    f"INSERT OR REPLACE INTO message (stamp, {_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(stamp, *_record(row)) for row, stamp in rows],
+                    f"INSERT OR REPLACE INTO message (stamp, sender_key, {_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(stamp, senderKey(row.sender), *_record(row)) for row, stamp in rows],
                 )
             for row, stamp in rows:
                 known[row.name] = stamp
+                if stamp == UNREADABLE:
+                    unreadable.add(row.name)
+                else:
+                    unreadable.discard(row.name)
             changes += len(rows)
         trusted = mtime if mtime is not None and mtime < started - RACY_MARGIN_NS else None
+        if unreadable:
+            # Listed again next time, to read them again.
+            trusted = None
         if self._mtimes.get(folder, -1) != trusted:
             with _transaction(db):
                 db.execute(
@@ -279,14 +314,21 @@ class Catalog:
             self._mtimes[folder] = trusted
         return changes
 
-    def _list(self, folder: str, path: Path) -> dict[str, int]:
+    def _names(self, path: Path) -> set[str]:
         """
-        The message names in C{path}, each with its stamp: its directory's
-        modification time where mxrecv rewrites messages in place, else 0.
+        The names in C{path}, messages or not.
         """
         try:
-            if folder not in _REWRITTEN:
-                return {name: 0 for name in os.listdir(path) if isName(name)}
+            return set(os.listdir(path))
+        except FileNotFoundError:
+            return set()
+
+    def _stamped(self, path: Path) -> dict[str, int]:
+        """
+        The message names in C{path}, each with its stamp: its directory's
+        modification time (where mxrecv rewrites messages in place).
+        """
+        try:
             listing = {}
             with os.scandir(path) as entries:
                 for entry in entries:
@@ -299,27 +341,28 @@ class Catalog:
         except FileNotFoundError:
             return {}
 
-    def _read(self, folder: str, directory: Path) -> Row | None:
+    def _read(self, folder: str, directory: Path) -> tuple[Row, bool] | None:
         """
-        The row of the message in C{directory}, or L{None} if there is no
-        message there (it went, or it is not a directory).
+        The row of the message in C{directory} and whether its
+        C{message.json} could be read, or L{None} if there is no message
+        there (it went, or it is not a directory).
         """
         try:
             with open(directory / MESSAGE_JSON, "rb") as f:
                 data = f.read(LARGEST_DOCUMENT + 1)
         except (FileNotFoundError, NotADirectoryError):
             if directory.is_dir():
-                return unreadable(folder, directory.name, "no message.json")
+                return unreadable(folder, directory.name, "no message.json"), False
             return None
         except OSError as e:
-            return unreadable(folder, directory.name, f"message.json: {e.strerror}")
+            return unreadable(folder, directory.name, f"message.json: {e.strerror}"), False
         if len(data) > LARGEST_DOCUMENT:
-            return unreadable(folder, directory.name, "message.json is too large to list")
+            return unreadable(folder, directory.name, "message.json is too large to list"), True
         try:
             document = json.loads(data.decode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError):
-            return unreadable(folder, directory.name, "message.json is not valid JSON")
-        return summarize(folder, directory.name, document)
+            return unreadable(folder, directory.name, "message.json is not valid JSON"), False
+        return summarize(folder, directory.name, document), True
 
     # Reading it
 
@@ -337,7 +380,8 @@ class Catalog:
                 return self.page(evolve(query, after=None))
             rows = rows[:size]
             rows.reverse()
-            newer, older = _cursor(rows[0]), _cursor(rows[-1])
+            newer: Cursor | None = _cursor(rows[0])
+            older: Cursor | None = _cursor(rows[-1])
         else:
             rows = self._select(db, where, params, query.before, "<", "DESC", size + 1)
             more = len(rows) > size
@@ -386,11 +430,13 @@ def _filters(query: Query) -> tuple[list[str], list[object]]:
         where.append("type = ?")
         params.append(query.type)
     if query.ident is not None:
-        where.append("(id = ? OR name = ?)")
-        params.extend([query.ident, query.ident])
+        # A message's name is made from its id: by name, an indexed lookup.
+        names = sorted({nameForId(query.ident), query.ident})
+        where.append(f"name IN ({', '.join('?' * len(names))})")
+        params.extend(names)
     if query.sender is not None:
-        where.append("instr(lower(sender), lower(?)) > 0")
-        params.append(query.sender)
+        where.append("instr(sender_key, ?) > 0")
+        params.append(senderKey(query.sender))
     since, until = query.receivedRange()
     if since is not None:
         where.append("received >= ?")
@@ -399,6 +445,14 @@ def _filters(query: Query) -> tuple[list[str], list[object]]:
         where.append("received < ?")
         params.append(until)
     return where, params
+
+
+def senderKey(sender: str) -> str:
+    """
+    What a sender filter is matched against: the sender lowercased (MX
+    Telecom passes alphanumeric senders, such as a bank's name, as sent).
+    """
+    return sender.lower()
 
 
 def _record(row: Row) -> tuple[object, ...]:

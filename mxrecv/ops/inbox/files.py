@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from mxrecv.mms.unpack import Limits, SmilReference, decodePart, smilReferences
@@ -214,7 +214,7 @@ class FileSender:
     """
 
     def __init__(
-        self, file: IO[bytes], request: IRequest, *, reactor: IReactorThreads, pool: ThreadPool
+        self, file: IO[bytes], request: Request, *, reactor: IReactorThreads, pool: ThreadPool
     ) -> None:
         self._file = file
         self._request = request

@@ -127,8 +127,17 @@ class Inbox:
         return self._whenReady().addCallback(lambda _: self._inThread(close))
 
     def _whenReady(self) -> Deferred[None]:
+        """
+        A new L{Deferred} that fires once L{start} has finished, however
+        it went (the shared one keeps its own result).
+        """
         d: Deferred[None] = Deferred()
-        self._ready.addBoth(lambda result: (d.callback(None), result)[1])
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._ready.addBoth(fire)
         return d
 
     def page(self, query: Query) -> Deferred[Page]:

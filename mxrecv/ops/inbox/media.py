@@ -97,7 +97,7 @@ def partViews(parts: Any) -> list[PartView]:
     component: C{message.json} in C{cur/} is the application's, and nothing
     it says may point outside the message's directory.
     """
-    views = []
+    views: list[PartView] = []
     if not isinstance(parts, list):
         return views
     for part in parts:

@@ -231,6 +231,27 @@ class MessagePage(Element):
         return tag(self._notice) if self._notice else ""
 
     @renderer
+    def summary(self, request: Any, tag: Tag) -> Tag | str:
+        """
+        Who sent it to whom, and when: the lines a phone shows first.
+        """
+        if self._shown.document is None:
+            return ""
+        document = self._document
+        lines = [
+            ("Type", self._text("type").upper() or "?"),
+            ("From", self._text("from")),
+            ("To", _value(document.get("to"))),
+        ]
+        if document.get("cc"):
+            lines.append(("Cc", _value(document.get("cc"))))
+        lines.append(("Received (UTC)", when(self._text("received"))))
+        if self._text("subject"):
+            lines.append(("Subject", self._text("subject")))
+        items = [item for label, value in lines for item in (tags.dt(label), tags.dd(value))]
+        return tags.section(tags.dl(*items), class_="summary")
+
+    @renderer
     def failure(self, request: Any, tag: Tag) -> Tag | str:
         shown = self._shown
         if shown.folder != FAILED:

@@ -96,7 +96,7 @@ class InboxResource(Resource):
         self._stylesheet = (files("mxrecv.ops.inbox") / "templates" / STYLESHEET).read_bytes()
 
     def _path(self, request: Request) -> list[str] | None:
-        path = list(request.postpath)
+        path = list(request.postpath or ())
         if path and path[-1] == b"":
             path.pop()
         try:
@@ -135,7 +135,7 @@ class InboxResource(Resource):
 
     def _list(self, request: Request) -> int:
         try:
-            query = parseQuery(request.args)
+            query = parseQuery(_args(request))
         except BadQuery as e:
             return self._render(request, HTTPStatus.BAD_REQUEST, InboxPage(Query(), None, str(e)))
         d = self._inbox.page(query)
@@ -150,7 +150,7 @@ class InboxResource(Resource):
 
         def shown(shown: Any) -> None:
             notice = None
-            if folder == PENDING and request.args.get(b"requeued"):
+            if folder == PENDING and _args(request).get(b"requeued"):
                 notice = "Requeued: moved from failed/ to pending/, to be retrieved again."
             token = self._csrf.token(REQUEUE, name) if folder == FAILED else None
             page = MessagePage(shown, token, notice, askToken=bool(self._token.value))
@@ -236,7 +236,7 @@ class InboxResource(Resource):
         browser sends no C{Authorization} header without script) or, from
         a script, in that header; either is checked by L{BearerToken}.
         """
-        presented = (request.args.get(b"token") or [b""])[-1]
+        presented = (_args(request).get(b"token") or [b""])[-1]
         if not (self._token.allows(request) or self._token.matches(presented)):
             log.warn(
                 "Refused requeue of failed/{name} from {client}: no valid admin token",
@@ -251,7 +251,7 @@ class InboxResource(Resource):
                     "The admin token ([admin] token) is required: go back and type it in.",
                 ),
             )
-        token = (request.args.get(b"csrf") or [b""])[-1].decode("ascii", "replace")
+        token = (_args(request).get(b"csrf") or [b""])[-1].decode("ascii", "replace")
         if not self._csrf.check(token, REQUEUE, name):
             return self._render(
                 request,
@@ -309,6 +309,14 @@ class InboxResource(Resource):
         flattenString(None, page).addCallback(
             lambda body: _answer(request, HTTPStatus.INTERNAL_SERVER_ERROR, body)
         )
+
+
+def _args(request: Request) -> dict[bytes, list[bytes]]:
+    """
+    The query string's and the form's arguments (twisted.web sets them
+    before rendering).
+    """
+    return request.args or {}
 
 
 def _notFoundPage() -> ErrorPage:

@@ -1,0 +1,262 @@
+"""
+Several mxrecv nodes (twistd processes, each with its own spool) delivering
+into one real PostgreSQL: the same ids sent to both are stored once and
+notified once; the database stopped in the middle of a load and started
+again loses nothing and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+from pathlib import Path
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from mxrecv.deliver.postgresql.store import CHANNEL
+
+from .postgresql import Database, database
+from .running import SMS
+from .support import httpClient
+from .test_tap import runTwistd
+
+DELIVERED = re.compile(rb"Delivered new/(\S+) to the postgresql")
+FAILED = re.compile(rb"Delivery of new/\S+ to the postgresql failed")
+
+
+class Node:
+    """
+    One mxrecv node under twistd, delivering into C{db}; follows its log to
+    say what it delivered.
+    """
+
+    def __init__(self, case: TestCase, db: Database, name: str) -> None:
+        base = Path(case.mktemp()).absolute()
+        base.mkdir()
+        self.spool = base / "spool"
+        config = base / "mxrecv.toml"
+        config.write_text(
+            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{self.spool}"\n'
+            "[deliver]\n"
+            f'postgresql = "{db.conninfo}"\n'
+            f'postgresql_password_file = "{db.passwordFile}"\n'
+            f'postgresql_node = "{name}"\n'
+            "backoff_initial = 0.05\nbackoff_max = 0.5\n"
+        )
+        self.twistd = runTwistd(case, "--config", str(config))
+        self.delivered: set[str] = set()
+        self.failures = 0
+        self._waiting: list[tuple[object, Deferred[None]]] = []
+        received = self.twistd.outReceived
+
+        def outReceived(data: bytes) -> None:
+            before = len(self.twistd.output)
+            received(data)
+            # Whole lines only: a line may arrive in pieces.
+            start = self.twistd.output.rfind(b"\n", 0, before) + 1
+            end = self.twistd.output.rfind(b"\n") + 1
+            lines = self.twistd.output[start:end]
+            self.delivered.update(m.decode() for m in DELIVERED.findall(lines))
+            self.failures += len(FAILED.findall(lines))
+            self._check()
+
+        self.twistd.outReceived = self.twistd.errReceived = outReceived
+
+    def _check(self) -> None:
+        for condition, d in list(self._waiting):
+            if condition():
+                self._waiting.remove((condition, d))
+                d.callback(None)
+
+    def when(self, condition) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((condition, d))
+        self._check()
+        return d
+
+    def hasDelivered(self, names) -> Deferred[None]:
+        return self.when(lambda: set(names) <= self.delivered)
+
+    @inlineCallbacks
+    def stop(self):
+        self.twistd.process.signalProcess("TERM")
+        yield self.twistd.ended
+
+    def records(self) -> list[str]:
+        return sorted(p.name for p in (self.spool / "state" / "delivered" / "postgresql").iterdir())
+
+
+class NodesTests(TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.db = database(self)
+        self.http = httpClient(self)
+
+    @inlineCallbacks
+    def send(self, port: int, messageId: str):
+        response = yield self.http.get(
+            f"http://127.0.0.1:{port}/", params={**SMS, "id": messageId}
+        )
+        yield response.content()
+        self.assertEqual(response.code, 200, messageId)
+
+    def listen(self):
+        listener = self.db.connect()
+        self.addCleanup(listener.close)
+        listener.execute(f"LISTEN {CHANNEL}")
+        return listener
+
+    @inlineCallbacks
+    def test_sameIdsTwoNodes(self):
+        """
+        Every id sent to both nodes (as MX Telecom's retries can be, behind
+        a load balancer) is one row; a listener hears each id once; each
+        node marks every message delivered, whichever node stored it.
+        """
+        listener = self.listen()
+        nodes = [Node(self, self.db, "node-a"), Node(self, self.db, "node-b")]
+        ports = yield gatherResults([n.twistd.listening for n in nodes])
+        ids = [f"both-{i}" for i in range(30)]
+        limit = DeferredSemaphore(8)
+        yield gatherResults(
+            [limit.run(self.send, port, i) for i in ids for port in ports]
+        )
+        yield gatherResults([n.hasDelivered(ids) for n in nodes])
+        for node in nodes:
+            yield node.stop()
+            self.assertEqual(node.records(), sorted(ids))
+
+        rows = self.db.query("SELECT id, node FROM mxrecv_message ORDER BY id")
+        self.assertEqual(sorted(i for i, _ in rows), sorted(ids))
+        self.assertLessEqual({n for _, n in rows}, {"node-a", "node-b"})
+        heard = yield deferToThread(drain, listener, len(ids))
+        self.assertEqual(sorted(heard), sorted(ids))
+
+    @inlineCallbacks
+    def test_databaseStoppedDuringLoad(self):
+        """
+        The database stopped (as by a crash) in the middle of a load sent to
+        two nodes: every callback is still answered 200, delivery fails and
+        waits; once the database is started again every id is stored, once,
+        and marked delivered by both nodes.
+        """
+        nodes = [Node(self, self.db, "node-a"), Node(self, self.db, "node-b")]
+        ports = yield gatherResults([n.twistd.listening for n in nodes])
+        cluster = self.db.cluster
+        self.addCleanup(lambda: None if cluster.running else cluster.start())
+        ids = [f"load-{i}" for i in range(60)]
+        answered = []
+
+        @inlineCallbacks
+        def send(i: int, messageId: str):
+            # Each id to one node, and one in three to the other as well.
+            yield self.send(ports[i % 2], messageId)
+            if i % 3 == 0:
+                yield self.send(ports[(i + 1) % 2], messageId)
+            answered.append(messageId)
+            if len(answered) == 20:
+                # In the middle of the load (a few more are being sent), as
+                # by a crash: the 40 others arrive with the database down.
+                cluster.stop("immediate")
+
+        limit = DeferredSemaphore(4)
+        yield gatherResults([limit.run(send, i, m) for i, m in enumerate(ids)])
+        # Both nodes have found the database gone.
+        yield gatherResults([n.when(lambda n=n: n.failures >= 1) for n in nodes])
+        self.assertEqual(len(answered), len(ids))
+
+        yield deferToThread(cluster.start)
+        yield gatherResults(
+            [n.hasDelivered([m for i, m in enumerate(ids) if i % 2 == k or i % 3 == 0])
+             for k, n in enumerate(nodes)]
+        )
+        for k, node in enumerate(nodes):
+            yield node.stop()
+            self.assertEqual(
+                node.records(), sorted(m for i, m in enumerate(ids) if i % 2 == k or i % 3 == 0)
+            )
+        self.assertEqual(
+            sorted(self.db.query("SELECT id FROM mxrecv_message")), sorted((i,) for i in ids)
+        )
+
+
+def drain(listener, count: int, timeout: float = 30.0) -> list[str]:
+    """
+    The payloads of the notifications C{listener} has, waiting (up to
+    C{timeout} seconds without any) until there are C{count}; then any more
+    that are already there.
+    """
+    heard: list[str] = []
+    while True:
+        heard.extend(n.payload for n in listener.notifies(timeout=0, stop_after=10_000))
+        if len(heard) >= count:
+            break
+        if not select.select([listener.fileno()], [], [], timeout)[0]:
+            break
+    # Anything more (a second notification of an id would be a bug).
+    heard.extend(n.payload for n in listener.notifies(timeout=0.2, stop_after=10_000))
+    return heard
+
+
+
+class StartupTests(TestCase):
+    """
+    The check of the database at start-up, under twistd.
+    """
+
+    def config(self, conninfo: str, passwordFile: Path) -> Path:
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        config = base / "mxrecv.toml"
+        config.write_text(
+            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
+            f'[deliver]\npostgresql = "{conninfo}"\n'
+            f'postgresql_password_file = "{passwordFile}"\n'
+        )
+        return config
+
+    @inlineCallbacks
+    def test_noTables(self):
+        """
+        A database without mxrecv's tables stops start-up, saying to run
+        db-init.
+        """
+        db = database(self, initialise=False)
+        twistd = runTwistd(self, "--config", str(self.config(db.conninfo, db.passwordFile)))
+        twistd.listening.addErrback(lambda _: None)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(
+            b"the database has no mxrecv tables: create them with mxrecv db-init -c CONFIG",
+            twistd.output,
+        )
+        self.assertNotIn(db.password.encode(), twistd.output)
+
+    @inlineCallbacks
+    def test_unreachable(self):
+        """
+        A database that cannot be reached does not stop start-up: callbacks
+        are answered, and the messages wait.
+        """
+        db = database(self)
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        listening.close()
+        conninfo = f"postgresql://mxrecv@127.0.0.1:{port}/{db.name}"
+        twistd = runTwistd(self, "--config", str(self.config(conninfo, db.passwordFile)))
+        node = yield twistd.listening
+        response = yield httpClient(self).get(
+            f"http://127.0.0.1:{node}/", params={**SMS, "id": "early"}
+        )
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"cannot be reached at start-up", twistd.output)
+        twistd.process.signalProcess("TERM")
+        yield twistd.ended
+        self.assertNotIn(db.password.encode(), twistd.output)
