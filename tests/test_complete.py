@@ -69,6 +69,35 @@ class CompleterTests(TestCase):
         self.assertFalse((spool.dir(PENDING) / "m1").exists())
 
     @inlineCallbacks
+    def test_unpackerBugLoggedMessageDelivered(self):
+        """
+        An unpacker that fails in a way it does not foresee (a bug) does not
+        turn into data alone: the failure is logged with its traceback, and
+        the message still reaches new/ with its zip, no parts and the reason
+        in parts_error, as a zip refused as unsafe does.
+        """
+        spool = openSpool(self)
+
+        def unpack(zipPath: Path, partsDir: Path):
+            partsDir.mkdir()
+            raise KeyError("a bug")
+
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self), unpack=unpack)
+        yield pendingMMS(spool, "m1")
+        message = yield completer.complete("m1")
+        [logged] = self.flushLoggedErrors(KeyError)
+        self.assertIn("a bug", logged.getTraceback())
+        self.assertEqual(message.parts, ())
+        self.assertEqual(
+            message.parts_error, "the zip could not be unpacked (an internal error, logged)"
+        )
+        stored = Message.decode((spool.dir(NEW) / "m1" / MESSAGE_JSON).read_bytes())
+        self.assertEqual(stored, message)
+        self.assertEqual(
+            sorted(p.name for p in (spool.dir(NEW) / "m1").iterdir()), ["message.json", "mms.zip"]
+        )
+
+    @inlineCallbacks
     def test_nothingInternalReachesNew(self):
         """
         Whatever internal files a crash or a failed write left in
@@ -272,6 +301,7 @@ class DiskTroubleTests(TestCase):
         service = PendingService(PendingWork(spool, completer, clock=clock), clock)
         service.startService()
         self.addCleanup(service.stopService)
+        yield service.resumed
         yield pendingMMS(spool, "late")
         clock.advance(SWEEP_SECONDS - 1)
         self.assertFalse(landed.called)

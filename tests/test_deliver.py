@@ -229,6 +229,29 @@ class DeliveryTests(TestCase):
         self.assertIn("UnicodeEncodeError", outcome.why)
         self.assertTrue(broken.files[1][1][2].closed)
 
+    def test_urlRequestBugLogged(self):
+        """
+        An exception nothing foresees while the request is built (a bug) is
+        logged with its traceback, and the attempt fails permanently like
+        any other that cannot be sent.
+        """
+        directory = self.spool.dir("new") / "m"
+        directory.mkdir(parents=True)
+        (directory / "message.json").write_text(json.dumps({"id": "m", "parts": []}))
+
+        class Broken:
+            def post(self, url, files, timeout):
+                raise RuntimeError("a bug")
+
+        d = WebhookTarget(
+            "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
+        ).deliver(directory)
+        outcome = self.successResultOf(d)
+        self.assertIsInstance(outcome, PermanentFailure)
+        self.assertEqual(outcome.why, "cannot make the request: internal error (logged)")
+        [logged] = self.flushLoggedErrors(RuntimeError)
+        self.assertIn("a bug", logged.getTraceback())
+
     @inlineCallbacks
     def test_urlContentTypeNotAscii(self):
         """

@@ -30,7 +30,7 @@ from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.message.dates import isoFromTimestamp, mxDate
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin, tlsPolicy
-from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import (
     Retriever,
     expiryOf,
@@ -1264,10 +1264,10 @@ class RestartTests(RetrieveTestCase):
         (self.spool.dir(PENDING) / name / MMS_ZIP).write_bytes(zipBytes)
         pending = PendingWork(self.spool, self.completer, retrieve=retriever, clock=self.clock)
         completed = self.log.next(lambda e: e.get("name") == name and "parts" in e)
-        self.assertEqual(pending.resume(), 1)
+        self.assertEqual((yield pending.resume()), 1)
         yield completed
         self.assertEqual(self.document(NEW, name)["mms_size"], len(zipBytes))
-        self.assertEqual(pending.resume(), 0)
+        self.assertEqual((yield pending.resume()), 0)
         self.assertEqual(standIn.requests, [])
 
 
@@ -1369,9 +1369,11 @@ class SweepTests(RetrieveTestCase):
         held.holding = True
         directory = self.spool.dir(PENDING) / name
         yield turnsUntil(lambda: held.held and (directory / MMS_ZIP).is_file())
-        sweeps.advance(SWEEP_SECONDS)
-        # A completion the sweep started would be registered by now (it is
-        # started synchronously); only the retriever may start one.
+        # What the sweep does every SWEEP_SECONDS, done now.
+        yield service.pending.resume(sweep=True)
+        # A completion the sweep started would be registered by now (the
+        # sweep starts them as it takes names up); only the retriever may
+        # start one.
         self.assertNotIn(name, self.completer._running)
         held.release()
         self.assertIsInstance((yield done), Completed)

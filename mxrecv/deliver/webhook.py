@@ -14,6 +14,7 @@ from typing import IO, Any
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,6 +23,8 @@ from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import ANSWER_HEAD, httpOutcome, parseRetryAfter
 from mxrecv.mms.unpack import OCTET_STREAM, mediaType
 from mxrecv.spool.layout import MESSAGE_JSON
+
+log = Logger()
 
 
 @implementer(ITarget)
@@ -68,9 +71,17 @@ class WebhookTarget:
                 files.append(("part", (part["name"], kind, f)))
             # treq encodes the body's headers here, synchronously.
             d = self._client.post(self._url, files=files, timeout=self._timeout)
-        except Exception as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # The message's files cannot be read, or message.json is not
+            # what mxrecv writes.
             close(None)
             return succeed(PermanentFailure(f"cannot make the request: {type(e).__name__}: {e}"))
+        except Exception:
+            # A bug: logged with its traceback, and the message is dead
+            # lettered like any other that cannot be sent.
+            close(None)
+            log.failure("Making the request for {directory} failed", directory=str(directory))
+            return succeed(PermanentFailure("cannot make the request: internal error (logged)"))
         except BaseException:
             close(None)
             raise

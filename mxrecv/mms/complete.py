@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
@@ -26,6 +27,8 @@ from mxrecv.mms.unpack import Unpacked, unpackInto
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import FAILED, NEW, PENDING, Attempts
 from mxrecv.spool.store import Spool
+
+log = Logger()
 
 # Unpacking is CPU and disk work: two at a time on our two cores, so that it
 # never starves the threads that fsync callbacks.
@@ -85,7 +88,16 @@ class Completer:
         self._running[name].append(result)
         return result
 
-    def _landed(self, message: Message, name: str) -> Message:
+    def _landed(self, done: tuple[Message, Failure | None], name: str) -> Message:
+        message, unexpected = done
+        if unexpected is not None:
+            # Logged here, on the reactor, rather than in the worker.
+            log.failure(
+                "Unpacking pending/{name} failed unexpectedly: it is in new/ with its zip "
+                "but no parts",
+                unexpected,
+                name=name,
+            )
         self._spool.landed(name)
         return message
 
@@ -104,7 +116,18 @@ class Completer:
         """
         return deferToThreadPool(self._reactor, self._pool, self._fail, name, error, attempts)
 
-    def _complete(self, name: str) -> Message:
+    def _complete(self, name: str) -> tuple[Message, Failure | None]:
+        """
+        In a worker: unpack and move to C{new/}.
+
+        @return: the completed message, and the failure of the unpacker if it
+            failed in a way it does not foresee (a bug): the message is then
+            completed with its zip and no parts, as for a zip refused as
+            unsafe, so that the application has it, and the failure is
+            logged with its traceback.
+        @raise OSError: if our disk fails (then the message stays in
+            C{pending/}, to be completed later).
+        """
         sync = self._spool.sync
         pending = self._spool.message(PENDING, name)
         message = pending.readMessage()
@@ -113,6 +136,7 @@ class Completer:
             message = message.replace(mms_size=size, mms_sha256=sha256)
         partsDir = pending.parts
         removeTree(partsDir)
+        unexpected: Failure | None = None
         try:
             unpacked = self._unpack(pending.zip, partsDir)
         except OSError:
@@ -120,9 +144,10 @@ class Completer:
             # faults): the message stays in pending/ to be completed later.
             removeTree(partsDir)
             raise
-        except Exception as e:
+        except Exception:
+            unexpected = Failure()
             removeTree(partsDir)
-            unpacked = Unpacked(error=f"the zip could not be unpacked: {e}")
+            unpacked = Unpacked(error="the zip could not be unpacked (an internal error, logged)")
         if partsDir.is_dir():
             for part in partsDir.iterdir():
                 fsyncPath(part, sync)
@@ -132,7 +157,7 @@ class Completer:
         )
         pending.writeMessage(message)
         pending.finishIn(self._spool.dir(NEW))
-        return message
+        return message, unexpected
 
     def _fail(self, name: str, error: str, attempts: Attempts) -> None:
         pending = self._spool.message(PENDING, name)

@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from mxrecv.message.model import Message
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.recover import Recovery, RecoveryMetrics
+from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.layout import PENDING
-from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool
 
 log = Logger()
@@ -143,28 +143,34 @@ class PendingWork:
                 delay=delay,
             )
 
-    def resume(self, *, sweep: bool = False) -> int:
+    def resume(self, *, sweep: bool = False) -> Deferred[int]:
         """
-        Take up everything in C{pending/}; blocking (a directory listing).
-        Messages already being completed or retrieved are left alone.
+        Take up everything in C{pending/}, listed off the reactor.  Messages
+        already being completed or retrieved are left alone.
 
         @param sweep: a periodic sweep, not the start-up: skip (rather than
             warn again about) notifications while retrieval is off.
-        @return: how many messages were taken up.
+        @return: fires with how many messages were taken up.
         """
-        directory = self._spool.dir(PENDING)
-        names = sorted(entry.name for entry in directory.iterdir() if isName(entry.name))
-        if sweep and self.retrieve is None:
-            names = [n for n in names if self._spool.message(PENDING, n).hasZip()]
-        for name in names:
-            self(name)
-        return len(names)
+        onlyZips = sweep and self.retrieve is None
+        listed = self._spool.names(PENDING, MessageDirectory.hasZip if onlyZips else None)
+
+        def takeUp(names: list[str]) -> int:
+            for name in names:
+                self(name)
+            return len(names)
+
+        return listed.addCallback(takeUp)
 
 
 class PendingService(Service):
     """
     Takes up the MMS a previous run left in C{pending/} once we are running,
     then sweeps C{pending/} every C{interval} seconds on C{clock}.
+
+    @ivar resumed: once started, fires when the start-up's listing of
+        C{pending/} is done and what it found taken up (their completions
+        and retrievals under way).
     """
 
     def __init__(
@@ -174,13 +180,16 @@ class PendingService(Service):
         self._sweeps = LoopingCall(self._sweep)
         self._sweeps.clock = clock
         self._interval = interval
+        self.resumed: Deferred[None] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        count = self.pending.resume()
+        self.resumed = self.pending.resume().addCallbacks(self._resumed, self._cannotList)
+        self._sweeps.start(self._interval, now=False)
+
+    def _resumed(self, count: int) -> None:
         if count:
             log.info("Resumed {count} pending MMS", count=count)
-        self._sweeps.start(self._interval, now=False)
 
     def stopService(self) -> Any:
         if self._sweeps.running:
@@ -188,8 +197,12 @@ class PendingService(Service):
         self.pending.recovery.stop()
         return super().stopService()
 
-    def _sweep(self) -> None:
-        try:
-            self.pending.resume(sweep=True)
-        except OSError as e:
-            log.error("Cannot sweep pending/: {error}", error=e.strerror)
+    def _sweep(self) -> Deferred[None]:
+        return self.pending.resume(sweep=True).addCallbacks(lambda _: None, self._cannotList)
+
+    def _cannotList(self, reason: Failure) -> None:
+        # Logged either way, so that the sweeps go on.
+        if reason.check(OSError):
+            log.error("Cannot sweep pending/: {error}", error=reason.value.strerror)
+        else:
+            log.failure("Sweeping pending/ failed", reason)

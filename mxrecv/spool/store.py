@@ -407,6 +407,25 @@ class Spool:
             except Exception:
                 log.failure("Observer of new/{name} failed", name=name)
 
+    # Listings (in a worker: a directory can hold many messages)
+
+    def names(
+        self, which: str, where: Callable[[MessageDirectory], bool] | None = None
+    ) -> Deferred[list[str]]:
+        """
+        The names of the messages in C{which} (L{NEW}, L{PENDING},
+        L{FAILED}), sorted, listed off the reactor; only those for which
+        C{where} (called in the worker) is true, if given.
+        """
+
+        def names() -> list[str]:
+            found = sorted(e.name for e in self.dir(which).iterdir() if isName(e.name))
+            if where is None:
+                return found
+            return [n for n in found if where(self.message(which, n))]
+
+        return deferToThreadPool(self._reactor, self._pool, names)
+
     # Staging (on the reactor: a mkdir, no fsync)
 
     def stage(self) -> Staging:
