@@ -59,6 +59,8 @@ class ServerConfig:
     header_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     workers: int = 1
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
 
 
 @frozen
@@ -389,6 +391,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "header_timeout": _positiveNumber,
             "shutdown_timeout": _positiveNumber,
             "workers": _workers,
+            "max_connections": _positiveInt,
+            "max_connections_per_client": _positiveInt,
         },
     ),
     "spool": (

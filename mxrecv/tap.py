@@ -154,6 +154,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         reactor=reactor,
         parent=service.edge,
         endpoints=None if worker is None else worker.endpoints,
+        events=metrics,
     )
     service.listeners, service.inFlight = edge.listeners, edge.inFlight
     reloadCertificates(

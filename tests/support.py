@@ -28,6 +28,7 @@ from mxrecv.config import Config, ServerConfig
 from mxrecv.message.model import Message
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
+from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.service import buildSite
 
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
@@ -195,9 +196,20 @@ def startServer(
     if config is None:
         config = serverConfig(**server)
     site = buildSite(config, spool, siteReactor, onPending, writers=fileWriters(case))
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    case.addCleanup(port.stopListening)
+    port = listenGated(case, site, config)
     return Server(f"http://127.0.0.1:{port.getHost().port}{config.server.path}", spool, port, site)
+
+
+def listenGated(case: TestCase, site: Any, config: Config) -> Any:
+    """
+    Listen on a fresh port of 127.0.0.1 with C{site} behind the allow list
+    of C{config}, as the server listens (without its connection caps);
+    stop at the end of the test.
+    """
+    gate = Gate(AllowList(config.server.allow))
+    port = reactor.listenTCP(0, gate.wrap(site), interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return port
 
 
 SMS = {

@@ -66,12 +66,26 @@ class _Twistd(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-def runTwistd(case: TestCase, *args: str) -> _Twistd:
+def runTwistd(case: TestCase, *args: str, openFiles: int | None = None) -> _Twistd:
+    """
+    Run C{twistd -n mxrecv ARGS}; killed at the end of the test.
+
+    @param openFiles: the soft limit on open files to start it with (the
+        1024 most systems give), its hard limit unchanged.
+    """
     protocol = _Twistd()
+    twistd = TWISTD
+    if openFiles is not None:
+        twistd = [
+            "-c",
+            "import resource; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({openFiles}, hard)); "
+            "from twisted.scripts.twistd import run; run()",
+        ]
     process = reactor.spawnProcess(
         protocol,
         sys.executable,
-        [sys.executable, *TWISTD, "-n", "--pidfile=", "mxrecv", *args],
+        [sys.executable, *twistd, "-n", "--pidfile=", "mxrecv", *args],
         # The child imports what this test imports (trial runs in
         # _trial_temp, so a relative PYTHONPATH would not do).
         env={**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path)},

@@ -61,6 +61,7 @@ from mxrecv.tls.certificate import (
 from mxrecv.tls.description import TLSFiles, TLSListen, parseTLS
 from mxrecv.tls.reload import CertificateReloadService
 from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.listen import tlsEndpoint, tlsFactory
 from mxrecv.web.service import buildSite
 
@@ -233,7 +234,7 @@ class HTTPSServerMixin:
             config, spool, siteReactor, writers=fileWriters(self, **writerLimits)
         )
         self.certificate = ReloadableCertificate(files, now=clockTime(reactor))
-        factory = tlsFactory(site, site.allow, self.certificate)
+        factory = Gate(AllowList(config.server.allow)).wrap(tlsFactory(site, self.certificate))
         port = yield tlsEndpoint(reactor, TLSListen(0, files, "127.0.0.1")).listen(factory)
         self.addCleanup(self._closeAll, port, factory.wrapped)
         return port.getHost().port

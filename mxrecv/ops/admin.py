@@ -26,6 +26,7 @@ from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,7 +43,7 @@ from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
-from mxrecv.web.access import AllowList, PeerFilter
+from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.listen import Listener
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
@@ -357,11 +358,11 @@ class AdminSite(Site):
         metrics do not count the admin listener's.
         """
 
-    def factory(self) -> PeerFilter:
+    def factory(self) -> Factory:
         """
         What to listen with: this site behind the allow list.
         """
-        return PeerFilter(self.allow, self)
+        return Gate(self.allow, clock=self.reactor).wrap(self)
 
     def log(self, request: Request) -> None:
         pass

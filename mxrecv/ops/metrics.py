@@ -83,6 +83,21 @@ class Metrics:
             "MMS given up because their expiry passed before they could be retrieved.",
             registry=r,
         )
+        self._connections = Gauge(
+            "mxrecv_connections",
+            "Callback connections open (let through at accept), TLS handshakes "
+            "and idle keep-alive connections included.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._dropped = Counter(
+            "mxrecv_connections_dropped",
+            "Callback connections closed at accept, before anything was read, by "
+            "reason: not_allowed (client outside [server] allow), client_limit "
+            "(max_connections_per_client), total_limit (max_connections).",
+            ["reason"],
+            registry=r,
+        )
         self._deliveries = Counter(
             "mxrecv_deliveries",
             "Attempts to deliver a message to the application, by target "
@@ -99,6 +114,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+
+    def connectionOpened(self) -> None:
+        self._connections.inc()
+
+    def connectionClosed(self) -> None:
+        self._connections.dec()
+
+    def connectionDropped(self, reason: str) -> None:
+        """
+        Count a connection dropped at accept, for C{reason}: C{not_allowed},
+        C{client_limit} or C{total_limit} (L{mxrecv.web.access.Gate}).
+        """
+        self._dropped.labels(reason=reason).inc()
 
     def callback(self, outcome: CallbackOutcome) -> None:
         """

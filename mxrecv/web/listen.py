@@ -5,8 +5,9 @@ Listening endpoints from the C{[server] listen} strings.
 The strings are Twisted endpoint descriptions, so HTTP (and UNIX sockets
 behind a proxy) share one code path, as in C{twisted.web.tap}.  C{ssl:}
 descriptions keep Twisted's syntax but are built here (L{mxrecv.tls.certificate}): a TCP
-port, a filter that drops clients outside C{allow} before any TLS work, and
-TLS with our policy and a certificate that can be reloaded.
+port (behind the site's L{mxrecv.web.access.Gate}, which drops clients outside
+C{allow} before any TLS work), and TLS with our policy and a certificate that
+can be reloaded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from twisted.python.failure import Failure
 
 from mxrecv.tls.certificate import ReloadableCertificate
 from mxrecv.tls.description import TLSListen
-from mxrecv.web.access import AllowList, PeerFilter
 
 log = Logger()
 
@@ -38,15 +38,13 @@ def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
     return endpoint(reactor, listen.port, backlog=listen.backlog, interface=listen.interface)
 
 
-def tlsFactory(
-    site: IProtocolFactory, allow: AllowList, certificate: ReloadableCertificate
-) -> IProtocolFactory:
+def tlsFactory(site: IProtocolFactory, certificate: ReloadableCertificate) -> IProtocolFactory:
     """
-    C{site} behind TLS, behind the allow list: a client outside C{allow} is
-    dropped on connection, before its handshake costs us anything.
+    C{site} behind TLS, with our policy and the reloadable C{certificate};
+    to be put behind the site's L{mxrecv.web.access.Gate}, so that a client
+    it drops costs no handshake.
     """
-    return PeerFilter(allow, TLSMemoryBIOFactory(certificate, False, site))
-
+    return TLSMemoryBIOFactory(certificate, False, site)
 
 
 class Listener(Service):

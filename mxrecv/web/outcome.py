@@ -15,7 +15,7 @@ class CallbackOutcome:
     One answered callback.
 
     @ivar id: the message id, L{None} if the request was refused before its
-        parameters were read (403, 413, 408, 404, 405, 400).
+        parameters were read (413, 408, 404, 405, 400).
     @ivar type: C{"sms"}, C{"mms"}, or L{None} when unknown.
     @ivar mode: C{"get"} or C{"post"}: how MX Telecom sent it.
     @ivar status: the HTTP status of the answer.

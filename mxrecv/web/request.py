@@ -6,9 +6,10 @@ long a request's headers may take.
 
 twisted.web calls C{gotLength} once the headers are in, C{handleContentChunk}
 for each piece of body, and C{requestReceived} when the body is complete; the
-resource renders only after that.  Here C{gotLength} decides, from the peer
-address and the headers, whether to refuse (403, 413, 415) or which L{IBody}
-takes the body; chunks go to it as they arrive (the body may pause the
+resource renders only after that.  Here C{gotLength} decides, from the
+request line and the headers, whether to refuse (400, 413, 415) or which
+L{IBody} takes the body (a client outside C{allow} never gets this far: the
+listener's L{mxrecv.web.access.Gate} dropped it at accept); chunks go to it as they arrive (the body may pause the
 connection while it cannot keep up); the resource renders once the body has
 finished, which for an upload means its file is written and closed; and a
 request that takes longer than the site's C{requestTimeout} in all is cut
@@ -29,7 +30,6 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from mxrecv.web.access import AllowList
 from mxrecv.web.body import IBody, Refusal
 from mxrecv.web.outcome import CallbackOutcome, modeOf
 
@@ -272,7 +272,6 @@ class CallbackSite(Site):
         resource: Any,
         *,
         reactor: Any,
-        allow: AllowList,
         maxBody: int,
         requestTimeout: float,
         headerTimeout: float,
@@ -281,7 +280,6 @@ class CallbackSite(Site):
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
         self.observe = observe
-        self.allow = allow
         self.maxBody = maxBody
         self.requestTimeout = requestTimeout
         self.headerTimeout = headerTimeout
@@ -322,8 +320,6 @@ class CallbackRequest(Request):
         self.content = _NoContent()
         self.started = site.reactor.seconds()
         try:
-            if not site.allow.allows(self.getClientAddress()):
-                raise Refusal(HTTPStatus.FORBIDDEN, "client address not allowed")
             if length is not None and length > site.maxBody:
                 raise Refusal(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,

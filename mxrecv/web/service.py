@@ -12,20 +12,24 @@ from attrs import frozen
 from twisted.application.service import IServiceCollection
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
 
 from mxrecv.config import Config, ServerConfig, parseListen
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls.certificate import ReloadableCertificate
 from mxrecv.tls.description import TLSFiles, TLSListen
-from mxrecv.web.access import AllowList
+from mxrecv.web.access import AllowList, ConnectionEvents, Gate
 from mxrecv.web.body import BodyChooser
 from mxrecv.web.drain import DrainService, InFlight
+from mxrecv.web.limits import connectionCap, raiseFileLimit
 from mxrecv.web.listen import Listener, tlsEndpoint, tlsFactory
 from mxrecv.web.multipart import MultipartBody
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackSite
 from mxrecv.web.resource import CallbackResource
+
+log = Logger()
 
 # Largest urlencoded form body: a callback's parameters are small.
 FORM_LIMIT = 1024 * 1024
@@ -60,7 +64,6 @@ def buildSite(
     return CallbackSite(
         resource,
         reactor=reactor,
-        allow=AllowList(server.allow),
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
         headerTimeout=server.header_timeout,
@@ -68,6 +71,36 @@ def buildSite(
             min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
         ),
         observe=observe,
+    )
+
+
+def connectionGate(
+    server: ServerConfig,
+    *,
+    reactor: IReactorTime,
+    events: ConnectionEvents | None = None,
+) -> Gate:
+    """
+    The L{Gate} of the callback listeners: the C{allow} list and the caps of
+    C{[server]}, the total lowered if this process's open files limit
+    (raised to its hard limit first) could not hold it.
+    """
+    files = raiseFileLimit()
+    total = connectionCap(server.max_connections, files)
+    if total < server.max_connections:
+        log.warn(
+            "server.max_connections = {configured} lowered to {total}: this process may "
+            "only open {files} files (raise its hard limit, LimitNOFILE in systemd)",
+            configured=server.max_connections,
+            total=total,
+            files=files,
+        )
+    return Gate(
+        AllowList(server.allow),
+        perClient=server.max_connections_per_client,
+        total=total,
+        events=events,
+        clock=reactor,
     )
 
 
@@ -92,6 +125,7 @@ def serveCallbacks(
     reactor: IReactorTime,
     parent: IServiceCollection,
     endpoints: Sequence[IStreamServerEndpoint] | None = None,
+    events: ConnectionEvents | None = None,
 ) -> Edge:
     """
     Listen for callbacks on each C{[server] listen} string (an C{ssl:} one
@@ -102,6 +136,11 @@ def serveCallbacks(
     @param endpoints: where each C{listen} string listens, when not where
         it says: in a worker process, the socket its parent made for it
         (L{mxrecv.workers.sockets.AdoptedEndpoint}).
+    @param events: told of the connections let in and dropped at accept
+        (the metrics).
+
+    Every listener is behind one L{Gate} (L{connectionGate}), which drops a
+    client outside C{allow}, or over the connection caps, at accept.
 
     The services are added to C{parent} in the order they start, the drain
     first, for a parent that stops them last first (an
@@ -110,16 +149,17 @@ def serveCallbacks(
     inFlight = InFlight()
     inFlight.track(site)
     DrainService(inFlight, server.shutdown_timeout, reactor).setServiceParent(parent)
+    gate = connectionGate(server, reactor=reactor, events=events)
     listeners = []
     for i, description in enumerate(server.listen):
         listen = parseListen(description)
         if isinstance(listen, TLSListen):
             endpoint = tlsEndpoint(reactor, listen)
-            factory = tlsFactory(site, site.allow, certificates[listen.files])
+            factory = tlsFactory(site, certificates[listen.files])
         else:
             endpoint = serverFromString(reactor, description)
             factory = site
-        listener = Listener(endpoint if endpoints is None else endpoints[i], factory)
+        listener = Listener(endpoint if endpoints is None else endpoints[i], gate.wrap(factory))
         listener.setServiceParent(parent)
         listeners.append(listener)
     return Edge(listeners, inFlight)
