@@ -778,10 +778,30 @@ class SupervisorTests(TestCase):
 
     def test_hangup(self) -> None:
         """
-        SIGHUP is passed on to every worker.
+        SIGHUP is passed on to every worker that is ready; one still
+        starting (which may not handle it yet) gets it once ready.
+        """
+        zero, one = self.worker(0), self.worker(1)
+        zero.say(b"alive 1")
+        one.say(b"alive 0")
+        self.supervisor.hangup()
+        self.assertEqual((zero.signals, one.signals), (["HUP"], []))
+        one.say(b"alive 1")
+        self.assertEqual((zero.signals, one.signals), (["HUP"], ["HUP"]))
+        one.say(b"alive 1")
+        self.assertEqual(one.signals, ["HUP"])
+
+    def test_hangupBeforeStart(self) -> None:
+        """
+        A worker started after the last SIGHUP read the renewed files
+        itself: it is not sent one.
         """
         self.supervisor.hangup()
-        self.assertEqual([p.signals for p in self.reactor.processes], [["HUP"], ["HUP"]])
+        self.reactor.advance(60)
+        self.worker(1).end(signal.SIGKILL)
+        self.reactor.advance(0)
+        self.worker(1).say(b"alive 1")
+        self.assertEqual(self.worker(1).signals, [])
 
     def test_stop(self) -> None:
         """

@@ -108,6 +108,7 @@ class _Slot:
         self.started = 0.0
         self.lastAlive: float | None = None
         self.listening = 0
+        self.ready = False
         self.restarts = Restarts()
         self.restart: Any = None
 
@@ -193,6 +194,7 @@ class Supervisor(OrderedService):
         self._allEnded: Deferred[None] | None = None
         self._killTimer: Any = None
         self._previousHangup: Any = None
+        self._lastHangup: float | None = None
         self.certificates = list(certificates.values())
         self._reload = CertificateReloadService(
             self.certificates, reactor=reactor, watch=config.tls.watch
@@ -333,8 +335,10 @@ class Supervisor(OrderedService):
         whose copies C{/health} checks.
         """
         log.info("SIGHUP: passing it on to the workers")
+        self._lastHangup = self._reactor.seconds()
         for slot in self.slots:
-            self._signal(slot, "HUP")
+            if slot.ready:
+                self._signal(slot, "HUP")
         if self.certificates:
             self._reload.reload()
 
@@ -373,6 +377,7 @@ class Supervisor(OrderedService):
         slot.started = self._reactor.seconds()
         slot.lastAlive = None
         slot.listening = 0
+        slot.ready = False
         try:
             slot.process = self._reactor.spawnProcess(
                 protocol, sys.executable, argv, env=self._environment(), childFDs=childFDs
@@ -402,6 +407,7 @@ class Supervisor(OrderedService):
         slot.process = slot.protocol = None
         slot.lastAlive = None
         slot.listening = 0
+        slot.ready = False
         if self.leader is slot:
             self.leader = None
         if pid is not None:
@@ -433,6 +439,8 @@ class Supervisor(OrderedService):
         if verb == ALIVE:
             slot.lastAlive = self._reactor.seconds()
             slot.listening = _count(argument)
+            if not slot.ready and slot.listening >= len(self.config.server.listen):
+                self._ready(slot)
         elif verb == LEADER:
             if self.leader is not slot:
                 log.info("Worker {worker} (pid {pid}) leads", worker=slot.number, pid=slot.pid)
@@ -444,6 +452,23 @@ class Supervisor(OrderedService):
             self.tellLeader(verb, argument)
         else:
             log.warn("Unknown message from worker {worker}: {verb}", worker=slot.number, verb=verb)
+
+    def _ready(self, slot: _Slot) -> None:
+        """
+        The worker runs (its reactor, so its signal handlers too) and listens
+        on every socket.
+        """
+        slot.ready = True
+        log.info(
+            "Worker {worker} (pid {pid}) ready, listening on {count} socket(s)",
+            worker=slot.number,
+            pid=slot.pid,
+            count=slot.listening,
+        )
+        if self._lastHangup is not None and self._lastHangup >= slot.started:
+            # A SIGHUP that came while it was starting, maybe before it
+            # could handle one: its certificates may be older than the files.
+            self._signal(slot, "HUP")
 
     def tellLeader(self, verb: str, name: str) -> None:
         """
