@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.inbox.catalog import Catalog
 from mxrecv.ops.inbox.csrf import CsrfTokens
-from mxrecv.ops.inbox.files import CHUNK
+from mxrecv.ops.inbox.files import CHUNK, TEXT_SHOWN, TEXTS_SHOWN, loadMessage
 from mxrecv.ops.inbox.inbox import Inbox
 from mxrecv.ops.inbox.resource import FILE_POLICY, PAGE_POLICY, InboxResource, contentDisposition
 from mxrecv.spool.layout import MESSAGE_JSON, RETRIEVE_JSON
@@ -528,3 +528,18 @@ class AdminTokenTests(SynchronousTestCase):
         code = self.post({"token": self.TOKEN, "csrf": "forged"})
         self.assertEqual(code, 403)
         self.assertTrue((self.root / "failed" / "mms-2").is_dir())
+
+
+class TextBudgetTests(SynchronousTestCase):
+    def test_textShownIsBounded(self):
+        """
+        A long text part is shown cut, and the page holds at most
+        TEXTS_SHOWN of text however many text parts the zip has.
+        """
+        root = Path(self.mktemp())
+        parts = [(f"t{i:02d}.txt", os.urandom(TEXT_SHOWN).hex().encode()) for i in range(20)]
+        put(root, "new", mms("many", "2026-11-25T10:31:00.000Z"), mmsZip(parts))
+        shown = loadMessage(root, "new", "many")
+        self.assertEqual(len(shown.order), 20)
+        self.assertEqual(sum(len(text) for text, _ in shown.texts.values()), TEXTS_SHOWN)
+        self.assertTrue(all(cut for _, cut in shown.texts.values()))

@@ -45,6 +45,9 @@ from mxrecv.spool.naming import isName
 
 #: Most of a text part shown on the page (the whole is a download away).
 TEXT_SHOWN = 64 * 1024
+#: Most text shown on one page, all its text parts together (a zip may
+#: hold 500 of them).
+TEXTS_SHOWN = 1024 * 1024
 CHUNK = 64 * 1024
 
 
@@ -154,11 +157,12 @@ def loadMessage(root: Path, folder: str, name: str) -> Shown:
     if smil is not None:
         references = smilReferences(_head(root, folder, name, smil.file, Limits().smil))
     order = tuple(presentationOrder(parts, references))
-    texts = {
-        part.file: _text(root, folder, name, part.file)
-        for part in order
-        if part.kind == TEXT
-    }
+    texts: dict[str, tuple[str, bool] | None] = {}
+    room = TEXTS_SHOWN
+    for part in order:
+        if part.kind == TEXT and room > 0:
+            texts[part.file] = _text(root, folder, name, part.file, min(room, TEXT_SHOWN))
+            room -= min(part.size, TEXT_SHOWN)
     return Shown(
         folder=folder,
         name=name,
@@ -180,14 +184,16 @@ def _head(root: Path, folder: str, name: str, file: str, size: int) -> bytes:
         return b""
 
 
-def _text(root: Path, folder: str, name: str, file: str) -> tuple[str, bool] | None:
+def _text(
+    root: Path, folder: str, name: str, file: str, most: int
+) -> tuple[str, bool] | None:
     try:
         with openMessageFile(root, folder, name, PARTS, file) as f:
-            data = f.read(TEXT_SHOWN + 1)
+            data = f.read(most + 1)
     except (NotFound, OSError):
         return None
-    cut = len(data) > TEXT_SHOWN
-    text = decodePart(data[:TEXT_SHOWN])
+    cut = len(data) > most
+    text = decodePart(data[:most])
     if cut:
         # A character cut in two at the end.
         text = text.rstrip("\ufffd")
