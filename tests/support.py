@@ -88,6 +88,12 @@ class DrivenPool:
     def callInThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
         self.callInThreadWithCallback(None, f, *a, **kw)
 
+    def queued(self) -> list[str]:
+        """
+        The names of the functions of the jobs queued, in order.
+        """
+        return [f.__name__ for _, f, _, _ in self.jobs]
+
     @inlineCallbacks
     def run(self, *names: str) -> Any:
         """

@@ -527,6 +527,29 @@ class ServerHeaderTests(TestCase):
         self.assertIn(b"\r\nServer: mxrecv\r\n", head)
 
 
+class DateHeaderTests(TestCase):
+    @inlineCallbacks
+    def test_bySiteClock(self):
+        """
+        The Date header is the site's clock's time, formatted once a second:
+        the same for answers within a second, the next one after it.
+        """
+        clock = Clock()
+        clock.advance(1_800_000_000.25)
+        server = startServer(self, siteReactor=clock)
+        treq = httpClient(self)
+        dates = []
+        for step in (0.0, 0.5, 0.5):
+            clock.advance(step)
+            response = yield treq.get(server.url, params={**SMS, "id": f"d{len(dates)}"})
+            yield response.content()
+            dates.append(response.headers.getRawHeaders("Date"))
+        self.assertEqual(
+            dates,
+            [["Fri, 15 Jan 2027 08:00:00 GMT"]] * 2 + [["Fri, 15 Jan 2027 08:00:01 GMT"]],
+        )
+
+
 class FramingErrorTests(TestCase):
     """
     Requests that twisted.web's own parser refuses are answered 400 with

@@ -322,6 +322,31 @@ class PruneTests(TestCase):
         self.assertEqual((yield pruned), 3)
 
 
+class HandOffTests(TestCase):
+    @inlineCallbacks
+    def test_onePerTurn(self):
+        """
+        The messages accepted in one turn of the reactor go to the worker
+        threads together, each prepared by a job of its own, and come back
+        together, once the last is done: one group commit for them all.
+        """
+        pool = DrivenPool()
+        spool = Spool(Path(self.mktemp()), reactor=reactor, pool=pool)
+        spool.open()
+        self.addCleanup(spool.close)
+        accepted = [spool.accept(sms(f"m{i}")) for i in range(3)]
+        self.assertEqual(pool.queued(), [])
+        yield reactorTurns(1)
+        self.assertEqual(pool.queued(), ["_prepare"] * 3)
+        yield pool.run("_prepare", "_prepare")
+        yield reactorTurns(2)
+        self.assertEqual(pool.queued(), ["_prepare"])
+        yield pool.run("_prepare", "_claimGroup", "_placeGroup")
+        results = yield gatherResults(accepted)
+        self.assertEqual([r.name for r in results], ["m0", "m1", "m2"])
+        self.assertEqual(pool.queued(), [])
+
+
 class CrashWindowTests(TestCase):
     """
     A crash at each point of a group commit, the application taking what is

@@ -113,7 +113,14 @@ class PruneService(Service):
         """
         Forget old ids; an error is logged and the timer keeps running.
         """
+        clock = self._prunes.clock
+        started = clock.seconds()
+        log.info("Forgetting ids older than the dedupe window")
         self.spool.prune().addCallbacks(
-            lambda n: log.info("Forgot {count} ids older than the dedupe window", count=n),
+            lambda n: log.info(
+                "Forgot {count} ids older than the dedupe window in {seconds:.1f} s",
+                count=n,
+                seconds=clock.seconds() - started,
+            ),
             lambda f: log.failure("Pruning the seen-id index failed", f),
         )

@@ -32,6 +32,7 @@ import errno
 import fcntl
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,6 +296,7 @@ class Spool:
         self._newObservers: list[Callable[[str], None]] = []
         self._discarding = 0
         self._staged = itertools.count(1)
+        self._toPrepare: list[_Commit] = []
         # Touched only by the group commit, one job at a time: the staging
         # directories whose staged rows the next transaction deletes, and
         # the claims whose messages are still to be rolled forward.
@@ -501,8 +503,9 @@ class Spool:
             return self._afterEarlier(waiting, message, target, staging)
         self._inflight[name] = []
         commit = _Commit(name, target, message.encode(), staging, self._clock.seconds())
-        d = deferToThreadPool(self._reactor, self._pool, self._prepare, commit)
-        d.addCallbacks(lambda _: self._enqueue(commit), commit.fail)
+        if not self._toPrepare:
+            self._reactor.callLater(0, self._handOff)
+        self._toPrepare.append(commit)
         return commit.result.addBoth(self._settled, name)
 
     def _afterEarlier(
@@ -536,10 +539,45 @@ class Spool:
         self._checkIdle()
         return outcome
 
-    def _prepare(self, commit: _Commit) -> None:
+    def _handOff(self) -> None:
+        """
+        On the reactor, once per turn: hand the messages accepted in the
+        turn to the worker threads.  Each is prepared in a thread of its own
+        (concurrent fsyncs share the filesystem's journal commits), and the
+        last one done brings the whole batch back to the reactor: one wake-up
+        of the reactor per batch, not per message.
+        """
+        batch, self._toPrepare = self._toPrepare, []
+        remaining = _Countdown(len(batch))
+        for commit in batch:
+            self._pool.callInThread(self._prepare, commit, batch, remaining)
+
+    def _prepare(self, commit: _Commit, batch: list[_Commit], remaining: _Countdown) -> None:
+        """
+        In a worker: prepare one message of a batch; the last of the batch
+        hands it to the group commit, on the reactor.
+        """
+        try:
+            self._writeFiles(commit)
+        except SpoolError as e:
+            commit.error = Failure(e)
+        except BaseException:
+            commit.error = Failure()
+        if remaining.done():
+            self._reactor.callFromThread(self._prepared, batch)
+
+    def _prepared(self, batch: list[_Commit]) -> None:
+        for commit in batch:
+            if commit.error is None:
+                self._queue.append(commit)
+            else:
+                commit.fail(commit.error)
+        self._next()
+
+    def _writeFiles(self, commit: _Commit) -> None:
         """
         In a worker: write and fsync the message's files in its staging
-        directory.  Concurrent calls share the filesystem's journal commits.
+        directory.
         """
         try:
             if commit.staging is None:
@@ -557,10 +595,6 @@ class Spool:
 
     # Group commit
 
-    def _enqueue(self, commit: _Commit) -> None:
-        self._queue.append(commit)
-        self._next()
-
     def _next(self) -> None:
         if self._committing:
             return
@@ -572,19 +606,24 @@ class Spool:
         step = pruning.step if pruning is not None else None
         group, self._queue = self._queue, []
         self._committing = True
-        d = deferToThreadPool(self._reactor, self._pool, self._claimGroup, group, step)
-        d.addCallback(
-            lambda claimed: deferToThreadPool(
-                self._reactor, self._pool, self._placeGroup, group, claimed
-            )
-        )
-        d.addBoth(self._committed, group)
+        self._pool.callInThread(self._claimGroup, group, step)
 
-    def _claimGroup(self, group: list[_Commit], prune: PruneStep | None) -> _Claimed:
+    def _claimGroup(self, group: list[_Commit], prune: PruneStep | None) -> None:
         """
-        In a worker, the first step of a group commit: make the staging
-        directories' entries durable, then mark the names seen in one
-        transaction (with one chunk of a prune under way).
+        In a worker, the first step of a group commit, then the second, as
+        a job of its own (so that a test's pool can stop between the two).
+        """
+        try:
+            claimed: _Claimed | Failure = self._claim(group, prune)
+        except BaseException:
+            claimed = Failure()
+        self._pool.callInThread(self._placeGroup, group, claimed)
+
+    def _claim(self, group: list[_Commit], prune: PruneStep | None) -> _Claimed:
+        """
+        In a worker: make the staging directories' entries durable, then
+        mark the names seen in one transaction (with one chunk of a prune
+        under way).
         """
         landed: list[tuple[str, str]] = []
         if self._stuck:
@@ -611,16 +650,25 @@ class Spool:
         self._unstage = []
         return _Claimed(claims, won, pruned, landed)
 
-    def _placeGroup(self, group: list[_Commit], claimed: _Claimed) -> _GroupResult:
+    def _placeGroup(self, group: list[_Commit], claimed: _Claimed | Failure) -> None:
         """
-        In a worker, the second step: put the messages in place.
+        In a worker, the second step: put the messages in place; then back
+        to the reactor with the outcomes.
         """
-        errors: list[str] = []
-        if claimed.error is not None:
-            outcomes: list[Accepted | SpoolError] = [claimed.error] * len(group)
+        result: _GroupResult | Failure
+        if isinstance(claimed, Failure):
+            result = claimed
+        elif claimed.error is not None:
+            error = claimed.error
+            result = _GroupResult([error] * len(group), claimed.pruned, claimed.landed, [])
         else:
-            outcomes = self._place(group, claimed.claims, claimed.won, errors)
-        return _GroupResult(outcomes, claimed.pruned, claimed.landed, errors)
+            try:
+                errors: list[str] = []
+                outcomes = self._place(group, claimed.claims, claimed.won, errors)
+                result = _GroupResult(outcomes, claimed.pruned, claimed.landed, errors)
+            except BaseException:
+                result = Failure()
+        self._reactor.callFromThread(self._committed, result, group)
 
     def _place(
         self, group: list[_Commit], claims: list[Claim], won: set[str], errors: list[str]
@@ -908,6 +956,22 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
+class _Countdown:
+    """
+    Counts the jobs of a batch down, from any thread: L{done} is true for
+    the last one.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
 class _Commit:
     """
     One message on its way through L{Spool.accept}.
@@ -922,6 +986,7 @@ class _Commit:
         self.staging = staging
         self.received = received
         self.result: Deferred[Accepted] = Deferred()
+        self.error: Failure | None = None
 
     def fail(self, reason: Failure | Exception) -> None:
         self.result.errback(reason)

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
@@ -285,6 +285,20 @@ class CallbackSite(Site):
         self.headerTimeout = headerTimeout
         self.chooseBody = chooseBody
 
+    _dateSecond = -1
+    _date = b""
+
+    def httpDate(self) -> bytes:
+        """
+        The C{Date} header of the answers: now, by the site's reactor,
+        formatted once a second rather than for each answer.
+        """
+        now = int(self.reactor.seconds())
+        if now != self._dateSecond:
+            self._date = datetimeToString(now)
+            self._dateSecond = now
+        return self._date
+
     def log(self, request: Request) -> None:
         """
         No access log: the query string of a GET callback holds the message
@@ -314,6 +328,26 @@ class CallbackRequest(Request):
     _closing: IDelayedCall | None = None
     _bodyDone = False
     _gone = False
+
+    def process(self) -> None:
+        """
+        What twisted.web's C{process} does, for this site of one resource:
+        but the C{Date} header is the site's (L{CallbackSite.httpDate}),
+        formatted once a second, and the C{Server} header is left to the
+        channel (L{CallbackChannel.writeHeaders}).  A request for C{*} goes
+        to twisted.web's.
+        """
+        if self.path == b"*":
+            super().process()
+            return
+        site = self.site = self.channel.site
+        self.setHeader(b"Date", site.httpDate())
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
         site: CallbackSite = self.channel.site
