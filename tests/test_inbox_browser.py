@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from mxrecv.config import AdminConfig
-from mxrecv.testing.examples import mms, mmsZip, png, put, smil, sms
+from mxrecv.testing.examples import inboxExamples, mms, mmsZip, put, smil
 
 from .browser import Browser
 from .running import ANY_PORT, run, runningConfig
@@ -83,26 +83,11 @@ def payload(canary: str, what: str) -> str:
 
 
 def fillSpool(root: Path, canary: str) -> None:
-    put(root, "new", sms("sms-1", "2026-11-25T10:30:01.123Z", "Hello from the browser test"))
-    put(
-        root,
-        "new",
-        mms("mms-1", "2026-11-25T10:31:00.000Z", "Holiday"),
-        mmsZip(
-            [
-                ("slides.smil", smil(("img", "photo.png"), ("text", "words.txt"))),
-                ("photo.png", png(160, 90)),
-                ("words.txt", b"Greetings from the beach"),
-            ]
-        ),
-    )
-    put(
-        root,
-        "failed",
-        mms("mms-2", "2026-11-25T10:32:00.000Z", "Lost in transit", delivery="get"),
-        error="no zip from RetrieveMMS before the expiry (2026-11-26 10:32:00 UTC)",
-        attempts=[{"at": "2026-11-25T10:32:05.000Z", "outcome": "HTTP 404"}],
-    )
+    """
+    L{inboxExamples}, and an MMS whose SVG and HTML parts, text part and
+    subject carry script that would call C{canary}.
+    """
+    inboxExamples(root)
     svg = (
         '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
         f"onload=\"{payload(canary, 'svgload')}\"><script>{payload(canary, 'svg')}</script>"
@@ -221,7 +206,7 @@ class InboxBrowserTests(BrowserCase):
         rows = yield self.texts("table.messages tbody tr td:nth-child(2)")
         self.assertEqual(rows, ["new", "failed", "new", "new"])
         summaries = yield self.texts("table.messages td.summary")
-        self.assertEqual(summaries[1:], ["Lost in transit", "Holiday", "Hello from the browser test"])
+        self.assertEqual(summaries[1:], ["Lost in transit", "Holiday", "Hello <b>there</b>"])
         self.assertIn("<script>", summaries[0])
         problems = yield self.texts("table.messages td.problem")
         self.assertIn("no zip from RetrieveMMS", problems[1])
@@ -243,7 +228,7 @@ class InboxBrowserTests(BrowserCase):
         kinds = yield self.attributes("section.content figure", "class")
         self.assertEqual(kinds, ["slide slide-image", "slide slide-text"])
         texts = yield self.texts("section.content pre")
-        self.assertEqual(texts, ["Greetings from the beach"])
+        self.assertEqual(texts, ["Greetings <i>from</i> the beach"])
 
     @inlineCallbacks
     def test_filters(self):
@@ -257,7 +242,7 @@ class InboxBrowserTests(BrowserCase):
         yield self.follow("form.filters button")
         self.assertIn("type=sms", self.driver.current_url)
         summaries = yield self.texts("table.messages td.summary")
-        self.assertEqual(summaries, ["Hello from the browser test"])
+        self.assertEqual(summaries, ["Hello <b>there</b>"])
 
         yield self.follow("failed (1)", "partial link text")
         summaries = yield self.texts("table.messages td.summary")

@@ -140,3 +140,31 @@ def put(
     final = root / folder / name
     os.rename(directory, final)
     return final
+
+
+def inboxExamples(root: Path) -> None:
+    """
+    What the inbox's tests show: an SMS whose text looks like markup, an
+    MMS with a SMIL, a PNG (160 x 90) and a text part, and a GET-mode MMS
+    in C{failed/} with its reason and attempt.
+    """
+    put(root, "new", sms("sms-1", "2026-11-25T10:30:01.123Z", "Hello <b>there</b>"))
+    put(
+        root,
+        "new",
+        mms("mms-1", "2026-11-25T10:31:00.000Z", "Holiday"),
+        mmsZip(
+            [
+                ("slides.smil", smil(("img", "photo.png"), ("text", "words.txt"))),
+                ("photo.png", png(160, 90)),
+                ("words.txt", "Greetings <i>from</i> the beach".encode()),
+            ]
+        ),
+    )
+    put(
+        root,
+        "failed",
+        mms("mms-2", "2026-11-25T10:32:00.000Z", "Lost in transit", delivery="get"),
+        error="no zip from RetrieveMMS before the expiry (2026-11-26 10:32:00 UTC)",
+        attempts=[{"at": "2026-11-25T10:32:05.000Z", "outcome": "HTTP 404"}],
+    )
