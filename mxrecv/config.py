@@ -10,6 +10,8 @@ its check, and anything unknown is an error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import socket
@@ -115,6 +117,12 @@ class DeliverConfig:
     with the message directory as its last argument, and/or a POST to a URL,
     and/or rows in PostgreSQL.
 
+    @ivar max_attempts: refusals (permanent failures) after which a message
+        is a dead letter of its target.
+    @ivar concurrency: messages in flight at once, per target.
+    @ivar secret: the key that signs the POSTs to C{url} (Standard
+        Webhooks), from the C{whsec_} secret in C{secret_file}.
+    @ivar ca_file: an extra trusted CA for an C{https://} C{url}.
     @ivar postgresql: a libpq connection string (never with a password).
     @ivar postgresql_password: read from C{postgresql_password_file}; empty
         leaves it to libpq (C{PGPASSFILE}, C{~/.pgpass}).
@@ -127,6 +135,10 @@ class DeliverConfig:
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    max_attempts: int = 3
+    concurrency: int = 1
+    secret: bytes | None = field(default=None, repr=False)
+    ca_file: Path | None = None
     postgresql: str | None = None
     postgresql_password: str = field(default="", repr=False)
     postgresql_pool_size: int = 4
@@ -432,6 +444,10 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "timeout": _positiveNumber,
             "backoff_initial": _positiveNumber,
             "backoff_max": _positiveNumber,
+            "max_attempts": _positiveInt,
+            "concurrency": _positiveInt,
+            "secret_file": _directory,
+            "ca_file": _directory,
             "postgresql": _conninfo,
             "postgresql_password_file": _directory,
             "postgresql_pool_size": _positiveInt,
@@ -525,19 +541,62 @@ def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     _secretFromFile(values, base, "retrieve", "password", "password_file")
+    _caFile(values, base, "retrieve")
+    return values
+
+
+def _caFile(values: dict[str, Any], base: Path, table: str) -> None:
     if "ca_file" in values:
         caFile = base / values["ca_file"]
         if not caFile.is_file():
-            raise ConfigError(f"retrieve.ca_file: no such file: {caFile}")
+            raise ConfigError(f"{table}.ca_file: no such file: {caFile}")
         values["ca_file"] = caFile
-    return values
 
 
 def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     if "postgresql_password_file" in values and "postgresql" not in values:
         raise ConfigError("deliver.postgresql_password_file: given without postgresql")
     _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
+    for key in ("secret_file", "ca_file"):
+        if key in values and "url" not in values:
+            raise ConfigError(f"deliver.{key}: given without url")
+    _caFile(values, base, "deliver")
+    _secretFromFile(values, base, "deliver", "secret", "secret_file")
+    if "secret" in values:
+        try:
+            values["secret"] = parseWebhookSecret(values["secret"])
+        except ValueError as e:
+            raise ConfigError(f"deliver.secret_file: {e}") from None
     return values
+
+
+#: How a webhook secret starts (Standard Webhooks): C{whsec_}, then its key
+#: in base64.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+#: The sizes of key the specification allows, in bytes.
+WEBHOOK_KEY_SIZES = range(24, 65)
+
+
+def parseWebhookSecret(text: str) -> bytes:
+    """
+    The key of a C{whsec_} secret (C{[deliver] secret_file}).
+
+    @raise ValueError: if C{text} is not one, saying why (without the
+        secret).
+    """
+    text = text.strip()
+    if not text.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(
+            f"not a {WEBHOOK_SECRET_PREFIX} secret (make one with `mxrecv webhook-secret`)"
+        )
+    try:
+        key = base64.b64decode(text[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
+    if len(key) not in WEBHOOK_KEY_SIZES:
+        sizes = WEBHOOK_KEY_SIZES
+        raise ValueError(f"its key is {len(key)} bytes; expected {sizes[0]} to {sizes[-1]}")
+    return key
 
 
 def loadConfig(path: str | Path | None) -> Config:

@@ -117,9 +117,10 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         )
         service.retriever = mms.retriever
         if config.deliver.enabled:
-            buildDelivery(
+            service.delivery = buildDelivery(
                 config.deliver, spool=spool, reactor=reactor, pool=pool, metrics=metrics
-            ).setServiceParent(parent)
+            )
+            service.delivery.setServiceParent(parent)
         return mms
 
     pending: Callable[[str], None]
@@ -146,6 +147,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
             takeUp=pending,
             certificates=list(certificates.values()),
             parent=service.edge,
+            **service.deliveryAdmin(),
         )
     edge = serveCallbacks(
         config.server,

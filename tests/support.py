@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from mxrecv.config import Config, ServerConfig
-from mxrecv.message.model import Message
+from mxrecv.message.model import Message, Part
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.web.access import AllowList, Gate
@@ -411,6 +411,25 @@ def exampleMessage(**changes: Any) -> Message:
     if changes.get("type") == "mms":
         fields.update(message=None, charset=None)
     return Message(**{**fields, **changes})
+
+
+def acceptMMS(
+    spool: Spool, message: Message, parts: Mapping[str, tuple[bytes, str]]
+) -> Deferred[Any]:
+    """
+    Accept C{message} into new/ as an MMS whose C{parts} (by name: data and
+    content type) are unpacked.
+    """
+    staging = spool.stage()
+    (staging.path / "parts").mkdir()
+    recorded = []
+    for name, (data, contentType) in parts.items():
+        (staging.path / "parts" / name).write_bytes(data)
+        recorded.append(
+            Part(name=name, path=f"parts/{name}", size=len(data), content_type=contentType)
+        )
+    message = message.replace(type="mms", message=None, charset=None, parts=tuple(recorded))
+    return spool.accept(message, "new", staging)
 
 
 def smallFilesystem(case: TestCase, size: str) -> Path:

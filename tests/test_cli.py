@@ -1,5 +1,6 @@
 """
-The operator's command, C{mxrecv}: check-config, list, show, requeue; and
+The operator's command, C{mxrecv}: check-config, list, show, requeue,
+redeliver, webhook-secret; and
 the validation of the operations tables of the configuration.
 """
 
@@ -9,14 +10,17 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.config import AdminConfig
+from mxrecv.deliver.records import Records
+from mxrecv.deliver.signature import KEY_SIZE, parseSecret
 from mxrecv.mms.complete import Completer
 from mxrecv.ops.cli import main
-from mxrecv.spool.layout import FAILED, PENDING, Attempt, Attempts
+from mxrecv.spool.layout import FAILED, PENDING, Attempt, Attempts, undeliverableDocument
 
 from .running import ANY_PORT, client, run, runningConfig
 from .support import openSpool
@@ -257,3 +261,121 @@ class RequeueNowTests(TestCase):
         response = yield client().post(running.admin + "/pending/nothing")
         self.assertEqual(response.code, 404)
         yield response.content()
+
+
+class DeadLetterCommandTests(TestCase):
+    """
+    list --undeliverable, show and redeliver (without a running server: the
+    running one is in test_deliver_running), webhook-secret.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        self.spool = openSpool(self)
+        path = Path(self.mktemp())
+        path.write_text(f'[spool]\ndir = "{self.spool.root}"\n')
+        self.config = str(path)
+        self.records = Records(self.spool.root)
+        yield self.spool.accept(sms("a", received="2026-11-25T10:00:01.000Z"))
+        yield self.spool.accept(sms("b", received="2026-11-25T10:00:02.000Z"))
+        stderr = "line 1\nforged\trow\x1b[2J"
+        attempt = Attempt("2026-11-25T10:00:03.000Z", f"exit status 1; stderr: {stderr}")
+        for target, name in (("command", "b"), ("url", "b"), ("url", "a")):
+            self.records.markUndeliverable(
+                target,
+                name,
+                undeliverableDocument(
+                    name=name,
+                    target=target,
+                    error=f"refused 1 times; the last time: {attempt.outcome}",
+                    at=attempt.at,
+                    attempts=Attempts.of([attempt]),
+                ),
+            )
+
+    def test_list(self):
+        """
+        One line per dead letter, oldest message first, each field escaped:
+        the end of a stderr cannot forge a row or reach the terminal.
+        """
+        code, out, err = command("-c", self.config, "list", "--undeliverable")
+        self.assertEqual((code, err), (0, ""))
+        lines = [line.split("\t") for line in out.splitlines()]
+        self.assertEqual([(l[0], l[1]) for l in lines], [("url", "a"), ("command", "b"), ("url", "b")])
+        self.assertEqual(lines[0][5], "1 attempts")
+        self.assertEqual(
+            lines[0][6],
+            "refused 1 times; the last time: exit status 1; stderr: "
+            "line 1\\nforged\\trow\\x1b[2J",
+        )
+        code, out, err = command("-c", self.config, "list", "new", "--undeliverable")
+        self.assertEqual(code, 1)
+
+    def test_show(self):
+        code, out, err = command("-c", self.config, "show", "b")
+        self.assertEqual(code, 0)
+        self.assertIn("undeliverable to command: refused 1 times", out)
+        self.assertIn("undeliverable to url: refused 1 times", out)
+        self.assertIn("2026-11-25T10:00:03.000Z\texit status 1; stderr: line 1\\nforged", out)
+
+    def test_redeliverOneTarget(self):
+        code, out, err = command("-c", self.config, "redeliver", "b", "--target", "url")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("new/b is no longer undeliverable to url", out)
+        self.assertEqual(
+            [(t, n) for t, n, _ in self.records.undeliverable()], [("command", "b"), ("url", "a")]
+        )
+
+    def test_redeliverEveryTarget(self):
+        code, out, err = command("-c", self.config, "redeliver", "b")
+        self.assertEqual(code, 0)
+        self.assertIn("to command, url", out)
+        self.assertEqual([(t, n) for t, n, _ in self.records.undeliverable()], [("url", "a")])
+
+    def test_redeliverNotDead(self):
+        code, out, err = command("-c", self.config, "redeliver", "a", "--target", "command")
+        self.assertEqual(code, 1)
+        self.assertIn("new/a is not undeliverable to the command", err)
+        code, out, err = command("-c", self.config, "redeliver", "nothing")
+        self.assertEqual(code, 1)
+
+    def test_redeliverAdminDown(self):
+        """
+        With --admin and no server there, nothing is changed, and the error
+        says so.
+        """
+        closed = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        port = closed.getHost().port
+        closed.stopListening()
+        code, out, err = command(
+            "-c", self.config, "redeliver", "b", "--admin", f"http://127.0.0.1:{port}"
+        )
+        self.assertEqual(code, 1)
+        self.assertIn("nothing was changed", err)
+        self.assertEqual(len(self.records.undeliverable()), 3)
+
+    def test_webhookSecret(self):
+        """
+        webhook-secret writes a new whsec_ secret to a file of mode 0600 it
+        creates (never over an existing one), or prints one.
+        """
+        path = Path(self.mktemp()).absolute()
+        code, out, err = command("webhook-secret", "--out", str(path))
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+        secret = path.read_text().strip()
+        self.assertEqual(len(parseSecret(secret)), KEY_SIZE)
+        code, out, err = command("webhook-secret", "--out", str(path))
+        self.assertEqual(code, 1)
+        self.assertEqual(path.read_text().strip(), secret)
+        code, out, err = command("webhook-secret")
+        self.assertEqual(code, 0)
+        self.assertNotEqual(out.strip(), secret)
+        parseSecret(out.strip())
+        config = Path(self.mktemp())
+        config.write_text(
+            f'[deliver]\nurl = "http://127.0.0.1:8000/"\nsecret_file = "{path}"\n'
+        )
+        code, out, err = command("check-config", str(config))
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("deliver: http://127.0.0.1:8000/ (signed)", out)

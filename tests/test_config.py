@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxrecv.config import Config, ConfigError, loadConfig, parseConfig
+from mxrecv.deliver.signature import newSecret
 
 EXAMPLE = Path(__file__).parent.parent / "etc" / "mxrecv.toml"
 
@@ -190,3 +191,64 @@ class AdminListenTests(SynchronousTestCase):
             ConfigError, parseConfig, {"admin": {"token_file": "token", "token": self.TOKEN}}, base
         )
         self.assertIn("admin.token_file: give token or token_file, not both", str(e))
+
+
+class DeliverConfigTests(SynchronousTestCase):
+    def assertConfigError(self, document, *fragments: str, base: Path = Path(".")) -> None:
+        e = self.assertRaises(ConfigError, parseConfig, document, base)
+        for fragment in fragments:
+            self.assertIn(fragment, str(e))
+
+    def test_defaults(self) -> None:
+        deliver = Config().deliver
+        self.assertEqual((deliver.max_attempts, deliver.concurrency), (3, 1))
+        self.assertIsNone(deliver.secret)
+        self.assertIsNone(deliver.ca_file)
+
+    def test_secretFile(self) -> None:
+        """
+        secret_file, relative to the configuration's directory, holds a
+        whsec_ secret; the key is kept, never shown.
+        """
+        base = Path(self.mktemp())
+        base.mkdir()
+        key = bytes(range(32))
+        (base / "secret").write_text(newSecret(key) + "\n")
+        url = "https://app.example.com/in"
+        config = parseConfig({"deliver": {"url": url, "secret_file": "secret"}}, base)
+        self.assertEqual(config.deliver.secret, key)
+        self.assertNotIn("secret=", repr(config.deliver))
+        (base / "bad").write_text("hunter2hunter2hunter2hunter2\n")
+        self.assertConfigError(
+            {"deliver": {"url": url, "secret_file": "bad"}},
+            "deliver.secret_file: not a whsec_ secret",
+            base=base,
+        )
+        e = self.assertRaises(
+            ConfigError, parseConfig, {"deliver": {"url": url, "secret_file": "bad"}}, base
+        )
+        self.assertNotIn("hunter2", str(e))
+        self.assertConfigError(
+            {"deliver": {"url": url, "secret_file": "none"}}, "deliver.secret_file: cannot read"
+        )
+        self.assertConfigError(
+            {"deliver": {"command": ["x"], "secret_file": "secret"}},
+            "deliver.secret_file: given without url",
+        )
+
+    def test_caFile(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        (base / "ca.pem").write_text("")
+        url = "https://app.example.com/in"
+        config = parseConfig({"deliver": {"url": url, "ca_file": "ca.pem"}}, base)
+        self.assertEqual(config.deliver.ca_file, base / "ca.pem")
+        self.assertConfigError(
+            {"deliver": {"url": url, "ca_file": "missing.pem"}}, "deliver.ca_file: no such file"
+        )
+
+    def test_counts(self) -> None:
+        for key in ("max_attempts", "concurrency"):
+            self.assertConfigError({"deliver": {key: 0}}, f"deliver.{key}")
+            self.assertConfigError({"deliver": {key: 1.5}}, f"deliver.{key}")
+            self.assertEqual(getattr(parseConfig({"deliver": {key: 5}}).deliver, key), 5)

@@ -5,10 +5,11 @@ means, Retry-After, and the wait before the next attempt.
 
 import email.utils
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mxrecv.deliver.identity import deliveryId
 from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import (
     ANSWER_HEAD,
@@ -28,6 +29,7 @@ seconds = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 
 
 class HttpOutcomeTests(SynchronousTestCase):
+    @settings(deadline=None)
     @given(statuses, bodies, st.none() | seconds)
     def test_classes(self, code, body, retryAfter):
         """
@@ -45,6 +47,7 @@ class HttpOutcomeTests(SynchronousTestCase):
         else:
             self.assertEqual(outcome.retryAfter, retryAfter)
 
+    @settings(deadline=None)
     @given(st.binary(min_size=ANSWER_HEAD + 1, max_size=ANSWER_HEAD * 3))
     def test_answerHead(self, body):
         """
@@ -68,6 +71,7 @@ class HttpOutcomeTests(SynchronousTestCase):
 
 
 class CommandOutcomeTests(SynchronousTestCase):
+    @settings(deadline=None)
     @given(st.integers(min_value=0, max_value=255), st.binary(max_size=3 * STDERR_TAIL))
     def test_exitStatus(self, status, stderr):
         """
@@ -86,6 +90,7 @@ class CommandOutcomeTests(SynchronousTestCase):
         else:
             self.assertNotIn("stderr", outcome.why)
 
+    @settings(deadline=None)
     @given(st.integers(min_value=1, max_value=64))
     def test_signal(self, signal):
         """
@@ -105,10 +110,12 @@ class CommandOutcomeTests(SynchronousTestCase):
 
 
 class RetryAfterTests(SynchronousTestCase):
+    @settings(deadline=None)
     @given(st.integers(min_value=0, max_value=10**6), seconds)
     def test_seconds(self, delay, now):
         self.assertEqual(parseRetryAfter(str(delay).encode(), now), delay)
 
+    @settings(deadline=None)
     @given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**33))
     def test_date(self, now, when):
         """
@@ -117,6 +124,7 @@ class RetryAfterTests(SynchronousTestCase):
         value = email.utils.formatdate(when, usegmt=True).encode()
         self.assertEqual(parseRetryAfter(value, float(now)), max(0.0, when - now))
 
+    @settings(deadline=None)
     @given(st.binary(max_size=40).filter(lambda b: not b.strip().isdigit()))
     def test_garbage(self, value):
         """
@@ -137,6 +145,7 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual([backoff(n, 1.0, 8.0) for n in range(1, 7)], [1, 2, 4, 8, 8, 8])
         self.assertEqual(backoff(10_000, 5.0, 600.0), 600.0)
 
+    @settings(deadline=None)
     @given(
         st.integers(min_value=1, max_value=10_000),
         st.floats(min_value=0.01, max_value=100),
@@ -155,3 +164,28 @@ class BackoffTests(SynchronousTestCase):
             self.assertGreaterEqual(delay, min(retryAfter, RETRY_AFTER_MAX))
         self.assertLessEqual(delay, max(maximum, RETRY_AFTER_MAX))
         self.assertLessEqual(delay, retryDelay(failures + 1, initial, maximum, retryAfter))
+
+
+class DeliveryIdTests(SynchronousTestCase):
+    @settings(deadline=None)
+    @given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E)))
+    def test_visibleAscii(self, messageId):
+        """
+        An id of visible ASCII is given as it is, unless it holds "%".
+        """
+        if "%" not in messageId:
+            self.assertEqual(deliveryId(messageId), messageId)
+
+    @settings(deadline=None)
+    @given(st.text(), st.text())
+    def test_injective(self, a, b):
+        """
+        Different ids give different values, each visible ASCII.
+        """
+        self.assertEqual(deliveryId(a) == deliveryId(b), a == b)
+        self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in deliveryId(a)))
+
+    def test_examples(self):
+        self.assertEqual(deliveryId("abc-123"), "abc-123")
+        self.assertEqual(deliveryId("50%"), "50%25")
+        self.assertEqual(deliveryId("a b\x00é\udce9"), "a%20b%00%C3%A9%ED%B3%A9")

@@ -21,6 +21,10 @@ PURE = (
     "mxrecv.spool.layout",
     "mxrecv.spool.naming",
     "mxrecv.mms.schedule",
+    "mxrecv.deliver.outcome",
+    "mxrecv.deliver.policy",
+    "mxrecv.deliver.identity",
+    "mxrecv.deliver.schedule",
 )
 
 
@@ -57,13 +61,15 @@ class ImportTests(SynchronousTestCase):
                 module,
             )
             ours = {m for m in loaded if m.startswith("mxrecv.")}
-            packages = {"mxrecv.message", "mxrecv.spool", "mxrecv.mms"}
+            packages = {"mxrecv.message", "mxrecv.spool", "mxrecv.mms", "mxrecv.deliver"}
             self.assertLessEqual(ours, set(PURE) | packages, module)
 
     def test_commandLine(self):
         """
         The C{mxrecv} command loads neither treq nor the MMS, web, delivery
-        or TLS certificate code: it reads the spool through its layout.
+        or TLS certificate code: it reads the spool through its layout (and
+        delivery's records, and makes webhook secrets, with modules that
+        need nothing more).
         """
         loaded = loadedBy("mxrecv.ops.cli")
         self.assertNotIn("treq", loaded)
@@ -75,5 +81,5 @@ class ImportTests(SynchronousTestCase):
                 if m.startswith(("mxrecv.mms.", "mxrecv.web.", "mxrecv.deliver."))
                 or m == "mxrecv.tls.certificate"
             },
-            set(),
+            {"mxrecv.deliver.records", "mxrecv.deliver.signature"},
         )

@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from mxrecv.config import Config, RetrieveConfig, ServerConfig, SpoolConfig
 from mxrecv.message.dates import isoFromTimestamp, mxDate
 from mxrecv.mms.complete import Completer
-from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin, tlsPolicy
+from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, redirectOrigin
 from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.retrieve import (
     Retriever,
@@ -46,6 +46,7 @@ from mxrecv.spool.naming import nameForId
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tap import makeService
+from mxrecv.tls.client import tlsPolicy
 
 from .retrievemms import (
     Hang,

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_deliver -*-
 """
-Delivery of each message in C{new/} to the application (a command, a URL).
-L{buildDelivery} builds it.
+Delivery of each message in C{new/} to the application (a command, a URL,
+PostgreSQL).  L{buildDelivery} builds it; L{buildDeadLetters} builds what the
+admin listener of a server of several processes offers of it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mxrecv.deliver.service import buildDelivery
+    from mxrecv.deliver.service import buildDeadLetters, buildDelivery
 
-__all__ = ["buildDelivery"]
+__all__ = ["buildDeadLetters", "buildDelivery"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,10 +3,16 @@
 The C{command} target: run C{[deliver] command} with the message's directory
 as its last argument; its exit status says how it went
 (L{mxrecv.deliver.policy.commandOutcome}).
+
+Its environment is mxrecv's, plus C{MXRECV_ID} (the message's id, as the
+C{webhook-id} header has it: L{mxrecv.deliver.identity.deliveryId}),
+C{MXRECV_NAME} (its directory's name), C{MXRECV_PATH} (its directory, the
+last argument) and C{MXRECV_SPOOL} (the spool).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,9 +23,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mxrecv.deliver.identity import deliveryId
 from mxrecv.deliver.interfaces import ITarget
-from mxrecv.deliver.outcome import Outcome, TemporaryFailure
+from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import STDERR_TAIL, commandOutcome
+from mxrecv.spool.layout import MESSAGE_JSON
 
 
 class _Command(ProcessProtocol):
@@ -49,8 +57,8 @@ class _Command(ProcessProtocol):
 @implementer(ITarget)
 class CommandTarget:
     """
-    Run C{argv} plus the message directory, with C{env} as its environment
-    and stdin closed.  A command that runs longer than C{timeout} seconds is
+    Run C{argv} plus the message directory, with C{env} and the message's
+    variables as its environment and stdin closed.  A command that runs longer than C{timeout} seconds is
     killed.
     """
 
@@ -64,19 +72,35 @@ class CommandTarget:
         clock: IReactorTime,
         timeout: float,
         env: Mapping[str, str],
+        spool: Path,
     ) -> None:
         self._argv = list(argv)
         self._reactor = reactor
         self._clock = clock
         self._timeout = timeout
         self._env = dict(env)
+        self._spool = spool
 
     def deliver(self, directory: Path) -> Deferred[Outcome]:
+        try:
+            document = json.loads((directory / MESSAGE_JSON).read_bytes())
+            messageId = document["id"]
+            if not isinstance(messageId, str):
+                raise TypeError("the id is not a string")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return succeed(PermanentFailure(f"cannot read {MESSAGE_JSON}: {e}"))
+        env = {
+            **self._env,
+            "MXRECV_ID": deliveryId(messageId),
+            "MXRECV_NAME": directory.name,
+            "MXRECV_PATH": str(directory),
+            "MXRECV_SPOOL": str(self._spool),
+        }
         done: Deferred[Outcome] = Deferred()
         protocol = _Command(done, self._timeout)
         try:
             transport = self._reactor.spawnProcess(
-                protocol, self._argv[0], [*self._argv, str(directory)], env=self._env
+                protocol, self._argv[0], [*self._argv, str(directory)], env=env
             )
         except OSError as e:
             return succeed(TemporaryFailure(f"cannot run {self._argv[0]}: {e.strerror or e}"))

@@ -30,21 +30,12 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet import error as netError
-
-# Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-)
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
@@ -54,7 +45,6 @@ from mxrecv.spool.layout import PARTIAL_ZIP
 from mxrecv.spool.writer import FileWriter, FileWriters, Written
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 class RetrieveError(Exception):
@@ -79,40 +69,6 @@ class RetrieveError(Exception):
 class Download:
     size: int
     sha256: str
-
-
-# TLS
-
-
-@implementer(IOpenSSLTrustRoot)
-class _AllOf:
-    """
-    Trust what any of several trust roots trusts.
-    """
-
-    def __init__(self, *roots: Any) -> None:
-        self._roots = roots
-
-    def _addCACertsToContext(self, context: SSL.Context) -> None:
-        for root in self._roots:
-            root._addCACertsToContext(context)
-
-
-def tlsPolicy(caFile: Path | None = None) -> IPolicyForHTTPS:
-    """
-    Verify servers against the platform's CAs, plus the certificates in the
-    PEM file C{caFile}, with hostname checks.  There is deliberately no way
-    to turn verification off.
-
-    @raise ValueError: if C{caFile} holds no certificate.
-    """
-    if caFile is None:
-        return BrowserLikePolicyForHTTPS(platformTrust())
-    blocks = _PEM.findall(Path(caFile).read_bytes())
-    if not blocks:
-        raise ValueError(f"no PEM certificate in {caFile}")
-    extra = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
-    return BrowserLikePolicyForHTTPS(_AllOf(platformTrust(), extra))
 
 
 # One attempt

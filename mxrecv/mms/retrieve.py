@@ -39,12 +39,13 @@ from mxrecv.message.dates import parseDate
 from mxrecv.message.model import Message
 from mxrecv.message.text import decodeText
 from mxrecv.mms.complete import Completer
-from mxrecv.mms.fetch import Download, Fetcher, RetrieveError, tlsPolicy
+from mxrecv.mms.fetch import Download, Fetcher, RetrieveError
 from mxrecv.mms.schedule import Completed, GaveUp, Policy, Schedule, Start
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import PARTIAL_ZIP, PENDING, RETRIEVE_JSON, Attempts, RetrieveState
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
+from mxrecv.tls.client import tlsPolicy
 
 log = Logger()
 

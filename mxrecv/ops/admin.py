@@ -2,7 +2,8 @@
 """
 The admin listener (C{[admin] listen}, local-only by default): C{/metrics}
 in the Prometheus text format, C{/health} for load balancers and
-supervisors, and C{POST /pending/NAME} to take up a requeued MMS.  Never on
+supervisors, C{POST /pending/NAME} to take up a requeued MMS and C{POST
+/deliver/NAME} to deliver a dead letter again.  Never on
 the callback port: it is for operators.
 
 Like the callback listeners, it drops clients outside its allow list
@@ -18,14 +19,15 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -35,6 +37,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.config import LOOPBACK, AdminConfig
+from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.ops.metrics import LOCAL_ERROR_WAITING, sampleValue
@@ -50,6 +53,8 @@ from mxrecv.web.request import CallbackChannel
 
 log = Logger()
 
+_T = TypeVar("_T")
+
 INBOX = b"inbox"
 
 # A disk that takes longer than this to write and fsync a few bytes is not
@@ -63,15 +68,53 @@ class Check:
     The result of one health check.
 
     @ivar more: further JSON fields of the check (per-worker states).
+    @ivar critical: whether a failure means mxrecv cannot take callbacks
+        (C{/health} answers 503); a check that is not critical (delivery's)
+        is reported, with C{"critical": false}, but does not take mxrecv out
+        of service.
     """
 
     name: str
     ok: bool
     detail: str
     more: Mapping[str, Any] = field(factory=dict)
+    critical: bool = True
 
     def toJSON(self) -> dict[str, Any]:
-        return {"ok": self.ok, "detail": self.detail, **self.more}
+        critical = {} if self.critical else {"critical": False}
+        return {"ok": self.ok, "detail": self.detail, **critical, **self.more}
+
+
+def deliveryCheck(health: TargetHealth) -> Check:
+    """
+    The check C{delivery.TARGET} of a delivery target: not critical.
+    """
+    return Check(f"delivery.{health.target}", health.ok, health.detail, critical=False)
+
+
+def deliveryChecks(
+    sources: Sequence[Callable[[], TargetHealth | Deferred[TargetHealth]]],
+) -> list[Callable[[], Deferred[Check]]]:
+    """
+    The checks of the delivery targets whose health C{sources} tell.
+    """
+    return [partial(_deliveryCheck, source) for source in sources]
+
+
+def _deliveryCheck(source: Callable[[], TargetHealth | Deferred[TargetHealth]]) -> Deferred[Check]:
+    return _deferred(source).addCallback(deliveryCheck)
+
+
+def _deferred(f: Callable[[], _T | Deferred[_T]]) -> Deferred[_T]:
+    """
+    What C{f} returns, as a L{Deferred} (as L{maybeDeferred}, for a
+    function that may return either).
+    """
+    try:
+        result = f()
+    except Exception:
+        return fail()
+    return result if isinstance(result, Deferred) else succeed(result)
 
 
 def probeWritable(directory: Path, sync: bool = True) -> None:
@@ -103,7 +146,8 @@ class Health:
     @param expected: how many there should be.
     @param certificates: the HTTPS listeners' certificates; their expiry is
         checked against C{reactor}'s time.
-    @param more: further checks (the worker processes').
+    @param more: further checks (the worker processes', delivery's); each
+        returns a L{Check} or a L{Deferred} that fires with one.
     """
 
     def __init__(
@@ -117,7 +161,7 @@ class Health:
         pool: Any,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
-        more: Sequence[Callable[[], Check] | Callable[[], Deferred[Check]]] = (),
+        more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
     ) -> None:
         self._directory = directory
         self._sync = sync
@@ -133,7 +177,7 @@ class Health:
         checks = [self._spool(), self._listeners()]
         if self._certificates:
             checks.append(succeed(self._tls()))
-        checks.extend(maybeDeferred(check) for check in self._more)
+        checks.extend(_deferred(check) for check in self._more)
         return gatherResults(checks)
 
     def _spool(self) -> Deferred[Check]:
@@ -227,7 +271,7 @@ class HealthResource(Resource):
 
     def render_GET(self, request: Request) -> int:
         def answer(checks: list[Check]) -> None:
-            ok = all(c.ok for c in checks)
+            ok = all(c.ok for c in checks if c.critical)
             body = {
                 "ok": ok,
                 "checks": {c.name: c.toJSON() for c in checks},
@@ -307,6 +351,49 @@ class PendingResource(Resource):
         return json.dumps({"error": "no such message in pending/"}).encode() + b"\n"
 
 
+class RedeliverResource(Resource):
+    """
+    C{POST /deliver/NAME} (C{?target=T} for one target only): put the dead
+    letter C{new/NAME} back in its queue (what C{mxrecv redeliver --admin}
+    sends).  202 with the targets it was a dead letter of, 404 if it was
+    none.
+    """
+
+    isLeaf = True
+
+    def __init__(self, redeliver: Callable[[str, str | None], Deferred[list[str]]]) -> None:
+        super().__init__()
+        self._redeliver = redeliver
+
+    def render_POST(self, request: Request) -> int | bytes:
+        name = b"/".join(request.postpath).decode("utf-8", "replace")
+        values = request.args.get(b"target") if request.args else None
+        target = values[0].decode("utf-8", "replace") if values else None
+        if not isName(name):
+            request.setResponseCode(HTTPStatus.NOT_FOUND)
+            request.setHeader(b"Content-Type", b"application/json")
+            return _NOT_UNDELIVERABLE
+
+        def answer(targets: list[str]) -> None:
+            if not targets:
+                _write(request, HTTPStatus.NOT_FOUND, b"application/json", _NOT_UNDELIVERABLE)
+                return
+            log.info(
+                "Delivering new/{name} again to {targets} at the operator's request",
+                name=name,
+                targets=", ".join(targets),
+            )
+            body = json.dumps({"redelivered": name, "targets": targets}).encode() + b"\n"
+            _write(request, HTTPStatus.ACCEPTED, b"application/json", body)
+
+        d = self._redeliver(name, target)
+        d.addCallback(answer).addErrback(_internalError, request)
+        return NOT_DONE_YET
+
+
+_NOT_UNDELIVERABLE = json.dumps({"error": "no such undeliverable message"}).encode() + b"\n"
+
+
 class AdminSite(Site):
     """
     The admin listener's site: C{/metrics}, C{/health} and C{/pending/NAME};
@@ -319,6 +406,8 @@ class AdminSite(Site):
 
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
+    @param redeliver: called with a name and a target (or L{None}) from
+        C{POST /deliver/NAME}; fires with the targets that took it back.
     @param token: what requests other than GET and HEAD must carry.
     @param allow: the clients that may connect.
     @param children: more resources, by path segment (C{b"inbox"}); those
@@ -335,6 +424,9 @@ class AdminSite(Site):
         reactor: Any,
         pool: Any,
         takeUp: Callable[[str], bool] = lambda name: False,
+        redeliver: Callable[[str, str | None], Deferred[list[str]]] = (
+            lambda name, target: succeed([])
+        ),
         token: BearerToken = BearerToken(),
         allow: AllowList = AllowList(LOOPBACK),
         headerTimeout: float = 30.0,
@@ -347,6 +439,7 @@ class AdminSite(Site):
         root.putChild(b"metrics", MetricsResource(registry, reactor, pool))
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
+        root.putChild(b"deliver", RedeliverResource(redeliver))
         super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
         self.token = token
         self.allow = allow
@@ -381,7 +474,8 @@ def buildAdmin(
     takeUp: Callable[[str], None],
     certificates: Sequence[ReloadableCertificate],
     parent: IServiceCollection,
-    more: Sequence[Callable[[], Check]] = (),
+    more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
+    redeliver: Callable[[str, str | None], Deferred[list[str]]] | None = None,
 ) -> list[Listener]:
     """
     The admin listeners (C{[admin] listen}), added to C{parent}:
@@ -393,6 +487,8 @@ def buildAdmin(
 
     @param listening: how many callback listeners are up.
     @param takeUp: takes up an MMS in C{pending/} by name.
+    @param redeliver: puts a dead letter back (C{POST /deliver/NAME}), if
+        anything is delivered.
     """
 
     def takeUpIfThere(name: str) -> bool:
@@ -426,6 +522,7 @@ def buildAdmin(
         reactor=reactor,
         pool=pool,
         takeUp=takeUpIfThere,
+        **({} if redeliver is None else {"redeliver": redeliver}),
         token=token,
         allow=AllowList(config.allow),
         headerTimeout=headerTimeout,

@@ -3,16 +3,22 @@
 C{mxrecv}: the operator's command, beside the server (C{twistd mxrecv}).
 
     mxrecv check-config FILE
-    mxrecv [-c FILE] list [new|pending|failed]
+    mxrecv [-c FILE] list [new|pending|failed|--undeliverable]
     mxrecv [-c FILE] show NAME
     mxrecv [-c FILE] requeue NAME [--admin URL]
+    mxrecv [-c FILE] redeliver NAME [--target T] [--admin URL]
     mxrecv db-init -c FILE
+    mxrecv webhook-secret [--out FILE]
 
 It reads the spool directly and needs no running server.  C{db-init}
 creates or upgrades the tables of C{[deliver] postgresql}.  C{requeue} moves
 a failed MMS back to C{pending/}; a running server takes it up at its next
-start (C{systemctl restart mxrecv} is a graceful restart), or at once when
-C{--admin} names its admin listener (C{POST /pending/NAME}).
+sweep of C{pending/}, or at once when C{--admin} names its admin listener
+(C{POST /pending/NAME}).  C{redeliver} puts a dead letter back in its
+delivery queue: the server does it at once with C{--admin} (C{POST
+/deliver/NAME}); without it, the record is removed here and a running server
+takes the message up at its next sweep of C{new/}.  C{webhook-secret} makes
+a C{[deliver] secret_file}.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ import argparse
 import os
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from mxrecv.config import Config, ConfigError, loadConfig
+from mxrecv.deliver.records import Records
+from mxrecv.deliver.signature import newSecret
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.text import printable, printableJSON
 from mxrecv.spool.directory import MessageDirectory
@@ -54,7 +63,8 @@ def checkConfig(path: str, out: TextIO) -> None:
         token = "required for POST" if admin.token else "none"
         out.write(f"    allow: {allow}; token: {token}\n")
     deliver = config.deliver
-    targets = [t for t in ("command" if deliver.command else "", deliver.url or "") if t]
+    url = deliver.url and deliver.url + (" (signed)" if deliver.secret else "")
+    targets = [t for t in ("command" if deliver.command else "", url or "") if t]
     if deliver.postgresql is not None:
         from mxrecv.deliver.postgresql.connect import describe
 
@@ -107,7 +117,112 @@ def show(root: Path, nameOrId: str, out: TextIO) -> None:
     )
     if directory == NEW:
         out.write(f"delivered to: {printable(', '.join(delivered)) or 'nothing yet'}\n")
+        for target, name, record in Records(root).undeliverable():
+            if name != path.name:
+                continue
+            out.write(f"undeliverable to {target}: {printable(str(record.get('error')))}\n")
+            for attempt in record.get("attempts") or []:
+                at, outcome = attempt.get("at"), attempt.get("outcome")
+                out.write(f"  {printable(str(at))}\t{printable(str(outcome))}\n")
     out.write(printableJSON((path / MESSAGE_JSON).read_text("utf-8", "surrogateescape")))
+
+
+def listUndeliverable(root: Path, out: TextIO) -> None:
+    """
+    One line per dead letter, oldest message first: target, name, type,
+    received, sender, attempts and error; escaped as L{listMessages}'s.
+    """
+    rows = []
+    for target, name, record in Records(root).undeliverable():
+        document = MessageDirectory.at(root, NEW, name).readDocument()
+        rows.append(
+            (
+                str(document.get("received") or ""),
+                target,
+                name,
+                str(document.get("type") or "?"),
+                str(document.get("from") or "?"),
+                f"{record.get('attempt_count', '?')} attempts",
+                str(record.get("error") or "?"),
+            )
+        )
+    for received, target, name, kind, sender, attempts, error in sorted(rows):
+        fields = [target, name, kind, received or "?", sender, attempts, error]
+        out.write("\t".join(map(printable, fields)) + "\n")
+
+
+def redeliver(
+    root: Path,
+    nameOrId: str,
+    out: TextIO,
+    *,
+    target: str | None = None,
+    sync: bool = True,
+    admin: str | None = None,
+    token: str = "",
+) -> None:
+    """
+    Put the dead letter C{new/NAME} back in the delivery queue of C{target}
+    (or of every target that refused it).  With C{admin} (the running
+    server's admin URL), the server does it and delivers it at once;
+    without, the record is removed here, and a running server takes the
+    message up at its next sweep of C{new/} (within 5 minutes) or start.
+    """
+    directory, path = _find(root, nameOrId)
+    name = path.name
+    records = Records(root, sync)
+    targets = [t for t, n, _ in records.undeliverable(target) if n == name]
+    if directory != NEW or not targets:
+        which = f"the {target}" if target else "any target"
+        raise CommandError(f"{directory}/{name} is not undeliverable to {which}")
+    if admin is not None:
+        query = "" if target is None else "?" + urllib.parse.urlencode({"target": target})
+        _post(admin, f"/deliver/{name}{query}", token, "nothing was changed")
+        out.write(f"new/{name} is being delivered again to {', '.join(targets)} by {admin}\n")
+        return
+    for t in targets:
+        records.redeliver(t, name)
+    out.write(
+        f"new/{name} is no longer undeliverable to {', '.join(targets)}: a running mxrecv "
+        "delivers it again within 5 minutes, at its next sweep of new/ (or at once with "
+        "--admin URL)\n"
+    )
+
+
+def webhookSecret(out: TextIO, path: str | None = None) -> None:
+    """
+    Make a new secret for C{[deliver] secret_file}: written to C{path}
+    (created with mode 0600; an existing file is not overwritten), or to
+    C{out}.
+    """
+    text = newSecret() + "\n"
+    if path is None:
+        out.write(text)
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CommandError(f"cannot create {path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    out.write(f"{path}: a new webhook secret; set [deliver] secret_file = {path!r}\n")
+
+
+def _post(admin: str, path: str, token: str, otherwise: str) -> None:
+    """
+    C{POST} to the running server's admin listener.
+
+    @raise CommandError: if it did not answer 2xx; C{otherwise} says what
+        then happens.
+    """
+    url = f"{admin.rstrip('/')}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        request = urllib.request.Request(url, method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except (OSError, ValueError) as e:
+        raise CommandError(f"{url} did not take it up ({e}); {otherwise}") from None
 
 
 def requeue(
@@ -145,17 +260,13 @@ def requeue(
             "(or at once with --admin URL)\n"
         )
         return
-    url = f"{admin.rstrip('/')}/pending/{path.name}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        request = urllib.request.Request(url, method="POST", headers=headers)
-        with urllib.request.urlopen(request, timeout=10):
-            pass
-    except (OSError, ValueError) as e:
-        raise CommandError(
-            f"moved, but {url} did not take it up ({e}); it will be at the next sweep "
-            "of pending/ (within 5 minutes) or start"
-        ) from None
+    _post(
+        admin,
+        f"/pending/{path.name}",
+        token,
+        "it was moved, and will be taken up at the next sweep of pending/ (within 5 "
+        "minutes) or start",
+    )
     out.write(f"taken up by the server at {admin}\n")
 
 
@@ -237,14 +348,30 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     listing = commands.add_parser("list", help="list messages in the spool")
     listing.add_argument("which", nargs="?", choices=DIRECTORIES, help="one directory only")
-    for name, text in (("show", "show one message"), ("requeue", "retry a failed MMS")):
+    listing.add_argument(
+        "--undeliverable",
+        action="store_true",
+        help="the dead letters: messages a delivery target refused max_attempts times",
+    )
+    commands_ = [
+        ("show", "show one message"),
+        ("requeue", "retry a failed MMS"),
+        ("redeliver", "deliver a dead letter again"),
+    ]
+    for name, text in commands_:
         command = commands.add_parser(name, help=text)
         command.add_argument("name", help="the message's directory name, or its id")
-    command.add_argument(
-        "--admin",
-        metavar="URL",
-        help="the running server's admin listener (http://127.0.0.1:9100): take it up now",
+        if name != "show":
+            command.add_argument(
+                "--admin",
+                metavar="URL",
+                help="the running server's admin listener (http://127.0.0.1:9100): at once",
+            )
+    command.add_argument("--target", help="this delivery target only (command, url...)")
+    secret = commands.add_parser(
+        "webhook-secret", help="make a secret for [deliver] secret_file (whsec_...)"
     )
+    secret.add_argument("--out", metavar="FILE", help="write it to FILE, mode 0600")
     init = commands.add_parser(
         "db-init", help="create or upgrade the tables of [deliver] postgresql"
     )
@@ -262,6 +389,9 @@ def main(
         if args.command == "check-config":
             checkConfig(args.file, out)
             return 0
+        if args.command == "webhook-secret":
+            webhookSecret(out, args.out)
+            return 0
         config: Config = loadConfig(args.config)
         if args.command == "db-init":
             dbInit(config, out)
@@ -269,10 +399,24 @@ def main(
         root = config.spool.dir
         if not Layout(root).dir(STATE).is_dir():
             raise CommandError(f"{root}: not an mxrecv spool")
-        if args.command == "list":
+        if args.command == "list" and args.undeliverable:
+            if args.which:
+                raise CommandError("list: give a directory or --undeliverable, not both")
+            listUndeliverable(root, out)
+        elif args.command == "list":
             listMessages(root, [args.which] if args.which else DIRECTORIES, out)
         elif args.command == "show":
             show(root, args.name, out)
+        elif args.command == "redeliver":
+            redeliver(
+                root,
+                args.name,
+                out,
+                target=args.target,
+                sync=config.spool.fsync,
+                admin=args.admin,
+                token=config.admin.token,
+            )
         else:
             requeue(
                 root, args.name, out, config.spool.fsync, args.admin, token=config.admin.token

@@ -14,7 +14,7 @@ a worker thread (L{mxrecv.ops.admin}), because they list directories.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -23,6 +23,9 @@ from prometheus_client.registry import Collector
 from mxrecv.spool.layout import FAILED, NEW, PENDING
 from mxrecv.spool.naming import isName
 from mxrecv.web.outcome import CallbackOutcome
+
+if TYPE_CHECKING:
+    from mxrecv.deliver.queue import DeliveryState
 
 # Outcomes of one RetrieveMMS attempt; anything else is counted as "other",
 # so that the label's values stay few.
@@ -83,6 +86,31 @@ class Metrics:
             "MMS given up because their expiry passed before they could be retrieved.",
             registry=r,
         )
+        # Set by the leader only (in a server of several processes): summed
+        # over the processes alive, which is the leader's.
+        self._backlog = Gauge(
+            "mxrecv_delivery_backlog",
+            "Messages in new/ waiting to be delivered to the application, per target.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._oldest = Gauge(
+            "mxrecv_delivery_oldest_timestamp_seconds",
+            "Since when the message waiting longest for delivery has waited, per target "
+            "(POSIX seconds; 0 when none waits): time() minus this is the backlog's age.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._undeliverable = Gauge(
+            "mxrecv_delivery_undeliverable",
+            "Messages the target refused max_attempts times (dead letters), until "
+            "`mxrecv redeliver` puts them back.",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._connections = Gauge(
             "mxrecv_connections",
             "Callback connections open (let through at accept), TLS handshakes "
@@ -101,7 +129,7 @@ class Metrics:
         self._deliveries = Counter(
             "mxrecv_deliveries",
             "Attempts to deliver a message to the application, by target "
-            "(command or url) and outcome (ok or failed).",
+            "(command, url...) and outcome (ok, temporary or permanent failure).",
             ["target", "outcome"],
             registry=r,
         )
@@ -165,8 +193,22 @@ class Metrics:
         """
         self._localErrorWaiting.set(count)
 
-    def delivery(self, target: str, ok: bool) -> None:
-        self._deliveries.labels(target=target, outcome="ok" if ok else "failed").inc()
+    def delivery(self, target: str, outcome: str) -> None:
+        """
+        Count one delivery attempt.
+
+        @param outcome: C{ok}, C{temporary} or C{permanent}.
+        """
+        self._deliveries.labels(target=target, outcome=outcome).inc()
+
+    def deliveryState(self, state: DeliveryState) -> None:
+        """
+        Show one target's queue: its backlog, since when its oldest message
+        has waited, its dead letters.
+        """
+        self._backlog.labels(target=state.target).set(state.backlog)
+        self._oldest.labels(target=state.target).set(state.oldest or 0.0)
+        self._undeliverable.labels(target=state.target).set(state.undeliverable)
 
     def watch(self, collector: Collector) -> None:
         """

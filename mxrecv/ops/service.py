@@ -14,17 +14,19 @@ once, here, rather than follow from the order in which parts were added.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 
+from mxrecv.ops.admin import deliveryChecks
 from mxrecv.ops.logs import installObserver
 from mxrecv.ops.metrics import Metrics
 
 if TYPE_CHECKING:
+    from mxrecv.deliver.service import DeliveryService
     from mxrecv.mms.retrieve import Retriever
     from mxrecv.spool.store import Spool
     from mxrecv.web.drain import InFlight
@@ -100,6 +102,8 @@ class MxrecvService(OrderedService):
         (L{mxrecv.web.drain.InFlight}).
     @ivar retriever: the GET-mode MMS retriever, or L{None} when retrieval
         is off.
+    @ivar delivery: the delivery service, or L{None} when nothing is
+        delivered.
     """
 
     def __init__(self, logObserver: Callable[[], ILogObserver | None] | None = None) -> None:
@@ -121,6 +125,19 @@ class MxrecvService(OrderedService):
         self.adminListeners: list[Listener] = []
         self.inFlight: InFlight | None = None
         self.retriever: Retriever | None = None
+        self.delivery: DeliveryService | None = None
+
+    def deliveryAdmin(self) -> dict[str, Any]:
+        """
+        What the admin listener needs of delivery (L{buildAdmin}'s C{more}
+        and C{redeliver}), if anything is delivered.
+        """
+        if self.delivery is None:
+            return {}
+        return {
+            "more": deliveryChecks(self.delivery.checks()),
+            "redeliver": self.delivery.redeliver,
+        }
 
     def _layer(self, name: str) -> OrderedService:
         layer = OrderedService()

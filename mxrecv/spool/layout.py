@@ -9,7 +9,9 @@ application (documented in the README): these names do not change.
     cur/                the application's; mxrecv never touches it
     pending/NAME/       MMS accepted but not complete yet (internal)
     failed/NAME/        what could not be completed, with the reason
-    state/              mxrecv's own files (the inbox's catalog among them)
+    state/              mxrecv's own files (the inbox's catalog, the delivery
+                        records state/delivered/TARGET/NAME and the dead letters
+                        state/undeliverable/TARGET/NAME among them)
 
 and in a message's directory C{message.json}, C{mms.zip}, C{parts/} and,
 while a GET-mode MMS is being retrieved, C{retrieve.json}.
@@ -59,6 +61,7 @@ SEEN_LOCK = "seen.lock"
 SEEN_JOURNAL = "seen"
 LOCK = "lock"
 DELIVERED = "delivered"
+UNDELIVERABLE = "undeliverable"
 # The admin inbox's catalog of the spool: a cache, rebuilt if removed.
 INBOX_DB = "inbox.sqlite"
 INBOX_LOCK = "inbox.lock"
@@ -90,6 +93,13 @@ class Layout:
         The delivery records: C{TARGET/NAME} for each message delivered.
         """
         return self.root / STATE / DELIVERED
+
+    def undeliverable(self) -> Path:
+        """
+        The dead letters: C{TARGET/NAME} for each message that TARGET refused
+        for good (L{undeliverableDocument}).
+        """
+        return self.root / STATE / UNDELIVERABLE
 
 
 # The documents.
@@ -226,3 +236,15 @@ class RetrieveState:
         if requeued is not None and not isinstance(requeued, str):
             raise ValueError(f"not a retrieval record: requeued is {requeued!r}")
         return cls(attempts, requeued)
+
+
+def undeliverableDocument(
+    *, name: str, target: str, error: str, at: str, attempts: Attempts
+) -> dict[str, Any]:
+    """
+    C{state/undeliverable/TARGET/NAME}: why TARGET refused C{new/NAME} for
+    good (C{error}, a sentence), when it was given up (C{at}, ISO 8601 UTC),
+    and its attempts (L{Attempts}: C{attempt_count}, and the last ones as
+    C{attempts}).
+    """
+    return {"name": name, "target": target, ERROR: error, "at": at, **attempts.toJSON()}

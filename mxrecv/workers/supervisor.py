@@ -49,7 +49,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
-from mxrecv.ops.admin import Check, buildAdmin
+from mxrecv.deliver import buildDeadLetters
+from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
 from mxrecv.ops.service import OrderedService, ThreadPoolService
@@ -638,6 +639,13 @@ def buildSupervisor(
     spool = Spool(config.spool.dir, reactor=reactor, pool=pool, sync=config.spool.fsync)
     registry.register(SpoolCollector(spool))
     registry.register(WorkersCollector(supervisor))
+    deadLetters = buildDeadLetters(
+        config.deliver,
+        spool,
+        reactor=reactor,
+        pool=pool,
+        announce=lambda name: supervisor.tellLeader(NEW, name),
+    )
     buildAdmin(
         config.admin,
         headerTimeout=config.server.header_timeout,
@@ -650,7 +658,8 @@ def buildSupervisor(
         takeUp=supervisor.takeUp,
         certificates=supervisor.certificates,
         parent=supervisor,
-        more=[supervisor.workersCheck],
+        more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
+        redeliver=deadLetters.redeliver if deadLetters else None,
     )
     return supervisor
 
