@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from mxrecv.deliver.command import CommandTarget
 from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
-from mxrecv.deliver.outcome import PermanentFailure
+from mxrecv.deliver.outcome import PermanentFailure, TemporaryFailure
 from mxrecv.deliver.queue import Deliverer
 from mxrecv.deliver.records import Records
 from mxrecv.deliver.schedule import Policy
@@ -165,6 +165,30 @@ class DeliveryTests(TestCase):
         self.assertEqual(self.records.scan("command").undeliverable, ["bad"])
         self.assertEqual(self.records.scan("command").undelivered, [])
         self.assertTrue((self.spool.dir("new") / "bad" / "message.json").is_file())
+
+    @inlineCallbacks
+    def test_commandTimeout(self):
+        """
+        A command still running at the timeout is killed: a temporary
+        failure, with the end of its stderr.
+        """
+        yield self.spool.accept(sms("a"))
+        clock = Clock()
+        target = CommandTarget(
+            ["/bin/sh", "-c", "echo working >&2; exec sleep 60", "sh"],
+            reactor=reactor,
+            clock=clock,
+            timeout=30.0,
+            env={},
+            spool=self.spool.root,
+        )
+        d = target.deliver(self.spool.dir("new") / "a")
+        yield reactorTurns(20)
+        self.assertNoResult(d)
+        clock.advance(30.0)
+        outcome = yield d
+        self.assertIsInstance(outcome, TemporaryFailure)
+        self.assertTrue(outcome.why.startswith("killed after 30s (the timeout)"), outcome.why)
 
     @inlineCallbacks
     def test_commandEnvironment(self):
@@ -377,6 +401,27 @@ class DeliveryTests(TestCase):
         app.release()
         yield stopped
         self.assertTrue(self.records.isDelivered("url", "a"))
+
+    @inlineCallbacks
+    def test_sweepFindsUnannounced(self):
+        """
+        A message in new/ that no queue was told of (another process put it
+        there) is delivered at the next sweep, after those queued.
+        """
+        app, target = self.application()
+        app.hold = True
+        service = self.deliverTo(target)
+        yield self.acceptAll("a")
+        yield app.whenReceived(1)
+        directory = self.spool.dir("new") / "quiet"
+        directory.mkdir()
+        document = sms("quiet", received="2026-11-25T09:00:00.000Z").encode()
+        (directory / "message.json").write_bytes(document)
+        yield service.sweep()
+        self.assertEqual(len(service.deliverers[0]), 2)
+        app.release()
+        yield app.whenReceived(2)
+        self.assertEqual(app.accepted(), ["a", "quiet"])
 
     @inlineCallbacks
     def test_concurrency(self):

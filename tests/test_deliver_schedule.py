@@ -140,12 +140,24 @@ class ExampleTests(SynchronousTestCase):
         self.assertRaises(ValueError, s.delivered, "a", 0)
         self.assertRaises(KeyError, s.failed, "b", NO, 0)
 
-    def test_oldest(self):
-        s = schedule()
-        self.assertIsNone(s.oldest())
-        s.add("a", 5.0)
-        s.addFirst([("b", 3.0)])
-        self.assertEqual(s.oldest(), 3.0)
+    @given(st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(0, 100)), max_size=30))
+    def test_oldest(self, steps):
+        """
+        oldest() is the earliest "since" of the messages queued, whatever
+        was queued, delivered and queued again before.
+        """
+        s = schedule(concurrency=6)
+        waiting = {}
+        for name, since in steps:
+            if name in waiting:
+                s.poll(0.0)  # everything queued is in flight
+                s.delivered(name, 0.0)
+                del waiting[name]
+            else:
+                s.add(name, since)
+                waiting[name] = since
+            self.assertEqual(s.oldest(), min(waiting.values(), default=None))
+        self.assertEqual(s.names(), frozenset(waiting))
 
 
 outcomes = st.sampled_from([OK, BUSY, NO, TemporaryFailure("HTTP 429", 30.0)])

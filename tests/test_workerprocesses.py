@@ -455,3 +455,61 @@ class SignalTests(TestCase):
         self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
 
 
+
+
+class DeliveryTests(TestCase):
+    @inlineCallbacks
+    def test_deadLetterThroughTheParent(self):
+        """
+        With several workers, the leader delivers what every worker accepts;
+        a dead letter is named in the parent's /health and counted in its
+        /metrics, and POST /deliver/NAME on the parent's admin listener
+        (with the token) has the leader deliver it again.
+        """
+        from .application import Answer, Application
+        from .retrievemms import QuietSite
+
+        app = Application(reactor, {"refused": [Answer(400, b"no")]})
+        port = reactor.listenTCP(0, QuietSite(app), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        token = "k" * 32
+        server = WorkersServer(
+            self,
+            extra=(
+                f'token = "{token}"\n'
+                f'[deliver]\nurl = "http://127.0.0.1:{port.getHost().port}/"\n'
+                "max_attempts = 1\nbackoff_initial = 0.05\nbackoff_max = 0.05\n"
+            ),
+        )
+        yield server.started()
+        for id in ("refused", "taken"):
+            connection = yield server.keepAlive()
+            self.addCleanup(connection.transport.loseConnection)
+            status, _ = yield connection.get(sms(id))
+            self.assertEqual(status, 200)
+        yield app.whenReceived(2)
+        yield server.twistd.waitFor(r"new/refused is undeliverable to the url")
+        self.assertEqual(sorted(app.accepted()), ["taken"])
+        record = server.spool / "state" / "undeliverable" / "url" / "refused"
+        health = yield server.health()
+        self.assertTrue(health["ok"])
+        self.assertEqual(
+            health["checks"]["delivery.url"],
+            {"ok": False, "critical": False, "detail": "1 undeliverable: refused"},
+        )
+        expected = {"mxrecv_delivery_undeliverable": 1.0, "mxrecv_deliveries_total": 2.0}
+        counted = yield server.metricsUntil(expected)
+        self.assertEqual(counted, expected)
+        self.assertTrue(record.exists())
+
+        response = yield client().post(
+            f"http://127.0.0.1:{server.admin}/deliver/refused",
+            headers={b"Authorization": [f"Bearer {token}".encode()]},
+        )
+        self.assertEqual(response.code, 202)
+        self.assertEqual((yield response.json())["targets"], ["url"])
+        yield app.whenReceived(3)
+        self.assertEqual(sorted(app.accepted()), ["refused", "taken"])
+        self.assertFalse(record.exists())
+        ended = yield server.stop()
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)

@@ -106,6 +106,12 @@ class Deliverer:
         """
         return self._schedule.failing
 
+    def queued(self) -> frozenset[str]:
+        """
+        The messages waiting for delivery or being delivered.
+        """
+        return self._schedule.names()
+
     def waited(self) -> float | None:
         """
         Seconds the message waiting longest has waited; L{None} if none is.

@@ -16,7 +16,7 @@ Blocking: called in worker threads, or by the C{mxrecv} command.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,14 @@ class Records:
         fsyncPath(path.parent, self._sync)
         return True
 
-    def scan(self, target: str) -> Scan:
+    def scan(self, target: str, known: Container[str] = frozenset()) -> Scan:
         """
         The messages in C{new/} neither delivered to C{target} nor refused
         by it, in order of arrival (C{received}, then name), and its dead
         letters; forget the records of messages no longer in C{new/}.
+
+        @param known: messages to leave out of C{undelivered} (those already
+            queued: their C{message.json} is not read again).
         """
         # Records first: a message is in new/ before it has a record, so one
         # whose record is listed but which is missing from new/ has left it.
@@ -134,7 +137,11 @@ class Records:
             for gone in names - present:
                 removeTree(directory / gone)
         delivered, undeliverable = (names & present for names in listed)
-        waiting = [(n, received(self._new / n)) for n in present - delivered - undeliverable]
+        waiting = [
+            (n, received(self._new / n))
+            for n in present - delivered - undeliverable
+            if n not in known
+        ]
         waiting.sort(key=lambda entry: (entry[1] is not None, entry[1] or 0.0, entry[0]))
         return Scan(waiting, sorted(undeliverable))
 

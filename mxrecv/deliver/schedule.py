@@ -116,6 +116,7 @@ class Schedule:
         self._jobs: dict[str, _Job] = {}
         self._ready: list[tuple[int, str]] = []
         self._aside: list[tuple[float, int, str]] = []
+        self._byAge: list[tuple[float, int, str]] = []
         self._first = 0
         self._last = 0
         self._pausedUntil = 0.0
@@ -124,6 +125,12 @@ class Schedule:
 
     def __contains__(self, name: str) -> bool:
         return name in self._jobs
+
+    def names(self) -> frozenset[str]:
+        """
+        The messages queued, set aside or in flight.
+        """
+        return frozenset(self._jobs)
 
     def __len__(self) -> int:
         """
@@ -233,7 +240,15 @@ class Schedule:
         """
         Since when the message waiting longest has waited; L{None} if none is.
         """
-        return min((j.since for j in self._jobs.values()), default=None)
+        # A heap of every job ever queued, the ended ones dropped as they
+        # come to the top: each call is cheap however long the backlog.
+        while self._byAge:
+            since, order, name = self._byAge[0]
+            job = self._jobs.get(name)
+            if job is not None and job.order == order:
+                return since
+            heapq.heappop(self._byAge)
+        return None
 
     def _pause(self, outcome: TemporaryFailure, now: float) -> None:
         """
@@ -262,6 +277,7 @@ class Schedule:
 
     def _queue(self, name: str, order: int, since: float) -> None:
         self._jobs[name] = _Job(name, order, since)
+        heapq.heappush(self._byAge, (since, order, name))
         heapq.heappush(self._ready, (order, name))
 
     def _finish(self, name: str) -> _Job:

@@ -152,7 +152,10 @@ class DeliveryService(Service):
         Scan C{new/} and the records again, for every target.
         """
         return DeferredList(
-            [self._scan(d).addCallback(lambda s, d=d: d.sweep(*s)) for d in self.deliverers]
+            [
+                self._scan(d, d.queued()).addCallback(lambda s, d=d: d.sweep(*s))
+                for d in self.deliverers
+            ]
         )
 
     def stopService(self) -> Deferred[Any]:
@@ -178,10 +181,12 @@ class DeliveryService(Service):
             failing=deliverer.failing,
         )
 
-    def _scan(self, deliverer: Deliverer) -> Deferred[tuple[Scan, float]]:
+    def _scan(
+        self, deliverer: Deliverer, known: frozenset[str] = frozenset()
+    ) -> Deferred[tuple[Scan, float]]:
         name = deliverer.target.name
         started = self._clock.seconds()
-        d = deferToThreadPool(self._reactor, self._pool, self._records.scan, name)
+        d = deferToThreadPool(self._reactor, self._pool, self._records.scan, name, known)
         d.addCallback(lambda scan: (scan, started))
 
         def failed(f: Any) -> Any:
