@@ -99,7 +99,9 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         reactor=reactor, pool=service.threadPool("mxrecv-upload", UPLOAD_THREADS)
     )
     SpoolService(spool).setServiceParent(service.store)
-    metrics.watch(SpoolCollector(spool))
+    if worker is None:
+        # Workers leave it to the parent, which serves the metrics.
+        metrics.watch(SpoolCollector(spool))
 
     def work(parent: IServiceCollection) -> MMSWork:
         """

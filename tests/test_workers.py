@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
@@ -33,6 +36,7 @@ from mxrecv.config import (
     availableCores,
     parseConfig,
 )
+from mxrecv.ops.metrics import Metrics
 from mxrecv.ops.service import OrderedService
 from mxrecv.workers.control import (
     CONTROL_FD,
@@ -55,7 +59,7 @@ from mxrecv.workers.sockets import (
     socketSpec,
 )
 from mxrecv.workers.supervisor import ALIVE_WITHIN, MAX_WAITING, STOP_GRACE, buildSupervisor
-from mxrecv.workers.worker import namedObserver
+from mxrecv.workers.worker import GaugeBridge, namedObserver
 
 
 class WorkersConfigTests(SynchronousTestCase):
@@ -560,6 +564,39 @@ class NamedObserverTests(SynchronousTestCase):
         namedObserver(seen.append, 0, text=False)(event)
         self.assertEqual(seen[0], {**self.event(), "worker": 0})
         self.assertNotIn("worker", event)
+
+
+class Backlog(Collector):
+    def __init__(self) -> None:
+        self.sizes = {"command": 3, "url": 0}
+
+    def collect(self):
+        family = GaugeMetricFamily("mxrecv_test_backlog", "Waiting.", labels=["target"])
+        for target, size in self.sizes.items():
+            family.add_metric([target], size)
+        yield family
+        yield CounterMetricFamily("mxrecv_test_total", "Not a gauge.", value=7)
+
+
+class GaugeBridgeTests(SynchronousTestCase):
+    def test_sampled(self) -> None:
+        """
+        What a worker's metrics watch is sampled into gauges of the same
+        names and labels (counters left alone), again at each sample.
+        """
+        metrics = Metrics()
+        collector = Backlog()
+        metrics.watch(collector)
+        registry = CollectorRegistry()
+        bridge = GaugeBridge(metrics, registry)
+        bridge.sample()
+        value = registry.get_sample_value
+        self.assertEqual(value("mxrecv_test_backlog", {"target": "command"}), 3)
+        self.assertEqual(value("mxrecv_test_backlog", {"target": "url"}), 0)
+        self.assertIsNone(value("mxrecv_test_total"))
+        collector.sizes["url"] = 5
+        bridge.sample()
+        self.assertEqual(value("mxrecv_test_backlog", {"target": "url"}), 5)
 
 
 class FakeProcess:

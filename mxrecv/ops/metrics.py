@@ -52,6 +52,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.watched: list[Collector] = []
         r = self.registry
         self._callbacks = Counter(
             "mxrecv_callbacks",
@@ -212,8 +213,11 @@ class Metrics:
 
     def watch(self, collector: Collector) -> None:
         """
-        Add a collector that reads state at scrape time.
+        Add a collector that reads state at scrape time (in a worker
+        process, whose registry is not scraped, L{watched} are sampled into
+        gauges instead: L{mxrecv.workers.worker}).
         """
+        self.watched.append(collector)
         self.registry.register(collector)
 
 

@@ -24,6 +24,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics_core import Metric
+from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet import stdio
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -31,6 +34,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from mxrecv.config import Config, loadConfig, parseConfig
+from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.store import Spool
 from mxrecv.tls.reload import canHandleSignals
@@ -56,6 +60,8 @@ log = Logger()
 LEADER_FILE = "leader"
 # Seconds between two "alive" messages to the parent.
 HEARTBEAT = 1.0
+# Seconds between two samples of the collectors a worker watches.
+SAMPLE_INTERVAL = 2.0
 
 
 class PendingWork(Protocol):
@@ -116,6 +122,10 @@ class Worker:
             hello = readHello(PARENT_FD)
         except (OSError, ValueError) as e:
             raise SystemExit(f"mxrecv: --worker is for the server's own use: {e}") from None
+        # A process group of its own: a signal to the parent's group (^C in
+        # a terminal) reaches the parent only, which stops its workers in
+        # order; the parent's end is noticed on file descriptor 0 anyway.
+        os.setpgid(0, 0)
         return cls(hello, reactor)
 
     @property
@@ -125,10 +135,15 @@ class Worker:
     def attach(self, service: Any) -> None:
         """
         Talk to the parent for as long as C{service} (an
-        L{mxrecv.ops.service.MxrecvService}) runs; call before any of its
-        thread pools is made, so that the channel stops last.
+        L{mxrecv.ops.service.MxrecvService}) runs, and sample the collectors
+        its metrics watch; call before any of its thread pools is made, so
+        that the channel stops last.
         """
         _ChannelService(self, service, self._reactor).setServiceParent(service.threads)
+        bridge = GaugeBridge(service.metrics)
+        sampling = TimerService(SAMPLE_INTERVAL, bridge.sample)
+        sampling.clock = self._reactor
+        sampling.setServiceParent(service.threads)
 
     def lead(
         self,
@@ -224,6 +239,41 @@ def namedObserver(observer: ILogObserver, worker: int, *, text: bool) -> ILogObs
         observer(event)
 
     return observe  # type: ignore[return-value]
+
+
+class GaugeBridge:
+    """
+    A worker's registry is not scraped (the parent's is, summing the
+    workers' multiprocess files): what its metrics watch (state read at
+    scrape time, such as delivery's backlog) is sampled into multiprocess
+    gauges of the same names instead, summed over the workers alive.
+    """
+
+    def __init__(self, metrics: Metrics, registry: CollectorRegistry | None = None) -> None:
+        self._metrics = metrics
+        self._registry = registry
+        self._gauges: dict[str, Gauge] = {}
+
+    def sample(self) -> None:
+        for collector in self._metrics.watched:
+            for family in collector.collect():
+                if family.type != "gauge":
+                    continue
+                for sample in family.samples:
+                    gauge = self._gauge(family, sorted(sample.labels))
+                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+
+    def _gauge(self, family: Metric, labels: list[str]) -> Gauge:
+        gauge = self._gauges.get(family.name)
+        if gauge is None:
+            gauge = self._gauges[family.name] = Gauge(
+                family.name,
+                family.documentation,
+                labels,
+                registry=self._registry,
+                multiprocess_mode="livesum",
+            )
+        return gauge
 
 
 class _ChannelService(Service):
