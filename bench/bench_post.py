@@ -139,16 +139,24 @@ def memory(pid: int) -> dict[str, int]:
 class Server:
     """
     A twistd mxrecv of our own, on its own spool, pinned to one core.
+
+    @param extra: more of its configuration (tables after C{[spool]}).
     """
 
     def __init__(
-        self, work: Path, port: int, maxBody: int, timeout: float, cpus: set[int]
+        self,
+        work: Path,
+        port: int,
+        maxBody: int,
+        timeout: float,
+        cpus: set[int],
+        extra: str = "",
     ) -> None:
         self.work = work
         self.spool = work / "spool"
         config = work / "mxrecv.toml"
         config.write_text(
-            CONFIG.format(port=port, maxBody=maxBody, timeout=timeout, spool=self.spool)
+            CONFIG.format(port=port, maxBody=maxBody, timeout=timeout, spool=self.spool) + extra
         )
         self.log = (work / "twistd.log").open("ab")
         self.process = subprocess.Popen(
