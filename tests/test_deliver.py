@@ -31,7 +31,14 @@ from mxrecv.message.model import Message
 from .application import Answer, Application
 from .retrievemms import QuietSite
 from .running import client
-from .support import acceptMMS, openSpool, reactorTurns, startedPool, turnsUntil
+from .support import (
+    DrivenPool,
+    acceptMMS,
+    openSpool,
+    reactorTurns,
+    startedPool,
+    turnsUntil,
+)
 
 
 def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
@@ -562,6 +569,56 @@ class DeliveryTests(TestCase):
         self.assertEqual((yield self.attempts.get()), "ok")
         yield service.stopService()
         self.assertEqual(out.read_text().split(), ["here"])
+
+
+    @inlineCallbacks
+    def test_scanFails(self):
+        """
+        When the start-up scan fails (a full disk, an I/O error), delivery
+        starts all the same: what lands is delivered, and what new/ held is
+        found by the next sweep, once the disk is back.
+        """
+        yield self.spool.accept(sms("before"))
+        # Landed before delivery starts: not announced to it.
+        yield reactorTurns(1)
+        broken = self.spool.dir("state") / "delivered"
+        broken.write_bytes(b"in the way")
+        out = Path(self.mktemp())
+        self.deliverTo(self.command(f'basename "$1" >> {out}'))
+        yield turnsUntil(lambda: self.flushLoggedErrors(NotADirectoryError))
+        broken.unlink()
+        yield self.spool.accept(sms("after"))
+        self.assertEqual((yield self.attempts.get()), "ok")
+        self.clock.advance(SWEEP_INTERVAL)
+        self.assertEqual((yield self.attempts.get()), "ok")
+        self.assertEqual(out.read_text().split(), ["after", "before"])
+
+    @inlineCallbacks
+    def test_stoppedBeforeScanEnds(self):
+        """
+        A service stopped while its start-up scan runs does not start its
+        queues when the scan ends.
+        """
+        yield self.spool.accept(sms("a"))
+        pool = DrivenPool()
+        deliverer = Deliverer(
+            self.command("exit 0"),
+            policy=Policy(),
+            new=self.spool.dir("new"),
+            records=self.records,
+            reactor=reactor,
+            pool=self.pool,
+            clock=self.clock,
+        )
+        service = DeliveryService(
+            [deliverer], records=self.records, reactor=reactor, pool=pool, clock=self.clock
+        )
+        service.startService()
+        yield service.stopService()
+        yield pool.run("scan")
+        yield reactorTurns(2)
+        self.assertEqual(deliverer.queued(), frozenset())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class InterfaceTests(TestCase):
