@@ -392,6 +392,29 @@ class DeliveryTests(TestCase):
         self.assertEqual(service.deliverers[0].undeliverable, {})
 
     @inlineCallbacks
+    def test_deadLetterNotRecorded(self):
+        """
+        A dead letter whose record cannot be written (a full disk) is not
+        kept out of delivery for good: the next sweep takes it up again, and
+        once it is refused again its record is written.
+        """
+        app, target = self.application({"a": [Answer(400)] * 2})
+        service = self.deliverTo(target, maxAttempts=1)
+        broken = self.spool.dir("state") / "undeliverable" / "url"
+        yield turnsUntil(broken.is_dir)
+        broken.rmdir()
+        broken.write_bytes(b"in the way")
+        yield self.acceptAll("a")
+        self.assertEqual((yield self.attempts.get()), "permanent")
+        yield turnsUntil(lambda: self.flushLoggedErrors(FileExistsError))
+        broken.unlink()
+        self.clock.advance(SWEEP_INTERVAL)
+        self.assertEqual((yield self.attempts.get()), "permanent")
+        yield turnsUntil(lambda: self.records.undeliverable())
+        self.assertEqual([name for _, name, _ in self.records.undeliverable()], ["a"])
+        self.assertEqual(list(service.deliverers[0].undeliverable), ["a"])
+
+    @inlineCallbacks
     def test_stopWaitsForAttempt(self):
         """
         Stopping waits for the attempt under way (its answer, then its

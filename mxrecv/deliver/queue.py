@@ -339,15 +339,19 @@ class Deliverer:
             if name in self.undeliverable:
                 self.undeliverable[name] = self._clock.seconds()
 
-        d.addCallback(recorded)
-        d.addErrback(
-            lambda f: log.failure(
-                "Recording new/{name} as undeliverable to the {target}",
-                f,
+        def notRecorded(reason: Failure) -> None:
+            log.failure(
+                "Recording new/{name} as undeliverable to the {target}; "
+                "the next sweep of new/ takes it up again",
+                reason,
                 name=name,
                 target=self.target.name,
             )
-        )
+            # Without its record it is no dead letter: neither listed nor
+            # redeliverable, so it must not be kept out of the queue.
+            self.undeliverable.pop(name, None)
+
+        d.addCallbacks(recorded, notRecorded)
         self._track(d)
 
     def _unexpected(self, reason: Failure, name: str) -> Outcome:
