@@ -561,6 +561,20 @@ class DeliveryTests(TestCase):
         self.assertIn(b'"id": "next"', (yield received.get()))
 
     @inlineCallbacks
+    def test_checkFails(self):
+        """
+        When new/NAME cannot be looked at before its attempt (here its name
+        is too long for the filesystem; an I/O error would do the same), the
+        attempt is a temporary failure, retried after the backoff, rather
+        than an attempt that never ends and holds up the queue.
+        """
+        self.deliverTo(self.command("exit 0"))
+        self.spool.landed("x" * 300)
+        self.assertEqual((yield self.attempts.get()), "temporary")
+        self.clock.advance(1.0)
+        self.assertEqual((yield self.attempts.get()), "temporary")
+
+    @inlineCallbacks
     def test_startUpScanInOrder(self):
         """
         At start-up, messages in new/ not yet delivered are delivered in
