@@ -63,6 +63,8 @@ class ServerConfig:
     workers: int = 1
     max_connections: int = 4096
     max_connections_per_client: int = 256
+    min_body_rate: float = 1024.0
+    body_grace: float = 10.0
 
 
 @frozen
@@ -405,6 +407,8 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "workers": _workers,
             "max_connections": _positiveInt,
             "max_connections_per_client": _positiveInt,
+            "min_body_rate": _nonNegativeNumber,
+            "body_grace": _positiveNumber,
         },
     ),
     "spool": (

@@ -79,6 +79,32 @@ class ConfigTests(SynchronousTestCase):
         self.assertIsInstance(config.server.header_timeout, float)
         self.assertEqual(parseConfig({"server": {"header_timeout": 2.5}}).server.header_timeout, 2.5)
 
+    def test_connectionsAndRate(self) -> None:
+        """
+        The connection caps and the minimum body rate have their defaults,
+        as the example says; a rate of 0 turns the minimum off.
+        """
+        server = Config().server
+        self.assertEqual(
+            (server.max_connections, server.max_connections_per_client),
+            (4096, 256),
+        )
+        self.assertEqual((server.min_body_rate, server.body_grace), (1024.0, 10.0))
+        example = loadConfig(EXAMPLE).server
+        self.assertEqual(
+            (example.max_connections, example.max_connections_per_client),
+            (4096, 256),
+        )
+        self.assertEqual((example.min_body_rate, example.body_grace), (1024.0, 10.0))
+        self.assertEqual(parseConfig({"server": {"min_body_rate": 0}}).server.min_body_rate, 0.0)
+        for key, value in [
+            ("min_body_rate", -1),
+            ("body_grace", 0),
+            ("max_connections", 0),
+            ("max_connections_per_client", "many"),
+        ]:
+            self.assertConfigError({"server": {key: value}}, f"server.{key}")
+
     def test_backoffOrder(self) -> None:
         self.assertConfigError(
             {"retrieve": {"backoff_initial": 10, "backoff_max": 5}}, "retrieve.backoff_max"

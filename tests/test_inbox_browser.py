@@ -165,14 +165,22 @@ class BrowserCase(TestCase):
         """
 
         def click() -> None:
-            from selenium.webdriver.support import expected_conditions
+            from selenium.common.exceptions import WebDriverException
             from selenium.webdriver.support.ui import WebDriverWait
 
-            page = self.driver.find_element("tag name", "html")
+            # A mark on this page's window: the next page's is a new one.
+            self.driver.execute_script("window.mxrecvBefore = true")
             self.driver.find_element(by, selector).click()
-            wait = WebDriverWait(self.driver, LOAD_TIMEOUT)
-            wait.until(expected_conditions.staleness_of(page))
-            wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+            # While the page changes, chromedriver may answer with errors
+            # of any kind about the old one: ask again.
+            WebDriverWait(
+                self.driver, LOAD_TIMEOUT, ignored_exceptions=(WebDriverException,)
+            ).until(
+                lambda d: d.execute_script(
+                    "return window.mxrecvBefore === undefined"
+                    " && document.readyState === 'complete'"
+                )
+            )
 
         return self.browse(click)
 
@@ -226,9 +234,30 @@ class InboxBrowserTests(BrowserCase):
         complete = yield self.browse(images[0].get_property, "complete")
         self.assertEqual((width, complete), (160, True))
         kinds = yield self.attributes("section.content figure", "class")
-        self.assertEqual(kinds, ["slide slide-image", "slide slide-text"])
+        self.assertEqual(kinds, ["slide slide-image", "slide slide-text", "slide slide-audio"])
         texts = yield self.texts("section.content pre")
         self.assertEqual(texts, ["Greetings <i>from</i> the beach"])
+
+    @inlineCallbacks
+    def test_audioPlayable(self):
+        """
+        The WAV part is in an audio element with the browser's controls, and
+        the browser reads it: its duration is known (0.3 s).
+        """
+        yield self.go("/inbox/new/mms-1")
+
+        def duration() -> float:
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            audio = self.driver.find_element("css selector", "section.content audio")
+            WebDriverWait(self.driver, LOAD_TIMEOUT).until(
+                lambda d: audio.get_property("readyState") >= 1
+            )
+            self.assertTrue(audio.get_property("controls"))
+            return audio.get_property("duration")
+
+        seconds = yield self.browse(duration)
+        self.assertAlmostEqual(seconds, 0.3, places=2)
 
     @inlineCallbacks
     def test_filters(self):

@@ -522,3 +522,27 @@ class TextBudgetTests(SynchronousTestCase):
         self.assertEqual(len(shown.order), 20)
         self.assertEqual(sum(len(text) for text, _ in shown.texts.values()), TEXTS_SHOWN)
         self.assertTrue(all(cut for _, cut in shown.texts.values()))
+
+
+class PackageDataTests(SynchronousTestCase):
+    def test_templatesShipped(self):
+        """
+        Every file of the inbox's templates/ is package data in setup.cfg,
+        so that a non-editable install (pip install .) serves it.
+        """
+        import configparser
+        import fnmatch
+
+        import mxrecv.ops.inbox
+
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).parent.parent / "setup.cfg")
+        patterns = [
+            p.strip() for p in setup["options.package_data"]["mxrecv.ops.inbox"].split(",")
+        ]
+        self.assertIn("mxrecv.ops.inbox", setup["options"]["packages"].split())
+        package = Path(mxrecv.ops.inbox.__file__).parent
+        files = [f.relative_to(package).as_posix() for f in (package / "templates").iterdir()]
+        self.assertTrue(files)
+        for name in files:
+            self.assertTrue(any(fnmatch.fnmatch(name, p) for p in patterns), name)

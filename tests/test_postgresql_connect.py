@@ -60,6 +60,7 @@ class ConninfoTests(SynchronousTestCase):
                 "host": "db",
                 "connect_timeout": "3",
                 "application_name": "mxrecv n1",
+                "tcp_user_timeout": "60000",
                 "keepalives": "1",
                 "keepalives_idle": "30",
                 "keepalives_interval": "10",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -246,7 +247,21 @@ class RunningTests(TestCase):
         yield self.delivered.failed(2)
         samples = yield scrape(running)
         self.assertEqual(value(samples, "mxrecv_delivery_backlog", target="postgresql"), 5)
+        oldest = value(samples, "mxrecv_delivery_oldest_timestamp_seconds", target="postgresql")
+        self.assertTrue(0 < oldest <= reactor.seconds(), oldest)
         self.assertEqual(self.delivered.names, [])
+        # /health still says mxrecv takes callbacks, and names the backlog,
+        # its age and why delivery fails.
+        response = yield self.http.get(running.admin + "/health")
+        health = json.loads((yield response.content()))
+        self.assertEqual((response.code, health["ok"]), (200, True))
+        check = health["checks"]["delivery.postgresql"]
+        self.assertEqual((check["ok"], check["critical"]), (False, False))
+        self.assertRegex(
+            check["detail"],
+            r"^5 waiting, the oldest for \d+s; failing since \S+ \(\d+ in a row, next try in "
+            r"\d+s\): PostgreSQL: connection failed",
+        )
 
         cluster.start()
         yield self.delivered.all(ids)

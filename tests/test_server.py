@@ -272,12 +272,9 @@ class RestartTests(TestCase):
         self.assertEqual(serverConfig(path="/mx").server.path, "/mx")
 
 
-class HeaderDeadlineTests(TestCase):
+class _DrivenClock:
     """
-    A request's headers must be in within header_timeout of the connection
-    (or, on a kept-alive connection, of the request's first byte), however
-    steadily they trickle; the site's clock is driven by the test, the
-    connections are real.
+    A test whose site's clock it drives, on real connections: the helpers.
     """
 
     HEADER = 20.0
@@ -285,15 +282,12 @@ class HeaderDeadlineTests(TestCase):
     # default two minutes.
     timeout = 30
 
-    def setUp(self):
+    def start(self, **server):
         self.clock = Clock()
-        self.server = startServer(self, siteReactor=self.clock, header_timeout=self.HEADER)
+        self.server = startServer(self, siteReactor=self.clock, header_timeout=self.HEADER, **server)
         self.watch = ChannelWatch(self.server.site)
         self.outcomes = []
         self.server.site.observe = self.outcomes.append
-        # twisted.web's idle timeout, which each byte starts again.
-        self.idle = self.server.site.timeOut
-        self.assertGreater(self.idle, self.HEADER * 2)
 
     @inlineCallbacks
     def connect(self):
@@ -316,6 +310,21 @@ class HeaderDeadlineTests(TestCase):
         """
         peer.transport.write(data)
         return self.watch.hasReceived(self.watch.received + len(data))
+
+
+class HeaderDeadlineTests(_DrivenClock, TestCase):
+    """
+    A request's headers must be in within header_timeout of the connection
+    (or, on a kept-alive connection, of the request's first byte), however
+    steadily they trickle; the site's clock is driven by the test, the
+    connections are real.
+    """
+
+    def setUp(self):
+        self.start()
+        # twisted.web's idle timeout, which each byte starts again.
+        self.idle = self.server.site.timeOut
+        self.assertGreater(self.idle, self.HEADER * 2)
 
     def get(self, id: str) -> bytes:
         return b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n" % urlencode({**SMS, "id": id}).encode()
@@ -436,6 +445,93 @@ class HeaderDeadlineTests(TestCase):
         answer = yield peer.waitFor(b"OK\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
         self.assertEqual(self.outcomes, [])
+
+
+class MinimumRateTests(_DrivenClock, TestCase):
+    """
+    After body_grace seconds, a body must keep arriving at min_body_rate
+    bytes a second, over each body_grace seconds; the site's clock is driven
+    by the test, the connection is real.
+    """
+
+    GRACE = 10.0
+    RATE = 1024
+
+    def setUp(self):
+        self.start(min_body_rate=float(self.RATE), body_grace=self.GRACE)
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the site's clock a second at a time, as a real one moves.
+        """
+        for _ in range(int(seconds)):
+            self.clock.advance(1)
+
+    def post(self, body: bytes, sent: int) -> bytes:
+        return (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:sent])
+        )
+
+    @inlineCallbacks
+    def test_tricklingBodyCutOff(self):
+        """
+        A body that trickles in, a few bytes at a time, is answered 408 and
+        cut off at the end of the first window after the grace that brought
+        less than min_body_rate a second, not after request_timeout.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        body = urlencode({**SMS, "message": "x" * 5000}).encode()
+        peer = yield self.connect()
+        yield self.send(peer, self.post(body, 10))
+        self.advance(self.GRACE)
+        for offset in range(10, 20):
+            yield self.send(peer, body[offset : offset + 1])
+            self.advance(1)
+        self.assertEqual([o.status for o in self.outcomes], [408])
+        yield peer.lost
+        self.assertTrue(peer.received.startswith(b"HTTP/1.1 408 "), peer.received)
+        self.assertIn(b"body arriving slower than 1024 bytes a second", peer.received)
+        [outcome] = self.outcomes
+        self.assertEqual((outcome.mode, outcome.bytes, outcome.ack_seconds), ("post", 20, 20.0))
+        [event] = [e for e in events if e["log_namespace"] == "mxrecv.web.request"]
+        self.assertEqual(event["status"], 408)
+
+    @inlineCallbacks
+    def test_steadyBodyServed(self):
+        """
+        A body that keeps to the rate, however long it takes in all (here
+        four windows), is served; a slow start within the grace is free.
+        """
+        body = urlencode({**SMS, "message": "x" * 60000}).encode()
+        peer = yield self.connect()
+        yield self.send(peer, self.post(body, 1))
+        self.advance(self.GRACE - 1)
+        step = int(self.RATE * self.GRACE) + 1
+        offset = 1
+        for _ in range(4):
+            yield self.send(peer, body[offset : offset + step])
+            offset += step
+            self.advance(self.GRACE)
+        self.assertEqual(self.outcomes, [])
+        yield self.send(peer, body[offset:])
+        answer = yield peer.waitFor(b"OK\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+
+    @inlineCallbacks
+    def test_stallAfterBurst(self):
+        """
+        A body that comes fast and then stops is cut off after a window
+        without the rate, not after request_timeout.
+        """
+        body = urlencode({**SMS, "message": "x" * 60000}).encode()
+        peer = yield self.connect()
+        yield self.send(peer, self.post(body, 50000))
+        self.advance(self.GRACE * 2 - 1)
+        self.assertEqual(self.outcomes, [])
+        self.advance(1)
+        self.assertEqual([o.status for o in self.outcomes], [408])
+        yield peer.lost
 
 
 class LocalAddressTests(TestCase):

@@ -282,6 +282,36 @@ class BackpressureTests(TestCase):
         self.assertEqual(stored.read_bytes(), zipData)
 
     @inlineCallbacks
+    def test_pausedTimeNotTheClients(self):
+        """
+        While the server holds an upload back (its writer behind), the clock
+        of the minimum body rate stops: however long the disk takes, the
+        client is not cut off for the time it was not let send.
+        """
+        self.connect(fileLimit=256 * 1024)
+        data = self.request(os.urandom(1024 * 1024))
+        self.pool.hold()
+        offset = 0
+        while self.transport.producerState == "producing":
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        # Past two windows without the rate (20 s); short of twisted.web's
+        # idle timeout (60 s), which runs while a connection is paused.
+        for _ in range(50):
+            self.clock.advance(1)
+        self.assertEqual(self.transport.value(), b"")
+        resumed = self.transport.resumed
+        self.pool.release()
+        yield resumed
+        while offset < len(data):
+            if self.transport.producerState == "paused":
+                yield self.transport.resumed
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        answer = yield self.transport.answered
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+    @inlineCallbacks
     def test_connectionLostWhileWriting(self):
         """
         A client that goes away once the whole body is in, while the writer

@@ -9,8 +9,10 @@ spool a server is running on (nothing is fsynced or journaled).
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
+import wave
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -46,6 +48,24 @@ def png(width: int, height: int, rgb: tuple[int, int, int] = (31, 95, 191)) -> b
         + chunk(b"IDAT", zlib.compress(b"".join(rows)))
         + chunk(b"IEND", b"")
     )
+
+
+def wav(milliseconds: int = 300, hertz: int = 440) -> bytes:
+    """
+    A WAV file: a sine tone, 8 kHz, 16-bit mono.
+    """
+    rate = 8000
+    samples = b"".join(
+        struct.pack("<h", int(12000 * math.sin(2 * math.pi * hertz * i / rate)))
+        for i in range(rate * milliseconds // 1000)
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples)
+    return out.getvalue()
 
 
 def smil(*sources: tuple[str, str]) -> bytes:
@@ -145,8 +165,8 @@ def put(
 def inboxExamples(root: Path) -> None:
     """
     What the inbox's tests show: an SMS whose text looks like markup, an
-    MMS with a SMIL, a PNG (160 x 90) and a text part, and a GET-mode MMS
-    in C{failed/} with its reason and attempt.
+    MMS with a SMIL, a PNG (160 x 90), a text part and a WAV, and a
+    GET-mode MMS in C{failed/} with its reason and attempt.
     """
     put(root, "new", sms("sms-1", "2026-11-25T10:30:01.123Z", "Hello <b>there</b>"))
     put(
@@ -155,9 +175,13 @@ def inboxExamples(root: Path) -> None:
         mms("mms-1", "2026-11-25T10:31:00.000Z", "Holiday"),
         mmsZip(
             [
-                ("slides.smil", smil(("img", "photo.png"), ("text", "words.txt"))),
+                (
+                    "slides.smil",
+                    smil(("img", "photo.png"), ("text", "words.txt"), ("audio", "waves.wav")),
+                ),
                 ("photo.png", png(160, 90)),
                 ("words.txt", "Greetings <i>from</i> the beach".encode()),
+                ("waves.wav", wav()),
             ]
         ),
     )

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString, unquote
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from mxrecv.web.body import IBody, Refusal
 from mxrecv.web.outcome import CallbackOutcome, modeOf
@@ -260,6 +261,9 @@ class CallbackSite(Site):
         (L{CallbackChannel}).
     @ivar requestTimeout: seconds a request may take in all once its headers
         are in (L{CallbackRequest}).
+    @ivar minBodyRate: bytes a second a body must keep arriving at, after
+        the first C{bodyGrace} seconds, over each C{bodyGrace} seconds (0:
+        no minimum; L{_MinimumRate}).
     """
 
     # Plain HTTP/1.1 channels rather than twisted.web's default, a wrapper
@@ -277,12 +281,16 @@ class CallbackSite(Site):
         headerTimeout: float,
         chooseBody: Callable[[bytes, bytes, Headers], IBody],
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
+        minBodyRate: float = 0.0,
+        bodyGrace: float = 10.0,
     ) -> None:
         super().__init__(resource, requestFactory=CallbackRequest, reactor=reactor)
         self.observe = observe
         self.maxBody = maxBody
         self.requestTimeout = requestTimeout
         self.headerTimeout = headerTimeout
+        self.minBodyRate = minBodyRate
+        self.bodyGrace = bodyGrace
         self.chooseBody = chooseBody
 
     _dateSecond = -1
@@ -326,6 +334,7 @@ class CallbackRequest(Request):
     _drained = 0
     _deadline: IDelayedCall | None = None
     _closing: IDelayedCall | None = None
+    _pace: _MinimumRate | None = None
     _bodyDone = False
     _gone = False
 
@@ -367,7 +376,10 @@ class CallbackRequest(Request):
         except Refusal as refusal:
             self._refuse(refusal)
             return
-        self.body.registerProducer(self.channel.transport)
+        producer = self.channel.transport
+        if length != 0 and site.minBodyRate:
+            producer = self._pace = _MinimumRate(self, producer, site)
+        self.body.registerProducer(producer)
         self.channel.transport.bufferSize = READ_SIZE
         self._deadline = site.reactor.callLater(site.requestTimeout, self._timedOut)
 
@@ -394,6 +406,7 @@ class CallbackRequest(Request):
         files written and closed, which may take a while), render.  The
         deadline still runs while the body finishes.
         """
+        self._stopPace()
         if self._refused is not None:
             self.channel.transport.loseConnection()
             return
@@ -440,6 +453,7 @@ class CallbackRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         self._gone = True
         self._cancelDeadline()
+        self._stopPace()
         _cancel(self._closing)
         if self.body is not None and not self._bodyDone:
             self.body.abort()
@@ -448,6 +462,21 @@ class CallbackRequest(Request):
     def _cancelDeadline(self) -> None:
         _cancel(self._deadline)
         self._deadline = None
+
+    def _stopPace(self) -> None:
+        if self._pace is not None:
+            self._pace.stop()
+            self._pace = None
+
+    def _tooSlow(self) -> None:
+        self._pace = None
+        self._refuse(
+            Refusal(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"body arriving slower than {self.channel.site.minBodyRate:g} bytes a second",
+            )
+        )
+        self.channel.transport.loseConnection()
 
     def _timedOut(self) -> None:
         self._deadline = None
@@ -466,6 +495,7 @@ class CallbackRequest(Request):
         connection once the client has had a chance to read it.
         """
         self._refused = refusal
+        self._stopPace()
         if self.body is not None:
             self.body.abort()
         # Otherwise twisted.web sends "100 Continue" after this answer.
@@ -484,6 +514,68 @@ class CallbackRequest(Request):
             seconds=site.reactor.seconds() - self.started,
             peer=self.getClientAddress(),
         )
+
+
+@implementer(IPushProducer)
+class _MinimumRate:
+    """
+    Keeps a request's body to the site's C{minBodyRate}: after a grace of
+    C{bodyGrace} seconds from its headers, each C{bodyGrace} seconds must
+    bring C{minBodyRate} times as many bytes, or the request is cut off
+    with 408 (L{CallbackRequest._tooSlow}).  Without it a client could
+    trickle a body for as long as C{requestTimeout}.
+
+    It is the producer the body pauses while its writer is behind, in front
+    of the connection: time the server holds the body back is not the
+    client's, so the clock stops while paused, and a whole window starts
+    again when resumed.
+    """
+
+    def __init__(self, request: CallbackRequest, transport: Any, site: CallbackSite) -> None:
+        self._request = request
+        self._transport = transport
+        self._clock = site.reactor
+        self._window = site.bodyGrace
+        self._least = site.minBodyRate * site.bodyGrace
+        self._since = 0
+        self._done = False
+        self._check: IDelayedCall | None = self._clock.callLater(self._window, self._begin)
+
+    def _begin(self) -> None:
+        self._since = self._request.bodyBytes
+        self._check = self._clock.callLater(self._window, self._checkWindow)
+
+    def _checkWindow(self) -> None:
+        self._check = None
+        if self._request.bodyBytes - self._since < self._least:
+            self._request._tooSlow()
+            return
+        self._begin()
+
+    def stop(self) -> None:
+        """
+        The body is in, or will not be: no more checks (its writer may
+        still pause and resume the connection).
+        """
+        self._done = True
+        self._pause()
+
+    def _pause(self) -> None:
+        _cancel(self._check)
+        self._check = None
+
+    def pauseProducing(self) -> None:
+        self._pause()
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+        if self._check is None and not self._done:
+            self._begin()
+
+    def stopProducing(self) -> None:
+        self.stop()
+        self._transport.stopProducing()
 
 
 def _cancel(call: IDelayedCall | None) -> None:

@@ -67,6 +67,8 @@ def buildSite(
         maxBody=server.max_body,
         requestTimeout=server.request_timeout,
         headerTimeout=server.header_timeout,
+        minBodyRate=server.min_body_rate,
+        bodyGrace=server.body_grace,
         chooseBody=BodyChooser(
             min(FORM_LIMIT, server.max_body), multipart=MultipartBody.factory(spool, writers)
         ),

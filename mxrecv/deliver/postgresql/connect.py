@@ -12,7 +12,8 @@ hold one (L{parseConninfo} refuses it), so what is logged of it never does.
 Every connection is in autocommit mode (transactions are explicit), speaks
 UTF-8, names itself C{mxrecv NODE} in C{pg_stat_activity}, gives up
 connecting after C{connect_timeout} and has every statement limited to the
-delivery C{timeout}; TCP keepalives find a server that vanished.  Settings
+delivery C{timeout}, as is unacknowledged data on the network
+(C{tcp_user_timeout}); TCP keepalives find a server that vanished.  Settings
 given in the connection string win over these defaults.
 """
 
@@ -29,9 +30,14 @@ __all__ = ["CONNECT_TIMEOUT", "KEEPALIVES", "Settings", "describe", "parseConnin
 
 #: Most seconds to wait for a connection, whatever C{[deliver] timeout}.
 CONNECT_TIMEOUT = 10
-#: libpq parameters set unless the connection string sets them.
-KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-              "keepalives_count": "3"}
+#: libpq parameters set unless the connection string sets them: TCP
+#: keepalives find a server that vanished while the connection was idle.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 
 
 def describe(conninfo: str) -> str:
@@ -75,6 +81,9 @@ class Settings:
         defaults = {
             "connect_timeout": str(max(2, math.ceil(min(self.timeout, CONNECT_TIMEOUT)))),
             "application_name": f"mxrecv {self.node}"[:63],
+            # A network gone while data is being sent (a part streaming)
+            # fails the attempt after the timeout, not TCP's many minutes.
+            "tcp_user_timeout": str(math.ceil(self.timeout * 1000)),
             **KEEPALIVES,
         }
         return {**defaults, **given, "client_encoding": "UTF8"}
