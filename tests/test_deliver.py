@@ -17,10 +17,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
-from mxrecv.deliver.command import CommandTarget
+from mxrecv.deliver.command import COMMAND_GRACE, CommandTarget
 from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
-from mxrecv.deliver.outcome import PermanentFailure, TemporaryFailure
+from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.queue import Deliverer
 from mxrecv.deliver.records import Records
 from mxrecv.deliver.schedule import Policy
@@ -196,6 +196,54 @@ class DeliveryTests(TestCase):
         outcome = yield d
         self.assertIsInstance(outcome, TemporaryFailure)
         self.assertTrue(outcome.why.startswith("killed after 30s (the timeout)"), outcome.why)
+
+    @inlineCallbacks
+    def test_commandChildHoldsStderr(self):
+        """
+        What a command leaves running with its stderr (a job in the
+        background, or the child of a shell script killed at the timeout)
+        does not hold up the attempt: it ends once the command has, after a
+        short grace for the rest of its stderr.
+        """
+        yield self.spool.accept(sms("a"))
+        pids = Path(self.mktemp())
+        self.addCleanup(self.killListed, pids)
+        for script, timeout in (
+            (f"sleep 60 & echo $! >> {pids}; exit 0", None),
+            (f"sleep 60 & echo $! >> {pids}; wait", 30.0),
+        ):
+            clock = Clock()
+            target = CommandTarget(
+                ["/bin/sh", "-c", script, "sh"],
+                reactor=reactor,
+                clock=clock,
+                timeout=30.0,
+                env={},
+                spool=self.spool.root,
+            )
+            d = target.deliver(self.spool.dir("new") / "a")
+            timers = 2
+            if timeout is not None:
+                yield turnsUntil(lambda: len(pids.read_text().split()) == 2)
+                clock.advance(timeout)
+                timers = 1
+            # The command has ended: only the grace is left to wait for.
+            yield turnsUntil(lambda: len(clock.getDelayedCalls()) == timers)
+            self.assertNoResult(d)
+            clock.advance(COMMAND_GRACE)
+            outcome = yield d
+            if timeout is None:
+                self.assertEqual(outcome, Delivered())
+            else:
+                self.assertIsInstance(outcome, TemporaryFailure)
+                self.assertTrue(outcome.why.startswith("killed after 30s"), outcome.why)
+
+    def killListed(self, pids: Path) -> None:
+        for pid in pids.read_text().split() if pids.exists() else ():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
 
     @inlineCallbacks
     def test_commandEnvironment(self):
