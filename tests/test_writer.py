@@ -252,6 +252,32 @@ class BackpressureTests(TestCase):
             + b"Content-Type: " + contentTypeFor(BOUNDARY) + b"\r\n\r\n" + body
         )
 
+    def feedUntilPaused(self, data: bytes) -> int:
+        """
+        Feed C{data} in 64 KiB pieces for as long as the server reads.
+
+        @return: how much of it was fed.
+        """
+        offset = 0
+        while self.transport.producerState == "producing" and offset < len(data):
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        return offset
+
+    @inlineCallbacks
+    def feedRest(self, data: bytes, offset: int):
+        """
+        Feed the rest of C{data} from C{offset}, as fast as the server lets
+        it; fire with its answer.
+        """
+        while offset < len(data):
+            if self.transport.producerState == "paused":
+                yield self.transport.resumed
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        answer = yield self.transport.answered
+        return answer
+
     @inlineCallbacks
     def test_slowWriterPausesTheConnection(self):
         """
@@ -263,20 +289,12 @@ class BackpressureTests(TestCase):
         zipData = os.urandom(1024 * 1024)
         data = self.request(zipData)
         self.pool.hold()
-        offset = 0
-        while self.transport.producerState == "producing":
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
+        offset = self.feedUntilPaused(data)
         self.assertLess(offset, 512 * 1024)
         resumed = self.transport.resumed
         self.pool.release()
         yield resumed
-        while offset < len(data):
-            if self.transport.producerState == "paused":
-                yield self.transport.resumed
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
-        answer = yield self.transport.answered
+        answer = yield self.feedRest(data, offset)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         stored = self.spool.dir(PENDING) / "mms-1" / "mms.zip"
         self.assertEqual(stored.read_bytes(), zipData)
@@ -291,10 +309,7 @@ class BackpressureTests(TestCase):
         self.connect(fileLimit=256 * 1024)
         data = self.request(os.urandom(1024 * 1024))
         self.pool.hold()
-        offset = 0
-        while self.transport.producerState == "producing":
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
+        offset = self.feedUntilPaused(data)
         # Past two windows without the rate (20 s); short of twisted.web's
         # idle timeout (60 s), which runs while a connection is paused.
         for _ in range(50):
@@ -303,12 +318,7 @@ class BackpressureTests(TestCase):
         resumed = self.transport.resumed
         self.pool.release()
         yield resumed
-        while offset < len(data):
-            if self.transport.producerState == "paused":
-                yield self.transport.resumed
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
-        answer = yield self.transport.answered
+        answer = yield self.feedRest(data, offset)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
 
     @inlineCallbacks
