@@ -232,14 +232,14 @@ class BackpressureTests(TestCase):
     holds, on a connection the test feeds as fast as the server lets it.
     """
 
-    def connect(self, fileLimit):
+    def connect(self, fileLimit, **server):
         self.pool = GatedPool(self)
         self.spool = openSpool(self)
         self.clock = Clock()
         writers = FileWriters(
             reactor=reactor, pool=self.pool.pool, fileLimit=fileLimit, batch=fileLimit // 4
         )
-        site = buildSite(serverConfig(), self.spool, self.clock, writers=writers)
+        site = buildSite(serverConfig(**server), self.spool, self.clock, writers=writers)
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.transport = RecordingTransport(peerAddress=peer)
         self.protocol = site.buildProtocol(peer)
@@ -300,26 +300,44 @@ class BackpressureTests(TestCase):
         self.assertEqual(stored.read_bytes(), zipData)
 
     @inlineCallbacks
-    def test_pausedTimeNotTheClients(self):
+    def assertHeldBackNotTheClients(self, **server):
         """
-        While the server holds an upload back (its writer behind), the clock
-        of the minimum body rate stops: however long the disk takes, the
-        client is not cut off for the time it was not let send.
+        Hold an upload back (its writer behind) for twice twisted.web's idle
+        timeout, and more than two windows of the minimum body rate: the
+        connection is neither cut off nor answered meanwhile, and once the
+        writer catches up the upload is answered 200.
         """
-        self.connect(fileLimit=256 * 1024)
+        self.connect(fileLimit=256 * 1024, **server)
         data = self.request(os.urandom(1024 * 1024))
         self.pool.hold()
         offset = self.feedUntilPaused(data)
-        # Past two windows without the rate (20 s); short of twisted.web's
-        # idle timeout (60 s), which runs while a connection is paused.
-        for _ in range(50):
+        idle = self.protocol.timeOut
+        self.assertLess(idle * 2, serverConfig().server.request_timeout)
+        for _ in range(int(idle * 2)):
             self.clock.advance(1)
         self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
         resumed = self.transport.resumed
         self.pool.release()
         yield resumed
         answer = yield self.feedRest(data, offset)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+    def test_pausedTimeNotTheClients(self):
+        """
+        While the server holds an upload back, neither the clock of the
+        minimum body rate nor twisted.web's idle timeout runs: however long
+        the disk takes, the client is not cut off for the time it was not
+        let send (the request's own deadline still bounds it).
+        """
+        return self.assertHeldBackNotTheClients()
+
+    def test_pausedTimeWithoutMinimumRate(self):
+        """
+        The same without a minimum body rate: twisted.web's idle timeout
+        does not drop an upload the server holds back.
+        """
+        return self.assertHeldBackNotTheClients(min_body_rate=0.0)
 
     @inlineCallbacks
     def test_connectionLostWhileWriting(self):
