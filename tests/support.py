@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from attrs import evolve, frozen
 from treq.client import HTTPClient
@@ -20,6 +21,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -28,6 +30,7 @@ from mxrecv.config import Config, ServerConfig
 from mxrecv.message.model import Message, Part
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
+from mxrecv.testing.memory import PEER, DrivenThreadPool, MemoryReactor, exchange
 from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.service import buildSite
 
@@ -206,6 +209,68 @@ def startServer(
     return Server(f"http://127.0.0.1:{port.getHost().port}{config.server.path}", spool, port, site)
 
 
+class MemoryServer:
+    """
+    The callback site in memory: its spool (real files under the test's
+    directory) and its upload writers on pools the test drives, its clock
+    a L{MemoryReactor}; requests go over a StringTransport
+    (L{mxrecv.testing.memory.exchange}).  No port, no thread, no waiting.
+    """
+
+    def __init__(
+        self, case: TestCase, config: Config | None = None, onPending: Any = None, **server: Any
+    ) -> None:
+        self.reactor = MemoryReactor()
+        self.pool = DrivenThreadPool()
+        self.uploads = DrivenThreadPool()
+        self.spool = Spool(Path(case.mktemp()), reactor=self.reactor, pool=self.pool)
+        self.spool.open()
+        case.addCleanup(self.spool.close)
+        self.config = serverConfig(**server) if config is None else config
+        self.site = buildSite(
+            self.config,
+            self.spool,
+            self.reactor,
+            onPending,
+            writers=FileWriters(reactor=self.reactor, pool=self.uploads),
+        )
+
+    def exchange(self, data: bytes | list[bytes], peer: Any = PEER) -> StringTransport:
+        """
+        Send C{data} on a new connection and settle: the transport holds the
+        answer.
+        """
+        return exchange(
+            self.site, data, reactor=self.reactor, pools=[self.pool, self.uploads], peer=peer
+        )
+
+    def get(self, params: dict[str, str], path: str = "/") -> Answer:
+        """
+        A GET callback with C{params} in its query string, answered.
+        """
+        query = urlencode(params).encode()
+        return Answer.parse(
+            self.exchange(b"GET %s?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (path.encode(), query))
+        )
+
+
+@frozen
+class Answer:
+    """
+    An HTTP answer as written to a transport.
+    """
+
+    code: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    closed: bool
+
+    @classmethod
+    def parse(cls, transport: StringTransport) -> Answer:
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines[1:] if b": " in line)
+        return cls(int(lines[0].split()[1]), headers, body, bool(transport.disconnecting))
 def listenGated(case: TestCase, site: Any, config: Config) -> Any:
     """
     Listen on a fresh port of 127.0.0.1 with C{site} behind the allow list

@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from mxrecv.testing.sim import (
@@ -231,14 +231,11 @@ class AgainstMxrecvTests(TestCase):
     @inlineCallbacks
     def test_postMode(self) -> None:
         """
-        POST-mode callbacks (multipart) are accepted once mxrecv takes
-        multipart bodies (issue 3); until then they are refused with 415,
-        which the simulator reports as wrong.
+        POST-mode callbacks (multipart, each with its zip) are all accepted,
+        and the simulator counts the bytes it sent.
         """
         summary = yield run(
             reactor, self.settings(mode="post", kind="mms", runId="t5", zipSize=20_000), self.out
         )
-        if summary.problems and "HTTP 415" in (summary.problems[0].problem or ""):
-            raise SkipTest("mxrecv does not take multipart POSTs on this branch yet")
         self.assertEqual(summary.ok, 12, self.out.getvalue())
         self.assertGreater(summary.bytes, 12 * 19_000)

@@ -11,6 +11,7 @@ from mxrecv.message.model import Message
 from mxrecv.spool.layout import NEW, PENDING
 from mxrecv.spool.seen import Claim, SeenIndex
 from mxrecv.spool.store import Accepted, Spool, SpoolError, SpoolLocked, claimSpool
+from mxrecv.testing.memory import DrivenThreadPool, MemoryReactor
 from mxrecv.testing.seen import generateIndex
 
 from .support import (
@@ -110,9 +111,10 @@ class AcceptTests(TestCase):
         self.assertEqual(stored.message, "0")
 
     @inlineCallbacks
-    def test_groupCommit(self):
+    def test_manyConcurrent(self):
         """
-        Many concurrent messages are all stored, each exactly once.
+        Many concurrent messages, on real threads, are all stored, each
+        exactly once.
         """
         spool = openSpool(self)
         ids = [f"id-{i}" for i in range(200)]
@@ -121,6 +123,47 @@ class AcceptTests(TestCase):
         self.assertEqual(contents(spool.dir(NEW)), sorted(ids))
         seen = yield gatherResults([spool.isSeen(i) for i in ids])
         self.assertEqual(set(seen), {True})
+
+    def test_groupCommit(self):
+        """
+        Messages prepared while a commit is under way are committed together:
+        each message accepted at once adds one job (writing and fsyncing its
+        own files) and nothing to the commits, which take as many jobs for
+        200 messages as for 20; and the messages of the last group are
+        answered together, by its last step.
+        """
+
+        def accept(count: int) -> tuple[int, list]:
+            reactor, pool = MemoryReactor(), DrivenThreadPool()
+            spool = Spool(Path(self.mktemp()), reactor=reactor, pool=pool)
+            spool.open()
+            self.addCleanup(spool.close)
+            ids = [f"id-{i}" for i in range(count)]
+            results = [spool.accept(sms(i)) for i in ids]
+            lastSteps = 0
+
+            def due() -> bool:
+                return any(c.getTime() <= reactor.seconds() for c in reactor.getDelayedCalls())
+
+            while pool.pending or due():
+                if not pool.pending:
+                    reactor.advance(0)
+                    continue
+                if len(pool.pending) == 1 and not due() and not results[1].called:
+                    # Maybe the last step of the last group: nothing of it yet.
+                    lastSteps += 1
+                    for d in results[1:]:
+                        self.assertNoResult(d)
+                pool.runNext()
+            self.assertGreater(lastSteps, 0)
+            self.assertEqual({self.successResultOf(d).name for d in results}, set(ids))
+            self.assertEqual(contents(spool.dir(NEW)), sorted(ids))
+            return pool.ran, results
+
+        few, _ = accept(20)
+        many, _ = accept(200)
+        self.assertEqual(many - few, 180)
+        self.assertLess(few, 2 * 20)
 
     @inlineCallbacks
     def test_unwritable(self):
