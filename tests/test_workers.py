@@ -32,6 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mxrecv.config import (
     Config,
     ConfigError,
+    RetrieveConfig,
     ServerConfig,
     SpoolConfig,
     availableCores,
@@ -369,6 +370,25 @@ class SocketSpecTests(SynchronousTestCase):
         ]:
             e = self.assertRaises(ValueError, socketSpec, description)
             self.assertIn(fragment, str(e), description)
+
+    def test_caFileChecked(self) -> None:
+        """
+        A CA file that the leader could not use stops start-up in the parent,
+        naming the key, rather than every worker that comes to lead.
+        """
+        base = Path(self.mktemp())
+        base.mkdir()
+        (base / "ca.pem").write_text("not a certificate\n")
+        config = Config(
+            server=ServerConfig(listen=("tcp:0:interface=127.0.0.1",), workers=2),
+            spool=SpoolConfig(dir=base / "spool"),
+            retrieve=RetrieveConfig(user="mx", password="p", ca_file=base / "ca.pem"),
+        )
+        e = self.assertRaises(
+            SystemExit, buildSupervisor, config, None, twistd=None, reactor=MemoryReactorClock()
+        )
+        self.assertIn("retrieve.ca_file: no PEM certificate", str(e))
+        self.assertFalse((base / "spool").exists())
 
     def test_configChecked(self) -> None:
         """

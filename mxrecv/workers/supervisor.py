@@ -56,6 +56,7 @@ from mxrecv.spool.layout import STATE
 from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool, SpoolError, SpoolLocked, claimSpool
 from mxrecv.tls import loadCertificates
+from mxrecv.tls.client import tlsPolicy
 from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
 from mxrecv.workers.control import (
     ALIVE,
@@ -488,7 +489,17 @@ def buildSupervisor(
             socketSpec(description)
         except ValueError as e:
             raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
-    # Checked before anything starts, as by a server of one process.
+    # Checked before anything starts, as by a server of one process (whose
+    # leader would otherwise fail, again and again, once a worker leads).
+    for key, caFile, used in (
+        ("retrieve.ca_file", config.retrieve.ca_file, bool(config.retrieve.user)),
+        ("deliver.ca_file", config.deliver.ca_file, config.deliver.url is not None),
+    ):
+        if used and caFile is not None:
+            try:
+                tlsPolicy(caFile)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"mxrecv: {key}: {e}") from None
     certificates = loadCertificates(
         {"server.listen": config.server.listen, "admin.listen": config.admin.listen},
         warnDays=config.tls.expiry_warning_days,
