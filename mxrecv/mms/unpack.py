@@ -6,7 +6,9 @@ The zip comes from the network, so nothing in it is trusted: entry names
 may try to leave C{parts/}, the central directory may claim a million
 entries, an entry may inflate a thousandfold, or be encrypted, or corrupt.
 Every check is made on what is actually read, not on what the zip's headers
-claim, and all or nothing is unpacked: a zip that fails a check leaves no
+claim (ZIP64 fields in entries included: their sizes are never trusted; only
+a ZIP64 end of central directory, which an MMS never needs, is refused), and
+all or nothing is unpacked: a zip that fails a check leaves no
 C{parts/} and an L{Unpacked} whose C{error} says why (the message is still
 delivered with its raw C{mms.zip}).
 
@@ -330,7 +332,7 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     except Refused as e:
         error = str(e)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
-        error = f"the zip is corrupt: {e}"
+        error = f"the zip is corrupt: {str(e) or _CORRUPT.get(type(e), type(e).__name__)}"
     except NotImplementedError as e:
         error = f"the zip uses an unsupported feature: {e}"
     except OSError as e:
@@ -343,6 +345,9 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     removeTree(partsDir)
     return Unpacked(error=error)
 
+
+# What an error without a message of its own meant.
+_CORRUPT = {EOFError: "an entry runs past the end of the file"}
 
 # Errors of our own disk, not of the zip: worth trying again.
 _LOCAL_TROUBLE = frozenset(
@@ -364,11 +369,17 @@ def _checkDirectorySize(raw, limits: Limits) -> int:
     at = data.rfind(b"PK\x05\x06")
     if at < 0 or len(data) - at < 22:
         raise zipfile.BadZipFile("no end of central directory")
-    if at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07":
-        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
     entries, directorySize = struct.unpack("<xxxxxxxxxxHI", data[at : at + 16])
-    if entries == 0xFFFF or directorySize == 0xFFFFFFFF:
-        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
+    if (at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07") or (
+        entries == 0xFFFF or directorySize == 0xFFFFFFFF
+    ):
+        # Only needed past 65,535 entries or 4 GiB; it would let a small
+        # file claim a huge directory.  ZIP64 fields in entries are fine:
+        # the sizes they claim are not trusted (see _Budget).
+        raise Refused(
+            "the zip has a ZIP64 end of central directory (for more than 65535 "
+            "entries or 4 GiB), which an MMS never needs"
+        )
     # An entry takes at least 46 bytes, plus its name, extra and comment.
     if entries > limits.entries or directorySize > limits.entries * (46 + 3 * 1024):
         raise Refused(f"the zip has more than {limits.entries} entries")
