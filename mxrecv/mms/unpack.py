@@ -36,8 +36,9 @@ from attrs import frozen
 
 from mxrecv.message.model import Part
 from mxrecv.message.text import decodeText
-from mxrecv.spool.durable import removeTree
+from mxrecv.spool.durable import createFile, makeDirectory, removeTree
 from mxrecv.spool.layout import PARTS
+from mxrecv.spool.mode import SpoolMode
 
 TEXT_PLAIN = "text/plain"
 OCTET_STREAM = "application/octet-stream"
@@ -315,10 +316,13 @@ def joinText(texts: Sequence[bytes]) -> str | None:
 # The blocking step
 
 
-def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpacked:
+def unpackInto(
+    zipPath: Path, partsDir: Path, limits: Limits = Limits(), mode: SpoolMode = SpoolMode()
+) -> Unpacked:
     """
-    Unpack the zip at C{zipPath} into C{partsDir} (which does not exist yet).
-    Blocking: called in a worker thread.  The caller fsyncs what is written.
+    Unpack the zip at C{zipPath} into C{partsDir} (which does not exist yet),
+    its directory and files made with C{mode}.  Blocking: called in a worker
+    thread.  The caller fsyncs what is written.
 
     @return: the parts, or no parts and the reason in C{error}; C{partsDir}
         exists only when parts were written.
@@ -328,7 +332,7 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
             size = _checkDirectorySize(raw, limits)
             counted = _CountingFile(raw)
             with zipfile.ZipFile(counted) as archive:
-                return _unpack(archive, partsDir, _Budget(limits, size, counted))
+                return _unpack(archive, partsDir, _Budget(limits, size, counted), mode)
     except Refused as e:
         error = str(e)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
@@ -347,7 +351,7 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
 
 
 # What an error without a message of its own meant.
-_CORRUPT = {EOFError: "an entry runs past the end of the file"}
+_CORRUPT: dict[type[BaseException], str] = {EOFError: "an entry runs past the end of the file"}
 
 # Errors of our own disk, not of the zip: worth trying again.
 _LOCAL_TROUBLE = frozenset(
@@ -386,7 +390,9 @@ def _checkDirectorySize(raw, limits: Limits) -> int:
     return size
 
 
-def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpacked:
+def _unpack(
+    archive: zipfile.ZipFile, partsDir: Path, budget: _Budget, mode: SpoolMode
+) -> Unpacked:
     limits = budget.limits
     entries = archive.infolist()
     if len(entries) > limits.entries:
@@ -402,7 +408,7 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpack
             files.append(entry)
 
     fromSmil = _readSmil(archive, files, limits)
-    partsDir.mkdir()
+    makeDirectory(partsDir, mode.directory)
     parts: list[Part] = []
     texts: list[bytes] = []
     textRoom = limits.text
@@ -410,7 +416,7 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpack
         fileName = fileNameFor(entry.filename, (p.path[len(PARTS) + 1 :] for p in parts))
         kind = contentType(entry.filename, fromSmil)
         keep = textRoom if kind == TEXT_PLAIN else 0
-        size, kept = _extract(archive, entry, partsDir / fileName, budget, keep)
+        size, kept = _extract(archive, entry, partsDir / fileName, budget, keep, mode.file)
         parts.append(Part(entry.filename, f"{PARTS}/{fileName}", size, kind))
         if kind == TEXT_PLAIN and size <= textRoom:
             texts.append(kept)
@@ -528,6 +534,7 @@ def _extract(
     path: Path,
     budget: _Budget,
     keep: int,
+    fileMode: int,
 ) -> tuple[int, bytes]:
     """
     Copy one entry to C{path}, counting every byte inflated.
@@ -537,12 +544,14 @@ def _extract(
     size = 0
     kept: list[bytes] = []
     budget.start()
-    with archive.open(entry) as source, path.open("xb") as target:
-        while chunk := source.read(_CHUNK):
-            size += len(chunk)
-            budget.spend(entry, size, len(chunk))
-            target.write(chunk)
-            if size - len(chunk) < keep:
-                kept.append(chunk[: keep - (size - len(chunk))])
+    with archive.open(entry) as source:
+        fd = createFile(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fileMode)
+        with os.fdopen(fd, "wb") as target:
+            while chunk := source.read(_CHUNK):
+                size += len(chunk)
+                budget.spend(entry, size, len(chunk))
+                target.write(chunk)
+                if size - len(chunk) < keep:
+                    kept.append(chunk[: keep - (size - len(chunk))])
     budget.finish(entry, size)
     return size, b"".join(kept)

@@ -47,8 +47,9 @@ from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
 from mxrecv.spool.directory import MessageDirectory
-from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.spool.durable import createFile, fsyncPath, makeDirectory, removeTree, writeNew
 from mxrecv.spool.layout import (
+    CUR,
     DIRECTORIES,
     FAILED,
     LOCK,
@@ -62,6 +63,7 @@ from mxrecv.spool.layout import (
     TMP,
     Layout,
 )
+from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.seen import (
     PRUNE_CHUNK,
@@ -131,6 +133,7 @@ def claimSpool(
     sync: bool = True,
     dedupeSeconds: float = 7 * 86400,
     now: float | None = None,
+    mode: SpoolMode = SpoolMode(),
 ) -> int:
     """
     Claim the spool at C{root} for a server of several worker processes,
@@ -143,6 +146,7 @@ def claimSpool(
     @param dedupeSeconds: C{[spool] dedupe_days}, in seconds: the old
         journal's ids older than that are not imported.
     @param now: the time (unix seconds), for the import.
+    @param mode: the permissions of what is made (C{[spool] mode}, C{group}).
     @return: the file descriptor holding the lock, for the workers to
         inherit (L{Spool.open}'s C{lock}); the lock lasts as long as any
         process holds it.
@@ -150,8 +154,10 @@ def claimSpool(
     @raise SpoolError: if the seen-id index cannot be opened or written.
     """
     root = Path(root).absolute()
-    lock = _lock(root)
-    index = SeenIndex(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync)
+    lock = _lock(root, mode)
+    index = SeenIndex(
+        root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync, mode=mode.file
+    )
     try:
         index.open()
         _importJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
@@ -168,13 +174,26 @@ def claimSpool(
     return lock
 
 
-def _lock(root: Path) -> int:
+def _lock(root: Path, mode: SpoolMode) -> int:
     """
-    Create the spool's layout and take its lock, exclusively.
+    Create the spool's layout (its directories of C{mode}; those of mxrecv
+    given C{mode} again if it changed, C{cur/} left to the application once
+    made) and take its lock, exclusively.
     """
-    for which in DIRECTORIES:
-        (root / which).mkdir(parents=True, exist_ok=True)
-    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (root, *(root / which for which in DIRECTORIES)):
+        try:
+            makeDirectory(directory, mode.directory)
+        except FileExistsError:
+            # The spool's own directory (made by the operator, or systemd's
+            # StateDirectory=) and cur/ (the application's) are left as
+            # they are.
+            if directory == root or directory.name == CUR:
+                continue
+        if mode.group is not None:
+            os.chown(directory, -1, mode.group)
+        os.chmod(directory, mode.directory)
+    lock = createFile(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode.file)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -259,6 +278,8 @@ class Spool:
     @param worker: the number of this worker process when the server runs
         several (C{[server] workers}); its staging directories in C{tmp/}
         are named apart from the other workers'.
+    @param mode: the permissions of everything it writes (C{[spool] mode}
+        and C{group}), L{MessageDirectory}s' included.
     """
 
     def __init__(
@@ -272,8 +293,10 @@ class Spool:
         clock: Any = None,
         pruneChunk: int = PRUNE_CHUNK,
         worker: int | None = None,
+        mode: SpoolMode = SpoolMode(),
     ) -> None:
         self.root = Path(root).absolute()
+        self.mode = mode
         self.worker = worker
         self._prefix = stagingPrefix(worker)
         self.sync = sync
@@ -286,6 +309,7 @@ class Spool:
             self.root / STATE / SEEN_LOCK,
             sync=sync,
             pruneChunk=pruneChunk,
+            mode=mode.file,
         )
         self._lock: int | None = None
         self._inflight: dict[str, list[Callable[[Accepted | Failure], None]]] = {}
@@ -315,7 +339,7 @@ class Spool:
         The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
         L{FAILED}), whether it is there or not.
         """
-        return MessageDirectory.at(self.root, which, name, self.sync)
+        return MessageDirectory.at(self.root, which, name, self.sync, self.mode)
 
     # Start and stop (blocking, before the server listens and after it stops)
 
@@ -336,7 +360,7 @@ class Spool:
         @raise SpoolError: if the seen-id index cannot be opened or written.
         """
         if lock is None:
-            self._lock = _lock(self.root)
+            self._lock = _lock(self.root, self.mode)
         else:
             self._lock = _adoptLock(self.root, lock)
         try:
@@ -452,7 +476,7 @@ class Spool:
         while True:
             path = self.dir(TMP) / f"{self._prefix}in.{next(self._staged)}"
             try:
-                os.mkdir(path, 0o700)
+                makeDirectory(path, self.mode.directory)
             except FileExistsError:
                 continue
             return Staging(path)
@@ -586,7 +610,7 @@ class Spool:
                 for existing in commit.staging.path.iterdir():
                     fsyncPath(existing, self.sync)
             path = commit.staging.path
-            writeNew(path / MESSAGE_JSON, commit.document, self.sync)
+            writeNew(path / MESSAGE_JSON, commit.document, self.sync, self.mode.file)
             fsyncPath(path, self.sync)
         except OSError as e:
             if commit.staging is not None:
