@@ -73,8 +73,9 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         config = worker.config
 
     def observer() -> ILogObserver | None:
-        made = _observer(config, twistd)
-        return made if worker is None or made is None else worker.observer(made, config.log.format)
+        if worker is not None:
+            return worker.logObserver(config.log.format, [config.retrieve.password])
+        return _observer(config, twistd)
 
     service = MxrecvService(logObserver=observer)
     metrics = service.metrics
@@ -134,7 +135,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
     if worker is None:
         pending = work(service.work).pending
     else:
-        pending = worker.lead(service.work, spool, work)
+        pending = worker.lead(service.work, spool, work, relayNew=config.deliver.enabled)
 
     # The edge: the callback listeners stop first, the admin ones last.
     site = service.site = buildSite(

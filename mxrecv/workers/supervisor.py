@@ -46,6 +46,7 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
@@ -220,6 +221,10 @@ class Supervisor(OrderedService):
         Whole log lines of a worker, already formatted (and redacted) by it.
         """
         if not data:
+            return
+        if isinstance(self._logFile, LogFile):
+            # As it came: a twistd log file takes bytes, and rotates.
+            self._logFile.write(data)
             return
         text = data.decode("utf-8", "replace")
         if self._logFile is not None:
