@@ -80,8 +80,11 @@ def makeService(options: Options, reactor: Any = None) -> Service:
     service = MxrecvService(logObserver=observer)
     metrics = service.metrics
     # Before the spool: a bad certificate should stop start-up untouched.
+    listens = {"server.listen": config.server.listen}
+    if worker is None:
+        listens["admin.listen"] = config.admin.listen
     certificates = loadCertificates(
-        config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
+        listens, warnDays=config.tls.expiry_warning_days, reactor=reactor
     )
 
     if worker is not None:
@@ -153,7 +156,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
             reactor=reactor,
             pool=pool,
             takeUp=pending,
-            certificates=list(certificates.values()),
+            certificates=certificates,
             parent=service.edge,
             **service.deliveryAdmin(),
         )

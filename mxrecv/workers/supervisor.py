@@ -608,7 +608,9 @@ def buildSupervisor(
             raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
     # Checked before anything starts, as by a server of one process.
     certificates = loadCertificates(
-        config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
+        {"server.listen": config.server.listen, "admin.listen": config.admin.listen},
+        warnDays=config.tls.expiry_warning_days,
+        reactor=reactor,
     )
     text = None
     base = Path(".").absolute()
@@ -662,7 +664,7 @@ def buildSupervisor(
         reactor=reactor,
         pool=pool,
         takeUp=supervisor.takeUp,
-        certificates=supervisor.certificates,
+        certificates=certificates,
         parent=supervisor,
         more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
         redeliver=deadLetters.redeliver if deadLetters else None,
