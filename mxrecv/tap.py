@@ -64,6 +64,8 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         from twisted.internet import reactor
     config: Config = options["settings"]
     twistd = getattr(options, "parent", None)
+    for warning in config.warnings if options.get("worker") is None else ():
+        log.warn("Configuration: {warning}", warning=warning)
     if options.get("worker") is None and config.server.workers > 1:
         return buildSupervisor(config, options.get("config"), twistd=twistd, reactor=reactor)
     worker = None if options.get("worker") is None else Worker.join(reactor)
