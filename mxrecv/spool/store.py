@@ -676,14 +676,14 @@ class Spool:
         """
         In a worker, once the names are durably seen: rename each message
         whose name was new into place, and fsync the parents.  A message
-        that cannot be put in place is answered 503 and its name forgotten
-        again (so that MX Telecom's retry is stored); if even that fails, it
-        stays staged, to be rolled forward with the next group.
+        that cannot be put in place is answered 503 but stays staged, its
+        name seen, to be moved into place with the next group (or at
+        start-up): another process may have answered MX Telecom's retry of
+        it as a duplicate already, and the retries to come are too.
         """
         outcomes: list[Accepted | SpoolError] = []
         parents: set[Path] = set()
-        renamed: list[tuple[_Commit, Claim]] = []
-        undo: list[tuple[_Commit, Claim]] = []
+        renamed: list[Claim] = []
         for commit, claim in zip(group, claims):
             if commit.name not in won:
                 removeTree(commit.staging.path)
@@ -701,55 +701,26 @@ class Spool:
                     self._unstage.append(claim.dir)
                     outcomes.append(Accepted(commit.name, duplicate=True))
                 else:
-                    undo.append((commit, claim))
+                    self._stuck.append(claim)
+                    errors.append(_stuckError(claim, e))
                     outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
                 continue
             parents.add(destination.parent)
-            renamed.append((commit, claim))
+            renamed.append(claim)
             outcomes.append(Accepted(commit.name, duplicate=False))
         try:
             for parent in parents:
                 fsyncPath(parent, self.sync)
         except OSError as e:
+            # In place, but not durably: their rows stay until a later
+            # fsync of their parents succeeds.
             error = SpoolError(f"cannot write to the spool: {e.strerror}")
             outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
-            undo += self._unrename(renamed)
+            self._stuck += renamed
+            errors += [_stuckError(claim, e) for claim in renamed]
         else:
-            self._unstage += [claim.dir for _, claim in renamed]
-        if undo:
-            try:
-                self._seen.release([claim for _, claim in undo])
-            except SeenIndexError as e:
-                self._stuck += [claim for _, claim in undo]
-                errors.append(
-                    f"cannot forget the ids of messages that could not be stored ({e}): "
-                    "they stay staged, to be moved into place with the next group"
-                )
-            else:
-                for commit, _ in undo:
-                    removeTree(commit.staging.path)
+            self._unstage += [claim.dir for claim in renamed]
         return outcomes
-
-    def _unrename(self, renamed: list[tuple[_Commit, Claim]]) -> list[tuple[_Commit, Claim]]:
-        """
-        In a worker, after a failed directory fsync: take the messages this
-        group renamed back out of their targets, so that none that will be
-        answered 503 (and retried by MX Telecom) is left for the
-        application.  Best effort: one that cannot be moved back (the
-        application may have taken it already) stays, its name seen, and
-        the retry is answered as a duplicate.
-
-        @return: those moved back.
-        """
-        back = []
-        for commit, claim in renamed:
-            try:
-                os.rename(self.dir(commit.target) / commit.name, commit.staging.path)
-            except OSError:
-                self._unstage.append(claim.dir)
-                continue
-            back.append((commit, claim))
-        return back
 
     def _committed(
         self, result: _GroupResult | Failure, group: list[_Commit]
@@ -898,38 +869,39 @@ def _rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> _Placed:
     """
     Blocking: rename the messages of C{claims} (marked seen, with their
     staging directories) into place, and fsync the parents.  A claim whose
-    staging directory is gone was renamed already.
+    staging directory is gone was renamed already: its parent is fsynced
+    too (that rename's own fsync may have failed) before its row goes.
     """
     landed: list[tuple[str, str]] = []
     settled: list[str] = []
     stuck: list[Claim] = []
-    parents: dict[Path, list[Claim]] = {}
+    parents: dict[Path, list[tuple[Claim, bool]]] = {}
     for claim in claims:
         source = _stagedPath(root, claim)
-        if source is None or not source.exists():
+        if source is None:
             settled.append(claim.dir)
             continue
         destination = root / claim.target / claim.name
-        try:
-            os.rename(source, destination)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        moved = source.exists()
+        if moved:
+            try:
+                os.rename(source, destination)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    stuck.append(claim)
+                    continue
                 removeTree(source)
-                settled.append(claim.dir)
-            else:
-                stuck.append(claim)
-            continue
-        parents.setdefault(destination.parent, []).append(claim)
-    for parent, moved in parents.items():
+                moved = False
+        parents.setdefault(destination.parent, []).append((claim, moved))
+    for parent, placed in parents.items():
         try:
             fsyncPath(parent, sync)
         except OSError:
-            # In place, not yet durable: its row stays, and goes once the
-            # next try finds its staging directory gone.
-            stuck += moved
+            # In place, not yet durable: their rows stay, for the next try.
+            stuck += [claim for claim, _ in placed]
             continue
-        settled += [c.dir for c in moved]
-        landed += [(c.target, c.name) for c in moved]
+        settled += [claim.dir for claim, _ in placed]
+        landed += [(claim.target, claim.name) for claim, moved in placed if moved]
     return _Placed(landed, settled, stuck)
 
 
@@ -948,6 +920,13 @@ def _stagedPath(root: Path, claim: Claim) -> Path | None:
     ):
         return None
     return root / claim.dir
+
+
+def _stuckError(claim: Claim, e: OSError) -> str:
+    return (
+        f"cannot move {claim.dir} to {claim.target}/{claim.name} ({e.strerror}): its id is "
+        "marked seen; it stays staged, to be moved with the next group"
+    )
 
 
 def _reason(e: BaseException) -> str:
