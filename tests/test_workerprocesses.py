@@ -27,6 +27,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -344,6 +345,23 @@ class KillTests(TestCase):
         self.assertNotEqual(workers[victim]["pid"], pid)
         ended = yield server.stop()
         self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+
+    @inlineCallbacks
+    def test_parentKilled(self):
+        """
+        kill -9 of the parent: its workers notice that it is gone and stop
+        (the spool's lock with them), rather than run on unsupervised.
+        """
+        server = WorkersServer(self)
+        yield server.started()
+        workers = [server.pid(number) for number in range(WORKERS)]
+        server.twistd.signal("KILL")
+        yield server.twistd.ended
+        end = time.monotonic() + 30
+        while any(isWorkerOf(pid, server.spool) for pid in workers):
+            self.assertLess(time.monotonic(), end, "workers still running 30 s after the parent died")
+            yield deferLater(reactor, 0.05, lambda: None)
+        os.close(claimSpool(server.spool))
 
     @inlineCallbacks
     def test_leaderKilledDuringRetrieval(self):

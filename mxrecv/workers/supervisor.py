@@ -46,6 +46,7 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
@@ -220,6 +221,10 @@ class Supervisor(OrderedService):
         Whole log lines of a worker, already formatted (and redacted) by it.
         """
         if not data:
+            return
+        if isinstance(self._logFile, LogFile):
+            # As it came: a twistd log file takes bytes, and rotates.
+            self._logFile.write(data)
             return
         text = data.decode("utf-8", "replace")
         if self._logFile is not None:
@@ -603,7 +608,9 @@ def buildSupervisor(
             raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
     # Checked before anything starts, as by a server of one process.
     certificates = loadCertificates(
-        config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
+        {"server.listen": config.server.listen, "admin.listen": config.admin.listen},
+        warnDays=config.tls.expiry_warning_days,
+        reactor=reactor,
     )
     text = None
     base = Path(".").absolute()
@@ -656,7 +663,7 @@ def buildSupervisor(
         reactor=reactor,
         pool=pool,
         takeUp=supervisor.takeUp,
-        certificates=supervisor.certificates,
+        certificates=certificates,
         parent=supervisor,
         more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
         redeliver=deadLetters.redeliver if deadLetters else None,

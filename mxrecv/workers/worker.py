@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
@@ -34,6 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from mxrecv.config import Config, loadConfig, parseConfig
+from mxrecv.ops.logs import observerFor
 from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.store import Spool
@@ -60,6 +63,8 @@ log = Logger()
 LEADER_FILE = "leader"
 # Seconds between two "alive" messages to the parent.
 HEARTBEAT = 1.0
+# Seconds a worker's log lines may wait to be sent to the parent together.
+LOG_DELAY = 0.1
 # Seconds between two samples of the collectors a worker watches.
 SAMPLE_INTERVAL = 2.0
 
@@ -150,18 +155,22 @@ class Worker:
         parent: IServiceCollection,
         spool: Spool,
         build: Callable[[IServiceCollection], PendingWork],
+        *,
+        relayNew: bool,
     ) -> Callable[[str], None]:
         """
         Build the leader's work with C{build}, into C{parent}, once this
         worker leads; until then (and in the workers that do not lead),
-        tell the leader of each message committed into C{spool}'s C{new/}.
+        tell the leader of each message committed into C{spool}'s C{new/}
+        if C{relayNew} (the leader delivers them: C{[deliver]}).
 
         @return: what takes up an MMS accepted into C{pending/}: the
             leader's work if this worker leads, else a message to the
             leader.
         """
         self._spool = spool
-        spool.observeNew(self._landed)
+        if relayNew:
+            spool.observeNew(self._landed)
         lock = FileLeaderLock(
             spool.dir(STATE) / LEADER_FILE, f"pid {os.getpid()} worker {self.number}"
         )
@@ -216,12 +225,84 @@ class Worker:
         else:
             reactor.callWhenRunning(reactor.stop)
 
-    def observer(self, observer: ILogObserver, format: str) -> ILogObserver:
+    def logObserver(self, format: str, secrets: Iterable[str]) -> ILogObserver:
         """
-        C{observer}, with this worker's number in each event (C{worker});
-        in text, also in its system, as C{[NAMESPACE#LEVEL worker=N]}.
+        The log observer of this worker: its events formatted as the parent's
+        would be (C{[log] format}, secrets redacted), with this worker's
+        number in each (C{worker}; in text, also in its system, as
+        C{[NAMESPACE#LEVEL worker=N]}), written to file descriptor 1 for the
+        parent to put in its log, several lines at a time
+        (L{CoalescingFile}).
         """
-        return namedObserver(observer, self.number, text=format != "json")
+        out = CoalescingFile(sys.stdout, self._reactor)
+        return namedObserver(observerFor(format, out, secrets), self.number, text=format != "json")
+
+
+class CoalescingFile:
+    """
+    A text file whose writes go out together, C{delay} seconds after the
+    first of them (or once C{limit} characters wait): a worker logs a line
+    per callback, and each write to the parent's pipe costs both processes
+    a system call and the parent a turn of its reactor (measured: about 35
+    microseconds of the parent's CPU per callback when each line went
+    alone).  Before the reactor runs, and once it is shutting down, each
+    write goes out at once, so that nothing is left behind when the process
+    ends; a worker killed with -9 loses the lines of its last C{delay}
+    seconds.
+    """
+
+    def __init__(
+        self, file: IO[str], reactor: Any, delay: float = LOG_DELAY, limit: int = 64 * 1024
+    ) -> None:
+        self._file = file
+        self._reactor = reactor
+        self._delay = delay
+        self._limit = limit
+        # Made where the reactor runs (twistd's main thread).
+        self._reactorThread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []
+        self._size = 0
+        self._scheduled = False
+        self._direct = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._shuttingDown)
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self._waiting.append(text)
+            self._size += len(text)
+            if self._direct or not self._reactor.running or self._size >= self._limit:
+                self._send()
+                return
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if threading.get_ident() == self._reactorThread:
+            self._reactor.callLater(self._delay, self._flush)
+        else:
+            self._reactor.callFromThread(self._reactor.callLater, self._delay, self._flush)
+
+    def flush(self) -> None:
+        """
+        L{FileLogObserver} flushes after each event: here, the delay does.
+        """
+
+    def _send(self) -> None:
+        if self._waiting:
+            self._file.write("".join(self._waiting))
+            self._file.flush()
+            self._waiting = []
+            self._size = 0
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            self._send()
+
+    def _shuttingDown(self) -> None:
+        with self._lock:
+            self._direct = True
+            self._send()
 
 
 def namedObserver(observer: ILogObserver, worker: int, *, text: bool) -> ILogObserver:
