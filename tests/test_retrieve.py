@@ -217,6 +217,19 @@ class RetrieveTestCase(TestCase):
         accepted = yield self.spool.accept(message, PENDING)
         return accepted.name
 
+    def smallSpool(self):
+        """
+        Move the test's spool onto a real 512 KiB filesystem, to fill up;
+        return its mount point.
+        """
+        mount = smallFilesystem(self, "512k")
+        self.root = mount / "spool"
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        return mount
+
     def assertAttemptUndone(self, name: str, writers) -> None:
         """
         A failed attempt left nothing behind: the message is still in
@@ -875,12 +888,7 @@ class WriterTests(RetrieveTestCase):
         message stays in pending/ with the attempt journaled, and once there
         is room the retry completes it.
         """
-        mount = smallFilesystem(self, "512k")
-        self.root = mount / "spool"
-        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
-        self.spool.open()
-        self.addCleanup(self.spool.close)
-        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        mount = self.smallSpool()
         zipBytes = bigZip(900 * 1024)
         standIn, url = self.standIn([Stream(zipBytes)])
         standIn.default = Serve(zipBytes)
@@ -905,15 +913,6 @@ class WriterTests(RetrieveTestCase):
 
 
 class LocalErrorTests(RetrieveTestCase):
-    def smallSpool(self):
-        mount = smallFilesystem(self, "512k")
-        self.root = mount / "spool"
-        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
-        self.spool.open()
-        self.addCleanup(self.spool.close)
-        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
-        return mount
-
     @inlineCallbacks
     def test_completionRecoveredOnItsOwn(self):
         """
@@ -994,12 +993,7 @@ class RecordFailureTests(RetrieveTestCase):
         and the message arrives in new/NAME with only message.json, mms.zip
         and parts/.
         """
-        mount = smallFilesystem(self, "512k")
-        self.root = mount / "spool"
-        self.spool = Spool(self.root, reactor=reactor, pool=self.pool)
-        self.spool.open()
-        self.addCleanup(self.spool.close)
-        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        mount = self.smallSpool()
         standIn, url = self.standIn([Serve(b"", status=500)])
         retriever = self.retriever(url, backoff_initial=5.0)
         name = yield self.pend("record-1")
