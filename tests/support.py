@@ -90,6 +90,26 @@ def runJobs(pool: DrivenThreadPool, *names: str) -> Any:
         pool.runNext()
 
 
+def serveLoopback(
+    case: TestCase, site: Any, tls: Any = None, names: tuple[str, ...] = ("127.0.0.1",)
+) -> str:
+    """
+    Serve C{site} on a fresh port of 127.0.0.1, stopped at the end of the
+    test: over TLS if C{tls} (a L{tests.retrievemms.TestCA}) is given, with
+    a certificate for C{names}.
+
+    @return: the URL of its root, without the final slash.
+    """
+    if tls is None:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        scheme = "http"
+    else:
+        port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
+        scheme = "https"
+    case.addCleanup(port.stopListening)
+    return f"{scheme}://127.0.0.1:{port.getHost().port}"
+
+
 def openFiles(directory: Path):
     """
     The files under C{directory} (an absolute path) this process has open.
