@@ -75,47 +75,39 @@ class GatedPool:
         self.gate.set()
 
 
-class DrivenPool:
+@inlineCallbacks
+def runJobs(pool: DrivenThreadPool, *names: str) -> Any:
     """
-    A thread pool whose jobs run only when the test says, one at a time, in
-    the test's thread: the test can stop a sequence of blocking steps
-    between any two of them (and "crash" there).
+    Run the jobs named (the names of the functions queued in C{pool}), in
+    this order, each once it is queued (letting the reactor turn
+    meanwhile): the test can stop a sequence of blocking steps between any
+    two of them (and "crash" there).
     """
+    for name in names:
+        yield turnsUntil(lambda: pool.pending)
+        if pool.pending[0] != name:
+            raise AssertionError(f"the next job is {pool.pending[0]}, not {name}")
+        pool.runNext()
 
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, Callable[..., Any], tuple, dict]] = []
 
-    def callInThreadWithCallback(self, onResult: Any, f: Callable[..., Any], *a: Any, **kw: Any):
-        self.jobs.append((onResult, f, a, kw))
+def serveLoopback(
+    case: TestCase, site: Any, tls: Any = None, names: tuple[str, ...] = ("127.0.0.1",)
+) -> str:
+    """
+    Serve C{site} on a fresh port of 127.0.0.1, stopped at the end of the
+    test: over TLS if C{tls} (a L{tests.retrievemms.TestCA}) is given, with
+    a certificate for C{names}.
 
-    def callInThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
-        self.callInThreadWithCallback(None, f, *a, **kw)
-
-    def queued(self) -> list[str]:
-        """
-        The names of the functions of the jobs queued, in order.
-        """
-        return [f.__name__ for _, f, _, _ in self.jobs]
-
-    @inlineCallbacks
-    def run(self, *names: str) -> Any:
-        """
-        Run the jobs named (the names of the functions queued), in this
-        order, each once it is queued (letting the reactor turn meanwhile).
-        """
-        from twisted.python.failure import Failure
-
-        for name in names:
-            yield turnsUntil(lambda: self.jobs)
-            onResult, f, a, kw = self.jobs.pop(0)
-            if f.__name__ != name:
-                raise AssertionError(f"the next job is {f.__name__}, not {name}")
-            try:
-                result, ok = f(*a, **kw), True
-            except BaseException:
-                result, ok = Failure(), False
-            if onResult is not None:
-                onResult(ok, result)
+    @return: the URL of its root, without the final slash.
+    """
+    if tls is None:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        scheme = "http"
+    else:
+        port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
+        scheme = "https"
+    case.addCleanup(port.stopListening)
+    return f"{scheme}://127.0.0.1:{port.getHost().port}"
 
 
 def openFiles(directory: Path):

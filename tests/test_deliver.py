@@ -27,15 +27,16 @@ from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
+from mxrecv.testing.memory import DrivenThreadPool
 
 from .application import Answer, Application
 from .retrievemms import QuietSite
 from .running import client
 from .support import (
-    DrivenPool,
     acceptMMS,
     openSpool,
     reactorTurns,
+    runJobs,
     startedPool,
     turnsUntil,
 )
@@ -685,7 +686,7 @@ class DeliveryTests(TestCase):
         queues when the scan ends.
         """
         yield self.spool.accept(sms("a"))
-        pool = DrivenPool()
+        pool = DrivenThreadPool()
         deliverer = Deliverer(
             self.command("exit 0"),
             policy=Policy(),
@@ -700,7 +701,7 @@ class DeliveryTests(TestCase):
         )
         service.startService()
         yield service.stopService()
-        yield pool.run("scan")
+        yield runJobs(pool, "scan")
         yield reactorTurns(2)
         self.assertEqual(deliverer.queued(), frozenset())
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -27,7 +27,7 @@ from mxrecv.deliver.webhook import BodyChanged, SignedBodyProducer, readBody
 
 from .application import Answer, Application
 from .retrievemms import QuietSite, TestCA
-from .support import acceptMMS, exampleMessage, openSpool, startedPool
+from .support import acceptMMS, exampleMessage, openSpool, serveLoopback, startedPool
 
 SECRET = newSecret(bytes(range(KEY_SIZE)))
 
@@ -43,15 +43,7 @@ class Setting:
         case.app = Application(reactor)
 
     def listen(self, case, tls=None, names=("127.0.0.1",)):
-        site = QuietSite(case.app)
-        if tls is None:
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            scheme = "http"
-        else:
-            port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
-            scheme = "https"
-        case.addCleanup(port.stopListening)
-        return f"{scheme}://127.0.0.1:{port.getHost().port}/inbox"
+        return serveLoopback(case, QuietSite(case.app), tls, names) + "/inbox"
 
 
 class SignatureTests(TestCase, Setting):

@@ -70,6 +70,7 @@ from .support import (
     httpClient,
     openFiles,
     reactorTurns,
+    serveLoopback,
     smallFilesystem,
     startedPool,
     turnsUntil,
@@ -160,16 +161,9 @@ class RetrieveTestCase(TestCase):
         Serve a stand-in on 127.0.0.1; return it and its URL.
         """
         resource = RetrieveMMS(reactor, list(script), **kw)
-        site = QuietSite(resource)
-        if tls is None:
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            scheme = "http"
-        else:
-            port = reactor.listenSSL(0, site, tls.serverOptions(*names), interface="127.0.0.1")
-            scheme = "https"
-        self.addCleanup(port.stopListening)
+        root = serveLoopback(self, QuietSite(resource), tls, names)
         self.addCleanup(resource.whenIdle)
-        return resource, f"{scheme}://127.0.0.1:{port.getHost().port}/RetrieveMMS"
+        return resource, f"{root}/RetrieveMMS"
 
     def retriever(
         self, url: str, clock=None, maxBody: int = 1 << 20, metrics=None, writers=None,

@@ -15,11 +15,11 @@ from mxrecv.testing.memory import DrivenThreadPool, MemoryReactor
 from mxrecv.testing.seen import generateIndex
 
 from .support import (
-    DrivenPool,
     exampleMessage,
     fillUp,
     openSpool,
     reactorTurns,
+    runJobs,
     smallFilesystem,
     startedPool,
 )
@@ -377,21 +377,21 @@ class HandOffTests(TestCase):
         threads together, each prepared by a job of its own, and come back
         together, once the last is done: one group commit for them all.
         """
-        pool = DrivenPool()
+        pool = DrivenThreadPool()
         spool = Spool(Path(self.mktemp()), reactor=reactor, pool=pool)
         spool.open()
         self.addCleanup(spool.close)
         accepted = [spool.accept(sms(f"m{i}")) for i in range(3)]
-        self.assertEqual(pool.queued(), [])
+        self.assertEqual(pool.pending, [])
         yield reactorTurns(1)
-        self.assertEqual(pool.queued(), ["_prepare"] * 3)
-        yield pool.run("_prepare", "_prepare")
+        self.assertEqual(pool.pending, ["_prepare"] * 3)
+        yield runJobs(pool, "_prepare", "_prepare")
         yield reactorTurns(2)
-        self.assertEqual(pool.queued(), ["_prepare"])
-        yield pool.run("_prepare", "_claimGroup", "_placeGroup")
+        self.assertEqual(pool.pending, ["_prepare"])
+        yield runJobs(pool, "_prepare", "_claimGroup", "_placeGroup")
         results = yield gatherResults(accepted)
         self.assertEqual([r.name for r in results], ["m0", "m1", "m2"])
-        self.assertEqual(pool.queued(), [])
+        self.assertEqual(pool.pending, [])
 
 
 class CrashWindowTests(TestCase):
@@ -403,8 +403,8 @@ class CrashWindowTests(TestCase):
     would) with the rest of its steps never run.
     """
 
-    def drivenSpool(self, root: Path) -> tuple[Spool, DrivenPool]:
-        pool = DrivenPool()
+    def drivenSpool(self, root: Path) -> tuple[Spool, DrivenThreadPool]:
+        pool = DrivenThreadPool()
         spool = Spool(root, reactor=reactor, pool=pool)
         spool.open()
         self.addCleanup(spool.close)
@@ -429,7 +429,7 @@ class CrashWindowTests(TestCase):
         root = Path(self.mktemp())
         spool, pool = self.drivenSpool(root)
         spool.accept(sms("a", text="first"))
-        yield pool.run("_prepare")
+        yield runJobs(pool, "_prepare")
         self.assertEqual(len(contents(root / "tmp")), 1)
         spool.close()
         again = openSpool(self, root)
@@ -447,7 +447,7 @@ class CrashWindowTests(TestCase):
         root = Path(self.mktemp())
         spool, pool = self.drivenSpool(root)
         accepted = spool.accept(sms("a", text="first"))
-        yield pool.run("_prepare", "_claimGroup")
+        yield runJobs(pool, "_prepare", "_claimGroup")
         self.assertEqual(contents(root / NEW), [])
         other = SeenIndex(root / "state" / "seen.sqlite", root / "state" / "seen.lock")
         other.open()
@@ -470,7 +470,7 @@ class CrashWindowTests(TestCase):
         root = Path(self.mktemp())
         spool, pool = self.drivenSpool(root)
         spool.accept(sms("a", text="first"))
-        yield pool.run("_prepare", "_claimGroup", "_placeGroup")
+        yield runJobs(pool, "_prepare", "_claimGroup", "_placeGroup")
         os.rename(root / NEW / "a", root / "cur" / "a")
         spool.close()
         index = SeenIndex(root / "state" / "seen.sqlite", root / "state" / "seen.lock")
@@ -495,7 +495,7 @@ class CrashWindowTests(TestCase):
         root = Path(self.mktemp())
         spool, pool = self.drivenSpool(root)
         spool.accept(sms("a", text="first"))
-        yield pool.run("_prepare", "_claimGroup")
+        yield runJobs(pool, "_prepare", "_claimGroup")
         spool.close()
         (root / NEW / "a").write_bytes(b"in the way")
         again = openSpool(self, root)
@@ -528,12 +528,12 @@ class CrashWindowTests(TestCase):
             self.addCleanup(spool.close)
             return spool
 
-        pools = [DrivenPool(), DrivenPool()]
+        pools = [DrivenThreadPool(), DrivenThreadPool()]
         first, second = worker(0, pools[0]), worker(1, pools[1])
         first.accept(sms("a", text="from 0"))
         second.accept(sms("b", text="from 1"))
         for pool in pools:
-            yield pool.run("_prepare", "_claimGroup")
+            yield runJobs(pool, "_prepare", "_claimGroup")
         first.close()
         worker(0, startedPool(self)).close()
         self.assertEqual(contents(root / NEW), ["a"])
@@ -564,24 +564,24 @@ class FailedPlacementTests(TestCase):
         root = Path(self.mktemp())
         lock = claimSpool(root)
         self.addCleanup(os.close, lock)
-        pools = [DrivenPool(), DrivenPool()]
+        pools = [DrivenThreadPool(), DrivenThreadPool()]
         first, second = (self.worker(root, lock, n, pools[n]) for n in (0, 1))
         accepted = first.accept(sms("a", text="first"))
-        yield pools[0].run("_prepare", "_claimGroup")
+        yield runJobs(pools[0], "_prepare", "_claimGroup")
         retry = second.accept(sms("a", text="retry"))
-        yield pools[1].run("_prepare", "_claimGroup", "_placeGroup")
+        yield runJobs(pools[1], "_prepare", "_claimGroup", "_placeGroup")
         self.assertEqual((yield retry), Accepted("a", duplicate=True))
 
         new = root / NEW
         new.rmdir()
         new.write_bytes(b"not a directory")
-        yield pools[0].run("_placeGroup")
+        yield runJobs(pools[0], "_placeGroup")
         yield self.assertFailure(accepted, SpoolError)
         new.unlink()
         new.mkdir()
 
         later = first.accept(sms("b"))
-        yield pools[0].run("_prepare", "_claimGroup", "_placeGroup")
+        yield runJobs(pools[0], "_prepare", "_claimGroup", "_placeGroup")
         yield later
         self.assertEqual(contents(new), ["a", "b"])
         self.assertEqual(
@@ -589,7 +589,7 @@ class FailedPlacementTests(TestCase):
         )
         self.assertEqual(contents(root / "tmp"), [])
 
-    def worker(self, root: Path, lock: int, number: int, pool: DrivenPool) -> Spool:
+    def worker(self, root: Path, lock: int, number: int, pool: DrivenThreadPool) -> Spool:
         spool = Spool(root, reactor=reactor, pool=pool, worker=number)
         spool.open(lock=os.dup(lock))
         self.addCleanup(spool.close)

@@ -74,15 +74,12 @@ def messageForm(directory: Path) -> tuple[str, FormBody]:
     @raise OSError: if C{message.json} cannot be read.
     @raise ValueError: if it is not a message.
     """
-    document = decodeJSON((directory / MESSAGE_JSON).read_bytes())
+    data = (directory / MESSAGE_JSON).read_bytes()
+    document = decodeJSON(data)
     messageId = document["id"]
     if not isinstance(messageId, str):
         raise ValueError(f"its id is {messageId!r}")
-    fields = [
-        FormField(
-            "message", MESSAGE_JSON, "application/json", data=(directory / MESSAGE_JSON).read_bytes()
-        )
-    ]
+    fields = [FormField("message", MESSAGE_JSON, "application/json", data=data)]
     for part in document.get("parts") or []:
         kind = mediaType(part["content_type"]) or OCTET_STREAM
         fields.append(FormField("part", part["name"], kind, path=directory / part["path"]))
