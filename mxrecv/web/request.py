@@ -90,6 +90,8 @@ class CallbackChannel(HTTPChannel):
     still be in its TLS handshake) is dropped without an answer.
     """
 
+    # Set by the site that builds it (twisted.web's Site.buildProtocol).
+    site: Any
     _headerDeadline: IDelayedCall | None = None
     _headerBegan = 0.0
     # Whether any of the request under the deadline has arrived.
@@ -161,7 +163,7 @@ class CallbackChannel(HTTPChannel):
         self._headerDeadline = None
         timeout = self.site.headerTimeout
         if self._partial:
-            self._refuseAndClose(
+            self.refuseAndClose(
                 Refusal(
                     HTTPStatus.REQUEST_TIMEOUT,
                     f"request headers not complete after {timeout:g} seconds",
@@ -195,13 +197,13 @@ class CallbackChannel(HTTPChannel):
             self.loseConnection()
             return
         began = getattr(request, "started", 0.0) or self._headerBegan
-        self._refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
+        self.refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver would close the connection without a word.
         if self._cutOff:
             return
-        self._refuseAndClose(
+        self.refuseAndClose(
             Refusal(
                 HTTPStatus.BAD_REQUEST,
                 f"malformed request: a request or header line longer than {self.MAX_LENGTH} bytes",
@@ -227,11 +229,16 @@ class CallbackChannel(HTTPChannel):
             "Transfer-Encoding, or both of the last two)"
         )
 
-    def _refuseAndClose(self, refusal: Refusal, began: float) -> None:
+    def refuseAndClose(self, refusal: Refusal, began: float | None = None) -> None:
         """
         Answer C{refusal}, close the connection, ignore what else comes,
-        and report it.
+        and report it (log it, and tell the site's C{observe}).
+
+        @param began: when the request began, by the site's reactor; by
+            default, when its first byte came.
         """
+        if began is None:
+            began = self._headerBegan
         self._cutOff = True
         self._stopHeaderDeadline()
         _writeRefusal(self.transport, refusal)
