@@ -32,8 +32,8 @@ from mxrecv.web.service import buildSite
 
 from .running import SMS, client, rawConnection, run, runningConfig, scrape, value
 from .support import ChannelWatch, Peer, fileWriters, openSpool, serverConfig, turnsUntil
-from .test_tap import runTwistd
 from .test_tls import OTHER_CA, connect, issue, trusting, writeFiles
+from .twistd import runTwistd
 
 ROOT = Path(__file__).parent.parent
 

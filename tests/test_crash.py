@@ -20,7 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from .support import SMS, httpClient
-from .test_tap import runTwistd
+from .twistd import runTwistd
 
 # Bounded in count and time: a few hundred callbacks per run of mxrecv,
 # each run killed after a random number of acknowledgements.

@@ -21,7 +21,7 @@ from mxrecv.deliver.postgresql.store import CHANNEL
 from .postgresql import Database, database
 from .running import SMS
 from .support import httpClient
-from .test_tap import runTwistd
+from .twistd import runTwistd
 
 DELIVERED = re.compile(rb"Delivered new/(\S+) to the postgresql")
 FAILED = re.compile(rb"Delivery of new/\S+ to the postgresql failed")

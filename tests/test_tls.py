@@ -76,7 +76,7 @@ from .support import (
     serverConfig,
 )
 from .test_post import BOUNDARY, mmsFields
-from .test_tap import runTwistd
+from .twistd import runTwistd
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)

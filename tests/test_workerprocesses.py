@@ -101,6 +101,8 @@ class WorkersServer:
             '[admin]\nlisten = ["tcp:0:interface=127.0.0.1"]\n' + extra
         )
         self.twistd: Twistd = runTwistd(case, "--config", str(self.config), spool=self.spool)
+        # Not waited on: these tests wait on the log's lines.
+        self.twistd.listening.addErrback(lambda _: None)
         self.port = 0
         self.admin = 0
 
@@ -270,7 +272,7 @@ class SameIdTests(TestCase):
         counted = yield server.metricsUntil(expected)
         self.assertEqual(counted, expected)
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 class Load:
@@ -344,7 +346,7 @@ class KillTests(TestCase):
         self.assertEqual(workers[victim]["restarts"], 1)
         self.assertNotEqual(workers[victim]["pid"], pid)
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
     @inlineCallbacks
     def test_parentKilled(self):
@@ -412,7 +414,7 @@ class KillTests(TestCase):
         completed = server.twistd.matches(r"worker=(\d+)\] MMS mms-\d+ retrieved")
         self.assertEqual({int(m.group(1)) for m in completed}, {int(match.group(1))})
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 class SignalTests(TestCase):
@@ -455,7 +457,7 @@ class SignalTests(TestCase):
         status, _ = yield answer
         self.assertEqual(status, 200)
         ended = yield server.twistd.ended
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
         self.assertEqual(server.messages(), ["in-flight"])
         for number in range(WORKERS):
             self.assertTrue(
@@ -501,7 +503,7 @@ class SignalTests(TestCase):
         # The parent reloaded its copy too, which /health checks.
         self.assertTrue(server.twistd.matches(r"\[mxrecv.tls.certificate#info\] Certificate reloaded"))
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 
@@ -561,4 +563,4 @@ class DeliveryTests(TestCase):
         self.assertEqual(sorted(app.accepted()), ["refused", "taken"])
         self.assertFalse(record.exists())
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)

@@ -50,8 +50,12 @@ from mxrecv.workers.control import (
     parseMessage,
     readHello,
 )
+from mxrecv.workers.gauges import GaugeBridge
 from mxrecv.workers.leader import FileLeaderLock, Leadership
+from mxrecv.workers.logs import LOG_DELAY, CoalescingFile, namedObserver
+from mxrecv.workers.relay import MAX_WAITING
 from mxrecv.workers.restart import RestartPolicy, Restarts
+from mxrecv.workers.slot import ALIVE_WITHIN
 from mxrecv.workers.sockets import (
     AdoptedEndpoint,
     SharedSocket,
@@ -59,8 +63,7 @@ from mxrecv.workers.sockets import (
     UNIXSocket,
     socketSpec,
 )
-from mxrecv.workers.supervisor import ALIVE_WITHIN, MAX_WAITING, STOP_GRACE, buildSupervisor
-from mxrecv.workers.worker import LOG_DELAY, CoalescingFile, GaugeBridge, namedObserver
+from mxrecv.workers.supervisor import STOP_GRACE, buildSupervisor
 
 
 class WorkersConfigTests(SynchronousTestCase):
@@ -867,11 +870,11 @@ class SupervisorTests(TestCase):
         zero.say(b"leader")
         self.reactor.advance(60)
         zero.end(signal.SIGKILL)
-        self.assertIsNone(self.supervisor.leader)
+        self.assertIsNone(self.supervisor.relay.leader)
         one.say(b"pending mms-2")
         one.say(b"leader")
         self.assertTrue(one.written.endswith(b"pending mms-2\n"))
-        self.assertIs(self.supervisor.leader, self.supervisor.slots[1])
+        self.assertIs(self.supervisor.relay.leader, self.supervisor.slots[1])
 
     def test_waitingBounded(self) -> None:
         """

@@ -20,14 +20,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.metrics_core import Metric
 from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet import stdio
@@ -37,7 +34,6 @@ from twisted.logger import ILogObserver, Logger
 
 from mxrecv.config import Config, loadConfig, parseConfig
 from mxrecv.ops.logs import observerFor
-from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.store import Spool
 from mxrecv.tls.reload import canHandleSignals
@@ -54,7 +50,9 @@ from mxrecv.workers.control import (
     ParentChannel,
     readHello,
 )
+from mxrecv.workers.gauges import SAMPLE_INTERVAL, GaugeBridge
 from mxrecv.workers.leader import FileLeaderLock, Leadership
+from mxrecv.workers.logs import CoalescingFile, namedObserver
 from mxrecv.workers.sockets import AdoptedEndpoint
 
 log = Logger()
@@ -63,10 +61,6 @@ log = Logger()
 LEADER_FILE = "leader"
 # Seconds between two "alive" messages to the parent.
 HEARTBEAT = 1.0
-# Seconds a worker's log lines may wait to be sent to the parent together.
-LOG_DELAY = 0.1
-# Seconds between two samples of the collectors a worker watches.
-SAMPLE_INTERVAL = 2.0
 
 
 class PendingWork(Protocol):
@@ -236,125 +230,6 @@ class Worker:
         """
         out = CoalescingFile(sys.stdout, self._reactor)
         return namedObserver(observerFor(format, out, secrets), self.number, text=format != "json")
-
-
-class CoalescingFile:
-    """
-    A text file whose writes go out together, C{delay} seconds after the
-    first of them (or once C{limit} characters wait): a worker logs a line
-    per callback, and each write to the parent's pipe costs both processes
-    a system call and the parent a turn of its reactor (measured: about 35
-    microseconds of the parent's CPU per callback when each line went
-    alone).  Before the reactor runs, and once it is shutting down, each
-    write goes out at once, so that nothing is left behind when the process
-    ends; a worker killed with -9 loses the lines of its last C{delay}
-    seconds.
-    """
-
-    def __init__(
-        self, file: IO[str], reactor: Any, delay: float = LOG_DELAY, limit: int = 64 * 1024
-    ) -> None:
-        self._file = file
-        self._reactor = reactor
-        self._delay = delay
-        self._limit = limit
-        # Made where the reactor runs (twistd's main thread).
-        self._reactorThread = threading.get_ident()
-        self._lock = threading.Lock()
-        self._waiting: list[str] = []
-        self._size = 0
-        self._scheduled = False
-        self._direct = False
-        reactor.addSystemEventTrigger("before", "shutdown", self._shuttingDown)
-
-    def write(self, text: str) -> None:
-        with self._lock:
-            self._waiting.append(text)
-            self._size += len(text)
-            if self._direct or not self._reactor.running or self._size >= self._limit:
-                self._send()
-                return
-            if self._scheduled:
-                return
-            self._scheduled = True
-        if threading.get_ident() == self._reactorThread:
-            self._reactor.callLater(self._delay, self._flush)
-        else:
-            self._reactor.callFromThread(self._reactor.callLater, self._delay, self._flush)
-
-    def flush(self) -> None:
-        """
-        L{FileLogObserver} flushes after each event: here, the delay does.
-        """
-
-    def _send(self) -> None:
-        if self._waiting:
-            self._file.write("".join(self._waiting))
-            self._file.flush()
-            self._waiting = []
-            self._size = 0
-
-    def _flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
-            self._send()
-
-    def _shuttingDown(self) -> None:
-        with self._lock:
-            self._direct = True
-            self._send()
-
-
-def namedObserver(observer: ILogObserver, worker: int, *, text: bool) -> ILogObserver:
-    suffix = f" worker={worker}"
-
-    def observe(event: Mapping[str, Any]) -> None:
-        event = dict(event)
-        event["worker"] = worker
-        if text:
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
-            event["log_system"] = f"{system}{suffix}"
-        observer(event)
-
-    return observe  # type: ignore[return-value]
-
-
-class GaugeBridge:
-    """
-    A worker's registry is not scraped (the parent's is, summing the
-    workers' multiprocess files): what its metrics watch (state read at
-    scrape time, such as delivery's backlog) is sampled into multiprocess
-    gauges of the same names instead, summed over the workers alive.
-    """
-
-    def __init__(self, metrics: Metrics, registry: CollectorRegistry | None = None) -> None:
-        self._metrics = metrics
-        self._registry = registry
-        self._gauges: dict[str, Gauge] = {}
-
-    def sample(self) -> None:
-        for collector in self._metrics.watched:
-            for family in collector.collect():
-                if family.type != "gauge":
-                    continue
-                for sample in family.samples:
-                    gauge = self._gauge(family, sorted(sample.labels))
-                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
-
-    def _gauge(self, family: Metric, labels: list[str]) -> Gauge:
-        gauge = self._gauges.get(family.name)
-        if gauge is None:
-            gauge = self._gauges[family.name] = Gauge(
-                family.name,
-                family.documentation,
-                labels,
-                registry=self._registry,
-                multiprocess_mode="livesum",
-            )
-        return gauge
 
 
 class _ChannelService(Service):
