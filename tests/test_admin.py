@@ -211,6 +211,7 @@ class AdminAccessTests(TestCase):
     """
 
     TOKEN = "s3cret-admin-token-0123"
+    timeout = 30
 
     def setUp(self):
         self.running = run(
@@ -259,6 +260,41 @@ class AdminAccessTests(TestCase):
         response = yield self.http.post(url, headers={"Authorization": f"Bearer {self.TOKEN}"})
         self.assertEqual(response.code, 202)
         self.assertEqual((yield response.json()), {"taken": "m1"})
+
+    @inlineCallbacks
+    def test_largeBodyRefusedFromHeaders(self):
+        """
+        A request whose Content-Length is over what the admin site takes
+        (its forms are small) is answered 413 from its headers, before any
+        of its body is read: a client without the token cannot make the
+        server buffer and parse a body.
+        """
+        peer = yield rawConnection(self.port, source="127.0.0.1")
+        peer.transport.write(
+            b"POST /pending/m1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000000\r\n\r\n"
+        )
+        answer = yield peer.headers
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"body over the limit of 65536 bytes", answer)
+        yield peer.lost
+
+    @inlineCallbacks
+    def test_largeChunkedBodyRefused(self):
+        """
+        A chunked body is refused with 413 as soon as it is over the limit,
+        without waiting for its end.
+        """
+        peer = yield rawConnection(self.port, source="127.0.0.1")
+        chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
+        peer.transport.write(
+            b"POST /pending/m1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + chunk * 5
+        )
+        answer = yield peer.headers
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        yield peer.lost
 
     @inlineCallbacks
     def test_getWithoutToken(self):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -23,12 +24,15 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mxrecv.ops.metrics import Metrics
+from mxrecv.tls.certificate import ReloadableCertificate, clockTime
 from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.limits import connectionCap
+from mxrecv.web.listen import tlsFactory
 from mxrecv.web.service import buildSite
 
 from .running import SMS, client, rawConnection, run, runningConfig, scrape, value
 from .support import ChannelWatch, Peer, fileWriters, openSpool, serverConfig, turnsUntil
+from .test_tls import OTHER_CA, connect, issue, trusting, writeFiles
 from .twistd import runTwistd
 
 ROOT = Path(__file__).parent.parent
@@ -57,14 +61,18 @@ class GateTests(TestCase):
 
     timeout = 30
 
-    def serve(self, allow=("127.0.0.0/8",), **limits):
+    def serve(self, allow=("127.0.0.0/8",), tls=False, **limits):
         config = serverConfig(allow=tuple(ipaddress.ip_network(a) for a in allow))
         self.site = buildSite(config, openSpool(self), reactor, writers=fileWriters(self))
         self.watch = ChannelWatch(self.site)
         self.metrics = Metrics()
         self.clock = Clock()
         self.gate = Gate(AllowList(config.server.allow), events=self.metrics, clock=self.clock, **limits)
-        port = reactor.listenTCP(0, self.gate.wrap(self.site), interface="127.0.0.1")
+        factory = self.site
+        if tls:
+            files = writeFiles(Path(self.mktemp()), *issue("server"))
+            factory = tlsFactory(factory, ReloadableCertificate(files, now=clockTime(reactor)))
+        port = reactor.listenTCP(0, self.gate.wrap(factory), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
 
@@ -148,6 +156,27 @@ class GateTests(TestCase):
         yield peers[1].lost
         yield self.close(peers[0])
         yield self.close(peers[2])
+        yield turnsUntil(lambda: self.gate.open == 0)
+        self.assertEqual((self.gate.clientsOpen("127.0.0.1"), self.gauge()), (0, 0))
+
+    @inlineCallbacks
+    def test_countedOutAfterTLSFailures(self):
+        """
+        Behind an C{ssl:} listener too, a connection is counted out however
+        it ends: a client that does not speak TLS, one that refuses the
+        server's certificate, one that resets the connection in its
+        handshake.
+        """
+        self.serve(perClient=5, total=5, tls=True)
+        plain = yield self.connect("127.0.0.1")
+        plain.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        refusing = yield connect(self.port, trusting(OTHER_CA))
+        reset = yield self.connect("127.0.0.3")
+        yield self.watch.connected(3)
+        self.assertEqual(self.gate.open, 3)
+        reset.transport.abortConnection()
+        yield self.assertFailure(refusing.handshake, SSL.Error)
+        yield plain.lost
         yield turnsUntil(lambda: self.gate.open == 0)
         self.assertEqual((self.gate.clientsOpen("127.0.0.1"), self.gauge()), (0, 0))
 

@@ -534,6 +534,32 @@ class MinimumRateTests(_DrivenClock, TestCase):
         yield peer.lost
 
 
+    @inlineCallbacks
+    def test_lateCheckReadsFirst(self):
+        """
+        A check that runs late (the reactor held up, here its clock jumping
+        15 seconds at once) judges only once the reactor has gone round and
+        read what the client sent meanwhile: a client that kept to the rate
+        is not cut off for the server's delay.  One that did not is.
+        """
+        body = urlencode({**SMS, "message": "x" * 60000}).encode()
+        least = int(self.RATE * self.GRACE)
+        peer = yield self.connect()
+        yield self.send(peer, self.post(body, 10))
+        self.advance(self.GRACE)
+        yield self.send(peer, body[10 : 10 + least // 2])
+        self.clock.advance(self.GRACE + 5)
+        self.assertEqual(self.outcomes, [])
+        yield self.send(peer, body[10 + least // 2 : 10 + least * 2])
+        self.clock.advance(0.1)
+        self.assertEqual(self.outcomes, [])
+        self.clock.advance(self.GRACE * 2)
+        self.assertEqual(self.outcomes, [])
+        self.clock.advance(0.1)
+        self.assertEqual([o.status for o in self.outcomes], [408])
+        yield peer.lost
+
+
 class LocalAddressTests(TestCase):
     def test_askedOnce(self):
         """

@@ -48,6 +48,7 @@ from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
 from mxrecv.tls.description import TLSFiles
 from mxrecv.web.access import AllowList, Gate
+from mxrecv.web.bounded import BoundedRequest
 from mxrecv.web.listen import Listener, gatedListener
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
@@ -402,8 +403,10 @@ class AdminSite(Site):
     events).
 
     Its connections are L{CallbackChannel}s, so that a request's headers
-    must be in within C{headerTimeout} here too.  Listen with L{factory},
-    which drops clients outside C{allow} at accept.
+    must be in within C{headerTimeout} here too; its requests are
+    L{BoundedRequest}s, whose bodies may be no larger than C{maxBody}
+    (413), token or not.  Listen behind L{gate}, which drops clients
+    outside C{allow} at accept.
 
     @param takeUp: called with a name from C{POST /pending/NAME}; says
         whether C{pending/NAME} exists and was taken up.
@@ -416,6 +419,8 @@ class AdminSite(Site):
     """
 
     protocol = CallbackChannel
+    # Its forms are small (a token, a CSRF token, a target).
+    maxBody = 64 * 1024
 
     def __init__(
         self,
@@ -441,7 +446,11 @@ class AdminSite(Site):
         root.putChild(b"health", HealthResource(health))
         root.putChild(b"pending", PendingResource(takeUp))
         root.putChild(b"deliver", RedeliverResource(redeliver))
-        super().__init__(TokenRequired(root, token, selfChecking), reactor=reactor)
+        super().__init__(
+            TokenRequired(root, token, selfChecking),
+            requestFactory=BoundedRequest,
+            reactor=reactor,
+        )
         self.token = token
         self.allow = allow
         self.headerTimeout = headerTimeout

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_access -*-
+# -*- test-case-name: tests.test_connections -*-
 """
 Which clients may call us: MX Telecom's networks (83.166.68.0/23), or
 whatever C{[server] allow} says; and how many connections they may hold

@@ -46,6 +46,9 @@ DRAIN_SECONDS = 2.0
 # the hand-over to the upload writer.  (Plain TCP only: TLS hands over 16 KiB
 # records whatever the read size.)
 READ_SIZE = 256 * 1024
+# A minimum rate check that runs this many seconds after its time found the
+# reactor held up.
+LATE_CHECK = 1.0
 # The Server header of every answer: twisted.web's own names it and its
 # version, which tells a scanner which advisories to try.
 SERVER = b"mxrecv"
@@ -90,6 +93,8 @@ class CallbackChannel(HTTPChannel):
     still be in its TLS handshake) is dropped without an answer.
     """
 
+    # Set by the site that builds it (twisted.web's Site.buildProtocol).
+    site: Any
     _headerDeadline: IDelayedCall | None = None
     _headerBegan = 0.0
     # Whether any of the request under the deadline has arrived.
@@ -161,7 +166,7 @@ class CallbackChannel(HTTPChannel):
         self._headerDeadline = None
         timeout = self.site.headerTimeout
         if self._partial:
-            self._refuseAndClose(
+            self.refuseAndClose(
                 Refusal(
                     HTTPStatus.REQUEST_TIMEOUT,
                     f"request headers not complete after {timeout:g} seconds",
@@ -195,13 +200,13 @@ class CallbackChannel(HTTPChannel):
             self.loseConnection()
             return
         began = getattr(request, "started", 0.0) or self._headerBegan
-        self._refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
+        self.refuseAndClose(Refusal(HTTPStatus.BAD_REQUEST, self._framingProblem()), began)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver would close the connection without a word.
         if self._cutOff:
             return
-        self._refuseAndClose(
+        self.refuseAndClose(
             Refusal(
                 HTTPStatus.BAD_REQUEST,
                 f"malformed request: a request or header line longer than {self.MAX_LENGTH} bytes",
@@ -227,11 +232,16 @@ class CallbackChannel(HTTPChannel):
             "Transfer-Encoding, or both of the last two)"
         )
 
-    def _refuseAndClose(self, refusal: Refusal, began: float) -> None:
+    def refuseAndClose(self, refusal: Refusal, began: float | None = None) -> None:
         """
         Answer C{refusal}, close the connection, ignore what else comes,
-        and report it.
+        and report it (log it, and tell the site's C{observe}).
+
+        @param began: when the request began, by the site's reactor; by
+            default, when its first byte came.
         """
+        if began is None:
+            began = self._headerBegan
         self._cutOff = True
         self._stopHeaderDeadline()
         _writeRefusal(self.transport, refusal)
@@ -544,7 +554,9 @@ class _MinimumRate:
     trickle a body for as long as C{requestTimeout}.
 
     Its clock stops while the server holds the body back (L{_HeldBack}),
-    and a whole window starts again when the body is let in again.
+    and a whole window starts again when the body is let in again.  A
+    check that runs late judges only after a turn of the reactor, which
+    reads what arrived meanwhile.
     """
 
     def __init__(self, request: CallbackRequest, site: CallbackSite) -> None:
@@ -553,14 +565,25 @@ class _MinimumRate:
         self._window = site.bodyGrace
         self._least = site.minBodyRate * site.bodyGrace
         self._since = 0
+        self._due = 0.0
         self._done = False
         self._check: IDelayedCall | None = self._clock.callLater(self._window, self._begin)
 
     def _begin(self) -> None:
         self._since = self._request.bodyBytes
+        self._due = self._clock.seconds() + self._window
         self._check = self._clock.callLater(self._window, self._checkWindow)
 
     def _checkWindow(self) -> None:
+        if self._clock.seconds() - self._due > LATE_CHECK:
+            # The reactor was held up (by anything): what the client sent
+            # meanwhile may wait unread, and timed calls run before reads.
+            # Any later call runs after the reactor's next reads.
+            self._check = self._clock.callLater(LATE_CHECK / 100, self._judge)
+            return
+        self._judge()
+
+    def _judge(self) -> None:
         self._check = None
         if self._request.bodyBytes - self._since < self._least:
             self._request._tooSlow()
