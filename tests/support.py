@@ -531,3 +531,33 @@ def fillUp(root: Path, leave: int = 0) -> Path:
     if leave:
         os.truncate(filler, filler.stat().st_size - leave)
     return filler
+
+
+BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
+
+
+def mmsFields(messageId="mms-1"):
+    return [
+        ("id", messageId.encode()),
+        ("from", b"447700900123"),
+        ("to", b"80000"),
+        ("to", b"80001"),
+        ("date", b"2026-11-25 10:30:00 +0000"),
+        ("type", b"2"),
+        ("subject", b"Photo"),
+        ("expiry", b"2026-11-27 10:30:00"),
+    ]
+
+
+def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
+    return Message(
+        id=messageId,
+        type="sms",
+        sender="447700900123",
+        to=("80000",),
+        date="2026-11-25 10:30:00",
+        delivery="get",
+        received=received,
+        message="Hello",
+        charset="utf-8",
+    )

@@ -18,9 +18,9 @@ from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import PENDING
 from mxrecv.tls.certificate import ReloadableCertificate
 
+from .certificates import DAY, NOW, issue, writeFiles
 from .running import ANY_PORT, client, rawConnection, run, runningConfig
 from .support import ChannelWatch, connectPeer, startedPool
-from .test_tls import DAY, NOW, issue, writeFiles
 
 
 class HealthTests(TestCase):

@@ -31,21 +31,7 @@ from mxrecv.message.model import Message
 from .application import Answer, Application
 from .retrievemms import QuietSite
 from .running import client
-from .support import acceptMMS, openSpool, reactorTurns, startedPool, turnsUntil
-
-
-def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
-    return Message(
-        id=messageId,
-        type="sms",
-        sender="447700900123",
-        to=("80000",),
-        date="2026-11-25 10:30:00",
-        delivery="get",
-        received=received,
-        message="Hello",
-        charset="utf-8",
-    )
+from .support import acceptMMS, openSpool, reactorTurns, sms, startedPool, turnsUntil
 
 
 class DeliveryTests(TestCase):

@@ -19,9 +19,8 @@ from twisted.trial.unittest import TestCase
 from mxrecv.deliver.postgresql.store import CHANNEL
 
 from .postgresql import Database, database
-from .running import SMS
+from .running import SMS, runTwistd
 from .support import httpClient
-from .test_tap import runTwistd
 
 DELIVERED = re.compile(rb"Delivered new/(\S+) to the postgresql")
 FAILED = re.compile(rb"Delivery of new/\S+ to the postgresql failed")

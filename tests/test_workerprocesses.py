@@ -33,9 +33,9 @@ from twisted.web.server import Site
 from mxrecv.message.dates import mxDate
 from mxrecv.spool.store import claimSpool
 
+from .certificates import CA, commonName, connect, issue, trusting, writeFiles
 from .retrievemms import Hang, RetrieveMMS
 from .running import MMS, SMS, client
-from .test_tls import CA, commonName, connect, issue, trusting, writeFiles
 from .twistd import Twistd, isWorkerOf, runTwistd
 
 WORKERS = 2
