@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mxrecv.config import AdminConfig
-from mxrecv.ops.admin import AdminSite, Health, probeWritable
+from mxrecv.ops.admin import AdminSite, Health, localErrorCheck, probeWritable
 from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import PENDING
 from mxrecv.tls.certificate import ReloadableCertificate
@@ -45,6 +45,7 @@ class HealthTests(TestCase):
                 "checks": {
                     "spool": {"ok": True, "detail": "writable"},
                     "listeners": {"ok": True, "detail": "1 of 1 up"},
+                    "mms": {"ok": True, "detail": "none held up by a local error", "waiting": 0},
                 },
             },
         )
@@ -152,6 +153,30 @@ class HealthTests(TestCase):
         response = yield self.http.get(self.running.admin + "/nothing")
         self.assertEqual(response.code, 404)
         yield response.content()
+
+
+class LocalErrorCheckTests(TestCase):
+    @inlineCallbacks
+    def test_countsWhatWaits(self):
+        """
+        The C{mms} check says how many MMS wait after a local error, as the
+        metrics count them; it never fails /health.
+        """
+        metrics = Metrics()
+        check = localErrorCheck(metrics.registry, reactor, startedPool(self))
+        self.assertEqual(
+            (yield check()).toJSON(),
+            {"ok": True, "detail": "none held up by a local error", "waiting": 0},
+        )
+        metrics.waitingAfterLocalError(3)
+        self.assertEqual(
+            (yield check()).toJSON(),
+            {"ok": True, "detail": "3 held up by a local error, taken up again with backoff",
+             "waiting": 3},
+        )
+        self.assertEqual(
+            metrics.registry.get_sample_value("mxrecv_mms_local_error_waiting"), 3
+        )
 
 
 class ProbeTests(TestCase):

@@ -16,7 +16,9 @@ from twisted.trial.unittest import TestCase
 from mxrecv.message.model import Message
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import SWEEP_SECONDS, PendingService, PendingWork
+from mxrecv.mms.recover import Recovery
 from mxrecv.mms.unpack import unpackInto
+from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING, Attempts
 
 from .retrievemms import makeZip
@@ -27,7 +29,9 @@ from .support import (
     smallFilesystem,
     startedPool,
     startServer,
+    turnsUntil,
 )
+from .test_retrieve import LogWatch
 
 
 def pendingMMS(spool, messageId: str) -> Deferred:
@@ -144,7 +148,7 @@ class TakeUpTests(TestCase):
         """
         spool = openSpool(self)
         completer = Completer(spool, reactor=reactor, pool=startedPool(self))
-        pending = PendingWork(spool, completer)
+        pending = PendingWork(spool, completer, clock=Clock())
         yield pendingMMS(spool, "stranded")
         completed: Deferred[None] = Deferred()
 
@@ -179,8 +183,14 @@ class TakeUpTests(TestCase):
             def handles(self, name):
                 return False
 
+            def whenDone(self, name):
+                return Deferred()
+
         pending = PendingWork(
-            spool, Completer(spool, reactor=reactor, pool=startedPool(self)), Retrieval()
+            spool,
+            Completer(spool, reactor=reactor, pool=startedPool(self)),
+            Retrieval(),
+            clock=Clock(),
         )
         pending("absent")
         yield spool.accept(exampleMessage(id="n1", type="mms"), PENDING)
@@ -222,31 +232,111 @@ class DiskTroubleTests(TestCase):
         self.assertEqual([p.size for p in message.parts], [900 * 1024])
 
     @inlineCallbacks
-    def test_sweepTakesUpStranded(self):
+    def test_recoveredOnItsOwn(self):
         """
-        An MMS left in pending/ by a full disk is completed by the next sweep
-        of pending/ once there is room: MX Telecom has had its 200 and will
-        not send it again, so nothing else would take it up before a restart.
+        An MMS whose completion stops on a full disk is taken up again on
+        its own, not at the next sweep of pending/: after 1 s, then 2 s, 4
+        s... (growing, up to a minute) while the disk stays full, and
+        completed at the first try once there is room.  Until then the
+        metrics (and so /health) count it as waiting.
         """
         root, spool = yield self.pendingOverSize()
         completer = Completer(spool, reactor=reactor, pool=startedPool(self))
         landed: Deferred[str] = Deferred()
         spool.observeNew(landed.callback)
         clock = Clock()
-        service = PendingService(PendingWork(spool, completer), clock)
+        metrics = Metrics()
+        pending = PendingWork(spool, completer, clock=clock, metrics=metrics)
+        service = PendingService(pending, clock)
+        log = LogWatch()
+        globalLogPublisher.addObserver(log)
+        self.addCleanup(globalLogPublisher.removeObserver, log)
+
+        def stopped(event):
+            return "stopped on a local error" in event.get("log_format", "")
+
+        def waiting():
+            return metrics.registry.get_sample_value("mxrecv_mms_local_error_waiting")
+
+        def nextTries():
+            return sorted(c.getTime() for c in clock.getDelayedCalls())
+
+        failed = log.next(stopped)
+        service.startService()
+        self.addCleanup(service.stopService)
+        # The start-up's completion, which the disk stops.
+        yield failed
+        self.assertEqual((pending.recovery.waiting, waiting()), (1, 1))
+        self.assertEqual(nextTries(), [1.0, SWEEP_SECONDS])
+        for now, wait in [(1.0, 2.0), (3.0, 4.0)]:
+            failed = log.next(stopped)
+            clock.advance(now - clock.seconds())
+            yield failed
+            self.assertEqual(nextTries(), [now + wait, SWEEP_SECONDS])
+        self.flushLoggedErrors(OSError)
+        self.assertFalse(landed.called)
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        clock.advance(7.0 - clock.seconds())
+        # A bound on a failure, not a synchronisation: only the new try
+        # would complete it before the sweep.
+        name = yield landed.addTimeout(30, reactor)
+        self.assertEqual(name, "m1")
+        self.assertTrue((spool.dir(NEW) / "m1" / "parts" / "big.txt").is_file())
+        yield turnsUntil(lambda: pending.recovery.waiting == 0)
+        self.assertEqual(waiting(), 0)
+        self.assertEqual(nextTries(), [SWEEP_SECONDS])
+
+    @inlineCallbacks
+    def test_sweepTakesUpWhatNothingHolds(self):
+        """
+        An MMS put in pending/ while nothing takes it up (moved back by
+        mxrecv requeue, without --admin) is completed at the next sweep of
+        pending/.
+        """
+        spool = openSpool(self)
+        completer = Completer(spool, reactor=reactor, pool=startedPool(self))
+        landed: Deferred[str] = Deferred()
+        spool.observeNew(landed.callback)
+        clock = Clock()
+        service = PendingService(PendingWork(spool, completer, clock=clock), clock)
         service.startService()
         self.addCleanup(service.stopService)
         yield service.resumed
-        # The start-up's completion (under way: this call waits for it),
-        # which the disk stops.
-        yield self.assertFailure(completer.complete("m1"), OSError)
-        self.flushLoggedErrors(OSError)
-        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        yield pendingMMS(spool, "late")
         clock.advance(SWEEP_SECONDS - 1)
         self.assertFalse(landed.called)
         clock.advance(1)
         # A bound on a failure, not a synchronisation: without the sweep
         # nothing would ever complete it.
         name = yield landed.addTimeout(30, reactor)
-        self.assertEqual(name, "m1")
-        self.assertTrue((spool.dir(NEW) / "m1" / "parts" / "big.txt").is_file())
+        self.assertEqual(name, "late")
+
+
+class RecoveryTests(TestCase):
+    def test_backoff(self):
+        """
+        An MMS held up by a local error is taken up again after 1 s, then
+        twice as long after each failure, up to a minute; once it is past
+        it, the next error starts again at 1 s.  Stopped, nothing more is
+        taken up.
+        """
+        clock = Clock()
+        takenUp = []
+        recovery = Recovery(clock, takenUp.append)
+        waits = []
+        for _ in range(9):
+            waits.append(recovery.failed("m1"))
+            clock.advance(waits[-1])
+        self.assertEqual(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60])
+        self.assertEqual(takenUp, ["m1"] * 9)
+        self.assertEqual(recovery.waiting, 1)
+        recovery.recovered("m1")
+        self.assertEqual(recovery.waiting, 0)
+        self.assertEqual(recovery.failed("m1"), 1)
+        self.assertEqual(recovery.failed("m2"), 1)
+        self.assertEqual(recovery.waiting, 2)
+        recovery.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIsNone(recovery.failed("m3"))
+        clock.advance(120)
+        self.assertEqual(takenUp, ["m1"] * 9)

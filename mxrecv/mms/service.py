@@ -7,7 +7,7 @@ downloaded from RetrieveMMS in GET mode (when C{[retrieve] user} is set).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import frozen
 from twisted.application.service import IServiceCollection
@@ -17,11 +17,18 @@ from twisted.python.threadpool import ThreadPool
 from mxrecv.config import Config
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
+from mxrecv.mms.recover import RecoveryMetrics
 from mxrecv.mms.retrieve import RetrievalMetrics, Retriever, RetrieveService, makeRetriever
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 
 log = Logger()
+
+
+class MMSMetrics(RetrievalMetrics, RecoveryMetrics, Protocol):
+    """
+    Where the MMS work reports (L{mxrecv.ops.metrics.Metrics}).
+    """
 
 
 @frozen
@@ -42,7 +49,7 @@ def buildMMS(
     reactor: Any,
     pool: ThreadPool,
     writers: FileWriters,
-    metrics: RetrievalMetrics,
+    metrics: MMSMetrics,
     parent: IServiceCollection,
 ) -> MMSWork:
     """
@@ -87,6 +94,6 @@ def buildMMS(
             "[retrieve] user is empty: GET-mode MMS notifications are kept in "
             "pending/ but not downloaded"
         )
-    pending = PendingWork(spool, completer, retrieve=retriever)
+    pending = PendingWork(spool, completer, retrieve=retriever, clock=reactor, metrics=metrics)
     PendingService(pending, reactor).setServiceParent(parent)
     return MMSWork(pending, retriever)

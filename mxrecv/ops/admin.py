@@ -40,6 +40,7 @@ from mxrecv.config import LOOPBACK, AdminConfig
 from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.ops.inbox.service import buildInbox
+from mxrecv.ops.metrics import LOCAL_ERROR_WAITING, sampleValue
 from mxrecv.spool.durable import fsyncPath
 from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
@@ -218,6 +219,37 @@ class Health:
             )
         first = min(c.current.notAfter for c in self._certificates)
         return Check("tls", True, f"{detail}; the first expires on {_utc(first)}")
+
+
+def localErrorCheck(
+    registry: CollectorRegistry, reactor: Any, pool: ThreadPool
+) -> Callable[[], Deferred[Check]]:
+    """
+    The check C{mms}: how many MMS are held up by a local error (a full or
+    failing disk stopped their completion or download set-up) and wait to
+    be taken up again (L{mxrecv.mms.recover}), as the metric
+    L{LOCAL_ERROR_WAITING} says (summed over the workers when there are
+    several).  It never fails C{/health}: callbacks are still taken, and
+    the C{spool} check says whether they can be stored.
+    """
+
+    def check() -> Deferred[Check]:
+        d = deferToThreadPool(reactor, pool, sampleValue, registry, LOCAL_ERROR_WAITING)
+
+        def made(value: float) -> Check:
+            count = int(value)
+            if not count:
+                return Check("mms", True, "none held up by a local error", {"waiting": 0})
+            return Check(
+                "mms",
+                True,
+                f"{count} held up by a local error, taken up again with backoff",
+                {"waiting": count},
+            )
+
+        return d.addCallback(made)
+
+    return check
 
 
 def _utc(when: datetime.datetime) -> str:
@@ -473,7 +505,7 @@ def buildAdmin(
         reactor=reactor,
         pool=pool,
         certificates=certificates,
-        more=more,
+        more=[*more, localErrorCheck(registry, reactor, pool)],
     )
     token = BearerToken(config.token)
     children: dict[bytes, IResource] = {}

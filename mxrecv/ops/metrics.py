@@ -33,6 +33,10 @@ RETRIEVAL_OUTCOMES = frozenset(
     {"ok", "timeout", "connection", "http_4xx", "http_5xx", "invalid", "other"}
 )
 
+# The gauge of MMS held up by a local error (mxrecv.mms.recover), which
+# /health reports too.
+LOCAL_ERROR_WAITING = "mxrecv_mms_local_error_waiting"
+
 # Seconds: a callback is acknowledged after local fsyncs, so mostly
 # milliseconds; the upper buckets catch a struggling disk.
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -130,6 +134,15 @@ class Metrics:
             ["target", "outcome"],
             registry=r,
         )
+        # Set by the process that does the MMS work (the leader, with
+        # several workers): summed over the live processes.
+        self._localErrorWaiting = Gauge(
+            LOCAL_ERROR_WAITING,
+            "MMS whose completion or download set-up stopped on a local error "
+            "(a full or failing disk), waiting to be taken up again.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
 
     def connectionOpened(self) -> None:
         self._connections.inc()
@@ -175,6 +188,12 @@ class Metrics:
         """
         self._expired.inc()
 
+    def waitingAfterLocalError(self, count: int) -> None:
+        """
+        C{count} MMS now wait to be taken up again after a local error.
+        """
+        self._localErrorWaiting.set(count)
+
     def delivery(self, target: str, outcome: str) -> None:
         """
         Count one delivery attempt.
@@ -200,6 +219,25 @@ class Metrics:
         """
         self.watched.append(collector)
         self.registry.register(collector)
+
+
+def sampleValue(registry: CollectorRegistry, name: str) -> float:
+    """
+    The value of the unlabelled metric C{name} in C{registry}, 0 if it has
+    none.  Blocking (in multiprocess mode, it reads the workers' files):
+    called in a worker thread.
+
+    The collectors that describe C{name} are asked first, which spares the
+    spool's listings; all of them only if none does (the workers' metrics,
+    summed by prometheus-client's multiprocess collector, are described by
+    none).
+    """
+    for source in (registry.restricted_registry([name]), registry):
+        for family in source.collect():
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value
+    return 0.0
 
 
 class SpoolCollector(Collector):
