@@ -27,9 +27,9 @@ from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
+from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
-from .retrievemms import QuietSite
 from .running import client
 from .support import acceptMMS, openSpool, reactorTurns, sms, startedPool, turnsUntil
 

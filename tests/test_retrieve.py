@@ -46,20 +46,20 @@ from mxrecv.spool.naming import nameForId
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tap import makeService
-from mxrecv.tls.client import tlsPolicy
-
-from .retrievemms import (
+from mxrecv.testing.retrievemms import (
     Hang,
     QuietSite,
     Redirect,
     RetrieveMMS,
     Serve,
     Stream,
-    TestCA,
     Trickle,
     Truncate,
-    makeZip,
 )
+from mxrecv.testing.zips import makeZip
+from mxrecv.tls.client import tlsPolicy
+
+from .certificates import TestCA
 from .support import (
     GatedPool,
     exampleMessage,

@@ -32,9 +32,9 @@ from twisted.web.server import Site
 
 from mxrecv.message.dates import mxDate
 from mxrecv.spool.store import claimSpool
+from mxrecv.testing.retrievemms import Hang, RetrieveMMS
 
 from .certificates import CA, commonName, connect, issue, trusting, writeFiles
-from .retrievemms import Hang, RetrieveMMS
 from .running import MMS, SMS, client
 from .twistd import Twistd, isWorkerOf, runTwistd
 
@@ -497,8 +497,9 @@ class DeliveryTests(TestCase):
         /metrics, and POST /deliver/NAME on the parent's admin listener
         (with the token) has the leader deliver it again.
         """
+        from mxrecv.testing.retrievemms import QuietSite
+
         from .application import Answer, Application
-        from .retrievemms import QuietSite
 
         app = Application(reactor, {"refused": [Answer(400, b"no")]})
         port = reactor.listenTCP(0, QuietSite(app), interface="127.0.0.1")
