@@ -15,6 +15,7 @@ import binascii
 import ipaddress
 import os
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -168,6 +169,12 @@ class TLSConfig:
 
 @frozen
 class Config:
+    """
+    @ivar warnings: what is allowed but unwise in the file (a secret others
+        can read, a password sent in clear), one sentence each, for
+        C{mxrecv check-config} and the start-up's log.
+    """
+
     server: ServerConfig = field(factory=ServerConfig)
     spool: SpoolConfig = field(factory=SpoolConfig)
     retrieve: RetrieveConfig = field(factory=RetrieveConfig)
@@ -175,6 +182,7 @@ class Config:
     log: LogConfig = field(factory=LogConfig)
     deliver: DeliverConfig = field(factory=DeliverConfig)
     tls: TLSConfig = field(factory=TLSConfig)
+    warnings: tuple[str, ...] = field(default=(), eq=False)
 
 
 # Checks: each takes the raw TOML value (and the key's dotted name, for the
@@ -474,6 +482,7 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
         paths are read from (the configuration file's own directory).
     """
     tables: dict[str, Any] = {}
+    warnings: list[str] = []
     for table, contents in document.items():
         if table not in _SCHEMA:
             raise ConfigError(f"[{table}]: unknown table; known: {', '.join(_SCHEMA)}")
@@ -488,26 +497,37 @@ def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
                 )
             values[key] = checks[key](f"{table}.{key}", value)
         if table == "retrieve":
-            values = _retrieveValues(values, base)
+            values = _retrieveValues(values, base, warnings)
         if table == "admin":
-            values = _adminValues(values, base)
+            values = _adminValues(values, base, warnings)
         if table == "deliver":
-            values = _deliverValues(values, base)
+            values = _deliverValues(values, base, warnings)
         tables[table] = cls(**values)
     config = Config(**tables)
     for name in ("retrieve", "deliver"):
         table = getattr(config, name)
         if table.backoff_max < table.backoff_initial:
             raise ConfigError(f"{name}.backoff_max: must not be less than backoff_initial")
-    return config
+    if config.retrieve.user and urlsplit(config.retrieve.url).scheme == "http":
+        warnings.append(
+            "retrieve.url: a plain http:// URL sends the RetrieveMMS password "
+            "unencrypted (in its query string): use https://"
+        )
+    return evolve(config, warnings=tuple(warnings))
 
 
 def _secretFromFile(
-    values: dict[str, Any], base: Path, table: str, key: str, fileKey: str
+    values: dict[str, Any],
+    base: Path,
+    table: str,
+    key: str,
+    fileKey: str,
+    warnings: list[str],
 ) -> None:
     """
     Read C{values[key]} from the file C{values[fileKey]} names (relative to
-    C{base}; trailing whitespace stripped), if it is given.
+    C{base}; trailing whitespace stripped), if it is given; warn if users
+    other than its owner and group can read it.
     """
     path = values.pop(fileKey, None)
     if path is None:
@@ -515,18 +535,33 @@ def _secretFromFile(
     if key in values:
         raise ConfigError(f"{table}.{fileKey}: give {key} or {fileKey}, not both")
     try:
-        values[key] = (base / path).read_text("utf-8").rstrip()
+        with (base / path).open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            values[key] = f.read().decode("utf-8").rstrip()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{table}.{fileKey}: cannot read it: {e}") from None
+    if readableByOthers(mode):
+        warnings.append(
+            f"{table}.{fileKey}: {base / path} is readable by other users "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod o-rwx it"
+        )
 
 
-def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+def readableByOthers(mode: int) -> bool:
+    """
+    Whether a file of C{mode} (an C{st_mode}) can be read by users other
+    than its owner and its group's members.
+    """
+    return bool(mode & stat.S_IROTH)
+
+
+def _adminValues(values: dict[str, Any], base: Path, warnings: list[str]) -> dict[str, Any]:
     """
     The admin listener is for operators: one on another address than
     loopback must be opened on purpose, with the networks that may reach it
     and a token for the requests that change something.
     """
-    _secretFromFile(values, base, "admin", "token", "token_file")
+    _secretFromFile(values, base, "admin", "token", "token_file", warnings)
     token = values.get("token", "")
     if token and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"admin.token: shorter than {MIN_TOKEN_LENGTH} characters")
@@ -543,8 +578,8 @@ def _adminValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
     return values
 
 
-def _retrieveValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
-    _secretFromFile(values, base, "retrieve", "password", "password_file")
+def _retrieveValues(values: dict[str, Any], base: Path, warnings: list[str]) -> dict[str, Any]:
+    _secretFromFile(values, base, "retrieve", "password", "password_file", warnings)
     _caFile(values, base, "retrieve")
     return values
 
@@ -557,15 +592,17 @@ def _caFile(values: dict[str, Any], base: Path, table: str) -> None:
         values["ca_file"] = caFile
 
 
-def _deliverValues(values: dict[str, Any], base: Path) -> dict[str, Any]:
+def _deliverValues(values: dict[str, Any], base: Path, warnings: list[str]) -> dict[str, Any]:
     if "postgresql_password_file" in values and "postgresql" not in values:
         raise ConfigError("deliver.postgresql_password_file: given without postgresql")
-    _secretFromFile(values, base, "deliver", "postgresql_password", "postgresql_password_file")
+    _secretFromFile(
+        values, base, "deliver", "postgresql_password", "postgresql_password_file", warnings
+    )
     for key in ("secret_file", "ca_file"):
         if key in values and "url" not in values:
             raise ConfigError(f"deliver.{key}: given without url")
     _caFile(values, base, "deliver")
-    _secretFromFile(values, base, "deliver", "secret", "secret_file")
+    _secretFromFile(values, base, "deliver", "secret", "secret_file", warnings)
     if "secret" in values:
         try:
             values["secret"] = parseWebhookSecret(values["secret"])
@@ -612,12 +649,35 @@ def loadConfig(path: str | Path | None) -> Config:
     path = Path(path)
     try:
         with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             document = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
-        return parseConfig(document, path.parent)
+        config = parseConfig(document, path.parent)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if readableByOthers(mode):
+        inline = [
+            f"{table}.{key}"
+            for table, key in _INLINE_SECRETS
+            if isinstance(document.get(table), dict) and document[table].get(key)
+        ]
+        if inline:
+            config = evolve(
+                config,
+                warnings=config.warnings
+                + tuple(
+                    f"{key}: given in {path}, which is readable by other users (mode "
+                    f"{stat.S_IMODE(mode):04o}): give it in a file only mxrecv can read "
+                    f"({key}_file), or chmod o-rwx {path}"
+                    for key in inline
+                ),
+            )
+    return config
+
+
+# Secrets that may be written in the configuration file itself.
+_INLINE_SECRETS = (("retrieve", "password"), ("admin", "token"))

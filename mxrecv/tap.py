@@ -64,6 +64,8 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         from twisted.internet import reactor
     config: Config = options["settings"]
     twistd = getattr(options, "parent", None)
+    for warning in config.warnings if options.get("worker") is None else ():
+        log.warn("Configuration: {warning}", warning=warning)
     if options.get("worker") is None and config.server.workers > 1:
         return buildSupervisor(config, options.get("config"), twistd=twistd, reactor=reactor)
     worker = None if options.get("worker") is None else Worker.join(reactor)
@@ -71,14 +73,18 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         config = worker.config
 
     def observer() -> ILogObserver | None:
-        made = _observer(config, twistd)
-        return made if worker is None or made is None else worker.observer(made, config.log.format)
+        if worker is not None:
+            return worker.logObserver(config.log.format, [config.retrieve.password])
+        return _observer(config, twistd)
 
     service = MxrecvService(logObserver=observer)
     metrics = service.metrics
     # Before the spool: a bad certificate should stop start-up untouched.
+    listens = {"server.listen": config.server.listen}
+    if worker is None:
+        listens["admin.listen"] = config.admin.listen
     certificates = loadCertificates(
-        config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
+        listens, warnDays=config.tls.expiry_warning_days, reactor=reactor
     )
 
     if worker is not None:
@@ -129,7 +135,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
     if worker is None:
         pending = work(service.work).pending
     else:
-        pending = worker.lead(service.work, spool, work)
+        pending = worker.lead(service.work, spool, work, relayNew=config.deliver.enabled)
 
     # The edge: the callback listeners stop first, the admin ones last.
     site = service.site = buildSite(
@@ -147,7 +153,7 @@ def makeService(options: Options, reactor: Any = None) -> Service:
             reactor=reactor,
             pool=pool,
             takeUp=pending,
-            certificates=list(certificates.values()),
+            certificates=certificates,
             parent=service.edge,
             **service.deliveryAdmin(),
         )

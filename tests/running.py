@@ -6,10 +6,6 @@ ports of 127.0.0.1 with its spool in the test's temporary directory.
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +15,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -158,70 +153,3 @@ def rawConnection(port: int, source: str | None = None) -> Deferred[_Raw]:
     return connectProtocol(
         TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind), _Raw()
     )
-
-
-TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class _Twistd(ProcessProtocol):
-    """
-    A twistd process: tells the port it listens on, and how it ended.
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.listening: Deferred[int] = Deferred()
-        self.ended: Deferred = Deferred()
-        self.process = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = re.search(rb"CallbackSite starting on (\d+)", self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-        self.ended.callback(reason.value)
-
-
-def runTwistd(case: TestCase, *args: str, openFiles: int | None = None) -> _Twistd:
-    """
-    Run C{twistd -n mxrecv ARGS}; killed at the end of the test.
-
-    @param openFiles: the soft limit on open files to start it with (the
-        1024 most systems give), its hard limit unchanged.
-    """
-    protocol = _Twistd()
-    twistd = TWISTD
-    if openFiles is not None:
-        twistd = [
-            "-c",
-            "import resource; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
-            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({openFiles}, hard)); "
-            "from twisted.scripts.twistd import run; run()",
-        ]
-    process = reactor.spawnProcess(
-        protocol,
-        sys.executable,
-        [sys.executable, *twistd, "-n", "--pidfile=", "mxrecv", *args],
-        # The child imports what this test imports (trial runs in
-        # _trial_temp, so a relative PYTHONPATH would not do).
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path)},
-    )
-    protocol.process = process
-
-    def stop():
-        if protocol.ended.called:
-            return None
-        try:
-            process.signalProcess(signal.SIGKILL)
-        except ProcessExitedAlready:
-            pass
-        return protocol.ended
-
-    case.addCleanup(stop)
-    return protocol

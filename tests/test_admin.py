@@ -7,18 +7,31 @@ Prometheus text format.
 import ipaddress
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxrecv.config import AdminConfig
 from mxrecv.ops.admin import AdminSite, Health, localErrorCheck, probeWritable
 from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import PENDING
+from mxrecv.tap import Options, makeService
 from mxrecv.tls.certificate import ReloadableCertificate
+from mxrecv.tls.selfsigned import certificatePEM, newKey
 
-from .certificates import DAY, NOW, issue, writeFiles
+from .certificates import CA, DAY, NOW, connect, issue, treqTrusting, writeFiles
 from .running import ANY_PORT, client, rawConnection, run, runningConfig
 from .support import ChannelWatch, connectPeer, startedPool
 
@@ -277,7 +290,7 @@ class AdminHeaderDeadlineTests(TestCase):
             headerTimeout=10.0,
         )
         watch = ChannelWatch(site)
-        port = reactor.listenTCP(0, site.factory(), interface="127.0.0.1")
+        port = reactor.listenTCP(0, site.gate().wrap(site), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         peer = yield connectPeer(port)
         yield watch.connected()
@@ -302,3 +315,90 @@ class ServerHeaderTests(TestCase):
             response = yield client().get(running.admin + path)
             yield response.content()
             self.assertEqual(response.headers.getRawHeaders("Server"), ["mxrecv"])
+
+
+def clientHello() -> bytes:
+    """
+    The first flight of a TLS client: what it sends before the server has
+    said anything.
+    """
+    connection = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    connection.set_connect_state()
+    try:
+        connection.do_handshake()
+    except SSL.WantReadError:
+        pass
+    return connection.bio_read(65536)
+
+
+class AdminTLSTests(TestCase):
+    """
+    An C{ssl:} admin listener is built as the callback ones are: a client
+    outside [admin] allow is dropped before any TLS work, the others get
+    mxrecv's TLS policy and reloadable certificate.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_outsideAllowNoHandshake(self):
+        """
+        A client outside [admin] allow that sends its ClientHello gets
+        nothing back (no ServerHello: no TLS work done) and is
+        disconnected; nothing is logged as an error.  A client inside
+        completes its handshake and is served.
+        """
+        files = writeFiles(Path(self.mktemp()).absolute(), *issue("admin"))
+        https = f"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"
+        allow = (ipaddress.ip_network("127.0.0.1/32"),)
+        running = run(self, runningConfig(self, admin=AdminConfig(listen=(https,), allow=allow)))
+        port = running.service.adminListeners[0].port.getHost().port
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        outside = yield rawConnection(port, source="127.0.0.2")
+        outside.transport.write(clientHello())
+        yield outside.lost
+        self.assertEqual(outside.received, b"")
+        self.assertEqual([e for e in events if e.get("log_failure") or e.get("isError")], [])
+        response = yield treqTrusting(CA).get(f"https://127.0.0.1:{port}/health")
+        self.assertEqual(response.code, 200)
+        yield response.content()
+
+    @inlineCallbacks
+    def test_policy(self):
+        """
+        The admin listener's TLS is mxrecv's: a TLS 1.2 client offering only
+        RSA key exchange (no forward secrecy), which Twisted's default list
+        would accept, is refused.
+        """
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        files = writeFiles(Path(self.mktemp()).absolute(), *issue("rsa", key=key))
+        https = f"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"
+        running = run(self, runningConfig(self, admin=AdminConfig(listen=(https,))))
+        port = running.service.adminListeners[0].port.getHost().port
+        client = yield connect(
+            port,
+            optionsForClientTLS(
+                "127.0.0.1",
+                trustRoot=trustRootFromCertificates([Certificate.loadPEM(certificatePEM(CA))]),
+                extraCertificateOptions={
+                    "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString("AES128-SHA"),
+                    "lowerMaximumSecurityTo": TLSVersion.TLSv1_2,
+                },
+            ),
+        )
+        failure = yield self.assertFailure(client.handshake, SSL.Error)
+        self.assertIn("handshake failure", str(failure))
+
+    def test_badCertificateStopsStartup(self):
+        """
+        An admin certificate that cannot be served stops start-up before
+        anything listens, naming the listener, as a callback listener's
+        does.
+        """
+        files = writeFiles(Path(self.mktemp()).absolute(), newKey(), issue("admin")[1])
+        https = f"ssl:0:interface=127.0.0.1:privateKey={files.privateKey}:certKey={files.certKey}"
+        options = Options()
+        options["settings"] = runningConfig(self, admin=AdminConfig(listen=(https,)))
+        message = str(self.assertRaises(SystemExit, makeService, options, reactor))
+        self.assertIn("admin.listen[0]", message)
+        self.assertIn(f"the private key {files.privateKey} does not match", message)

@@ -73,6 +73,63 @@ class CheckConfigTests(TestCase):
         )
         self.assertRefused("[server]\nshutdown_timeout = 0\n", "server.shutdown_timeout")
 
+    def test_warnsAboutSecretsOthersCanRead(self):
+        """
+        check-config warns (and still succeeds) when a file of secrets, or
+        the configuration holding a password itself, can be read by other
+        users; not once only its owner and group can.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        secret = directory / "retrieve-password"
+        secret.write_text("s3cret\n")
+        secret.chmod(0o644)
+        path = directory / "mxrecv.toml"
+        path.write_text('[retrieve]\nuser = "acme"\npassword_file = "retrieve-password"\n')
+        path.chmod(0o644)
+        code, out, err = command("check-config", str(path))
+        self.assertEqual(code, 0)
+        self.assertEqual(
+            err,
+            f"{path}: warning: retrieve.password_file: {secret} is readable by other "
+            "users (mode 0644): chmod o-rwx it\n",
+        )
+        secret.chmod(0o640)
+        self.assertEqual(command("check-config", str(path)), (0, out, ""))
+
+        path.write_text('[retrieve]\nuser = "acme"\npassword = "s3cret"\n')
+        code, out, err = command("check-config", str(path))
+        self.assertEqual(code, 0)
+        self.assertIn(
+            f"warning: retrieve.password: given in {path}, which is readable by other users "
+            "(mode 0644)",
+            err,
+        )
+        self.assertNotIn("s3cret", out + err)
+        path.chmod(0o600)
+        self.assertEqual(command("check-config", str(path))[2], "")
+
+    def test_warnsAboutPlainHttp(self):
+        """
+        check-config warns when the RetrieveMMS password would be sent in
+        clear (retrieval on, plain http://).
+        """
+        path = self.config(
+            '[retrieve]\nuser = "acme"\nurl = "http://mms.example.com/RetrieveMMS"\n'
+        )
+        code, out, err = command("check-config", path)
+        self.assertEqual(code, 0)
+        self.assertEqual(
+            err,
+            f"{path}: warning: retrieve.url: a plain http:// URL sends the RetrieveMMS "
+            "password unencrypted (in its query string): use https://\n",
+        )
+        for text in (
+            '[retrieve]\nuser = "acme"\nurl = "https://mms.example.com/RetrieveMMS"\n',
+            '[retrieve]\nurl = "http://mms.example.com/RetrieveMMS"\n',
+        ):
+            self.assertEqual(command("check-config", self.config(text))[::2], (0, ""))
+
     def test_missingFile(self):
         code, out, err = command("check-config", self.mktemp())
         self.assertEqual(code, 1)

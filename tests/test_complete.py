@@ -23,6 +23,7 @@ from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING, Att
 from mxrecv.testing.zips import makeZip
 
 from .support import (
+    LogWatch,
     exampleMessage,
     httpClient,
     openSpool,
@@ -31,7 +32,6 @@ from .support import (
     startServer,
     turnsUntil,
 )
-from .test_retrieve import LogWatch
 
 
 def pendingMMS(spool, messageId: str) -> Deferred:

@@ -27,8 +27,9 @@ from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.limits import connectionCap
 from mxrecv.web.service import buildSite
 
-from .running import SMS, client, rawConnection, run, runningConfig, runTwistd, scrape, value
+from .running import SMS, client, rawConnection, run, runningConfig, scrape, value
 from .support import ChannelWatch, Peer, fileWriters, openSpool, serverConfig, turnsUntil
+from .twistd import runTwistd
 
 ROOT = Path(__file__).parent.parent
 

@@ -19,8 +19,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
-from .running import runTwistd
 from .support import SMS, httpClient
+from .twistd import runTwistd
 
 # Bounded in count and time: a few hundred callbacks per run of mxrecv,
 # each run killed after a random number of acknowledgements.

@@ -17,10 +17,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
-from mxrecv.deliver.command import CommandTarget
+from mxrecv.deliver.command import COMMAND_GRACE, CommandTarget
 from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
-from mxrecv.deliver.outcome import PermanentFailure, TemporaryFailure
+from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.queue import Deliverer
 from mxrecv.deliver.records import Records
 from mxrecv.deliver.schedule import Policy
@@ -31,7 +31,15 @@ from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
 from .running import client
-from .support import acceptMMS, openSpool, reactorTurns, sms, startedPool, turnsUntil
+from .support import (
+    DrivenPool,
+    acceptMMS,
+    openSpool,
+    reactorTurns,
+    sms,
+    startedPool,
+    turnsUntil,
+)
 
 
 class DeliveryTests(TestCase):
@@ -175,6 +183,54 @@ class DeliveryTests(TestCase):
         outcome = yield d
         self.assertIsInstance(outcome, TemporaryFailure)
         self.assertTrue(outcome.why.startswith("killed after 30s (the timeout)"), outcome.why)
+
+    @inlineCallbacks
+    def test_commandChildHoldsStderr(self):
+        """
+        What a command leaves running with its stderr (a job in the
+        background, or the child of a shell script killed at the timeout)
+        does not hold up the attempt: it ends once the command has, after a
+        short grace for the rest of its stderr.
+        """
+        yield self.spool.accept(sms("a"))
+        pids = Path(self.mktemp())
+        self.addCleanup(self.killListed, pids)
+        for script, timeout in (
+            (f"sleep 60 & echo $! >> {pids}; exit 0", None),
+            (f"sleep 60 & echo $! >> {pids}; wait", 30.0),
+        ):
+            clock = Clock()
+            target = CommandTarget(
+                ["/bin/sh", "-c", script, "sh"],
+                reactor=reactor,
+                clock=clock,
+                timeout=30.0,
+                env={},
+                spool=self.spool.root,
+            )
+            d = target.deliver(self.spool.dir("new") / "a")
+            timers = 2
+            if timeout is not None:
+                yield turnsUntil(lambda: len(pids.read_text().split()) == 2)
+                clock.advance(timeout)
+                timers = 1
+            # The command has ended: only the grace is left to wait for.
+            yield turnsUntil(lambda: len(clock.getDelayedCalls()) == timers)
+            self.assertNoResult(d)
+            clock.advance(COMMAND_GRACE)
+            outcome = yield d
+            if timeout is None:
+                self.assertEqual(outcome, Delivered())
+            else:
+                self.assertIsInstance(outcome, TemporaryFailure)
+                self.assertTrue(outcome.why.startswith("killed after 30s"), outcome.why)
+
+    def killListed(self, pids: Path) -> None:
+        for pid in pids.read_text().split() if pids.exists() else ():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
 
     @inlineCallbacks
     def test_commandEnvironment(self):
@@ -371,6 +427,29 @@ class DeliveryTests(TestCase):
         self.assertEqual(service.deliverers[0].undeliverable, {})
 
     @inlineCallbacks
+    def test_deadLetterNotRecorded(self):
+        """
+        A dead letter whose record cannot be written (a full disk) is not
+        kept out of delivery for good: the next sweep takes it up again, and
+        once it is refused again its record is written.
+        """
+        app, target = self.application({"a": [Answer(400)] * 2})
+        service = self.deliverTo(target, maxAttempts=1)
+        broken = self.spool.dir("state") / "undeliverable" / "url"
+        yield turnsUntil(broken.is_dir)
+        broken.rmdir()
+        broken.write_bytes(b"in the way")
+        yield self.acceptAll("a")
+        self.assertEqual((yield self.attempts.get()), "permanent")
+        yield turnsUntil(lambda: self.flushLoggedErrors(FileExistsError))
+        broken.unlink()
+        self.clock.advance(SWEEP_INTERVAL)
+        self.assertEqual((yield self.attempts.get()), "permanent")
+        yield turnsUntil(lambda: self.records.undeliverable())
+        self.assertEqual([name for _, name, _ in self.records.undeliverable()], ["a"])
+        self.assertEqual(list(service.deliverers[0].undeliverable), ["a"])
+
+    @inlineCallbacks
     def test_stopWaitsForAttempt(self):
         """
         Stopping waits for the attempt under way (its answer, then its
@@ -517,6 +596,20 @@ class DeliveryTests(TestCase):
         self.assertIn(b'"id": "next"', (yield received.get()))
 
     @inlineCallbacks
+    def test_checkFails(self):
+        """
+        When new/NAME cannot be looked at before its attempt (here its name
+        is too long for the filesystem; an I/O error would do the same), the
+        attempt is a temporary failure, retried after the backoff, rather
+        than an attempt that never ends and holds up the queue.
+        """
+        self.deliverTo(self.command("exit 0"))
+        self.spool.landed("x" * 300)
+        self.assertEqual((yield self.attempts.get()), "temporary")
+        self.clock.advance(1.0)
+        self.assertEqual((yield self.attempts.get()), "temporary")
+
+    @inlineCallbacks
     def test_startUpScanInOrder(self):
         """
         At start-up, messages in new/ not yet delivered are delivered in
@@ -548,6 +641,56 @@ class DeliveryTests(TestCase):
         self.assertEqual((yield self.attempts.get()), "ok")
         yield service.stopService()
         self.assertEqual(out.read_text().split(), ["here"])
+
+
+    @inlineCallbacks
+    def test_scanFails(self):
+        """
+        When the start-up scan fails (a full disk, an I/O error), delivery
+        starts all the same: what lands is delivered, and what new/ held is
+        found by the next sweep, once the disk is back.
+        """
+        yield self.spool.accept(sms("before"))
+        # Landed before delivery starts: not announced to it.
+        yield reactorTurns(1)
+        broken = self.spool.dir("state") / "delivered"
+        broken.write_bytes(b"in the way")
+        out = Path(self.mktemp())
+        self.deliverTo(self.command(f'basename "$1" >> {out}'))
+        yield turnsUntil(lambda: self.flushLoggedErrors(NotADirectoryError))
+        broken.unlink()
+        yield self.spool.accept(sms("after"))
+        self.assertEqual((yield self.attempts.get()), "ok")
+        self.clock.advance(SWEEP_INTERVAL)
+        self.assertEqual((yield self.attempts.get()), "ok")
+        self.assertEqual(out.read_text().split(), ["after", "before"])
+
+    @inlineCallbacks
+    def test_stoppedBeforeScanEnds(self):
+        """
+        A service stopped while its start-up scan runs does not start its
+        queues when the scan ends.
+        """
+        yield self.spool.accept(sms("a"))
+        pool = DrivenPool()
+        deliverer = Deliverer(
+            self.command("exit 0"),
+            policy=Policy(),
+            new=self.spool.dir("new"),
+            records=self.records,
+            reactor=reactor,
+            pool=self.pool,
+            clock=self.clock,
+        )
+        service = DeliveryService(
+            [deliverer], records=self.records, reactor=reactor, pool=pool, clock=self.clock
+        )
+        service.startService()
+        yield service.stopService()
+        yield pool.run("scan")
+        yield reactorTurns(2)
+        self.assertEqual(deliverer.queued(), frozenset())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class InterfaceTests(TestCase):

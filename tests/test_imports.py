@@ -25,6 +25,7 @@ PURE = (
     "mxrecv.deliver.policy",
     "mxrecv.deliver.identity",
     "mxrecv.deliver.schedule",
+    "mxrecv.workers.restart",
 )
 
 
@@ -61,7 +62,9 @@ class ImportTests(SynchronousTestCase):
                 module,
             )
             ours = {m for m in loaded if m.startswith("mxrecv.")}
-            packages = {"mxrecv.message", "mxrecv.spool", "mxrecv.mms", "mxrecv.deliver"}
+            packages = {
+                "mxrecv.message", "mxrecv.spool", "mxrecv.mms", "mxrecv.deliver", "mxrecv.workers",
+            }
             self.assertLessEqual(ours, set(PURE) | packages, module)
 
     def test_commandLine(self):

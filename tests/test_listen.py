@@ -4,6 +4,7 @@ its port in public view, in memory.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -45,7 +46,7 @@ class ListenerTests(SynchronousTestCase):
         listening when stopped, its stop done once the port's is.
         """
         reactor = MemoryReactor()
-        listener = Listener.fromDescription(reactor, "tcp:0:interface=127.0.0.1", Factory())
+        listener = Listener(serverFromString(reactor, "tcp:0:interface=127.0.0.1"), Factory())
         self.assertIsNone(listener.port)
         listener.startService()
         [(port, factory, backlog, interface)] = reactor.tcpServers

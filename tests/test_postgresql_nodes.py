@@ -19,11 +19,30 @@ from twisted.trial.unittest import TestCase
 from mxrecv.deliver.postgresql.store import CHANNEL
 
 from .postgresql import Database, database
-from .running import SMS, runTwistd
+from .running import SMS
 from .support import httpClient
+from .twistd import runTwistd
 
 DELIVERED = re.compile(rb"Delivered new/(\S+) to the postgresql")
 FAILED = re.compile(rb"Delivery of new/\S+ to the postgresql failed")
+
+
+def nodeConfig(case: TestCase, conninfo: str, passwordFile: Path, deliver: str = "") -> Path:
+    """
+    A configuration file for a node on a fresh port of 127.0.0.1, its spool
+    (C{spool}) beside it, delivering into C{conninfo}; C{deliver} adds keys
+    to C{[deliver]}.
+    """
+    base = Path(case.mktemp()).absolute()
+    base.mkdir()
+    config = base / "mxrecv.toml"
+    config.write_text(
+        '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+        f'[spool]\ndir = "{base / "spool"}"\n'
+        f'[deliver]\npostgresql = "{conninfo}"\n'
+        f'postgresql_password_file = "{passwordFile}"\n{deliver}'
+    )
+    return config
 
 
 class Node:
@@ -33,19 +52,13 @@ class Node:
     """
 
     def __init__(self, case: TestCase, db: Database, name: str) -> None:
-        base = Path(case.mktemp()).absolute()
-        base.mkdir()
-        self.spool = base / "spool"
-        config = base / "mxrecv.toml"
-        config.write_text(
-            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
-            f'[spool]\ndir = "{self.spool}"\n'
-            "[deliver]\n"
-            f'postgresql = "{db.conninfo}"\n'
-            f'postgresql_password_file = "{db.passwordFile}"\n'
-            f'postgresql_node = "{name}"\n'
-            "backoff_initial = 0.05\nbackoff_max = 0.5\n"
+        config = nodeConfig(
+            case,
+            db.conninfo,
+            db.passwordFile,
+            f'postgresql_node = "{name}"\nbackoff_initial = 0.05\nbackoff_max = 0.5\n',
         )
+        self.spool = config.parent / "spool"
         self.twistd = runTwistd(case, "--config", str(config))
         self.delivered: set[str] = set()
         self.failures = 0
@@ -208,18 +221,6 @@ class StartupTests(TestCase):
     The check of the database at start-up, under twistd.
     """
 
-    def config(self, conninfo: str, passwordFile: Path) -> Path:
-        base = Path(self.mktemp()).absolute()
-        base.mkdir()
-        config = base / "mxrecv.toml"
-        config.write_text(
-            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
-            f'[spool]\ndir = "{base / "spool"}"\n'
-            f'[deliver]\npostgresql = "{conninfo}"\n'
-            f'postgresql_password_file = "{passwordFile}"\n'
-        )
-        return config
-
     @inlineCallbacks
     def test_noTables(self):
         """
@@ -227,7 +228,7 @@ class StartupTests(TestCase):
         db-init.
         """
         db = database(self, initialise=False)
-        twistd = runTwistd(self, "--config", str(self.config(db.conninfo, db.passwordFile)))
+        twistd = runTwistd(self, "--config", str(nodeConfig(self, db.conninfo, db.passwordFile)))
         twistd.listening.addErrback(lambda _: None)
         ended = yield twistd.ended
         self.assertEqual(ended.exitCode, 1)
@@ -249,7 +250,7 @@ class StartupTests(TestCase):
         port = listening.getsockname()[1]
         listening.close()
         conninfo = f"postgresql://mxrecv@127.0.0.1:{port}/{db.name}"
-        twistd = runTwistd(self, "--config", str(self.config(conninfo, db.passwordFile)))
+        twistd = runTwistd(self, "--config", str(nodeConfig(self, conninfo, db.passwordFile)))
         node = yield twistd.listening
         response = yield httpClient(self).get(
             f"http://127.0.0.1:{node}/", params={**SMS, "id": "early"}

@@ -9,6 +9,7 @@ take now.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -100,15 +101,16 @@ class OutcomeTests(SynchronousTestCase):
 
 class Delivered:
     """
-    Collects the names a running mxrecv reports delivered (its log), and
-    fires when given ones all are.
+    Follows a running mxrecv's log: the names it reports delivered to a
+    target, and its failed attempts; fires when what a test waits for has
+    happened.
     """
 
     def __init__(self, case: TestCase, target: str = "postgresql") -> None:
         self.names: list[str] = []
         self.failures: list[str] = []
         self._target = target
-        self._waiting: list[tuple[set[str], Deferred[None]]] = []
+        self._waiting: list[tuple[Callable[[], bool], Deferred[None]]] = []
         globalLogPublisher.addObserver(self)
         case.addCleanup(globalLogPublisher.removeObserver, self)
 
@@ -120,31 +122,28 @@ class Delivered:
             self.names.append(event["name"])
         elif text.startswith("Delivery of new/"):
             self.failures.append(event["name"])
-        for names, d in list(self._waiting):
-            if names <= set(self.names):
-                self._waiting.remove((names, d))
+        for condition, d in list(self._waiting):
+            if condition():
+                self._waiting.remove((condition, d))
                 d.callback(None)
 
-    def all(self, names) -> Deferred[None]:
+    def _when(self, condition: Callable[[], bool]) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._waiting.append((set(names), d))
-        self({})
+        self._waiting.append((condition, d))
+        self({"target": self._target})
         return d
+
+    def all(self, names) -> Deferred[None]:
+        """
+        Fires once every one of C{names} has been delivered.
+        """
+        return self._when(lambda: set(names) <= set(self.names))
 
     def failed(self, count: int = 1) -> Deferred[None]:
         """
         Fires once C{count} attempts have failed.
         """
-        d: Deferred[None] = Deferred()
-        watcher = self
-
-        class Count:
-            def __le__(self, _: set) -> bool:
-                return len(watcher.failures) >= count
-
-        self._waiting.append((Count(), d))  # type: ignore[arg-type]
-        self({})
-        return d
+        return self._when(lambda: len(self.failures) >= count)
 
 
 class RunningTests(TestCase):

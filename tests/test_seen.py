@@ -122,17 +122,6 @@ class ClaimTests(TestCase):
         won, _ = index.claim(claims(*names[-10:], "other"))
         self.assertEqual(won, {"other"})
 
-    def test_release(self):
-        """
-        A released claim's name is no longer seen, and its staged row goes.
-        """
-        index = openIndex(self)
-        index.claim(claims("a", "b"))
-        index.release(claims("a"))
-        self.assertNotIn("a", index)
-        self.assertEqual([c.name for c in index.staged()], ["b"])
-        self.assertEqual(index.claim(claims("a"))[0], {"a"})
-
     def test_durable(self):
         """
         What one index claimed, another opened on the same file later sees.

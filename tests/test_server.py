@@ -161,18 +161,19 @@ class CallbackTests(TestCase):
     @inlineCallbacks
     def test_notDurable(self):
         """
-        When the spool cannot be written the callback gets 503 (MX Telecom
-        retries), nothing is half-written, and the retry is stored.
+        When the message cannot be put in new/ the callback gets 503 (MX
+        Telecom retries); the retry gets its 200 once it can be, and the
+        message is stored once, with nothing left in tmp/.
         """
         new = self.spool.dir(NEW)
         new.rmdir()
         new.write_bytes(b"")
         yield self.assertAnswer((yield self.get(SMS)), 503, "not stored")
-        self.assertEqual(files(self.spool.dir("tmp")), [])
         new.unlink()
         new.mkdir()
         yield self.assertAnswer((yield self.get(SMS)), 200)
         self.assertEqual(files(new), ["mx-1"])
+        self.assertEqual(files(self.spool.dir("tmp")), [])
 
 
 class RefusalTests(TestCase):

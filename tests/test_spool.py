@@ -169,20 +169,24 @@ class AcceptTests(TestCase):
     def test_unwritable(self):
         """
         When the message cannot be put in place, accept fails with
-        SpoolError, nothing is left in tmp/, and the id is not remembered:
-        the retry is stored.
+        SpoolError; its id is seen already, so it stays staged and is put in
+        place with the next group: the retry is answered as a duplicate,
+        and the first copy is stored, once.
         """
         spool = openSpool(self)
         new = spool.dir(NEW)
         new.rmdir()
         new.write_bytes(b"not a directory")
-        yield self.assertFailure(spool.accept(sms()), SpoolError)
-        self.assertEqual(contents(spool.dir("tmp")), [])
-        self.assertFalse((yield spool.isSeen("mx-1")))
+        yield self.assertFailure(spool.accept(sms(text="first")), SpoolError)
+        self.assertEqual(len(contents(spool.dir("tmp"))), 1)
+        self.assertTrue((yield spool.isSeen("mx-1")))
         new.unlink()
         new.mkdir()
-        accepted = yield spool.accept(sms())
-        self.assertFalse(accepted.duplicate)
+        accepted = yield spool.accept(sms(text="retry"))
+        self.assertTrue(accepted.duplicate)
+        self.assertEqual(contents(new), ["mx-1"])
+        self.assertEqual(Message.decode((new / "mx-1" / "message.json").read_bytes()).message, "first")
+        self.assertEqual(contents(spool.dir("tmp")), [])
 
     @inlineCallbacks
     def test_diskFull(self):
@@ -540,3 +544,53 @@ class CrashWindowTests(TestCase):
         self.assertEqual(contents(root / NEW), ["a", "b"])
         self.assertEqual(self.stored(root, "b"), ["from 1"])
         self.assertEqual(contents(root / "tmp"), [])
+
+
+class FailedPlacementTests(TestCase):
+    """
+    A message whose id is durably seen but which cannot be renamed into
+    place (the callback is answered 503): another process may already have
+    answered MX Telecom's retry of it as a duplicate, so the message must
+    still be stored.
+    """
+
+    @inlineCallbacks
+    def test_duplicateAnsweredElsewhere(self):
+        """
+        Worker 0 marks an id seen; worker 1 answers the retry of it as a
+        duplicate; then worker 0 cannot rename the message into new/.  The
+        message is still put in place (with worker 0's next group), once.
+        """
+        root = Path(self.mktemp())
+        lock = claimSpool(root)
+        self.addCleanup(os.close, lock)
+        pools = [DrivenPool(), DrivenPool()]
+        first, second = (self.worker(root, lock, n, pools[n]) for n in (0, 1))
+        accepted = first.accept(sms("a", text="first"))
+        yield pools[0].run("_prepare", "_claimGroup")
+        retry = second.accept(sms("a", text="retry"))
+        yield pools[1].run("_prepare", "_claimGroup", "_placeGroup")
+        self.assertEqual((yield retry), Accepted("a", duplicate=True))
+
+        new = root / NEW
+        new.rmdir()
+        new.write_bytes(b"not a directory")
+        yield pools[0].run("_placeGroup")
+        yield self.assertFailure(accepted, SpoolError)
+        new.unlink()
+        new.mkdir()
+
+        later = first.accept(sms("b"))
+        yield pools[0].run("_prepare", "_claimGroup", "_placeGroup")
+        yield later
+        self.assertEqual(contents(new), ["a", "b"])
+        self.assertEqual(
+            Message.decode((new / "a" / "message.json").read_bytes()).message, "first"
+        )
+        self.assertEqual(contents(root / "tmp"), [])
+
+    def worker(self, root: Path, lock: int, number: int, pool: DrivenPool) -> Spool:
+        spool = Spool(root, reactor=reactor, pool=pool, worker=number)
+        spool.open(lock=os.dup(lock))
+        self.addCleanup(spool.close)
+        return spool

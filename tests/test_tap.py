@@ -30,8 +30,8 @@ from mxrecv.tap import Options, makeService
 from mxrecv.web.drain import DrainService
 from mxrecv.web.listen import Listener
 
-from .running import runTwistd
 from .support import SMS, httpClient
+from .twistd import runTwistd
 
 
 class PluginTests(TestCase):
@@ -74,6 +74,34 @@ class PluginTests(TestCase):
             (ended.exitCode, ended.signal), (None, signal.SIGTERM), twistd.output.decode()
         )
         self.assertIn(b"Server Shut Down.", twistd.output)
+
+    @inlineCallbacks
+    def test_twistdWarnsAtStartUp(self):
+        """
+        What check-config warns about, start-up logs too: a password file
+        other users can read, a RetrieveMMS password sent in clear.
+        """
+        base = Path(self.mktemp()).absolute()
+        base.mkdir()
+        (base / "password").write_text("s3cret\n")
+        (base / "password").chmod(0o644)
+        config = base / "mxrecv.toml"
+        config.write_text(
+            '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+            f'[spool]\ndir = "{base / "spool"}"\n'
+            '[retrieve]\nuser = "acme"\npassword_file = "password"\n'
+            'url = "http://127.0.0.1:9/RetrieveMMS"\n'
+        )
+        twistd = runTwistd(self, "--config", str(config))
+        yield twistd.listening
+        output = twistd.output.decode()
+        self.assertIn(
+            f"Configuration: retrieve.password_file: {base / 'password'} is readable by "
+            "other users (mode 0644): chmod o-rwx it",
+            output,
+        )
+        self.assertIn("Configuration: retrieve.url: a plain http:// URL sends", output)
+        self.assertNotIn("s3cret", output)
 
     @inlineCallbacks
     def test_twistdRefusesBadConfig(self):

@@ -64,7 +64,6 @@ from .certificates import (
     trustRoot,
     writeFiles,
 )
-from .running import runTwistd
 from .strategies import contentTypeFor, multipartBody
 from .support import (
     BOUNDARY,
@@ -77,6 +76,7 @@ from .support import (
     openSpool,
     serverConfig,
 )
+from .twistd import runTwistd
 
 
 def smsParams(id: str, text: str = "hello") -> dict[str, str]:

@@ -27,6 +27,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -100,6 +101,8 @@ class WorkersServer:
             '[admin]\nlisten = ["tcp:0:interface=127.0.0.1"]\n' + extra
         )
         self.twistd: Twistd = runTwistd(case, "--config", str(self.config), spool=self.spool)
+        # Not waited on: these tests wait on the log's lines.
+        self.twistd.listening.addErrback(lambda _: None)
         self.port = 0
         self.admin = 0
 
@@ -269,7 +272,7 @@ class SameIdTests(TestCase):
         counted = yield server.metricsUntil(expected)
         self.assertEqual(counted, expected)
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 class Load:
@@ -343,7 +346,24 @@ class KillTests(TestCase):
         self.assertEqual(workers[victim]["restarts"], 1)
         self.assertNotEqual(workers[victim]["pid"], pid)
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
+
+    @inlineCallbacks
+    def test_parentKilled(self):
+        """
+        kill -9 of the parent: its workers notice that it is gone and stop
+        (the spool's lock with them), rather than run on unsupervised.
+        """
+        server = WorkersServer(self)
+        yield server.started()
+        workers = [server.pid(number) for number in range(WORKERS)]
+        server.twistd.signal("KILL")
+        yield server.twistd.ended
+        end = time.monotonic() + 30
+        while any(isWorkerOf(pid, server.spool) for pid in workers):
+            self.assertLess(time.monotonic(), end, "workers still running 30 s after the parent died")
+            yield deferLater(reactor, 0.05, lambda: None)
+        os.close(claimSpool(server.spool))
 
     @inlineCallbacks
     def test_leaderKilledDuringRetrieval(self):
@@ -394,7 +414,7 @@ class KillTests(TestCase):
         completed = server.twistd.matches(r"worker=(\d+)\] MMS mms-\d+ retrieved")
         self.assertEqual({int(m.group(1)) for m in completed}, {int(match.group(1))})
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 class SignalTests(TestCase):
@@ -437,7 +457,7 @@ class SignalTests(TestCase):
         status, _ = yield answer
         self.assertEqual(status, 200)
         ended = yield server.twistd.ended
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
         self.assertEqual(server.messages(), ["in-flight"])
         for number in range(WORKERS):
             self.assertTrue(
@@ -483,7 +503,7 @@ class SignalTests(TestCase):
         # The parent reloaded its copy too, which /health checks.
         self.assertTrue(server.twistd.matches(r"\[mxrecv.tls.certificate#info\] Certificate reloaded"))
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)
 
 
 
@@ -544,4 +564,4 @@ class DeliveryTests(TestCase):
         self.assertEqual(sorted(app.accepted()), ["refused", "taken"])
         self.assertFalse(record.exists())
         ended = yield server.stop()
-        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.output)
+        self.assertEqual(ended.signal, signal.SIGTERM, server.twistd.text)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -49,8 +50,12 @@ from mxrecv.workers.control import (
     parseMessage,
     readHello,
 )
+from mxrecv.workers.gauges import GaugeBridge
 from mxrecv.workers.leader import FileLeaderLock, Leadership
+from mxrecv.workers.logs import LOG_DELAY, CoalescingFile, namedObserver
+from mxrecv.workers.relay import MAX_WAITING
 from mxrecv.workers.restart import RestartPolicy, Restarts
+from mxrecv.workers.slot import ALIVE_WITHIN
 from mxrecv.workers.sockets import (
     AdoptedEndpoint,
     SharedSocket,
@@ -58,8 +63,7 @@ from mxrecv.workers.sockets import (
     UNIXSocket,
     socketSpec,
 )
-from mxrecv.workers.supervisor import ALIVE_WITHIN, MAX_WAITING, STOP_GRACE, buildSupervisor
-from mxrecv.workers.worker import GaugeBridge, namedObserver
+from mxrecv.workers.supervisor import STOP_GRACE, buildSupervisor
 
 
 class WorkersConfigTests(SynchronousTestCase):
@@ -566,6 +570,109 @@ class NamedObserverTests(SynchronousTestCase):
         self.assertNotIn("worker", event)
 
 
+class Pipe:
+    """
+    What a worker's log goes to (an unbuffered stdout): each write reaches
+    the pipe.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.sent.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class ThreadsReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fromThreads: list[Any] = []
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.fromThreads.append((f, args, kwargs))
+
+
+class CoalescingFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = ThreadsReactor()
+        self.pipe = Pipe()
+        self.file = CoalescingFile(self.pipe, self.reactor)
+
+    def test_beforeRunning(self) -> None:
+        """
+        Before the reactor runs, each line goes out at once.
+        """
+        self.file.write("one\n")
+        self.file.flush()
+        self.file.write("two\n")
+        self.assertEqual(self.pipe.sent, ["one\n", "two\n"])
+
+    def test_together(self) -> None:
+        """
+        While it runs, lines go out together, C{delay} seconds after the
+        first of them.
+        """
+        self.reactor.running = True
+        for line in ("a\n", "b\n"):
+            self.file.write(line)
+            self.file.flush()
+        self.reactor.advance(LOG_DELAY / 2)
+        self.file.write("c\n")
+        self.assertEqual(self.pipe.sent, [])
+        self.reactor.advance(LOG_DELAY / 2)
+        self.assertEqual(self.pipe.sent, ["a\nb\nc\n"])
+        self.file.write("d\n")
+        self.reactor.advance(LOG_DELAY)
+        self.assertEqual(self.pipe.sent, ["a\nb\nc\n", "d\n"])
+
+    def test_bounded(self) -> None:
+        """
+        What waits is bounded: past the limit, it goes out at once.
+        """
+        self.file = CoalescingFile(self.pipe, self.reactor, limit=10)
+        self.reactor.running = True
+        self.file.write("12345\n")
+        self.assertEqual(self.pipe.sent, [])
+        self.file.write("67890\n")
+        self.assertEqual(self.pipe.sent, ["12345\n67890\n"])
+
+    def test_fromAnotherThread(self) -> None:
+        """
+        A line logged in a worker thread is sent by the reactor, once for
+        all the lines until then.
+        """
+        self.reactor.running = True
+
+        def log() -> None:
+            self.file.write("x\n")
+            self.file.write("y\n")
+
+        thread = threading.Thread(target=log)
+        thread.start()
+        thread.join()
+        self.assertEqual(len(self.reactor.fromThreads), 1)
+        f, args, kwargs = self.reactor.fromThreads[0]
+        f(*args, **kwargs)
+        self.reactor.advance(LOG_DELAY)
+        self.assertEqual(self.pipe.sent, ["x\ny\n"])
+
+    def test_shuttingDown(self) -> None:
+        """
+        From the reactor's shutdown on, what is buffered goes out, then each
+        line at once (the process may end before another turn).
+        """
+        self.reactor.running = True
+        self.file.write("last turn\n")
+        [(trigger, args, kwargs)] = self.reactor.triggers["before"]["shutdown"]
+        trigger(*args, **kwargs)
+        self.assertEqual(self.pipe.sent, ["last turn\n"])
+        self.file.write("Server Shut Down.\n")
+        self.assertEqual(self.pipe.sent, ["last turn\n", "Server Shut Down.\n"])
+
+
 class Backlog(Collector):
     def __init__(self) -> None:
         self.sizes = {"command": 3, "url": 0}
@@ -763,11 +870,11 @@ class SupervisorTests(TestCase):
         zero.say(b"leader")
         self.reactor.advance(60)
         zero.end(signal.SIGKILL)
-        self.assertIsNone(self.supervisor.leader)
+        self.assertIsNone(self.supervisor.relay.leader)
         one.say(b"pending mms-2")
         one.say(b"leader")
         self.assertTrue(one.written.endswith(b"pending mms-2\n"))
-        self.assertIs(self.supervisor.leader, self.supervisor.slots[1])
+        self.assertIs(self.supervisor.relay.leader, self.supervisor.slots[1])
 
     def test_waitingBounded(self) -> None:
         """

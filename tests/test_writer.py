@@ -232,14 +232,14 @@ class BackpressureTests(TestCase):
     holds, on a connection the test feeds as fast as the server lets it.
     """
 
-    def connect(self, fileLimit):
+    def connect(self, fileLimit, **server):
         self.pool = GatedPool(self)
         self.spool = openSpool(self)
         self.clock = Clock()
         writers = FileWriters(
             reactor=reactor, pool=self.pool.pool, fileLimit=fileLimit, batch=fileLimit // 4
         )
-        site = buildSite(serverConfig(), self.spool, self.clock, writers=writers)
+        site = buildSite(serverConfig(**server), self.spool, self.clock, writers=writers)
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.transport = RecordingTransport(peerAddress=peer)
         self.protocol = site.buildProtocol(peer)
@@ -252,6 +252,32 @@ class BackpressureTests(TestCase):
             + b"Content-Type: " + contentTypeFor(BOUNDARY) + b"\r\n\r\n" + body
         )
 
+    def feedUntilPaused(self, data: bytes) -> int:
+        """
+        Feed C{data} in 64 KiB pieces for as long as the server reads.
+
+        @return: how much of it was fed.
+        """
+        offset = 0
+        while self.transport.producerState == "producing" and offset < len(data):
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        return offset
+
+    @inlineCallbacks
+    def feedRest(self, data: bytes, offset: int):
+        """
+        Feed the rest of C{data} from C{offset}, as fast as the server lets
+        it; fire with its answer.
+        """
+        while offset < len(data):
+            if self.transport.producerState == "paused":
+                yield self.transport.resumed
+            self.protocol.dataReceived(data[offset : offset + 65536])
+            offset += 65536
+        answer = yield self.transport.answered
+        return answer
+
     @inlineCallbacks
     def test_slowWriterPausesTheConnection(self):
         """
@@ -263,53 +289,55 @@ class BackpressureTests(TestCase):
         zipData = os.urandom(1024 * 1024)
         data = self.request(zipData)
         self.pool.hold()
-        offset = 0
-        while self.transport.producerState == "producing":
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
+        offset = self.feedUntilPaused(data)
         self.assertLess(offset, 512 * 1024)
         resumed = self.transport.resumed
         self.pool.release()
         yield resumed
-        while offset < len(data):
-            if self.transport.producerState == "paused":
-                yield self.transport.resumed
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
-        answer = yield self.transport.answered
+        answer = yield self.feedRest(data, offset)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         stored = self.spool.dir(PENDING) / "mms-1" / "mms.zip"
         self.assertEqual(stored.read_bytes(), zipData)
 
     @inlineCallbacks
-    def test_pausedTimeNotTheClients(self):
+    def assertHeldBackNotTheClients(self, **server):
         """
-        While the server holds an upload back (its writer behind), the clock
-        of the minimum body rate stops: however long the disk takes, the
-        client is not cut off for the time it was not let send.
+        Hold an upload back (its writer behind) for twice twisted.web's idle
+        timeout, and more than two windows of the minimum body rate: the
+        connection is neither cut off nor answered meanwhile, and once the
+        writer catches up the upload is answered 200.
         """
-        self.connect(fileLimit=256 * 1024)
+        self.connect(fileLimit=256 * 1024, **server)
         data = self.request(os.urandom(1024 * 1024))
         self.pool.hold()
-        offset = 0
-        while self.transport.producerState == "producing":
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
-        # Past two windows without the rate (20 s); short of twisted.web's
-        # idle timeout (60 s), which runs while a connection is paused.
-        for _ in range(50):
+        offset = self.feedUntilPaused(data)
+        idle = self.protocol.timeOut
+        self.assertLess(idle * 2, serverConfig().server.request_timeout)
+        for _ in range(int(idle * 2)):
             self.clock.advance(1)
         self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
         resumed = self.transport.resumed
         self.pool.release()
         yield resumed
-        while offset < len(data):
-            if self.transport.producerState == "paused":
-                yield self.transport.resumed
-            self.protocol.dataReceived(data[offset : offset + 65536])
-            offset += 65536
-        answer = yield self.transport.answered
+        answer = yield self.feedRest(data, offset)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+    def test_pausedTimeNotTheClients(self):
+        """
+        While the server holds an upload back, neither the clock of the
+        minimum body rate nor twisted.web's idle timeout runs: however long
+        the disk takes, the client is not cut off for the time it was not
+        let send (the request's own deadline still bounds it).
+        """
+        return self.assertHeldBackNotTheClients()
+
+    def test_pausedTimeWithoutMinimumRate(self):
+        """
+        The same without a minimum body rate: twisted.web's idle timeout
+        does not drop an upload the server holds back.
+        """
+        return self.assertHeldBackNotTheClients(min_body_rate=0.0)
 
     @inlineCallbacks
     def test_connectionLostWhileWriting(self):

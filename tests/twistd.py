@@ -31,24 +31,32 @@ class Twistd(ProcessProtocol):
     """
     A twistd process and its log (stdout and stderr together).
 
+    @ivar output: all it wrote so far.
     @ivar lines: the log's whole lines so far.
+    @ivar listening: fires with the first callback port it listens on.
     @ivar ended: fires with how the process ended.
     @ivar pids: the worker processes it said it started.
     """
 
     def __init__(self) -> None:
+        self.output = b""
         self.lines: list[str] = []
         self._partial = b""
         self._waiting: list[tuple[re.Pattern[str], int, Deferred[list[re.Match[str]]]]] = []
+        self.listening: Deferred[int] = Deferred()
         self.ended: Deferred[Any] = Deferred()
         self.process: Any = None
         self.pids: set[int] = set()
 
     @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
 
     def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = re.search(rb"CallbackSite starting on (\d+)", self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
         self._partial += data
         *whole, self._partial = self._partial.split(b"\n")
         for line in whole:
@@ -91,7 +99,7 @@ class Twistd(ProcessProtocol):
                 self._waiting.remove(entry)
             raise AssertionError(
                 f"no {count} line(s) matching {pattern!r} in {timeout:g}s; the log:\n"
-                + self.output
+                + self.text
             )
 
         d.addTimeout(timeout, reactor)
@@ -102,12 +110,14 @@ class Twistd(ProcessProtocol):
         if self._partial:
             self._line(self._partial.decode("utf-8", "replace"))
             self._partial = b""
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.text))
         waiting, self._waiting = self._waiting, []
         for pattern, count, d in waiting:
             d.errback(
                 AssertionError(
                     f"twistd ended before {count} line(s) matched {pattern.pattern!r}; "
-                    f"the log:\n{self.output}"
+                    f"the log:\n{self.text}"
                 )
             )
         self.ended.callback(reason.value)
@@ -122,18 +132,31 @@ def _succeed(value: Any) -> Deferred[Any]:
     return d
 
 
-def runTwistd(case: TestCase, *args: str, spool: Path | None = None) -> Twistd:
+def runTwistd(
+    case: TestCase, *args: str, spool: Path | None = None, openFiles: int | None = None
+) -> Twistd:
     """
     Run C{twistd -n mxrecv ARGS}; killed at the end of the test if it is
     still running, with every worker it started on C{spool} that is still
     running (known by its environment, so that no other process that
     happens to have the pid of a worker that ended is touched).
+
+    @param openFiles: the soft limit on open files to start it with (the
+        1024 most systems give), its hard limit unchanged.
     """
     protocol = Twistd()
+    twistd = TWISTD
+    if openFiles is not None:
+        twistd = [
+            "-c",
+            "import resource; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({openFiles}, hard)); "
+            "from twisted.scripts.twistd import run; run()",
+        ]
     protocol.process = reactor.spawnProcess(
         protocol,
         sys.executable,
-        [sys.executable, *TWISTD, "-n", "--pidfile=", "mxrecv", *args],
+        [sys.executable, *twistd, "-n", "--pidfile=", "mxrecv", *args],
         # The child imports what this test imports (trial runs in
         # _trial_temp, so a relative PYTHONPATH would not do).
         env={**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path)},

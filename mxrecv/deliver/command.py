@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,13 +29,20 @@ from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import STDERR_TAIL, commandOutcome
 from mxrecv.spool.layout import MESSAGE_JSON
 
+#: Seconds the rest of a command's stderr is waited for once it has exited:
+#: what it left running (a job in the background, the child of a script
+#: killed at the timeout) may hold the pipe open for much longer.
+COMMAND_GRACE = 1.0
+
 
 class _Command(ProcessProtocol):
-    def __init__(self, done: Deferred[Outcome], timeout: float) -> None:
+    def __init__(self, done: Deferred[Outcome], timeout: float, clock: IReactorTime) -> None:
         self.done = done
         self.timeout = timeout
         self.stderr = b""
         self.killed = False
+        self._clock = clock
+        self._grace: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()
@@ -43,7 +50,13 @@ class _Command(ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.stderr = (self.stderr + data)[-STDERR_TAIL:]
 
+    def processExited(self, reason: Failure) -> None:
+        # Its end is known; what it left running may keep its pipes open.
+        self._grace = self._clock.callLater(COMMAND_GRACE, self.transport.loseConnection)
+
     def processEnded(self, reason: Failure) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
         status, signal = 0, None
         if not reason.check(ProcessDone):
             value = reason.value
@@ -53,13 +66,25 @@ class _Command(ProcessProtocol):
             commandOutcome(status, signal, self.stderr, self.timeout if self.killed else None)
         )
 
+    def kill(self) -> None:
+        """
+        Kill the command at its timeout (if it has not exited already).
+        """
+        if self._grace is not None:
+            return
+        self.killed = True
+        self.transport.signalProcess("KILL")
+
 
 @implementer(ITarget)
 class CommandTarget:
     """
     Run C{argv} plus the message directory, with C{env} and the message's
-    variables as its environment and stdin closed.  A command that runs longer than C{timeout} seconds is
-    killed.
+    variables as its environment and stdin closed.  A command that runs
+    longer than C{timeout} seconds is killed.  The attempt ends when the
+    command does: what it left running (a job in the background, the child
+    of a script killed at the timeout) is waited for no longer than
+    L{COMMAND_GRACE}, for the rest of its stderr.
     """
 
     name = "command"
@@ -97,19 +122,14 @@ class CommandTarget:
             "MXRECV_SPOOL": str(self._spool),
         }
         done: Deferred[Outcome] = Deferred()
-        protocol = _Command(done, self._timeout)
+        protocol = _Command(done, self._timeout, self._clock)
         try:
-            transport = self._reactor.spawnProcess(
+            self._reactor.spawnProcess(
                 protocol, self._argv[0], [*self._argv, str(directory)], env=env
             )
         except OSError as e:
             return succeed(TemporaryFailure(f"cannot run {self._argv[0]}: {e.strerror or e}"))
-
-        def kill() -> None:
-            protocol.killed = True
-            transport.signalProcess("KILL")
-
-        timer = self._clock.callLater(self._timeout, kill)
+        timer = self._clock.callLater(self._timeout, protocol.kill)
 
         def ended(result: Outcome) -> Outcome:
             if timer.active():

@@ -245,7 +245,14 @@ class Deliverer:
 
     def _attempt(self, name: str) -> None:
         directory = self._new / name
-        if not directory.is_dir():
+        try:
+            present = directory.is_dir()
+            delivered = present and self._records.isDelivered(self.target.name, name)
+        except OSError as e:
+            # The disk's trouble, not the message's: everything waits.
+            self._failed(name, TemporaryFailure(f"cannot look at new/{name}: {e.strerror}"))
+            return
+        if not present:
             log.info(
                 "new/{name} was taken by the application before its delivery to the {target}",
                 name=name,
@@ -254,7 +261,7 @@ class Deliverer:
             self._schedule.skipped(name)
             self._again = True
             return
-        if self._records.isDelivered(self.target.name, name):
+        if delivered:
             self._schedule.skipped(name)
             self._again = True
             return
@@ -339,15 +346,19 @@ class Deliverer:
             if name in self.undeliverable:
                 self.undeliverable[name] = self._clock.seconds()
 
-        d.addCallback(recorded)
-        d.addErrback(
-            lambda f: log.failure(
-                "Recording new/{name} as undeliverable to the {target}",
-                f,
+        def notRecorded(reason: Failure) -> None:
+            log.failure(
+                "Recording new/{name} as undeliverable to the {target}; "
+                "the next sweep of new/ takes it up again",
+                reason,
                 name=name,
                 target=self.target.name,
             )
-        )
+            # Without its record it is no dead letter: neither listed nor
+            # redeliverable, so it must not be kept out of the queue.
+            self.undeliverable.pop(name, None)
+
+        d.addCallbacks(recorded, notRecorded)
         self._track(d)
 
     def _unexpected(self, reason: Failure, name: str) -> Outcome:

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import DeliverConfig
@@ -135,7 +136,7 @@ class DeliveryService(Service):
         super().startService()
         for service in self._targetServices():
             service.startService()
-        scans = [self._scan(d).addCallback(lambda s, d=d: d.start(*s)) for d in self.deliverers]
+        scans = [self._scan(d).addBoth(self._start, d) for d in self.deliverers]
         sweeps = self._sweeps = LoopingCall(self.sweep)
         sweeps.clock = self._clock
 
@@ -146,6 +147,19 @@ class DeliveryService(Service):
         gatherResults(scans).addCallback(scanned).addErrback(
             lambda f: log.failure("Starting delivery", f)
         )
+
+    def _start(self, scanned: tuple[Scan, float] | Failure, deliverer: Deliverer) -> None:
+        """
+        Start C{deliverer} with what the scan of C{new/} found, unless the
+        service stopped meanwhile.  If the scan failed (logged), with
+        nothing: what lands is delivered, and the sweeps find what C{new/}
+        held.
+        """
+        if not self.running:
+            return
+        if isinstance(scanned, Failure):
+            scanned = (Scan((), ()), self._clock.seconds())
+        deliverer.start(*scanned)
 
     def sweep(self) -> Deferred[Any]:
         """

@@ -28,7 +28,6 @@ from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,8 +45,9 @@ from mxrecv.spool.layout import PENDING, TMP
 from mxrecv.spool.naming import isName
 from mxrecv.spool.store import Spool
 from mxrecv.tls.certificate import ReloadableCertificate, clockTime
+from mxrecv.tls.description import TLSFiles
 from mxrecv.web.access import AllowList, Gate
-from mxrecv.web.listen import Listener
+from mxrecv.web.listen import Listener, gatedListener
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackChannel
 
@@ -451,11 +451,11 @@ class AdminSite(Site):
         metrics do not count the admin listener's.
         """
 
-    def factory(self) -> Factory:
+    def gate(self) -> Gate:
         """
-        What to listen with: this site behind the allow list.
+        What to listen behind: the allow list, at accept.
         """
-        return Gate(self.allow, clock=self.reactor).wrap(self)
+        return Gate(self.allow, clock=self.reactor)
 
     def log(self, request: Request) -> None:
         pass
@@ -472,7 +472,7 @@ def buildAdmin(
     reactor: Any,
     pool: ThreadPool,
     takeUp: Callable[[str], None],
-    certificates: Sequence[ReloadableCertificate],
+    certificates: Mapping[TLSFiles, ReloadableCertificate],
     parent: IServiceCollection,
     more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
     redeliver: Callable[[str, str | None], Deferred[list[str]]] | None = None,
@@ -483,7 +483,9 @@ def buildAdmin(
     C{expected} callback listeners up, the HTTPS C{certificates} not
     expired, and the checks C{more}), C{POST /pending/NAME} and the
     C{/inbox}; for the clients in C{[admin] allow}, with C{[admin] token}
-    for POST, and C{headerTimeout} (the callback listeners').
+    for POST, and C{headerTimeout} (the callback listeners').  An C{ssl:}
+    admin listener has its certificate among C{certificates} (all the HTTPS
+    listeners', loaded at start-up and reloaded with the others).
 
     @param listening: how many callback listeners are up.
     @param takeUp: takes up an MMS in C{pending/} by name.
@@ -504,7 +506,7 @@ def buildAdmin(
         expected=expected,
         reactor=reactor,
         pool=pool,
-        certificates=certificates,
+        certificates=certificates.values(),
         more=[*more, localErrorCheck(registry, reactor, pool)],
     )
     token = BearerToken(config.token)
@@ -531,8 +533,9 @@ def buildAdmin(
         # send an Authorization header without script.
         selfChecking=frozenset({INBOX}),
     )
+    gate = site.gate()
     listeners = [
-        Listener.fromDescription(reactor, description, site.factory())
+        gatedListener(reactor, description, site, gate=gate, certificates=certificates)
         for description in config.listen
     ]
     for listener in listeners:

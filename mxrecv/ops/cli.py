@@ -51,9 +51,15 @@ class CommandError(Exception):
     """
 
 
-def checkConfig(path: str, out: TextIO) -> None:
+def checkConfig(path: str, out: TextIO, err: TextIO) -> None:
+    """
+    Validate the configuration at C{path}, say what it sets up on C{out},
+    and what is unwise in it on C{err} (a warning does not make it fail).
+    """
     config = loadConfig(path)
     out.write(f"{path}: ok\n")
+    for warning in config.warnings:
+        err.write(f"{path}: warning: {warning}\n")
     out.write(f"  listen: {', '.join(config.server.listen)}\n")
     out.write(f"  spool: {config.spool.dir}\n")
     admin = config.admin
@@ -387,7 +393,7 @@ def main(
     args = parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            checkConfig(args.file, out)
+            checkConfig(args.file, out, err)
             return 0
         if args.command == "webhook-secret":
             webhookSecret(out, args.out)

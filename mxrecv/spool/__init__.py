@@ -2,7 +2,9 @@
 """
 The spool: the Maildir-like directory the application reads (its names in
 L{layout}, message names in L{naming}), durable writes (L{durable},
-L{writer}), the group commit (L{store}) and the seen-id index (L{seen}).
+L{writer}), accepting messages (L{store}), the group commit (L{commit}),
+the seen-id index (L{seen}, L{seenjournal}), start-up recovery
+(L{recovery}) and the lock that keeps it to one server (L{lock}).
 L{openSpool} opens it, L{SpoolService} keeps it while running and
 L{PruneService} prunes its seen-id index.
 """

@@ -303,22 +303,6 @@ class SeenIndex:
 
         return self._write(write)
 
-    def release(self, claims: Sequence[Claim]) -> None:
-        """
-        Forget C{claims} (names this process marked seen, whose message will
-        not be stored after all: the callback is answered 503), and their
-        staged rows, durably.
-
-        @raise SeenIndexError: if the transaction failed; nothing changed.
-        """
-
-        def write(db: sqlite3.Connection) -> None:
-            for c in claims:
-                db.execute("DELETE FROM staged WHERE dir = ?", (c.dir,))
-                db.execute("DELETE FROM seen WHERE name = ?", (c.name,))
-
-        self._write(write)
-
     def settle(self, dirs: Iterable[str]) -> None:
         """
         Delete the staged rows of C{dirs}, durably: their messages are in

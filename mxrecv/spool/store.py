@@ -14,107 +14,56 @@ Layout (a public interface, documented in the README)::
 A message is acknowledged only when it is durable.  Making it durable costs
 fsyncs, so they are shared: each message is written and fsynced in its own
 directory under C{tmp/} by a pool of worker threads (concurrent fsyncs share
-the filesystem's journal commits), and for a whole group of messages at once
-(group commit), one group at a time, their names are durably marked seen
-(one transaction of the seen index), then they are renamed into place and
-the parent directories fsynced.
+the filesystem's journal commits), handed over once per turn of the reactor;
+then, for a whole group of messages at once (L{mxrecv.spool.commit}), their
+names are durably marked seen (one transaction of the seen-id index,
+L{mxrecv.spool.seen}), then they are renamed into place and the parent
+directories fsynced.
 
 A name is seen before its message is visible, and the index records where
 the message is staged until its rename is durable, so that after a crash
-start-up rolls a staged message forward: a name marked seen always has its
-message stored, and a stored message always has its name marked seen
-(docs/spool.md).
+start-up rolls a staged message forward (L{mxrecv.spool.recovery}): a name
+marked seen always has its message stored, and a stored message always has
+its name marked seen (docs/spool.md).  The spool belongs to one server at a
+time (L{mxrecv.spool.lock}).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxrecv.message.model import Message
+from mxrecv.spool.commit import Accepted, Commit, GroupCommit, SpoolError, Staging
 from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
-from mxrecv.spool.layout import (
-    DIRECTORIES,
-    FAILED,
-    LOCK,
-    MESSAGE_JSON,
-    NEW,
-    PENDING,
-    SEEN_DB,
-    SEEN_JOURNAL,
-    SEEN_LOCK,
-    STATE,
-    TMP,
-    Layout,
-)
+from mxrecv.spool.layout import MESSAGE_JSON, NEW, SEEN_DB, SEEN_LOCK, STATE, TMP, Layout
+from mxrecv.spool.lock import SpoolLocked, adoptLock, lockSpool
 from mxrecv.spool.naming import isName, nameForId
-from mxrecv.spool.seen import (
-    PRUNE_CHUNK,
-    Claim,
-    Pruned,
-    PruneStep,
-    SeenIndex,
-    SeenIndexError,
-)
-from mxrecv.spool.seenjournal import importJournal
+from mxrecv.spool.recovery import emptyTmp, importOldJournal, recoverStaged
+from mxrecv.spool.seen import PRUNE_CHUNK, SeenIndex, SeenIndexError
+
+__all__ = [
+    "Accepted",
+    "Spool",
+    "SpoolError",
+    "SpoolLocked",
+    "Staging",
+    "claimSpool",
+    "stagingPrefix",
+]
 
 log = Logger()
-
-#: Between two chunks of a prune that no group commit carries (no callbacks
-#: coming in), so that other processes' writers find the index free.
-PRUNE_PAUSE = 0.01
-
-
-class SpoolError(Exception):
-    """
-    A message could not be made durable; the callback is answered 503 so that
-    MX Telecom retries it.
-    """
-
-
-class SpoolLocked(Exception):
-    """
-    Another process holds the spool.
-    """
-
-
-@frozen
-class Accepted:
-    """
-    The outcome of L{Spool.accept}: the message is durable in the spool under
-    C{name}, stored by this call or (C{duplicate}) by an earlier one.
-    """
-
-    name: str
-    duplicate: bool
-
-
-@frozen
-class Staging:
-    """
-    A directory under C{tmp/} where a message's files are written (an
-    uploaded zip, for instance) before L{Spool.accept} commits it.
-    """
-
-    path: Path
-
-    def file(self, name: str) -> Path:
-        return self.path / name
 
 
 def stagingPrefix(worker: int | None) -> str:
@@ -150,13 +99,13 @@ def claimSpool(
     @raise SpoolError: if the seen-id index cannot be opened or written.
     """
     root = Path(root).absolute()
-    lock = _lock(root)
+    lock = lockSpool(root)
     index = SeenIndex(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync)
     try:
         index.open()
-        _importJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
-        stuck = _recover(root, index, "", sync)
-        _emptyTmp(root, "", stuck)
+        importOldJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
+        stuck = recoverStaged(root, index, "", sync)
+        emptyTmp(root, "", stuck)
     except SeenIndexError as e:
         os.close(lock)
         raise SpoolError(str(e)) from e
@@ -166,85 +115,6 @@ def claimSpool(
     finally:
         index.close()
     return lock
-
-
-def _lock(root: Path) -> int:
-    """
-    Create the spool's layout and take its lock, exclusively.
-    """
-    for which in DIRECTORIES:
-        (root / which).mkdir(parents=True, exist_ok=True)
-    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        raise SpoolLocked(f"another process is using the spool {root}") from None
-    return lock
-
-
-def _adoptLock(root: Path, fd: int) -> int:
-    """
-    Check that the inherited C{fd} is this spool's lock file, holding its
-    lock (taking it again through the same open file is a no-op); it is
-    then closed on exec, so that no process this one runs holds it.
-    """
-    try:
-        held, path = os.fstat(fd), os.stat(root / STATE / LOCK)
-    except OSError as e:
-        raise SpoolLocked(f"the inherited lock of {root} is not usable: {e.strerror}") from None
-    if (held.st_dev, held.st_ino) != (path.st_dev, path.st_ino):
-        raise SpoolLocked(f"the inherited lock is not the lock of the spool {root}")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SpoolLocked(f"another process is using the spool {root}") from None
-    os.set_inheritable(fd, False)
-    return fd
-
-
-@frozen
-class _Placed:
-    """
-    What became of staged messages rolled forward: the names now in place
-    (C{landed}, as C{(target, name)}), the staging directories whose staged
-    rows can go (C{settled}), and the claims still staged (C{stuck}).
-    """
-
-    landed: list[tuple[str, str]]
-    settled: list[str]
-    stuck: list[Claim]
-
-
-@frozen
-class _Claimed:
-    """
-    The first step of a group commit: the group's claims, the names that
-    were new (C{won}), what the prune did, what the leftovers rolled
-    forward put in place, or the C{error} that failed the whole group.
-    """
-
-    claims: list[Claim]
-    won: set[str]
-    pruned: Pruned | SeenIndexError | None
-    landed: list[tuple[str, str]]
-    error: SpoolError | None = None
-
-
-@frozen
-class _GroupResult:
-    outcomes: list[Accepted | SpoolError]
-    pruned: Pruned | SeenIndexError | None
-    landed: list[tuple[str, str]]
-    errors: list[str]
-
-
-@define
-class _Pruning:
-    step: PruneStep
-    waiting: list[Deferred[int]]
-    forgotten: int = 0
-    pause: IDelayedCall | None = field(default=None)
 
 
 class Spool:
@@ -287,21 +157,22 @@ class Spool:
             sync=sync,
             pruneChunk=pruneChunk,
         )
+        self._commits = GroupCommit(
+            self.root,
+            self._seen,
+            reactor=reactor,
+            pool=pool,
+            sync=sync,
+            landed=self.landed,
+            done=self._checkIdle,
+        )
         self._lock: int | None = None
         self._inflight: dict[str, list[Callable[[Accepted | Failure], None]]] = {}
-        self._queue: list[_Commit] = []
-        self._committing = False
-        self._pruning: _Pruning | None = None
         self._idleWaiting: list[Deferred[None]] = []
         self._newObservers: list[Callable[[str], None]] = []
         self._discarding = 0
         self._staged = itertools.count(1)
-        self._toPrepare: list[_Commit] = []
-        # Touched only by the group commit, one job at a time: the staging
-        # directories whose staged rows the next transaction deletes, and
-        # the claims whose messages are still to be rolled forward.
-        self._unstage: list[str] = []
-        self._stuck: list[Claim] = []
+        self._toPrepare: list[Commit] = []
 
     @property
     def isOpen(self) -> bool:
@@ -336,17 +207,17 @@ class Spool:
         @raise SpoolError: if the seen-id index cannot be opened or written.
         """
         if lock is None:
-            self._lock = _lock(self.root)
+            self._lock = lockSpool(self.root)
         else:
-            self._lock = _adoptLock(self.root, lock)
+            self._lock = adoptLock(self.root, lock)
         try:
             self._seen.open()
             if lock is None:
-                _importJournal(
+                importOldJournal(
                     self.root, self._seen, self._clock.seconds(), self._dedupe, self.sync
                 )
-            self._stuck = _recover(self.root, self._seen, self._prefix, self.sync)
-            _emptyTmp(self.root, self._prefix, self._stuck)
+            self._commits.stuck = recoverStaged(self.root, self._seen, self._prefix, self.sync)
+            emptyTmp(self.root, self._prefix, self._commits.stuck)
         except SeenIndexError as e:
             self.close()
             raise SpoolError(str(e)) from e
@@ -365,7 +236,7 @@ class Spool:
         return d
 
     def _checkIdle(self) -> None:
-        if self._inflight or self._queue or self._committing or self._discarding:
+        if self._inflight or self._commits.busy or self._discarding:
             return
         waiting, self._idleWaiting = self._idleWaiting, []
         for d in waiting:
@@ -376,12 +247,7 @@ class Spool:
         Close the index and release the spool; a prune still under way ends
         with what it forgot so far.
         """
-        pruning, self._pruning = self._pruning, None
-        if pruning is not None:
-            if pruning.pause is not None and pruning.pause.active():
-                pruning.pause.cancel()
-            for d in pruning.waiting:
-                d.callback(pruning.forgotten)
+        self._commits.close()
         try:
             self._seen.close()
         finally:
@@ -502,7 +368,7 @@ class Spool:
         if waiting is not None:
             return self._afterEarlier(waiting, message, target, staging)
         self._inflight[name] = []
-        commit = _Commit(name, target, message.encode(), staging, self._clock.seconds())
+        commit = Commit(name, target, message.encode(), staging, self._clock.seconds())
         if not self._toPrepare:
             self._reactor.callLater(0, self._handOff)
         self._toPrepare.append(commit)
@@ -552,7 +418,7 @@ class Spool:
         for commit in batch:
             self._pool.callInThread(self._prepare, commit, batch, remaining)
 
-    def _prepare(self, commit: _Commit, batch: list[_Commit], remaining: _Countdown) -> None:
+    def _prepare(self, commit: Commit, batch: list[Commit], remaining: _Countdown) -> None:
         """
         In a worker: prepare one message of a batch; the last of the batch
         hands it to the group commit, on the reactor.
@@ -566,15 +432,13 @@ class Spool:
         if remaining.done():
             self._reactor.callFromThread(self._prepared, batch)
 
-    def _prepared(self, batch: list[_Commit]) -> None:
+    def _prepared(self, batch: list[Commit]) -> None:
         for commit in batch:
-            if commit.error is None:
-                self._queue.append(commit)
-            else:
+            if commit.error is not None:
                 commit.fail(commit.error)
-        self._next()
+        self._commits.add(c for c in batch if c.error is None)
 
-    def _writeFiles(self, commit: _Commit) -> None:
+    def _writeFiles(self, commit: Commit) -> None:
         """
         In a worker: write and fsync the message's files in its staging
         directory.
@@ -593,196 +457,6 @@ class Spool:
                 removeTree(commit.staging.path)
             raise SpoolError(f"cannot write to the spool: {e.strerror}") from e
 
-    # Group commit
-
-    def _next(self) -> None:
-        if self._committing:
-            return
-        pruning = self._pruning
-        # A group carries a chunk of the prune under way; with no group,
-        # a chunk goes alone, after a pause.
-        if not self._queue and (pruning is None or pruning.pause is not None):
-            return
-        step = pruning.step if pruning is not None else None
-        group, self._queue = self._queue, []
-        self._committing = True
-        self._pool.callInThread(self._claimGroup, group, step)
-
-    def _claimGroup(self, group: list[_Commit], prune: PruneStep | None) -> None:
-        """
-        In a worker, the first step of a group commit, then the second, as
-        a job of its own (so that a test's pool can stop between the two).
-        """
-        try:
-            claimed: _Claimed | Failure = self._claim(group, prune)
-        except BaseException:
-            claimed = Failure()
-        self._pool.callInThread(self._placeGroup, group, claimed)
-
-    def _claim(self, group: list[_Commit], prune: PruneStep | None) -> _Claimed:
-        """
-        In a worker: make the staging directories' entries durable, then
-        mark the names seen in one transaction (with one chunk of a prune
-        under way).
-        """
-        landed: list[tuple[str, str]] = []
-        if self._stuck:
-            placed = _rollForward(self.root, self._stuck, self.sync)
-            landed += placed.landed
-            self._unstage += placed.settled
-            self._stuck = placed.stuck
-        claims = [
-            Claim(c.name, str(c.staging.path.relative_to(self.root)), c.target, c.received)
-            for c in group
-        ]
-        try:
-            if group:
-                # The names are about to be durably seen: their messages'
-                # staging directories must be durable first.
-                fsyncPath(self.dir(TMP), self.sync)
-            won, pruned = self._seen.claim(claims, self._unstage, prune)
-        except (OSError, SeenIndexError) as e:
-            for commit in group:
-                removeTree(commit.staging.path)
-            error = SpoolError(f"cannot write to the spool: {_reason(e)}")
-            failed = SeenIndexError(str(error)) if prune is not None else None
-            return _Claimed(claims, set(), failed, landed, error)
-        self._unstage = []
-        return _Claimed(claims, won, pruned, landed)
-
-    def _placeGroup(self, group: list[_Commit], claimed: _Claimed | Failure) -> None:
-        """
-        In a worker, the second step: put the messages in place; then back
-        to the reactor with the outcomes.
-        """
-        result: _GroupResult | Failure
-        if isinstance(claimed, Failure):
-            result = claimed
-        elif claimed.error is not None:
-            error = claimed.error
-            result = _GroupResult([error] * len(group), claimed.pruned, claimed.landed, [])
-        else:
-            try:
-                errors: list[str] = []
-                outcomes = self._place(group, claimed.claims, claimed.won, errors)
-                result = _GroupResult(outcomes, claimed.pruned, claimed.landed, errors)
-            except BaseException:
-                result = Failure()
-        self._reactor.callFromThread(self._committed, result, group)
-
-    def _place(
-        self, group: list[_Commit], claims: list[Claim], won: set[str], errors: list[str]
-    ) -> list[Accepted | SpoolError]:
-        """
-        In a worker, once the names are durably seen: rename each message
-        whose name was new into place, and fsync the parents.  A message
-        that cannot be put in place is answered 503 and its name forgotten
-        again (so that MX Telecom's retry is stored); if even that fails, it
-        stays staged, to be rolled forward with the next group.
-        """
-        outcomes: list[Accepted | SpoolError] = []
-        parents: set[Path] = set()
-        renamed: list[tuple[_Commit, Claim]] = []
-        undo: list[tuple[_Commit, Claim]] = []
-        for commit, claim in zip(group, claims):
-            if commit.name not in won:
-                removeTree(commit.staging.path)
-                outcomes.append(Accepted(commit.name, duplicate=True))
-                continue
-            destination = self.dir(commit.target) / commit.name
-            try:
-                os.rename(commit.staging.path, destination)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    # Already there (put by hand?): answered as stored, so
-                    # its entry must be durable too.
-                    removeTree(commit.staging.path)
-                    parents.add(destination.parent)
-                    self._unstage.append(claim.dir)
-                    outcomes.append(Accepted(commit.name, duplicate=True))
-                else:
-                    undo.append((commit, claim))
-                    outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
-                continue
-            parents.add(destination.parent)
-            renamed.append((commit, claim))
-            outcomes.append(Accepted(commit.name, duplicate=False))
-        try:
-            for parent in parents:
-                fsyncPath(parent, self.sync)
-        except OSError as e:
-            error = SpoolError(f"cannot write to the spool: {e.strerror}")
-            outcomes = [error if isinstance(o, Accepted) else o for o in outcomes]
-            undo += self._unrename(renamed)
-        else:
-            self._unstage += [claim.dir for _, claim in renamed]
-        if undo:
-            try:
-                self._seen.release([claim for _, claim in undo])
-            except SeenIndexError as e:
-                self._stuck += [claim for _, claim in undo]
-                errors.append(
-                    f"cannot forget the ids of messages that could not be stored ({e}): "
-                    "they stay staged, to be moved into place with the next group"
-                )
-            else:
-                for commit, _ in undo:
-                    removeTree(commit.staging.path)
-        return outcomes
-
-    def _unrename(self, renamed: list[tuple[_Commit, Claim]]) -> list[tuple[_Commit, Claim]]:
-        """
-        In a worker, after a failed directory fsync: take the messages this
-        group renamed back out of their targets, so that none that will be
-        answered 503 (and retried by MX Telecom) is left for the
-        application.  Best effort: one that cannot be moved back (the
-        application may have taken it already) stays, its name seen, and
-        the retry is answered as a duplicate.
-
-        @return: those moved back.
-        """
-        back = []
-        for commit, claim in renamed:
-            try:
-                os.rename(self.dir(commit.target) / commit.name, commit.staging.path)
-            except OSError:
-                self._unstage.append(claim.dir)
-                continue
-            back.append((commit, claim))
-        return back
-
-    def _committed(
-        self, result: _GroupResult | Failure, group: list[_Commit]
-    ) -> None:
-        self._committing = False
-        if isinstance(result, Failure):
-            log.failure("Group commit failed", result)
-            for commit in group:
-                commit.fail(SpoolError("cannot write to the spool"))
-            self._pruneFailed(result)
-        else:
-            for error in result.errors:
-                log.error("Group commit: {error}", error=error)
-            for commit, outcome in zip(group, result.outcomes):
-                if isinstance(outcome, Accepted):
-                    commit.result.callback(outcome)
-                    # After the 200: delivery must never delay an ack.
-                    if commit.target == NEW and not outcome.duplicate:
-                        self.landed(commit.name)
-                else:
-                    commit.fail(outcome)
-            for target, name in result.landed:
-                log.info("Moved the staged message {name} to {target}/", name=name, target=target)
-                if target == NEW:
-                    self.landed(name)
-            if isinstance(result.pruned, SeenIndexError):
-                self._pruneFailed(Failure(result.pruned))
-            elif result.pruned is not None:
-                self._pruneProgress(result.pruned, alone=not group)
-        self._next()
-        # A group of prunes only settles no message: check here too.
-        self._checkIdle()
-
     # Forgetting old ids
 
     def prune(self) -> Deferred[int]:
@@ -794,166 +468,7 @@ class Spool:
 
         @return: fires with the number of ids forgotten.
         """
-        d: Deferred[int] = Deferred()
-        if self._pruning is not None:
-            self._pruning.waiting.append(d)
-            return d
-        cutoff = self._clock.seconds() - self._dedupe
-        self._pruning = _Pruning(PruneStep(cutoff), [d])
-        self._next()
-        return d
-
-    def _pruneProgress(self, pruned: Pruned, alone: bool) -> None:
-        pruning = self._pruning
-        if pruning is None:
-            return
-        pruning.forgotten += pruned.forgotten
-        pruning.step = pruned.next(pruning.step)
-        if pruned.done:
-            self._pruning = None
-            for d in pruning.waiting:
-                d.callback(pruning.forgotten)
-        elif alone:
-            pruning.pause = self._reactor.callLater(PRUNE_PAUSE, self._resumePrune, pruning)
-
-    def _resumePrune(self, pruning: _Pruning) -> None:
-        pruning.pause = None
-        self._next()
-
-    def _pruneFailed(self, reason: Failure) -> None:
-        pruning, self._pruning = self._pruning, None
-        if pruning is not None:
-            for d in pruning.waiting:
-                d.errback(reason)
-
-
-def _importJournal(
-    root: Path, index: SeenIndex, now: float, dedupeSeconds: float, sync: bool
-) -> None:
-    """
-    Import the seen-id journal of an older mxrecv, if it is there.
-    """
-    journal = root / STATE / SEEN_JOURNAL
-    if not journal.is_file():
-        return
-    present = [
-        entry.name
-        for which in (NEW, PENDING, FAILED)
-        for entry in (root / which).iterdir()
-        if isName(entry.name)
-    ]
-    added = importJournal(
-        index, journal, cutoff=now - dedupeSeconds, alsoPresent=present, now=now, sync=sync
-    )
-    log.info(
-        "Imported {count} ids from the seen-id journal {journal} into {index}",
-        count=added,
-        journal=str(journal),
-        index=str(index.path),
-    )
-
-
-def _recover(root: Path, index: SeenIndex, prefix: str, sync: bool) -> list[Claim]:
-    """
-    Blocking, at start-up: roll forward the staged messages of the process
-    whose staging names start with C{prefix} (all of them for C{""}), and
-    delete their staged rows.
-
-    @return: the claims that could not be rolled forward (logged): their
-        staging directories are kept, to be tried again.
-    """
-    # A crash between a rename and its directory's fsync leaves a message
-    # visible but not durable: make it durable before its staged row goes.
-    for which in (NEW, PENDING, FAILED):
-        fsyncPath(root / which, sync)
-    claims = [c for c in index.staged() if Path(c.dir).name.startswith(prefix)]
-    placed = _rollForward(root, claims, sync)
-    index.settle(placed.settled)
-    for target, name in placed.landed:
-        log.info("Moved the staged message {name} to {target}/", name=name, target=target)
-    for claim in placed.stuck:
-        log.error(
-            "Cannot move the staged message {dir} to {target}/{name}: its id is "
-            "marked seen; will try again with each group commit",
-            dir=claim.dir,
-            target=claim.target,
-            name=claim.name,
-        )
-    return placed.stuck
-
-
-def _emptyTmp(root: Path, prefix: str, keep: Sequence[Claim]) -> None:
-    """
-    Remove what a previous run of the process left in C{tmp/} (its staging
-    names start with C{prefix}; C{""} for all), but for the staging
-    directories of C{keep}.
-    """
-    kept = {root / c.dir for c in keep}
-    for entry in (root / TMP).iterdir():
-        if entry.name.startswith(prefix) and entry not in kept:
-            removeTree(entry)
-
-
-def _rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> _Placed:
-    """
-    Blocking: rename the messages of C{claims} (marked seen, with their
-    staging directories) into place, and fsync the parents.  A claim whose
-    staging directory is gone was renamed already.
-    """
-    landed: list[tuple[str, str]] = []
-    settled: list[str] = []
-    stuck: list[Claim] = []
-    parents: dict[Path, list[Claim]] = {}
-    for claim in claims:
-        source = _stagedPath(root, claim)
-        if source is None or not source.exists():
-            settled.append(claim.dir)
-            continue
-        destination = root / claim.target / claim.name
-        try:
-            os.rename(source, destination)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                removeTree(source)
-                settled.append(claim.dir)
-            else:
-                stuck.append(claim)
-            continue
-        parents.setdefault(destination.parent, []).append(claim)
-    for parent, moved in parents.items():
-        try:
-            fsyncPath(parent, sync)
-        except OSError:
-            # In place, not yet durable: its row stays, and goes once the
-            # next try finds its staging directory gone.
-            stuck += moved
-            continue
-        settled += [c.dir for c in moved]
-        landed += [(c.target, c.name) for c in moved]
-    return _Placed(landed, settled, stuck)
-
-
-def _stagedPath(root: Path, claim: Claim) -> Path | None:
-    """
-    The staging directory of a claim read from the index, or C{None} if the
-    row is not one this spool could have written.
-    """
-    parts = Path(claim.dir).parts
-    if (
-        len(parts) != 2
-        or parts[0] != TMP
-        or parts[1] in ("", ".", "..")
-        or claim.target not in (NEW, PENDING)
-        or not isName(claim.name)
-    ):
-        return None
-    return root / claim.dir
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e)
+        return self._commits.prune(self._clock.seconds() - self._dedupe)
 
 
 class _Countdown:
@@ -970,23 +485,3 @@ class _Countdown:
         with self._lock:
             self._left -= 1
             return self._left == 0
-
-
-class _Commit:
-    """
-    One message on its way through L{Spool.accept}.
-    """
-
-    def __init__(
-        self, name: str, target: str, document: bytes, staging: Staging | None, received: float
-    ) -> None:
-        self.name = name
-        self.target = target
-        self.document = document
-        self.staging = staging
-        self.received = received
-        self.result: Deferred[Accepted] = Deferred()
-        self.error: Failure | None = None
-
-    def fail(self, reason: Failure | Exception) -> None:
-        self.result.errback(reason)

@@ -12,6 +12,7 @@ can be reloaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -27,10 +28,40 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from mxrecv.config import parseListen
 from mxrecv.tls.certificate import ReloadableCertificate
-from mxrecv.tls.description import TLSListen
+from mxrecv.tls.description import TLSFiles, TLSListen
+from mxrecv.web.access import Gate
 
 log = Logger()
+
+
+def gatedListener(
+    reactor: Any,
+    description: str,
+    factory: IProtocolFactory,
+    *,
+    gate: Gate,
+    certificates: Mapping[TLSFiles, ReloadableCertificate],
+    endpoint: IStreamServerEndpoint | None = None,
+) -> Listener:
+    """
+    A listener for C{factory} on the listen string C{description}, behind
+    C{gate}: an C{ssl:} one with its certificate among C{certificates}, its
+    TLS inside the gate, so that a client the gate drops costs no
+    handshake.  The callback and admin listeners are all made here.
+
+    @param endpoint: where to listen, when not where C{description} says
+        (in a worker process, the socket its parent made for it).
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        factory = tlsFactory(factory, certificates[listen.files])
+        if endpoint is None:
+            endpoint = tlsEndpoint(reactor, listen)
+    elif endpoint is None:
+        endpoint = serverFromString(reactor, description)
+    return Listener(endpoint, gate.wrap(factory))
 
 
 def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
@@ -63,15 +94,6 @@ class Listener(Service):
         self.factory = factory
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
-
-    @classmethod
-    def fromDescription(
-        cls, reactor: Any, description: str, factory: IProtocolFactory
-    ) -> Listener:
-        """
-        A listener on a plain (not C{ssl:}) endpoint description.
-        """
-        return cls(serverFromString(reactor, description), factory)
 
     def startService(self) -> None:
         super().startService()

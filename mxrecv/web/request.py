@@ -125,6 +125,17 @@ class CallbackChannel(HTTPChannel):
         self._stopHeaderDeadline()
         super().allHeadersReceived()
 
+    def timeoutConnection(self) -> None:
+        """
+        twisted.web's idle timeout, but not while the server itself holds
+        back the body of the request in hand (L{CallbackRequest.heldBack}):
+        then it waits another period.
+        """
+        if self.requests and getattr(self.requests[-1], "heldBack", False):
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
+
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         # Every answer a request writes comes through here, error pages too.
         if isinstance(headers, Headers):
@@ -335,6 +346,7 @@ class CallbackRequest(Request):
     _deadline: IDelayedCall | None = None
     _closing: IDelayedCall | None = None
     _pace: _MinimumRate | None = None
+    _producer: _HeldBack | None = None
     _bodyDone = False
     _gone = False
 
@@ -376,10 +388,10 @@ class CallbackRequest(Request):
         except Refusal as refusal:
             self._refuse(refusal)
             return
-        producer = self.channel.transport
         if length != 0 and site.minBodyRate:
-            producer = self._pace = _MinimumRate(self, producer, site)
-        self.body.registerProducer(producer)
+            self._pace = _MinimumRate(self, site)
+        self._producer = _HeldBack(self.channel, self._pace)
+        self.body.registerProducer(self._producer)
         self.channel.transport.bufferSize = READ_SIZE
         self._deadline = site.reactor.callLater(site.requestTimeout, self._timedOut)
 
@@ -444,6 +456,14 @@ class CallbackRequest(Request):
         self.channel.transport.loseConnection()
 
     @property
+    def heldBack(self) -> bool:
+        """
+        Whether the server is holding the body back (its writer behind):
+        time that is not the client's (L{_HeldBack}).
+        """
+        return self._producer is not None and self._producer.paused
+
+    @property
     def bodyBytes(self) -> int:
         """
         How many bytes of body were received.
@@ -469,7 +489,6 @@ class CallbackRequest(Request):
             self._pace = None
 
     def _tooSlow(self) -> None:
-        self._pace = None
         self._refuse(
             Refusal(
                 HTTPStatus.REQUEST_TIMEOUT,
@@ -516,7 +535,6 @@ class CallbackRequest(Request):
         )
 
 
-@implementer(IPushProducer)
 class _MinimumRate:
     """
     Keeps a request's body to the site's C{minBodyRate}: after a grace of
@@ -525,15 +543,12 @@ class _MinimumRate:
     with 408 (L{CallbackRequest._tooSlow}).  Without it a client could
     trickle a body for as long as C{requestTimeout}.
 
-    It is the producer the body pauses while its writer is behind, in front
-    of the connection: time the server holds the body back is not the
-    client's, so the clock stops while paused, and a whole window starts
-    again when resumed.
+    Its clock stops while the server holds the body back (L{_HeldBack}),
+    and a whole window starts again when the body is let in again.
     """
 
-    def __init__(self, request: CallbackRequest, transport: Any, site: CallbackSite) -> None:
+    def __init__(self, request: CallbackRequest, site: CallbackSite) -> None:
         self._request = request
-        self._transport = transport
         self._clock = site.reactor
         self._window = site.bodyGrace
         self._least = site.minBodyRate * site.bodyGrace
@@ -554,27 +569,62 @@ class _MinimumRate:
 
     def stop(self) -> None:
         """
-        The body is in, or will not be: no more checks (its writer may
-        still pause and resume the connection).
+        The body is in, or will not be: no more checks.
         """
         self._done = True
-        self._pause()
+        self.pause()
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
+        """
+        The server holds the body back: the clock stops.
+        """
         _cancel(self._check)
         self._check = None
 
-    def pauseProducing(self) -> None:
-        self._pause()
-        self._transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._transport.resumeProducing()
+    def resume(self) -> None:
+        """
+        The body is let in again: a whole window from now.
+        """
         if self._check is None and not self._done:
             self._begin()
 
+
+@implementer(IPushProducer)
+class _HeldBack:
+    """
+    The producer a request's body pauses while its writer is behind, in
+    front of the connection, knowing meanwhile that the server, not the
+    client, holds the body back.  That time is not the client's: the
+    minimum rate's clock stops (L{_MinimumRate}), twisted.web's idle timeout
+    lets it pass (L{CallbackChannel.timeoutConnection}) and starts again
+    when the body is let in again; the request's own deadline still bounds
+    it.
+
+    @ivar paused: whether the server holds the body back.
+    """
+
+    def __init__(self, channel: HTTPChannel, rate: _MinimumRate | None) -> None:
+        self._channel = channel
+        self._transport = channel.transport
+        self._rate = rate
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._rate is not None:
+            self._rate.pause()
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._transport.resumeProducing()
+        self._channel.resetTimeout()
+        if self._rate is not None:
+            self._rate.resume()
+
     def stopProducing(self) -> None:
-        self.stop()
+        if self._rate is not None:
+            self._rate.stop()
         self._transport.stopProducing()
 
 

@@ -10,20 +10,19 @@ from collections.abc import Callable, Mapping, Sequence
 
 from attrs import frozen
 from twisted.application.service import IServiceCollection
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from mxrecv.config import Config, ServerConfig, parseListen
+from mxrecv.config import Config, ServerConfig
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls.certificate import ReloadableCertificate
-from mxrecv.tls.description import TLSFiles, TLSListen
+from mxrecv.tls.description import TLSFiles
 from mxrecv.web.access import AllowList, ConnectionEvents, Gate
 from mxrecv.web.body import BodyChooser
 from mxrecv.web.drain import DrainService, InFlight
 from mxrecv.web.limits import connectionCap, raiseFileLimit
-from mxrecv.web.listen import Listener, tlsEndpoint, tlsFactory
+from mxrecv.web.listen import Listener, gatedListener
 from mxrecv.web.multipart import MultipartBody
 from mxrecv.web.outcome import CallbackOutcome
 from mxrecv.web.request import CallbackSite
@@ -154,14 +153,14 @@ def serveCallbacks(
     gate = connectionGate(server, reactor=reactor, events=events)
     listeners = []
     for i, description in enumerate(server.listen):
-        listen = parseListen(description)
-        if isinstance(listen, TLSListen):
-            endpoint = tlsEndpoint(reactor, listen)
-            factory = tlsFactory(site, certificates[listen.files])
-        else:
-            endpoint = serverFromString(reactor, description)
-            factory = site
-        listener = Listener(endpoint if endpoints is None else endpoints[i], gate.wrap(factory))
+        listener = gatedListener(
+            reactor,
+            description,
+            site,
+            gate=gate,
+            certificates=certificates,
+            endpoint=None if endpoints is None else endpoints[i],
+        )
         listener.setServiceParent(parent)
         listeners.append(listener)
     return Edge(listeners, inFlight)

@@ -31,21 +31,19 @@ import os
 import shutil
 import signal
 import sys
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
@@ -73,10 +71,12 @@ from mxrecv.workers.control import (
     Hello,
     Lines,
     lines,
-    message,
     parseMessage,
 )
-from mxrecv.workers.restart import RestartPolicy, Restarts
+from mxrecv.workers.health import WorkersCollector, workersCheck
+from mxrecv.workers.relay import Relay
+from mxrecv.workers.restart import RestartPolicy
+from mxrecv.workers.slot import Slot
 from mxrecv.workers.sockets import SharedSocket, familyOf, socketSpec
 
 log = Logger()
@@ -86,51 +86,12 @@ METRICS_DIR = "metrics"
 # Seconds after shutdown_timeout that a worker has to end after SIGTERM
 # (its commits, its thread pools), before it is killed.
 STOP_GRACE = 15.0
-# A worker whose last "alive" is older than this is not up (its reactor is
-# stuck, or it is not started yet).
-ALIVE_WITHIN = 5.0
-# Names kept for the leader while no worker leads; more are dropped (the
-# next leader takes up all of pending/ and new/ when it starts anyway).
-MAX_WAITING = 10_000
 # How a worker is started: twistd, as the parent was.
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
 
 
-class _Slot:
-    """
-    Worker number C{number}: the process running as it now, if any.
-    """
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.process: Any = None
-        self.protocol: _WorkerProtocol | None = None
-        self.pid: int | None = None
-        self.started = 0.0
-        self.lastAlive: float | None = None
-        self.listening = 0
-        self.ready = False
-        self.restarts = Restarts()
-        self.restart: Any = None
-
-    def isUp(self, now: float, expected: int) -> bool:
-        return (
-            self.process is not None
-            and self.lastAlive is not None
-            and now - self.lastAlive <= ALIVE_WITHIN
-            and self.listening >= expected
-        )
-
-    def send(self, data: bytes) -> None:
-        if self.process is not None:
-            try:
-                self.process.writeToChild(PARENT_FD, data)
-            except (OSError, KeyError):
-                pass
-
-
 class _WorkerProtocol(ProcessProtocol):
-    def __init__(self, supervisor: Supervisor, slot: _Slot, hello: bytes) -> None:
+    def __init__(self, supervisor: Supervisor, slot: Slot, hello: bytes) -> None:
         self._supervisor = supervisor
         self._slot = slot
         self._hello = hello
@@ -163,7 +124,7 @@ class Supervisor(OrderedService):
     The parent process's service (see the module's docstring).
 
     @ivar sockets: the shared listening sockets, once made.
-    @ivar leader: the slot of the worker that leads, if one does.
+    @ivar relay: what the leader must hear of, and which worker leads.
     """
 
     def __init__(
@@ -186,11 +147,9 @@ class Supervisor(OrderedService):
         self._policy = policy
         self.spool = Path(config.spool.dir).absolute()
         self.metricsDir = self.spool / STATE / METRICS_DIR
-        self.slots = [_Slot(n) for n in range(config.server.workers)]
+        self.slots = [Slot(n) for n in range(config.server.workers)]
         self.sockets: list[SharedSocket] = []
-        self.leader: _Slot | None = None
-        self._waiting: deque[bytes] = deque()
-        self._dropped = 0
+        self.relay = Relay()
         self._stopping = False
         self._allEnded: Deferred[None] | None = None
         self._killTimer: Any = None
@@ -215,11 +174,15 @@ class Supervisor(OrderedService):
             return None
         return observerFor(self.config.log.format, self._logFile, [self.config.retrieve.password])
 
-    def workerLog(self, slot: _Slot, data: bytes) -> None:
+    def workerLog(self, slot: Slot, data: bytes) -> None:
         """
         Whole log lines of a worker, already formatted (and redacted) by it.
         """
         if not data:
+            return
+        if isinstance(self._logFile, LogFile):
+            # As it came: a twistd log file takes bytes, and rotates.
+            self._logFile.write(data)
             return
         text = data.decode("utf-8", "replace")
         if self._logFile is not None:
@@ -229,7 +192,7 @@ class Supervisor(OrderedService):
             for line in text.splitlines():
                 log.info("{line}", line=line, worker=slot.number)
 
-    def workerStderr(self, slot: _Slot, line: bytes) -> None:
+    def workerStderr(self, slot: Slot, line: bytes) -> None:
         log.warn(
             "Worker {worker} wrote: {line}",
             worker=slot.number,
@@ -319,7 +282,7 @@ class Supervisor(OrderedService):
                 )
                 self._signal(slot, "KILL")
 
-    def _signal(self, slot: _Slot, name: str) -> None:
+    def _signal(self, slot: Slot, name: str) -> None:
         if slot.process is not None:
             try:
                 slot.process.signalProcess(name)
@@ -345,7 +308,7 @@ class Supervisor(OrderedService):
 
     # The workers
 
-    def _start(self, slot: _Slot) -> None:
+    def _start(self, slot: Slot) -> None:
         slot.restart = None
         if self._stopping:
             return
@@ -376,9 +339,7 @@ class Supervisor(OrderedService):
             str(slot.number),
         ]
         slot.started = self._reactor.seconds()
-        slot.lastAlive = None
-        slot.listening = 0
-        slot.ready = False
+        slot.reset()
         try:
             slot.process = self._reactor.spawnProcess(
                 protocol, sys.executable, argv, env=self._environment(), childFDs=childFDs
@@ -387,7 +348,6 @@ class Supervisor(OrderedService):
             log.error("Cannot start worker {worker}: {error}", worker=slot.number, error=e)
             self._restartLater(slot, 0.0)
             return
-        slot.protocol = protocol
         slot.pid = slot.process.pid
         log.info("Worker {worker} started (pid {pid})", worker=slot.number, pid=slot.pid)
 
@@ -403,14 +363,11 @@ class Supervisor(OrderedService):
             "PROMETHEUS_MULTIPROC_DIR": str(self.metricsDir),
         }
 
-    def workerEnded(self, slot: _Slot, reason: Failure) -> None:
+    def workerEnded(self, slot: Slot, reason: Failure) -> None:
         pid = slot.pid
-        slot.process = slot.protocol = None
-        slot.lastAlive = None
-        slot.listening = 0
-        slot.ready = False
-        if self.leader is slot:
-            self.leader = None
+        slot.process = None
+        slot.reset()
+        self.relay.ended(slot)
         if pid is not None:
             mark_process_dead(pid, str(self.metricsDir))
         how = _ending(reason)
@@ -433,28 +390,23 @@ class Supervisor(OrderedService):
         )
         self._restartLater(slot, delay)
 
-    def _restartLater(self, slot: _Slot, delay: float) -> None:
+    def _restartLater(self, slot: Slot, delay: float) -> None:
         slot.restart = self._reactor.callLater(delay, self._start, slot)
 
-    def workerSaid(self, slot: _Slot, verb: str, argument: str | None) -> None:
+    def workerSaid(self, slot: Slot, verb: str, argument: str | None) -> None:
         if verb == ALIVE:
             slot.lastAlive = self._reactor.seconds()
             slot.listening = _count(argument)
             if not slot.ready and slot.listening >= len(self.config.server.listen):
                 self._ready(slot)
         elif verb == LEADER:
-            if self.leader is not slot:
-                log.info("Worker {worker} (pid {pid}) leads", worker=slot.number, pid=slot.pid)
-            self.leader = slot
-            waiting, self._waiting = self._waiting, deque()
-            if waiting:
-                slot.send(b"".join(waiting))
+            self.relay.leads(slot)
         elif verb in (PENDING, NEW) and argument and isName(argument):
             self.tellLeader(verb, argument)
         else:
             log.warn("Unknown message from worker {worker}: {verb}", worker=slot.number, verb=verb)
 
-    def _ready(self, slot: _Slot) -> None:
+    def _ready(self, slot: Slot) -> None:
         """
         The worker runs (its reactor, so its signal handlers too) and listens
         on every socket.
@@ -473,22 +425,9 @@ class Supervisor(OrderedService):
 
     def tellLeader(self, verb: str, name: str) -> None:
         """
-        Pass a name on to the leader, or keep it until one leads.
+        Pass a name on to the leader (L{Relay}).
         """
-        data = message(verb, name)
-        if self.leader is not None and self.leader.process is not None:
-            self.leader.send(data)
-        elif len(self._waiting) < MAX_WAITING:
-            self._waiting.append(data)
-        else:
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % MAX_WAITING == 0:
-                log.warn(
-                    "No worker leads and {count} names wait for one: dropped {dropped} "
-                    "(the next leader takes up all of pending/ and new/ when it starts)",
-                    count=len(self._waiting),
-                    dropped=self._dropped,
-                )
+        self.relay.tell(verb, name)
 
     def takeUp(self, name: str) -> None:
         """
@@ -499,67 +438,15 @@ class Supervisor(OrderedService):
     # Health
 
     def workersCheck(self) -> Check:
-        now = self._reactor.seconds()
-        expected = len(self.config.server.listen)
-        up = [slot for slot in self.slots if slot.isUp(now, expected)]
-        leader = self.leader
-        parts = [f"{len(up)} of {len(self.slots)} up"]
-        parts.append("no leader" if leader is None else f"worker {leader.number} leads")
-        states = [
-            {
-                "worker": slot.number,
-                "pid": slot.pid if slot.process is not None else None,
-                "up": slot in up,
-                "leader": slot is leader,
-                "listening": slot.listening,
-                "restarts": slot.restarts.total,
-                "seconds_since_alive": None
-                if slot.lastAlive is None
-                else round(now - slot.lastAlive, 3),
-            }
-            for slot in self.slots
-        ]
-        return Check("workers", bool(up) and leader is not None, "; ".join(parts), {"workers": states})
+        return workersCheck(
+            self.slots,
+            self.relay.leader,
+            now=self._reactor.seconds(),
+            expected=len(self.config.server.listen),
+        )
 
     def listening(self) -> int:
         return len(self.sockets)
-
-
-class WorkersCollector(Collector):
-    """
-    The workers as the parent sees them: up or not, leading or not, and
-    how many times each was started again.
-    """
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def collect(self) -> Iterator[Any]:
-        supervisor = self._supervisor
-        check = supervisor.workersCheck()
-        up = GaugeMetricFamily(
-            "mxrecv_worker_up",
-            "Whether the worker process is running, answering its parent and listening.",
-            labels=["worker"],
-        )
-        leader = GaugeMetricFamily(
-            "mxrecv_worker_leader",
-            "Whether the worker process leads (MMS work, delivery, prune).",
-            labels=["worker"],
-        )
-        restarts = CounterMetricFamily(
-            "mxrecv_worker_restarts",
-            "Times the worker process died and was started again.",
-            labels=["worker"],
-        )
-        for state in check.more["workers"]:
-            label = [str(state["worker"])]
-            up.add_metric(label, 1 if state["up"] else 0)
-            leader.add_metric(label, 1 if state["leader"] else 0)
-            restarts.add_metric(label, state["restarts"])
-        yield up
-        yield leader
-        yield restarts
 
 
 def _address(s: SharedSocket) -> str:
@@ -603,7 +490,9 @@ def buildSupervisor(
             raise SystemExit(f"mxrecv: server.listen[{i}]: {e}") from None
     # Checked before anything starts, as by a server of one process.
     certificates = loadCertificates(
-        config.server.listen, warnDays=config.tls.expiry_warning_days, reactor=reactor
+        {"server.listen": config.server.listen, "admin.listen": config.admin.listen},
+        warnDays=config.tls.expiry_warning_days,
+        reactor=reactor,
     )
     text = None
     base = Path(".").absolute()
@@ -638,7 +527,7 @@ def buildSupervisor(
     MultiProcessCollector(registry, path=str(supervisor.metricsDir))
     spool = Spool(config.spool.dir, reactor=reactor, pool=pool, sync=config.spool.fsync)
     registry.register(SpoolCollector(spool))
-    registry.register(WorkersCollector(supervisor))
+    registry.register(WorkersCollector(supervisor.workersCheck))
     deadLetters = buildDeadLetters(
         config.deliver,
         spool,
@@ -656,7 +545,7 @@ def buildSupervisor(
         reactor=reactor,
         pool=pool,
         takeUp=supervisor.takeUp,
-        certificates=supervisor.certificates,
+        certificates=certificates,
         parent=supervisor,
         more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
         redeliver=deadLetters.redeliver if deadLetters else None,

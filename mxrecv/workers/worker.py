@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.metrics_core import Metric
 from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet import stdio
@@ -34,7 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from mxrecv.config import Config, loadConfig, parseConfig
-from mxrecv.ops.metrics import Metrics
+from mxrecv.ops.logs import observerFor
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.store import Spool
 from mxrecv.tls.reload import canHandleSignals
@@ -51,7 +50,9 @@ from mxrecv.workers.control import (
     ParentChannel,
     readHello,
 )
+from mxrecv.workers.gauges import SAMPLE_INTERVAL, GaugeBridge
 from mxrecv.workers.leader import FileLeaderLock, Leadership
+from mxrecv.workers.logs import CoalescingFile, namedObserver
 from mxrecv.workers.sockets import AdoptedEndpoint
 
 log = Logger()
@@ -60,8 +61,6 @@ log = Logger()
 LEADER_FILE = "leader"
 # Seconds between two "alive" messages to the parent.
 HEARTBEAT = 1.0
-# Seconds between two samples of the collectors a worker watches.
-SAMPLE_INTERVAL = 2.0
 
 
 class PendingWork(Protocol):
@@ -150,18 +149,22 @@ class Worker:
         parent: IServiceCollection,
         spool: Spool,
         build: Callable[[IServiceCollection], PendingWork],
+        *,
+        relayNew: bool,
     ) -> Callable[[str], None]:
         """
         Build the leader's work with C{build}, into C{parent}, once this
         worker leads; until then (and in the workers that do not lead),
-        tell the leader of each message committed into C{spool}'s C{new/}.
+        tell the leader of each message committed into C{spool}'s C{new/}
+        if C{relayNew} (the leader delivers them: C{[deliver]}).
 
         @return: what takes up an MMS accepted into C{pending/}: the
             leader's work if this worker leads, else a message to the
             leader.
         """
         self._spool = spool
-        spool.observeNew(self._landed)
+        if relayNew:
+            spool.observeNew(self._landed)
         lock = FileLeaderLock(
             spool.dir(STATE) / LEADER_FILE, f"pid {os.getpid()} worker {self.number}"
         )
@@ -216,64 +219,17 @@ class Worker:
         else:
             reactor.callWhenRunning(reactor.stop)
 
-    def observer(self, observer: ILogObserver, format: str) -> ILogObserver:
+    def logObserver(self, format: str, secrets: Iterable[str]) -> ILogObserver:
         """
-        C{observer}, with this worker's number in each event (C{worker});
-        in text, also in its system, as C{[NAMESPACE#LEVEL worker=N]}.
+        The log observer of this worker: its events formatted as the parent's
+        would be (C{[log] format}, secrets redacted), with this worker's
+        number in each (C{worker}; in text, also in its system, as
+        C{[NAMESPACE#LEVEL worker=N]}), written to file descriptor 1 for the
+        parent to put in its log, several lines at a time
+        (L{CoalescingFile}).
         """
-        return namedObserver(observer, self.number, text=format != "json")
-
-
-def namedObserver(observer: ILogObserver, worker: int, *, text: bool) -> ILogObserver:
-    suffix = f" worker={worker}"
-
-    def observe(event: Mapping[str, Any]) -> None:
-        event = dict(event)
-        event["worker"] = worker
-        if text:
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
-            event["log_system"] = f"{system}{suffix}"
-        observer(event)
-
-    return observe  # type: ignore[return-value]
-
-
-class GaugeBridge:
-    """
-    A worker's registry is not scraped (the parent's is, summing the
-    workers' multiprocess files): what its metrics watch (state read at
-    scrape time, such as delivery's backlog) is sampled into multiprocess
-    gauges of the same names instead, summed over the workers alive.
-    """
-
-    def __init__(self, metrics: Metrics, registry: CollectorRegistry | None = None) -> None:
-        self._metrics = metrics
-        self._registry = registry
-        self._gauges: dict[str, Gauge] = {}
-
-    def sample(self) -> None:
-        for collector in self._metrics.watched:
-            for family in collector.collect():
-                if family.type != "gauge":
-                    continue
-                for sample in family.samples:
-                    gauge = self._gauge(family, sorted(sample.labels))
-                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
-
-    def _gauge(self, family: Metric, labels: list[str]) -> Gauge:
-        gauge = self._gauges.get(family.name)
-        if gauge is None:
-            gauge = self._gauges[family.name] = Gauge(
-                family.name,
-                family.documentation,
-                labels,
-                registry=self._registry,
-                multiprocess_mode="livesum",
-            )
-        return gauge
+        out = CoalescingFile(sys.stdout, self._reactor)
+        return namedObserver(observerFor(format, out, secrets), self.number, text=format != "json")
 
 
 class _ChannelService(Service):

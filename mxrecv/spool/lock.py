@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_sharedspool,tests.test_spool -*-
+"""
+Who may use the spool: one server at a time, which holds an exclusive
+C{flock} on C{state/lock} (released by the kernel however its holder
+dies).  A server of several worker processes takes it once, in the parent
+(L{lockSpool}), and each worker adopts the descriptor it inherits
+(L{adoptLock}).
+
+Blocking: called before the reactor runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from mxrecv.spool.layout import DIRECTORIES, LOCK, STATE
+
+
+class SpoolLocked(Exception):
+    """
+    Another process holds the spool.
+    """
+
+
+def lockSpool(root: Path) -> int:
+    """
+    Create the spool's layout and take its lock, exclusively.
+
+    @return: the file descriptor holding the lock.
+    @raise SpoolLocked: if another server uses this spool.
+    @raise OSError: if the spool cannot be created.
+    """
+    for which in DIRECTORIES:
+        (root / which).mkdir(parents=True, exist_ok=True)
+    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    return lock
+
+
+def adoptLock(root: Path, fd: int) -> int:
+    """
+    Check that the inherited C{fd} is this spool's lock file, holding its
+    lock (taking it again through the same open file is a no-op); it is
+    then closed on exec, so that no process this one runs holds it.
+
+    @return: C{fd}.
+    @raise SpoolLocked: if it is not, or another server holds the lock.
+    """
+    try:
+        held, path = os.fstat(fd), os.stat(root / STATE / LOCK)
+    except OSError as e:
+        raise SpoolLocked(f"the inherited lock of {root} is not usable: {e.strerror}") from None
+    if (held.st_dev, held.st_ino) != (path.st_dev, path.st_ino):
+        raise SpoolLocked(f"the inherited lock is not the lock of the spool {root}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpoolLocked(f"another process is using the spool {root}") from None
+    os.set_inheritable(fd, False)
+    return fd
