@@ -19,9 +19,10 @@ trusted: C{admin()} connects as the superuser on the socket, and
 C{createDatabase} returns a C{postgresql://} string for the role C{mxrecv},
 whose password is C{password}, as an mxrecv would be configured.
 
-If the process that made it dies without stopping it, the server notices
-within a minute that its directory is gone and exits by itself (once the
-directory is removed), so a killed test run leaves no server behind for long.
+A watchdog process (L{WATCHDOG}) outlives the one that made the cluster:
+if that process dies without destroying it (a test run killed, or timed
+out), the watchdog stops the server and removes the directory within a few
+seconds, so no server is left behind.
 """
 
 from __future__ import annotations
@@ -33,11 +34,29 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 ROLE = "mxrecv"
+
+
+#: Run with the owner's pid, the cluster's directory and the command that
+#: stops its server: waits for the owner to die, then stops the server and
+#: removes the directory; ends by itself once the directory is gone.
+WATCHDOG = """
+import os, shutil, subprocess, sys, time
+owner, root, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while os.path.isdir(root):
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        subprocess.run(stop, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+        break
+    time.sleep(2)
+"""
 
 
 class ClusterError(Exception):
@@ -91,10 +110,14 @@ class TemporaryCluster:
 
     # Running the server programs
 
-    def _run(self, program: str, *args: str) -> str:
+    def _command(self, program: str, *args: str) -> list[str]:
         command = [str(self._bin / program), *args]
         if self._asPostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        return command
+
+    def _run(self, program: str, *args: str) -> str:
+        command = self._command(program, *args)
         done = subprocess.run(
             command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
         )
@@ -120,6 +143,14 @@ class TemporaryCluster:
         )
         superuser.unlink()
         self._made = True
+        stop = self._command("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(self.root), *stop],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def start(self, attempts: int = 10) -> None:
         """
