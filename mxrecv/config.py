@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import grp
 import ipaddress
 import os
 import socket
@@ -31,6 +32,7 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 
+from mxrecv.spool.mode import DEFAULT_MODE, SpoolMode
 from mxrecv.tls.description import TLSListen, isTLS, parseTLS
 
 
@@ -70,9 +72,26 @@ class ServerConfig:
 
 @frozen
 class SpoolConfig:
+    """
+    @ivar mode: the mode of every file mxrecv writes in the spool; its
+        directories get the same, with execute for each class that may read.
+    @ivar group: the group that owns the spool (its directories are made
+        set-group-ID, so that everything in them takes it), or L{None} for
+        mxrecv's own group.
+    """
+
     dir: Path = Path("var/spool")
     dedupe_days: float = 7.0
     fsync: bool = True
+    mode: int = DEFAULT_MODE
+    group: str | None = None
+
+    @property
+    def permissions(self) -> SpoolMode:
+        """
+        C{mode} and C{group}, for the spool.
+        """
+        return SpoolMode.named(self.mode, self.group)
 
 
 @frozen
@@ -361,6 +380,35 @@ def _conninfo(key: str, value: Any) -> str:
     return value
 
 
+def _fileMode(key: str, value: Any) -> int:
+    """
+    A file mode, as a TOML octal integer (C{0o640}) or a string of octal
+    digits (C{"0640"}): read and write for the owner (mxrecv), at most read
+    and write for the others, never execute.
+    """
+    mode = value
+    if isinstance(value, str):
+        try:
+            mode = int(value.removeprefix("0o"), 8)
+        except ValueError:
+            mode = None
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode & ~0o666 or mode & 0o600 != 0o600:
+        raise ConfigError(
+            f"{key}: expected a file mode such as 0o640 (owner read and write, "
+            f"no execute), got {value!r}"
+        )
+    return mode
+
+
+def _group(key: str, value: Any) -> str:
+    name = _nonEmptyString(key, value)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ConfigError(f"{key}: no such group: {name!r}") from None
+    return name
+
+
 def _path(key: str, value: Any) -> str:
     if not _string(key, value).startswith("/"):
         raise ConfigError(f"{key}: must start with '/', got {value!r}")
@@ -421,7 +469,13 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
     ),
     "spool": (
         SpoolConfig,
-        {"dir": _directory, "dedupe_days": _positiveNumber, "fsync": _bool},
+        {
+            "dir": _directory,
+            "dedupe_days": _positiveNumber,
+            "fsync": _bool,
+            "mode": _fileMode,
+            "group": _group,
+        },
     ),
     "retrieve": (
         RetrieveConfig,

@@ -98,11 +98,14 @@ def makeService(options: Options, reactor: Any = None) -> Service:
         dedupeSeconds=config.spool.dedupe_days * 86400,
         reactor=reactor,
         pool=pool,
+        mode=config.spool.permissions,
         **({} if worker is None else {"worker": worker.number, "lock": worker.lock}),
     )
     # One budget for the files streaming in, uploads and downloads alike.
     writers = FileWriters(
-        reactor=reactor, pool=service.threadPool("mxrecv-upload", UPLOAD_THREADS)
+        reactor=reactor,
+        pool=service.threadPool("mxrecv-upload", UPLOAD_THREADS),
+        mode=spool.mode.file,
     )
     SpoolService(spool).setServiceParent(service.store)
     if worker is None:

@@ -67,6 +67,23 @@ class ConfigTests(SynchronousTestCase):
         ]:
             self.assertConfigError({table: {key: value}}, fragment)
 
+    def test_spoolMode(self) -> None:
+        """
+        [spool] mode is a file mode, as a TOML octal number or a string of
+        octal digits: owner read and write, no execute; [spool] group must
+        name a group.
+        """
+        self.assertEqual(Config().spool.mode, 0o640)
+        self.assertEqual(parseConfig({"spool": {"mode": 0o660}}).spool.mode, 0o660)
+        self.assertEqual(parseConfig({"spool": {"mode": "0644"}}).spool.mode, 0o644)
+        self.assertEqual(parseConfig({"spool": {"mode": "0o600"}}).spool.mode, 0o600)
+        for bad in (0o750, 0o400, 640, "rw-r-----", True, -1):
+            self.assertConfigError({"spool": {"mode": bad}}, "spool.mode: expected a file mode")
+        self.assertEqual(parseConfig({"spool": {"group": "root"}}).spool.group, "root")
+        self.assertConfigError(
+            {"spool": {"group": "no-such-group-here"}}, "spool.group: no such group"
+        )
+
     def test_headerTimeout(self) -> None:
         """
         [server] header_timeout is 30 seconds unless set; a whole number is

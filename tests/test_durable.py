@@ -7,11 +7,13 @@ disk must fill up).
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from mxrecv.spool.durable import keepOnly, replaceFile
+from mxrecv.spool.durable import createFile, keepOnly, makeDirectory, replaceFile
 
 from .support import fillUp, smallFilesystem
 
@@ -64,3 +66,21 @@ class KeepOnlyTests(TestCase):
         self.assertEqual(sorted(p.name for p in directory.iterdir()), ["message.json", "parts"])
         self.assertEqual((directory / "parts" / "a.txt").read_bytes(), b"a")
         self.assertFalse(keepOnly(directory, {"message.json", "parts", "mms.zip"}))
+
+
+class ModeTests(TestCase):
+    def test_exactWhateverTheUmask(self):
+        """
+        Files and directories get exactly the mode asked for, however
+        restrictive the umask, a directory's set-group-ID bit included.
+        """
+        previous = os.umask(0o077)
+        self.addCleanup(os.umask, previous)
+        directory = Path(self.mktemp())
+        makeDirectory(directory, 0o2770)
+        self.assertEqual(stat.S_IMODE(directory.stat().st_mode), 0o2770)
+        os.close(createFile(directory / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+        self.assertEqual(stat.S_IMODE((directory / "f").stat().st_mode), 0o660)
+        replaceFile(directory / "g", b"x", mode=0o644)
+        self.assertEqual(stat.S_IMODE((directory / "g").stat().st_mode), 0o644)
+        self.assertRaises(FileExistsError, makeDirectory, directory, 0o750)

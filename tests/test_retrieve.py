@@ -11,6 +11,7 @@ import io
 import ipaddress
 import json
 import os
+import stat
 import subprocess
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -42,6 +43,7 @@ from mxrecv.mms.schedule import Completed, GaveUp
 from mxrecv.ops.cli import requeue
 from mxrecv.ops.metrics import RETRIEVAL_OUTCOMES, Metrics
 from mxrecv.spool.layout import FAILED, MMS_ZIP, NEW, PARTIAL_ZIP, PENDING, RETRIEVE_JSON
+from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.naming import nameForId
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
@@ -290,6 +292,42 @@ class DownloadTests(RetrieveTestCase):
         standIn, url = self.standIn(tls=ca, names=("localhost",))
         url = url.replace("127.0.0.1", "localhost")
         return self.assertDownloads(self.retriever(url, ca_file=caFile), standIn, "tls-2")
+
+    @inlineCallbacks
+    def test_spoolMode(self):
+        """
+        A downloaded MMS (its zip written by the writers, its record and
+        message.json rewritten, its parts unpacked) has the spool's mode,
+        whatever the umask.
+        """
+        previous = os.umask(0o077)
+        self.addCleanup(os.umask, previous)
+        self.spool.close()
+        mode = SpoolMode(0o660)
+        self.spool = Spool(self.root, reactor=reactor, pool=self.pool, mode=mode)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.completer = Completer(self.spool, reactor=reactor, pool=self.pool)
+        standIn, url = self.standIn([Serve(b"", status=503)])
+        writers = fileWriters(self, mode=mode.file)
+        retriever = self.retriever(url, writers=writers, backoff_initial=1.0)
+        name = yield self.pend("mode-1")
+        done = retriever.whenDone(name)
+        failed = self.log.next(attemptFailed)
+        retriever(name)
+        yield failed
+        self.clock.advance(1.0)
+        yield done
+        directory = self.spool.dir(NEW) / name
+        found = {
+            str(p.relative_to(directory)): stat.S_IMODE(p.stat().st_mode)
+            for p in [directory, *directory.rglob("*")]
+        }
+        self.assertEqual(
+            found,
+            {".": 0o770, "message.json": 0o660, "mms.zip": 0o660, "parts": 0o770,
+             "parts/text.txt": 0o660, "parts/image.jpg": 0o660},
+        )
 
     @inlineCallbacks
     def test_concurrency(self):

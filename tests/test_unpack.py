@@ -4,6 +4,7 @@ real zips (hostile ones included) into a temporary directory.
 """
 
 import codecs
+import io
 import os
 import struct
 import zipfile
@@ -472,7 +473,93 @@ class UnpackTests(TestCase):
         self.assertRefused(bytes(data), "corrupt")
 
     def test_zip64(self):
+        """
+        A ZIP64 end of central directory, which only an archive of more
+        than 65,535 entries or 4 GiB needs, is refused, whether the classic
+        end of central directory points at it (0xFFFF entries) or a ZIP64
+        locator precedes it.
+        """
         data = bytearray(zipOf([("a.txt", b"x")]))
         at = data.rfind(b"PK\x05\x06")
         data[at + 10 : at + 12] = b"\xff\xff"
-        self.assertRefused(bytes(data), "ZIP64")
+        self.assertRefused(bytes(data), "a ZIP64 end of central directory")
+        self.assertRefused(withZip64End(zipOf([("a.txt", b"x")])), "a ZIP64 end of central directory")
+
+    def test_zip64Entries(self):
+        """
+        Entries with ZIP64 fields (as some zip writers always add them) are
+        unpacked like any other.
+        """
+        for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", method) as z:
+                with z.open(zipfile.ZipInfo("a.txt"), "w", force_zip64=True) as f:
+                    f.write(b"hello " * 100)
+            unpacked, partsDir = self.unpack(buffer.getvalue())
+            self.assertIsNone(unpacked.error)
+            self.assertEqual([(p.name, p.size) for p in unpacked.parts], [("a.txt", 600)])
+            self.assertEqual((partsDir / "a.txt").read_bytes(), b"hello " * 100)
+
+    def test_zip64SizesNotTrusted(self):
+        """
+        The sizes an entry's ZIP64 field claims (here 16 EiB) are not
+        trusted: the parts hold, and the limits count, what is actually
+        read and inflated; a bomb that claims them is refused all the same;
+        a stored entry whose claimed compressed size runs past the end of
+        the file is corrupt, and the reason says so.
+        """
+        everything = 2**64 - 1
+        data = claimZip64(zipOf([("a.txt", b"hello " * 100), ("b.txt", b"more")]), everything)
+        unpacked, partsDir = self.unpack(data)
+        self.assertIsNone(unpacked.error)
+        self.assertEqual([(p.name, p.size) for p in unpacked.parts], [("a.txt", 600), ("b.txt", 4)])
+        self.assertEqual((partsDir / "a.txt").read_bytes(), b"hello " * 100)
+
+        bomb = claimZip64(zipOf([("bomb.bin", b"\0" * (40 * 1024 * 1024))]), everything)
+        self.assertRefused(bomb, "'bomb.bin' inflates more than 100 times")
+
+        past = claimZip64(
+            zipOf([("a.bin", os.urandom(200_000)), ("b.txt", b"x")], zipfile.ZIP_STORED),
+            everything,
+            everything,
+        )
+        self.assertRefused(past, "the zip is corrupt: an entry runs past the end of the file")
+
+
+def claimZip64(data: bytes, size: int, compressedSize: int | None = None) -> bytes:
+    """
+    C{data} (a zip) with its first entry's central directory record made
+    ZIP64: its sizes 0xFFFFFFFF, and a ZIP64 field claiming C{size} bytes
+    (and C{compressedSize} compressed, or the real compressed size).
+    """
+    at = data.find(b"PK\x01\x02")
+    compressed, = struct.unpack("<I", data[at + 20 : at + 24])
+    nameLength, extraLength, commentLength = struct.unpack("<3H", data[at + 28 : at + 34])
+    extra = struct.pack(
+        "<2H2Q", 1, 16, size, compressed if compressedSize is None else compressedSize
+    )
+    record = (
+        data[at : at + 20]
+        + struct.pack("<2I3H", 0xFFFFFFFF, 0xFFFFFFFF, nameLength, len(extra), commentLength)
+        + data[at + 34 : at + 46 + nameLength]
+        + extra
+        + data[at + 46 + nameLength + extraLength : at + 46 + nameLength + extraLength + commentLength]
+    )
+    rest = at + 46 + nameLength + extraLength + commentLength
+    end = data.rfind(b"PK\x05\x06")
+    directory = record + data[rest:end]
+    tail = bytearray(data[end:])
+    tail[12:16] = struct.pack("<I", len(directory))
+    return data[:at] + directory + bytes(tail)
+
+
+def withZip64End(data: bytes) -> bytes:
+    """
+    C{data} (a zip) with a ZIP64 end of central directory record and its
+    locator before the classic end of central directory.
+    """
+    end = data.rfind(b"PK\x05\x06")
+    entries, size, offset = struct.unpack("<10xHII", data[end : end + 20])
+    record = struct.pack("<IQ2H2I4Q", 0x06064B50, 44, 45, 45, 0, 0, entries, entries, size, offset)
+    locator = struct.pack("<2IQI", 0x07064B50, 0, end, 1)
+    return data[:end] + record + locator + data[end:]

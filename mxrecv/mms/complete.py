@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,9 @@ class Completer:
     """
     Moves MMS out of C{pending/}.
 
-    @param unpack: unpacks a zip into a directory (L{unpackInto}); a
-        parameter so that tests can count calls.
+    @param unpack: unpacks a zip into a directory (by default
+        L{unpackInto}, with the spool's mode); a parameter so that tests can
+        count calls.
     """
 
     def __init__(
@@ -62,12 +64,12 @@ class Completer:
         *,
         reactor: Any,
         pool: Any,
-        unpack: Callable[[Path, Path], Unpacked] = unpackInto,
+        unpack: Callable[[Path, Path], Unpacked] | None = None,
     ) -> None:
         self._spool = spool
         self._reactor = reactor
         self._pool = pool
-        self._unpack = unpack
+        self._unpack = unpack or partial(unpackInto, mode=spool.mode)
         self._limit = DeferredSemaphore(CONCURRENT_COMPLETIONS)
         self._running: dict[str, list[Deferred[Message]]] = {}
 

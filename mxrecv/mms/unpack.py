@@ -6,7 +6,9 @@ The zip comes from the network, so nothing in it is trusted: entry names
 may try to leave C{parts/}, the central directory may claim a million
 entries, an entry may inflate a thousandfold, or be encrypted, or corrupt.
 Every check is made on what is actually read, not on what the zip's headers
-claim, and all or nothing is unpacked: a zip that fails a check leaves no
+claim (ZIP64 fields in entries included: their sizes are never trusted; only
+a ZIP64 end of central directory, which an MMS never needs, is refused), and
+all or nothing is unpacked: a zip that fails a check leaves no
 C{parts/} and an L{Unpacked} whose C{error} says why (the message is still
 delivered with its raw C{mms.zip}).
 
@@ -34,8 +36,9 @@ from attrs import frozen
 
 from mxrecv.message.model import Part
 from mxrecv.message.text import decodeText
-from mxrecv.spool.durable import removeTree
+from mxrecv.spool.durable import createFile, makeDirectory, removeTree
 from mxrecv.spool.layout import PARTS
+from mxrecv.spool.mode import SpoolMode
 
 TEXT_PLAIN = "text/plain"
 OCTET_STREAM = "application/octet-stream"
@@ -313,10 +316,13 @@ def joinText(texts: Sequence[bytes]) -> str | None:
 # The blocking step
 
 
-def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpacked:
+def unpackInto(
+    zipPath: Path, partsDir: Path, limits: Limits = Limits(), mode: SpoolMode = SpoolMode()
+) -> Unpacked:
     """
-    Unpack the zip at C{zipPath} into C{partsDir} (which does not exist yet).
-    Blocking: called in a worker thread.  The caller fsyncs what is written.
+    Unpack the zip at C{zipPath} into C{partsDir} (which does not exist yet),
+    its directory and files made with C{mode}.  Blocking: called in a worker
+    thread.  The caller fsyncs what is written.
 
     @return: the parts, or no parts and the reason in C{error}; C{partsDir}
         exists only when parts were written.
@@ -326,11 +332,11 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
             size = _checkDirectorySize(raw, limits)
             counted = _CountingFile(raw)
             with zipfile.ZipFile(counted) as archive:
-                return _unpack(archive, partsDir, _Budget(limits, size, counted))
+                return _unpack(archive, partsDir, _Budget(limits, size, counted), mode)
     except Refused as e:
         error = str(e)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, struct.error) as e:
-        error = f"the zip is corrupt: {e}"
+        error = f"the zip is corrupt: {str(e) or _CORRUPT.get(type(e), type(e).__name__)}"
     except NotImplementedError as e:
         error = f"the zip uses an unsupported feature: {e}"
     except OSError as e:
@@ -343,6 +349,9 @@ def unpackInto(zipPath: Path, partsDir: Path, limits: Limits = Limits()) -> Unpa
     removeTree(partsDir)
     return Unpacked(error=error)
 
+
+# What an error without a message of its own meant.
+_CORRUPT: dict[type[BaseException], str] = {EOFError: "an entry runs past the end of the file"}
 
 # Errors of our own disk, not of the zip: worth trying again.
 _LOCAL_TROUBLE = frozenset(
@@ -364,18 +373,26 @@ def _checkDirectorySize(raw, limits: Limits) -> int:
     at = data.rfind(b"PK\x05\x06")
     if at < 0 or len(data) - at < 22:
         raise zipfile.BadZipFile("no end of central directory")
-    if at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07":
-        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
     entries, directorySize = struct.unpack("<xxxxxxxxxxHI", data[at : at + 16])
-    if entries == 0xFFFF or directorySize == 0xFFFFFFFF:
-        raise Refused("the zip is a ZIP64 archive, which an MMS never needs")
+    if (at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07") or (
+        entries == 0xFFFF or directorySize == 0xFFFFFFFF
+    ):
+        # Only needed past 65,535 entries or 4 GiB; it would let a small
+        # file claim a huge directory.  ZIP64 fields in entries are fine:
+        # the sizes they claim are not trusted (see _Budget).
+        raise Refused(
+            "the zip has a ZIP64 end of central directory (for more than 65535 "
+            "entries or 4 GiB), which an MMS never needs"
+        )
     # An entry takes at least 46 bytes, plus its name, extra and comment.
     if entries > limits.entries or directorySize > limits.entries * (46 + 3 * 1024):
         raise Refused(f"the zip has more than {limits.entries} entries")
     return size
 
 
-def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpacked:
+def _unpack(
+    archive: zipfile.ZipFile, partsDir: Path, budget: _Budget, mode: SpoolMode
+) -> Unpacked:
     limits = budget.limits
     entries = archive.infolist()
     if len(entries) > limits.entries:
@@ -391,7 +408,7 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpack
             files.append(entry)
 
     fromSmil = _readSmil(archive, files, limits)
-    partsDir.mkdir()
+    makeDirectory(partsDir, mode.directory)
     parts: list[Part] = []
     texts: list[bytes] = []
     textRoom = limits.text
@@ -399,7 +416,7 @@ def _unpack(archive: zipfile.ZipFile, partsDir: Path, budget: _Budget) -> Unpack
         fileName = fileNameFor(entry.filename, (p.path[len(PARTS) + 1 :] for p in parts))
         kind = contentType(entry.filename, fromSmil)
         keep = textRoom if kind == TEXT_PLAIN else 0
-        size, kept = _extract(archive, entry, partsDir / fileName, budget, keep)
+        size, kept = _extract(archive, entry, partsDir / fileName, budget, keep, mode.file)
         parts.append(Part(entry.filename, f"{PARTS}/{fileName}", size, kind))
         if kind == TEXT_PLAIN and size <= textRoom:
             texts.append(kept)
@@ -517,6 +534,7 @@ def _extract(
     path: Path,
     budget: _Budget,
     keep: int,
+    fileMode: int,
 ) -> tuple[int, bytes]:
     """
     Copy one entry to C{path}, counting every byte inflated.
@@ -526,12 +544,14 @@ def _extract(
     size = 0
     kept: list[bytes] = []
     budget.start()
-    with archive.open(entry) as source, path.open("xb") as target:
-        while chunk := source.read(_CHUNK):
-            size += len(chunk)
-            budget.spend(entry, size, len(chunk))
-            target.write(chunk)
-            if size - len(chunk) < keep:
-                kept.append(chunk[: keep - (size - len(chunk))])
+    with archive.open(entry) as source:
+        fd = createFile(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fileMode)
+        with os.fdopen(fd, "wb") as target:
+            while chunk := source.read(_CHUNK):
+                size += len(chunk)
+                budget.spend(entry, size, len(chunk))
+                target.write(chunk)
+                if size - len(chunk) < keep:
+                    kept.append(chunk[: keep - (size - len(chunk))])
     budget.finish(entry, size)
     return size, b"".join(kept)

@@ -514,7 +514,12 @@ def buildAdmin(
     if config.listen:
         # Before the listeners, so that it stops after them.
         inbox = buildInbox(
-            spool.root, reactor=reactor, sync=spool.sync, takeUp=takeUpIfThere, token=token
+            spool.root,
+            reactor=reactor,
+            sync=spool.sync,
+            takeUp=takeUpIfThere,
+            token=token,
+            mode=spool.mode,
         )
         inbox.setServiceParent(parent)
         children[INBOX] = inbox.resource

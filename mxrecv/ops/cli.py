@@ -40,6 +40,7 @@ from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.message.text import printable, printableJSON
 from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.layout import FAILED, MESSAGE_JSON, NEW, PENDING, STATE, Attempts, Layout
+from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.naming import isName, nameForId
 
 DIRECTORIES = (NEW, PENDING, FAILED)
@@ -239,6 +240,7 @@ def requeue(
     admin: str | None = None,
     now: float | None = None,
     token: str = "",
+    mode: SpoolMode = SpoolMode(),
 ) -> None:
     """
     Move C{failed/NAME} back to C{pending/NAME}, without its C{error},
@@ -252,7 +254,7 @@ def requeue(
     directory, path = _find(root, nameOrId)
     if directory != FAILED:
         raise CommandError(f"{directory}/{path.name} is not in failed/")
-    failed = MessageDirectory(path, sync)
+    failed = MessageDirectory(path, sync, mode)
     before = _attemptsSummary(failed.readDocument())
     failed.requeue(isoFromTimestamp(time.time() if now is None else now))
     try:
@@ -425,7 +427,13 @@ def main(
             )
         else:
             requeue(
-                root, args.name, out, config.spool.fsync, args.admin, token=config.admin.token
+                root,
+                args.name,
+                out,
+                config.spool.fsync,
+                args.admin,
+                token=config.admin.token,
+                mode=config.spool.permissions,
             )
     except (ConfigError, CommandError) as e:
         err.write(f"mxrecv: {e}\n")

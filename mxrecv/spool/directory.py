@@ -28,6 +28,7 @@ from mxrecv.spool.layout import (
     failedDocument,
     requeuedDocument,
 )
+from mxrecv.spool.mode import SpoolMode
 
 
 class MessageDirectory:
@@ -36,18 +37,22 @@ class MessageDirectory:
 
     @ivar path: the directory.
     @ivar sync: fsync what is written (see C{[spool] fsync}).
+    @ivar mode: the permissions of what is written (C{[spool] mode}).
     """
 
-    def __init__(self, path: Path, sync: bool = True) -> None:
+    def __init__(self, path: Path, sync: bool = True, mode: SpoolMode = SpoolMode()) -> None:
         self.path = path
         self.sync = sync
+        self.mode = mode
 
     @classmethod
-    def at(cls, root: Path, which: str, name: str, sync: bool = True) -> MessageDirectory:
+    def at(
+        cls, root: Path, which: str, name: str, sync: bool = True, mode: SpoolMode = SpoolMode()
+    ) -> MessageDirectory:
         """
         Message C{name} in directory C{which} of the spool at C{root}.
         """
-        return cls(Layout(root).message(which, name), sync)
+        return cls(Layout(root).message(which, name), sync, mode)
 
     def __repr__(self) -> str:
         return f"<MessageDirectory {self.path}>"
@@ -98,7 +103,7 @@ class MessageDirectory:
         """
         Replace C{message.json}, durably and atomically.
         """
-        replaceFile(self.path / MESSAGE_JSON, message.encode(), self.sync)
+        replaceFile(self.path / MESSAGE_JSON, message.encode(), self.sync, self.mode.file)
 
     def readDocument(self) -> dict[str, Any]:
         """
@@ -112,7 +117,7 @@ class MessageDirectory:
         return document if isinstance(document, dict) else {}
 
     def _writeDocument(self, document: dict[str, Any]) -> None:
-        replaceFile(self.path / MESSAGE_JSON, encodeJSON(document), self.sync)
+        replaceFile(self.path / MESSAGE_JSON, encodeJSON(document), self.sync, self.mode.file)
 
     # retrieve.json
 
@@ -130,7 +135,9 @@ class MessageDirectory:
         return RetrieveState.fromJSON(decodeJSON(data))
 
     def writeRetrieveState(self, state: RetrieveState) -> None:
-        replaceFile(self.path / RETRIEVE_JSON, encodeJSON(state.toJSON()), self.sync)
+        replaceFile(
+            self.path / RETRIEVE_JSON, encodeJSON(state.toJSON()), self.sync, self.mode.file
+        )
 
     def removeRetrieveState(self) -> None:
         (self.path / RETRIEVE_JSON).unlink(missing_ok=True)
@@ -165,7 +172,7 @@ class MessageDirectory:
         """
         destination = directory / self.name
         moveDir(self.path, destination, self.sync)
-        return MessageDirectory(destination, self.sync)
+        return MessageDirectory(destination, self.sync, self.mode)
 
     def finishIn(self, directory: Path) -> MessageDirectory:
         """

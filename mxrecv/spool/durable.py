@@ -28,14 +28,41 @@ def fsyncPath(path: Path, sync: bool = True) -> None:
         os.close(fd)
 
 
+def createFile(path: Path, flags: int, mode: int) -> int:
+    """
+    Open C{path} with C{flags} (C{O_CREAT} among them), a new file having
+    exactly C{mode}, whatever the umask.
+
+    @return: the file descriptor.
+    """
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def makeDirectory(path: Path, mode: int) -> None:
+    """
+    Create the directory C{path} with exactly C{mode}, whatever the umask
+    (a set-group-ID bit included).
+
+    @raise FileExistsError: if it exists.
+    """
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+
+
 def writeNew(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
     """
     Create C{path} (which must not exist) holding C{data}, and fsync it.
     The caller fsyncs the directory.
 
-    @param mode: the new file's permissions (less the umask).
+    @param mode: the new file's permissions, exactly (L{createFile}).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = createFile(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         writeAll(fd, data)
         if sync:
@@ -56,8 +83,8 @@ def writeAll(fd: int, data: bytes) -> None:
 def replaceFile(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
     """
     Replace C{path} with a file holding C{data}, atomically and durably.
-    The new file has C{mode} (less the umask) from its creation, whatever
-    the permissions of the file it replaces.
+    The new file has C{mode} from its creation, whatever the permissions
+    of the file it replaces.
     """
     temporary = path.with_name(path.name + ".new")
     temporary.unlink(missing_ok=True)

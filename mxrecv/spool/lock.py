@@ -15,7 +15,9 @@ import fcntl
 import os
 from pathlib import Path
 
-from mxrecv.spool.layout import DIRECTORIES, LOCK, STATE
+from mxrecv.spool.durable import createFile, makeDirectory
+from mxrecv.spool.layout import CUR, DIRECTORIES, LOCK, STATE
+from mxrecv.spool.mode import SpoolMode
 
 
 class SpoolLocked(Exception):
@@ -24,17 +26,30 @@ class SpoolLocked(Exception):
     """
 
 
-def lockSpool(root: Path) -> int:
+def lockSpool(root: Path, mode: SpoolMode = SpoolMode()) -> int:
     """
-    Create the spool's layout and take its lock, exclusively.
+    Create the spool's layout (its directories of C{mode}; those of mxrecv
+    given C{mode} again if it changed, C{cur/} left to the application once
+    made) and take its lock, exclusively.
 
     @return: the file descriptor holding the lock.
     @raise SpoolLocked: if another server uses this spool.
     @raise OSError: if the spool cannot be created.
     """
-    for which in DIRECTORIES:
-        (root / which).mkdir(parents=True, exist_ok=True)
-    lock = os.open(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for directory in (root, *(root / which for which in DIRECTORIES)):
+        try:
+            makeDirectory(directory, mode.directory)
+        except FileExistsError:
+            # The spool's own directory (made by the operator, or systemd's
+            # StateDirectory=) and cur/ (the application's) are left as
+            # they are.
+            if directory == root or directory.name == CUR:
+                continue
+        if mode.group is not None:
+            os.chown(directory, -1, mode.group)
+        os.chmod(directory, mode.directory)
+    lock = createFile(root / STATE / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode.file)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.store import Spool, SpoolError, SpoolLocked
 
 log = Logger()
@@ -41,6 +42,7 @@ def openSpool(
     pool: ThreadPool,
     worker: int | None = None,
     lock: int | None = None,
+    mode: SpoolMode = SpoolMode(),
 ) -> Spool:
     """
     Open the spool at C{root} (C{[spool] dir}): the one place a running
@@ -52,11 +54,18 @@ def openSpool(
     @param worker: this process's number, in a server of several worker
         processes (L{Spool}'s C{worker}).
     @param lock: the spool's lock the worker inherited (L{Spool.open}'s).
+    @param mode: the permissions of what it writes (C{[spool] mode}, C{group}).
     @raise SystemExit: if it cannot be opened (unwritable, or in use by
         another process), saying why.
     """
     spool = Spool(
-        root, reactor=reactor, pool=pool, sync=sync, dedupeSeconds=dedupeSeconds, worker=worker
+        root,
+        reactor=reactor,
+        pool=pool,
+        sync=sync,
+        dedupeSeconds=dedupeSeconds,
+        worker=worker,
+        mode=mode,
     )
     try:
         spool.open(lock=lock)

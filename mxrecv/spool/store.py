@@ -46,9 +46,10 @@ from twisted.python.failure import Failure
 from mxrecv.message.model import Message
 from mxrecv.spool.commit import Accepted, Commit, GroupCommit, SpoolError, Staging
 from mxrecv.spool.directory import MessageDirectory
-from mxrecv.spool.durable import fsyncPath, removeTree, writeNew
+from mxrecv.spool.durable import fsyncPath, makeDirectory, removeTree, writeNew
 from mxrecv.spool.layout import MESSAGE_JSON, NEW, SEEN_DB, SEEN_LOCK, STATE, TMP, Layout
 from mxrecv.spool.lock import SpoolLocked, adoptLock, lockSpool
+from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.naming import isName, nameForId
 from mxrecv.spool.recovery import emptyTmp, importOldJournal, recoverStaged
 from mxrecv.spool.seen import PRUNE_CHUNK, SeenIndex, SeenIndexError
@@ -80,6 +81,7 @@ def claimSpool(
     sync: bool = True,
     dedupeSeconds: float = 7 * 86400,
     now: float | None = None,
+    mode: SpoolMode = SpoolMode(),
 ) -> int:
     """
     Claim the spool at C{root} for a server of several worker processes,
@@ -92,6 +94,7 @@ def claimSpool(
     @param dedupeSeconds: C{[spool] dedupe_days}, in seconds: the old
         journal's ids older than that are not imported.
     @param now: the time (unix seconds), for the import.
+    @param mode: the permissions of what is made (C{[spool] mode}, C{group}).
     @return: the file descriptor holding the lock, for the workers to
         inherit (L{Spool.open}'s C{lock}); the lock lasts as long as any
         process holds it.
@@ -99,8 +102,10 @@ def claimSpool(
     @raise SpoolError: if the seen-id index cannot be opened or written.
     """
     root = Path(root).absolute()
-    lock = lockSpool(root)
-    index = SeenIndex(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync)
+    lock = lockSpool(root, mode)
+    index = SeenIndex(
+        root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync, mode=mode.file
+    )
     try:
         index.open()
         importOldJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
@@ -129,6 +134,8 @@ class Spool:
     @param worker: the number of this worker process when the server runs
         several (C{[server] workers}); its staging directories in C{tmp/}
         are named apart from the other workers'.
+    @param mode: the permissions of everything it writes (C{[spool] mode}
+        and C{group}), L{MessageDirectory}s' included.
     """
 
     def __init__(
@@ -142,8 +149,10 @@ class Spool:
         clock: Any = None,
         pruneChunk: int = PRUNE_CHUNK,
         worker: int | None = None,
+        mode: SpoolMode = SpoolMode(),
     ) -> None:
         self.root = Path(root).absolute()
+        self.mode = mode
         self.worker = worker
         self._prefix = stagingPrefix(worker)
         self.sync = sync
@@ -156,6 +165,7 @@ class Spool:
             self.root / STATE / SEEN_LOCK,
             sync=sync,
             pruneChunk=pruneChunk,
+            mode=mode.file,
         )
         self._commits = GroupCommit(
             self.root,
@@ -186,7 +196,7 @@ class Spool:
         The directory of message C{name} in C{which} (L{NEW}, L{PENDING},
         L{FAILED}), whether it is there or not.
         """
-        return MessageDirectory.at(self.root, which, name, self.sync)
+        return MessageDirectory.at(self.root, which, name, self.sync, self.mode)
 
     # Start and stop (blocking, before the server listens and after it stops)
 
@@ -207,7 +217,7 @@ class Spool:
         @raise SpoolError: if the seen-id index cannot be opened or written.
         """
         if lock is None:
-            self._lock = lockSpool(self.root)
+            self._lock = lockSpool(self.root, self.mode)
         else:
             self._lock = adoptLock(self.root, lock)
         try:
@@ -318,7 +328,7 @@ class Spool:
         while True:
             path = self.dir(TMP) / f"{self._prefix}in.{next(self._staged)}"
             try:
-                os.mkdir(path, 0o700)
+                makeDirectory(path, self.mode.directory)
             except FileExistsError:
                 continue
             return Staging(path)
@@ -450,7 +460,7 @@ class Spool:
                 for existing in commit.staging.path.iterdir():
                     fsyncPath(existing, self.sync)
             path = commit.staging.path
-            writeNew(path / MESSAGE_JSON, commit.document, self.sync)
+            writeNew(path / MESSAGE_JSON, commit.document, self.sync, self.mode.file)
             fsyncPath(path, self.sync)
         except OSError as e:
             if commit.staging is not None:

@@ -31,6 +31,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from mxrecv.spool.durable import createFile
+from mxrecv.spool.mode import DEFAULT_MODE
+
 MiB = 1024 * 1024
 # Bytes buffered for one file, and for all of them (uploads and downloads),
 # before pausing.  On top of the total, each connection holds at most one
@@ -68,6 +71,7 @@ class FileWriters:
         paused.
     @param totalLimit: bytes buffered for all files before any file that
         buffers more has its producer paused.
+    @param mode: the permissions of the files (C{[spool] mode}).
     """
 
     def __init__(
@@ -78,12 +82,14 @@ class FileWriters:
         fileLimit: int = FILE_LIMIT,
         totalLimit: int = TOTAL_LIMIT,
         batch: int = BATCH,
+        mode: int = DEFAULT_MODE,
     ) -> None:
         self._reactor = reactor
         self._pool = pool
         self.fileLimit = fileLimit
         self.totalLimit = totalLimit
         self.batch = batch
+        self.mode = mode
         self.buffered = 0
         self._paused: set[FileWriter] = set()
         # Writers holding chunks (less than a batch) with no job running.
@@ -105,7 +111,7 @@ class FileWriters:
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         flags |= os.O_TRUNC if replace else os.O_EXCL
-        fd = os.open(path, flags, 0o640)
+        fd = createFile(path, flags, self.mode)
         return FileWriter(self, fd, producer)
 
     def _run(self, job: Any, *args: Any) -> Deferred[Any]:

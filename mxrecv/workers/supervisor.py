@@ -505,6 +505,7 @@ def buildSupervisor(
             config.spool.dir,
             sync=config.spool.fsync,
             dedupeSeconds=config.spool.dedupe_days * 86400,
+            mode=config.spool.permissions,
         )
     except (OSError, SpoolError, SpoolLocked) as e:
         raise SystemExit(f"mxrecv: cannot open the spool {config.spool.dir}: {e}") from None

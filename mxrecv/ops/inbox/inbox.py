@@ -12,6 +12,7 @@ import io
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -35,6 +36,7 @@ from mxrecv.ops.inbox.files import (
 from mxrecv.ops.inbox.media import PartView, partViews
 from mxrecv.ops.inbox.query import Query
 from mxrecv.spool.layout import MMS_ZIP, PARTS
+from mxrecv.spool.mode import SpoolMode
 
 log = Logger()
 
@@ -76,11 +78,13 @@ class Inbox:
         pool: ThreadPool,
         sync: bool = True,
         takeUp: Callable[[str], object] = lambda name: None,
+        mode: SpoolMode = SpoolMode(),
     ) -> None:
         self.root = Path(root)
         self._reactor = reactor
         self._pool = pool
         self._sync = sync
+        self._mode = mode
         self._takeUp = takeUp
         self._catalog = Catalog(self.root)
         self._lock = threading.Lock()
@@ -204,7 +208,9 @@ class Inbox:
         @raise mxrecv.ops.cli.CommandError: (in the L{Deferred}) if it is
             not in C{failed/} or cannot be moved.
         """
-        d = self._inThread(requeue, self.root, name, io.StringIO(), self._sync)
+        d = self._inThread(
+            partial(requeue, mode=self._mode), self.root, name, io.StringIO(), self._sync
+        )
 
         def moved(_: object) -> None:
             log.info("Requeued failed/{name} from the inbox", name=name)

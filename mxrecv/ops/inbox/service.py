@@ -20,6 +20,7 @@ from twisted.web.resource import IResource
 from mxrecv.ops.bearer import BearerToken
 from mxrecv.ops.inbox.inbox import Inbox
 from mxrecv.ops.inbox.resource import InboxResource
+from mxrecv.spool.mode import SpoolMode
 
 log = Logger()
 
@@ -59,6 +60,7 @@ def buildInbox(
     sync: bool = True,
     takeUp: Callable[[str], object] = lambda name: None,
     token: BearerToken = BearerToken(),
+    mode: SpoolMode = SpoolMode(),
 ) -> InboxService:
     """
     The inbox of the spool at C{root}: a service to add to mxrecv's (before
@@ -68,6 +70,6 @@ def buildInbox(
         requeue form then asks for.
     """
     pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="mxrecv-inbox")
-    inbox = Inbox(root, reactor=reactor, pool=pool, sync=sync, takeUp=takeUp)
+    inbox = Inbox(root, reactor=reactor, pool=pool, sync=sync, takeUp=takeUp, mode=mode)
     return InboxService(inbox, InboxResource(inbox, token=token))
 
