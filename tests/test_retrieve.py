@@ -326,7 +326,7 @@ class DownloadTests(RetrieveTestCase):
         self.assertEqual(
             found,
             {".": 0o770, "message.json": 0o660, "mms.zip": 0o660, "parts": 0o770,
-             "parts/text.txt": 0o660, "parts/image.jpg": 0o660},
+             "parts/mms.smil": 0o660, "parts/text.txt": 0o660, "parts/image.jpg": 0o660},
         )
 
     @inlineCallbacks
