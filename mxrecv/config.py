@@ -15,6 +15,7 @@ import binascii
 import grp
 import ipaddress
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -120,11 +121,15 @@ class AdminConfig:
         unless C{allow} is given in the file and C{token} is set.
     @ivar token: the bearer token that requests other than GET (such as
         C{POST /pending/NAME}) must carry; empty: none needed.
+    @ivar hosts: names, lowercased, that the inbox answers to in a C{Host}
+        header besides C{localhost}, address literals and the listen
+        interfaces (L{mxrecv.ops.hosts}): a reverse proxy's.
     """
 
     listen: tuple[str, ...] = ()
     allow: tuple[Network, ...] = LOOPBACK
     token: str = field(default="", repr=False)
+    hosts: tuple[str, ...] = ()
 
 
 @frozen
@@ -263,6 +268,22 @@ def parseListen(description: str) -> str | TLSListen:
     return description
 
 
+def listenInterface(description: str) -> str | None:
+    """
+    The interface of a valid TCP or TLS C{listen} string (C{""} for all
+    addresses), or L{None} for any other endpoint.
+    """
+    listen = parseListen(description)
+    if isinstance(listen, TLSListen):
+        return listen.interface
+    endpoint = serverFromString(None, description)
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        # Twisted keeps the parsed address private.
+        interface: str = endpoint._interface
+        return interface
+    return None
+
+
 def isLoopbackListen(description: str) -> bool:
     """
     Whether a valid C{listen} string can only be reached from this machine:
@@ -270,17 +291,9 @@ def isLoopbackListen(description: str) -> bool:
     default of C{tcp:PORT}) is not; nor is an endpoint whose address cannot
     be known before it listens (C{systemd:}, ...).
     """
-    listen = parseListen(description)
-    if isinstance(listen, TLSListen):
-        interface = listen.interface
-    else:
-        endpoint = serverFromString(None, description)
-        if isinstance(endpoint, UNIXServerEndpoint):
-            return True
-        if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-            return False
-        # Twisted keeps the parsed address private; it is "" for all addresses.
-        interface = endpoint._interface
+    interface = listenInterface(description)
+    if interface is None:
+        return isinstance(serverFromString(None, description), UNIXServerEndpoint)
     try:
         return ipaddress.ip_address(interface.split("%", 1)[0]).is_loopback
     except ValueError:
@@ -301,6 +314,33 @@ def _listenOrNone(key: str, value: Any) -> tuple[str, ...]:
     if value == []:
         return ()
     return _listen(key, value)
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE | re.ASCII)
+
+
+def isHostName(name: str) -> bool:
+    """
+    Whether C{name} is a DNS host name (ASCII labels of letters, digits,
+    C{-} and C{_}; a trailing dot allowed), or an IPv4 address written as
+    one: no port, scheme or wildcard.
+    """
+    labels = name.removesuffix(".").split(".")
+    return len(name) <= 254 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def _hostNames(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of host names")
+    names = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not isHostName(name):
+            raise ConfigError(
+                f"{key}[{i}]: {name!r} is not a host name (a name alone: no port, scheme "
+                "or wildcard)"
+            )
+        names.append(name.lower().removesuffix("."))
+    return tuple(names)
 
 
 def _oneOf(*choices: str) -> Check:
@@ -499,6 +539,7 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
             "allow": _networks,
             "token": _string,
             "token_file": _directory,
+            "hosts": _hostNames,
         },
     ),
     "log": (LogConfig, {"format": _oneOf("text", "json")}),

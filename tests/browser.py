@@ -40,9 +40,14 @@ class Browser:
     """
     A headless Chromium and its chromedriver; L{close} ends both and
     removes the profile.
+
+    @param resolve: host names that Chromium resolves to 127.0.0.1 itself,
+        without DNS (as a name an attacker controls would, rebound).
     """
 
-    def __init__(self, width: int = 1280, height: int = 900) -> None:
+    def __init__(
+        self, width: int = 1280, height: int = 900, resolve: tuple[str, ...] = ()
+    ) -> None:
         # Never let selenium look for (or download) a driver of its own.
         os.environ["SE_OFFLINE"] = "true"
         from selenium import webdriver
@@ -56,6 +61,9 @@ class Browser:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={self.profile}")
         options.add_argument(f"--window-size={width},{height}")
+        if resolve:
+            rules = ", ".join(f"MAP {name} 127.0.0.1" for name in resolve)
+            options.add_argument(f"--host-resolver-rules={rules}")
         try:
             self.driver = webdriver.Chrome(
                 options=options, service=Service(executable_path=CHROMEDRIVER)

@@ -317,6 +317,42 @@ class ServerHeaderTests(TestCase):
             self.assertEqual(response.headers.getRawHeaders("Server"), ["mxrecv"])
 
 
+class AdminHostTests(TestCase):
+    """
+    The inbox answers only under the admin listener's own names (DNS
+    rebinding: a page of another site, its name pointed at 127.0.0.1,
+    would otherwise read it); /health and /metrics answer scrapers under
+    any name, and hold no message.
+    """
+
+    @inlineCallbacks
+    def get(self, port, path, host):
+        raw = yield rawConnection(port)
+        raw.transport.write(
+            b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        )
+        yield raw.lost
+        return raw.received
+
+    @inlineCallbacks
+    def test_inboxUnderOwnNamesOnly(self):
+        running = run(
+            self, runningConfig(self, admin=AdminConfig(listen=ANY_PORT, hosts=("ops.example",)))
+        )
+        port = int(running.admin.rsplit(":", 1)[1])
+        address = b"127.0.0.1:%d" % (port,)
+        for host in (b"rebind.attacker.example:%d" % (port,), b"localhost.attacker.example"):
+            received = yield self.get(port, b"/inbox", host)
+            self.assertTrue(received.startswith(b"HTTP/1.1 421 "), received)
+            self.assertNotIn(b"<table", received)
+            for path in (b"/health", b"/metrics"):
+                received = yield self.get(port, path, host)
+                self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received)
+        for host in (address, b"localhost:%d" % (port,), b"ops.example"):
+            received = yield self.get(port, b"/inbox", host)
+            self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:200])
+
+
 def clientHello() -> bytes:
     """
     The first flight of a TLS client: what it sends before the server has

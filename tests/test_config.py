@@ -295,3 +295,24 @@ class DeliverConfigTests(SynchronousTestCase):
             self.assertConfigError({"deliver": {key: 0}}, f"deliver.{key}")
             self.assertConfigError({"deliver": {key: 1.5}}, f"deliver.{key}")
             self.assertEqual(getattr(parseConfig({"deliver": {key: 5}}).deliver, key), 5)
+
+
+class AdminHostsTests(SynchronousTestCase):
+    """
+    C{[admin] hosts}: the names, besides loopback's and the listen
+    interfaces', that the admin listener's browser pages answer to (a
+    reverse proxy's); checked as host names, kept lowercased.
+    """
+
+    def test_default(self) -> None:
+        self.assertEqual(parseConfig({}).admin.hosts, ())
+
+    def test_names(self) -> None:
+        config = parseConfig({"admin": {"hosts": ["MXRECV.example.com", "ops-1.internal."]}})
+        self.assertEqual(config.admin.hosts, ("mxrecv.example.com", "ops-1.internal"))
+
+    def test_notNames(self) -> None:
+        for value in (["mxrecv.example.com:9100"], ["*.example.com"], ["a b"], [""], "x", [1],
+                      ["-x.example"], ["x" * 64 + ".example"], ["http://x.example/"]):
+            e = self.assertRaises(ConfigError, parseConfig, {"admin": {"hosts": value}})
+            self.assertIn("admin.hosts", str(e))

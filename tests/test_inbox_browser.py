@@ -119,8 +119,11 @@ class BrowserCase(TestCase):
     running mxrecv whose spool L{fillSpool} filled.
     """
 
+    #: Names that the browser resolves to 127.0.0.1.
+    RESOLVE: tuple[str, ...] = ()
+
     def setUp(self) -> None:
-        self.browser = Browser()
+        self.browser = Browser(resolve=self.RESOLVE)
         self.addCleanup(self.browser.close)
         self.canary = Canary()
         port = reactor.listenTCP(0, Site(self.canary), interface="127.0.0.1")
@@ -344,3 +347,33 @@ class InboxBrowserTokenTests(BrowserCase):
 
     def test_requeue(self):
         return self.requeue()
+
+
+class InboxBrowserRebindingTests(BrowserCase):
+    """
+    DNS rebinding: a name that is not the admin listener's own, resolving
+    to 127.0.0.1 (as an attacker's would once rebound), gets none of the
+    inbox; a reverse proxy's name in C{[admin] hosts} gets it all.
+    """
+
+    RESOLVE = ("rebind.attacker.test", "mxrecv.proxy.test")
+
+    def adminConfig(self) -> AdminConfig:
+        return AdminConfig(listen=ANY_PORT, hosts=("mxrecv.proxy.test",))
+
+    def under(self, name: str, path: str) -> Deferred[None]:
+        port = self.running.admin.rsplit(":", 1)[1]
+        return self.browse(self.driver.get, f"http://{name}:{port}{path}")
+
+    @inlineCallbacks
+    def test_rebound(self):
+        for path in ("/inbox", "/inbox/new/mms-1", "/inbox/new/mms-1/parts/photo.png"):
+            yield self.under("rebind.attacker.test", path)
+            text = yield self.browse(lambda: self.driver.page_source)
+            self.assertIn("[admin] hosts", text)
+            self.assertNotIn("Holiday", text)
+            rows = yield self.css("table.messages")
+            self.assertEqual(rows, [])
+        yield self.under("mxrecv.proxy.test", "/inbox")
+        summaries = yield self.texts("table.messages td.summary")
+        self.assertIn("Holiday", summaries)

@@ -35,9 +35,10 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from mxrecv.config import LOOPBACK, AdminConfig
+from mxrecv.config import LOOPBACK, AdminConfig, listenInterface
 from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.ops.bearer import BearerToken, TokenRequired
+from mxrecv.ops.hosts import HostRequired, KnownHosts
 from mxrecv.ops.inbox.service import buildInbox
 from mxrecv.ops.metrics import LOCAL_ERROR_WAITING, sampleValue
 from mxrecv.spool.durable import fsyncPath
@@ -522,7 +523,12 @@ def buildAdmin(
             mode=spool.mode,
         )
         inbox.setServiceParent(parent)
-        children[INBOX] = inbox.resource
+        # Private messages, read in a browser: only under the listener's
+        # own names (DNS rebinding).  /metrics and /health hold none, and
+        # scrapers reach them by names of their own.
+        interfaces = (listenInterface(d) for d in config.listen)
+        hosts = KnownHosts.of([*config.hosts, *(i for i in interfaces if i)])
+        children[INBOX] = HostRequired(inbox.resource, hosts)
     site = AdminSite(
         health=health,
         registry=registry,
