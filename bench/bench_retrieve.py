@@ -42,7 +42,7 @@ import sys
 from twisted.internet import reactor, stdio
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import WrappingFactory
-from tests.retrievemms import QuietSite, RetrieveMMS
+from mxrecv.testing.retrievemms import QuietSite, RetrieveMMS
 class Counting(WrappingFactory):
     peak = 0
     def registerProtocol(self, p):
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace, url: str, root: Path):
     )
     done = [retriever.whenDone(n) for n in names]
     start = time.perf_counter()
-    PendingWork(spool, completer, retrieve=retriever).resume()
+    PendingWork(spool, completer, retrieve=retriever, clock=reactor).resume()
     outcomes = yield DeferredList(done, fireOnOneErrback=True)
     elapsed = time.perf_counter() - start
     yield retriever.stop()

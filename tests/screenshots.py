@@ -20,7 +20,8 @@ from twisted.internet.threads import deferToThread
 
 from mxrecv.config import AdminConfig, Config, ServerConfig, SpoolConfig
 from mxrecv.tap import Options, makeService
-from mxrecv.testing.examples import mms, mmsZip, png, put, smil, sms
+from mxrecv.testing.examples import mms, png, put, smil, sms
+from mxrecv.testing.zips import zipOf
 
 from .browser import Browser
 
@@ -35,7 +36,7 @@ def exampleSpool(root: Path) -> None:
         root,
         "new",
         mms("41000004", "2026-11-25T10:31:00.512Z", "Greetings from Brighton"),
-        mmsZip(
+        zipOf(
             [
                 ("presentation.smil", smil(("img", "beach.png"), ("text", "note.txt"))),
                 ("beach.png", png(480, 270, (42, 120, 196))),

@@ -4,15 +4,15 @@ Hypothesis strategies for MX Telecom's callbacks: ids, dates, parameter sets.
 
 from __future__ import annotations
 
-import io as _io
-import warnings as _warnings
-import zipfile as _zipfile
 from datetime import datetime
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mxrecv.message.params import LIMITS, MAX_RECIPIENTS
+from mxrecv.testing.zips import zipOf
+
+__all__ = ["zipOf"]
 
 # Any id MX Telecom could send, as text (a decoded query string never holds
 # lone surrogates).
@@ -172,25 +172,6 @@ entryNames = st.one_of(
         max_size=5,
     ).map("/".join),
 )
-
-
-def zipOf(entries: list[tuple[str, bytes]], compression: int = _zipfile.ZIP_DEFLATED) -> bytes:
-    """
-    The bytes of a zip holding C{entries} in that order (names may repeat).
-    """
-    out = _io.BytesIO()
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")  # duplicate names are wanted
-        _write(out, entries, compression)
-    return out.getvalue()
-
-
-def _write(out, entries, compression) -> None:
-    with _zipfile.ZipFile(out, "w", compression) as archive:
-        for name, data in entries:
-            info = _zipfile.ZipInfo(name, (2026, 11, 25, 10, 0, 0))
-            info.compress_type = compression
-            archive.writestr(info, data)
 
 
 def examples(strategy, count):

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -523,3 +524,71 @@ def fillUp(root: Path, leave: int = 0) -> Path:
     if leave:
         os.truncate(filler, filler.stat().st_size - leave)
     return filler
+
+
+BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
+
+
+def mmsFields(messageId="mms-1"):
+    return [
+        ("id", messageId.encode()),
+        ("from", b"447700900123"),
+        ("to", b"80000"),
+        ("to", b"80001"),
+        ("date", b"2026-11-25 10:30:00 +0000"),
+        ("type", b"2"),
+        ("subject", b"Photo"),
+        ("expiry", b"2026-11-27 10:30:00"),
+    ]
+
+
+def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
+    return Message(
+        id=messageId,
+        type="sms",
+        sender="447700900123",
+        to=("80000",),
+        date="2026-11-25 10:30:00",
+        delivery="get",
+        received=received,
+        message="Hello",
+        charset="utf-8",
+    )
+
+
+class LogWatch:
+    """
+    Collects every log event, and fires Deferreds on the ones asked for
+    (in a later turn of the reactor, so that the test goes on once the code
+    that logged has finished its step).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._waiting: list[tuple[object, Deferred]] = []
+
+    def __call__(self, event: dict) -> None:
+        self.events.append(event)
+        for entry in self._waiting:
+            if entry[0](event):
+                self._waiting.remove(entry)
+                reactor.callLater(0, entry[1].callback, event)
+                break
+
+    def next(self, predicate) -> Deferred[dict]:
+        d: Deferred[dict] = Deferred()
+        self._waiting.append((predicate, d))
+        return d
+
+    def text(self) -> str:
+        """
+        Everything logged, formatted, with the tracebacks.
+        """
+        pieces = []
+        for event in self.events:
+            pieces.append(formatEvent(event))
+            pieces.append(repr(event))
+            failure = event.get("log_failure")
+            if failure is not None:
+                pieces.append(failure.getTraceback())
+        return "\n".join(pieces)

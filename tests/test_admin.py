@@ -31,9 +31,9 @@ from mxrecv.tap import Options, makeService
 from mxrecv.tls.certificate import ReloadableCertificate
 from mxrecv.tls.selfsigned import certificatePEM, newKey
 
+from .certificates import CA, DAY, NOW, connect, issue, treqTrusting, writeFiles
 from .running import ANY_PORT, client, rawConnection, run, runningConfig
 from .support import ChannelWatch, connectPeer, startedPool
-from .test_tls import CA, DAY, NOW, connect, issue, treqTrusting, writeFiles
 
 
 class HealthTests(TestCase):

@@ -23,8 +23,7 @@ from mxrecv.ops.cli import main
 from mxrecv.spool.layout import FAILED, PENDING, Attempt, Attempts, undeliverableDocument
 
 from .running import ANY_PORT, client, run, runningConfig
-from .support import openSpool
-from .test_deliver import sms
+from .support import openSpool, sms
 
 
 def command(*argv):

@@ -20,9 +20,10 @@ from mxrecv.mms.recover import Recovery
 from mxrecv.mms.unpack import unpackInto
 from mxrecv.ops.metrics import Metrics
 from mxrecv.spool.layout import FAILED, MESSAGE_JSON, MMS_ZIP, NEW, PENDING, Attempts
+from mxrecv.testing.zips import makeZip
 
-from .retrievemms import makeZip
 from .support import (
+    LogWatch,
     exampleMessage,
     httpClient,
     openSpool,
@@ -31,7 +32,6 @@ from .support import (
     startServer,
     turnsUntil,
 )
-from .test_retrieve import LogWatch
 
 
 def pendingMMS(spool, messageId: str) -> Deferred:
@@ -39,7 +39,7 @@ def pendingMMS(spool, messageId: str) -> Deferred:
     An MMS with its zip, accepted into pending/ without being taken up.
     """
     staging = spool.stage()
-    staging.file(MMS_ZIP).write_bytes(makeZip(2048, "image1.jpg"))
+    staging.file(MMS_ZIP).write_bytes(makeZip(2048, name="image1.jpg"))
     return spool.accept(exampleMessage(id=messageId, type="mms"), PENDING, staging)
 
 
@@ -63,7 +63,7 @@ class CompleterTests(TestCase):
         self.assertEqual(len(calls), 1)
         self.assertEqual(first, second)
         stored = Message.decode((spool.dir(NEW) / "m1" / MESSAGE_JSON).read_bytes())
-        self.assertEqual([p.name for p in stored.parts], ["text.txt", "image1.jpg"])
+        self.assertEqual([p.name for p in stored.parts], ["mms.smil", "text.txt", "image1.jpg"])
         for part in stored.parts:
             self.assertTrue((spool.dir(NEW) / "m1" / part.path).is_file())
         self.assertFalse((spool.dir(PENDING) / "m1").exists())

@@ -28,32 +28,19 @@ from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
 from mxrecv.testing.memory import DrivenThreadPool
+from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
-from .retrievemms import QuietSite
 from .running import client
 from .support import (
     acceptMMS,
     openSpool,
     reactorTurns,
     runJobs,
+    sms,
     startedPool,
     turnsUntil,
 )
-
-
-def sms(messageId: str, received: str = "2026-11-25T10:30:01.000Z") -> Message:
-    return Message(
-        id=messageId,
-        type="sms",
-        sender="447700900123",
-        to=("80000",),
-        date="2026-11-25 10:30:00",
-        delivery="get",
-        received=received,
-        message="Hello",
-        charset="utf-8",
-    )
 
 
 class DeliveryTests(TestCase):

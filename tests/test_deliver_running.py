@@ -19,9 +19,9 @@ from twisted.trial.unittest import TestCase
 from mxrecv.config import AdminConfig, DeliverConfig
 from mxrecv.deliver.signature import newSecret, parseSecret
 from mxrecv.ops.cli import CommandError, listUndeliverable, main, redeliver
+from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
-from .retrievemms import QuietSite
 from .running import ANY_PORT, SMS, client, run, runningConfig, scrape, value
 from .support import turnsUntil
 

@@ -24,9 +24,10 @@ from mxrecv.deliver.policy import ANSWER_HEAD
 from mxrecv.deliver.service import webhookTarget
 from mxrecv.deliver.signature import KEY_SIZE, newSecret, parseSecret
 from mxrecv.deliver.webhook import BodyChanged, SignedBodyProducer, readBody
+from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
-from .retrievemms import QuietSite, TestCA
+from .certificates import TestCA
 from .support import acceptMMS, exampleMessage, openSpool, serveLoopback, startedPool
 
 SECRET = newSecret(bytes(range(KEY_SIZE)))

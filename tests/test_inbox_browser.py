@@ -23,7 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from mxrecv.config import AdminConfig
-from mxrecv.testing.examples import inboxExamples, mms, mmsZip, put, smil
+from mxrecv.testing.examples import inboxExamples, mms, put, smil
+from mxrecv.testing.zips import zipOf
 
 from .browser import Browser
 from .running import ANY_PORT, run, runningConfig
@@ -101,7 +102,7 @@ def fillSpool(root: Path, canary: str) -> None:
         root,
         "new",
         mms("evil", "2026-11-25T10:33:00.000Z", f"<script>{payload(canary, 'subject')}</script>"),
-        mmsZip(
+        zipOf(
             [
                 ("show.smil", smil(("img", "x.svg"), ("ref", "page.html"))),
                 ("x.svg", svg.encode()),

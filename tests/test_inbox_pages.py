@@ -26,7 +26,8 @@ from mxrecv.ops.inbox.files import CHUNK, TEXT_SHOWN, TEXTS_SHOWN, loadMessage
 from mxrecv.ops.inbox.inbox import Inbox
 from mxrecv.ops.inbox.resource import FILE_POLICY, PAGE_POLICY, InboxResource, contentDisposition
 from mxrecv.spool.layout import MESSAGE_JSON, RETRIEVE_JSON
-from mxrecv.testing.examples import inboxExamples, mms, mmsZip, png, put, sms
+from mxrecv.testing.examples import inboxExamples, mms, png, put, sms
+from mxrecv.testing.zips import zipOf
 
 SCRIPT = "<script>document.title='pwned'</script>"
 SVG = (
@@ -75,7 +76,7 @@ def spoolWithMessages(root: Path) -> None:
         root,
         "new",
         mms("evil", "2026-11-25T10:33:00.000Z", SCRIPT, sender=SCRIPT),
-        mmsZip(
+        zipOf(
             [
                 ("x.svg", SVG),
                 ("page.html", HTML),
@@ -517,7 +518,7 @@ class TextBudgetTests(SynchronousTestCase):
         """
         root = Path(self.mktemp())
         parts = [(f"t{i:02d}.txt", os.urandom(TEXT_SHOWN).hex().encode()) for i in range(20)]
-        put(root, "new", mms("many", "2026-11-25T10:31:00.000Z"), mmsZip(parts))
+        put(root, "new", mms("many", "2026-11-25T10:31:00.000Z"), zipOf(parts))
         shown = loadMessage(root, "new", "many")
         self.assertEqual(len(shown.order), 20)
         self.assertEqual(sum(len(text) for text, _ in shown.texts.values()), TEXTS_SHOWN)

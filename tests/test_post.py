@@ -28,16 +28,17 @@ from mxrecv.web.service import buildSite
 
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
 from .support import (
+    BOUNDARY,
     fileWriters,
     httpClient,
     listenGated,
+    mmsFields,
     openSpool,
     rawExchange,
     serverConfig,
     startedPool,
 )
 
-BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
 SMS_FIELDS = [
     ("id", b"sms-1"),
     ("from", b"447700900123"),
@@ -49,19 +50,6 @@ SMS_FIELDS = [
 ]
 SMIL = b'<smil><body><par><img src="photo.jpg"/><text src="text.txt"/></par></body></smil>'
 MMS_ZIP = zipOf([("mms.smil", SMIL), ("photo.jpg", b"\xff\xd8\xff\xe0jpeg"), ("text.txt", b"Hi there")])
-
-
-def mmsFields(messageId="mms-1"):
-    return [
-        ("id", messageId.encode()),
-        ("from", b"447700900123"),
-        ("to", b"80000"),
-        ("to", b"80001"),
-        ("date", b"2026-11-25 10:30:00 +0000"),
-        ("type", b"2"),
-        ("subject", b"Photo"),
-        ("expiry", b"2026-11-27 10:30:00"),
-    ]
 
 
 def listing(directory: Path):

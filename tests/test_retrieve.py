@@ -48,22 +48,23 @@ from mxrecv.spool.naming import nameForId
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tap import makeService
-from mxrecv.tls.client import tlsPolicy
-
-from .retrievemms import (
+from mxrecv.testing.retrievemms import (
     Hang,
     QuietSite,
     Redirect,
     RetrieveMMS,
     Serve,
     Stream,
-    TestCA,
     Trickle,
     Truncate,
-    makeZip,
 )
+from mxrecv.testing.zips import makeZip
+from mxrecv.tls.client import tlsPolicy
+
+from .certificates import TestCA
 from .support import (
     GatedPool,
+    LogWatch,
     exampleMessage,
     fileWriters,
     fillUp,
@@ -79,44 +80,6 @@ from .support import (
 NOW = 1_800_000_000.0
 PASSWORD = "s3cr&t/pa ss"
 LONDON = ZoneInfo("Europe/London")
-
-
-class LogWatch:
-    """
-    Collects every log event, and fires Deferreds on the ones asked for
-    (in a later turn of the reactor, so that the test goes on once the code
-    that logged has finished its step).
-    """
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self._waiting: list[tuple[object, Deferred]] = []
-
-    def __call__(self, event: dict) -> None:
-        self.events.append(event)
-        for entry in self._waiting:
-            if entry[0](event):
-                self._waiting.remove(entry)
-                reactor.callLater(0, entry[1].callback, event)
-                break
-
-    def next(self, predicate) -> Deferred[dict]:
-        d: Deferred[dict] = Deferred()
-        self._waiting.append((predicate, d))
-        return d
-
-    def text(self) -> str:
-        """
-        Everything logged, formatted, with the tracebacks.
-        """
-        pieces = []
-        for event in self.events:
-            pieces.append(formatEvent(event))
-            pieces.append(repr(event))
-            failure = event.get("log_failure")
-            if failure is not None:
-                pieces.append(failure.getTraceback())
-        return "\n".join(pieces)
 
 
 def attemptFailed(event: dict) -> bool:
@@ -370,7 +333,7 @@ class DownloadTests(RetrieveTestCase):
         self.assertEqual(
             found,
             {".": 0o770, "message.json": 0o660, "mms.zip": 0o660, "parts": 0o770,
-             "parts/text.txt": 0o660, "parts/image.jpg": 0o660},
+             "parts/mms.smil": 0o660, "parts/text.txt": 0o660, "parts/image.jpg": 0o660},
         )
 
     @inlineCallbacks

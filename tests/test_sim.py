@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from mxrecv.testing.retrievemms import RetrieveMMS
 from mxrecv.testing.sim import (
     Callback,
     Options,
@@ -25,11 +26,11 @@ from mxrecv.testing.sim import (
     Settings,
     Summary,
     makeCallbacks,
-    makeZip,
     multipartBody,
     percentile,
     run,
 )
+from mxrecv.testing.zips import makeZip
 
 from .support import startServer
 
@@ -205,11 +206,10 @@ class AgainstMxrecvTests(TestCase):
         """
         from twisted.web.server import Site
 
-        from mxrecv.testing.sim import RetrieveMMS
 
-        retrieve = RetrieveMMS("u", "p")
+        retrieve = RetrieveMMS(reactor, user="u", password="p")
         callback = next(makeCallbacks("mms", 1, "t4", 3000, now=NOW))
-        retrieve.announce(callback)
+        retrieve.announce(callback.id, callback.zip)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Site(retrieve)
         )

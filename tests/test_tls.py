@@ -5,7 +5,6 @@ CA; reloading; start-up checks; the C{ssl:} syntax; C{mxrecv-selfsigned}.
 
 from __future__ import annotations
 
-import datetime
 import io
 import ipaddress
 import json
@@ -18,36 +17,20 @@ from urllib.parse import urlencode
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    connectProtocol,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import (
-    IHandshakeListener,
-    IOpenSSLClientConnectionCreator,
-)
-from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import (
     AcceptableCiphers,
-    Certificate,
     TLSVersion,
     optionsForClientTLS,
-    trustRootFromCertificates,
 )
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from zope.interface import implementer
 
 from mxrecv.config import ConfigError, parseConfig, parseListen
 from mxrecv.tap import Options, makeService
@@ -60,159 +43,40 @@ from mxrecv.tls.certificate import (
 )
 from mxrecv.tls.description import TLSFiles, TLSListen, parseTLS
 from mxrecv.tls.reload import CertificateReloadService
-from mxrecv.tls.selfsigned import certificate, certificatePEM, keyPEM, newKey
+from mxrecv.tls.selfsigned import certificatePEM, newKey
 from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.listen import tlsEndpoint, tlsFactory
 from mxrecv.web.service import buildSite
 
+from .certificates import (
+    CA,
+    DAY,
+    NOW,
+    OTHER_CA,
+    OldTLSClient,
+    certNotAfter,
+    commonName,
+    connect,
+    intermediate,
+    issue,
+    treqTrusting,
+    trusting,
+    trustRoot,
+    writeFiles,
+)
 from .strategies import contentTypeFor, multipartBody
 from .support import (
+    BOUNDARY,
     LOOPBACK_ONLY,
     SMS,
     ChannelWatch,
     fileWriters,
     httpClient,
+    mmsFields,
     openSpool,
     serverConfig,
 )
-from .test_post import BOUNDARY, mmsFields
 from .twistd import runTwistd
-
-NOW = datetime.datetime.now(datetime.timezone.utc)
-DAY = datetime.timedelta(days=1)
-HOSTS = ("127.0.0.1", "localhost")
-
-
-def _ca(name: str):
-    key = newKey()
-    cert = certificate(key, commonName=name, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, ca=True)
-    return key, cert
-
-
-CA_KEY, CA = _ca("mxrecv test CA")
-OTHER_CA_KEY, OTHER_CA = _ca("some other CA")
-
-
-def issue(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY, key=None, by=(CA_KEY, CA)):
-    """
-    A server certificate from the test CA, or from the C{(key, certificate)}
-    of another issuer.
-    """
-    key = key or newKey()
-    issuerKey, issuer = by
-    cert = certificate(
-        key, hosts=HOSTS, commonName=name, notBefore=notBefore, notAfter=notAfter,
-        issuer=issuer, issuerKey=issuerKey,
-    )
-    return key, cert
-
-
-def certNotAfter(cert: x509.Certificate) -> datetime.datetime:
-    return cert.not_valid_after_utc
-
-
-def intermediate(name: str, *, notBefore=NOW - DAY, notAfter=NOW + 30 * DAY):
-    """
-    An intermediate CA issued by the test CA, as C{(key, certificate)}.
-    """
-    key = newKey()
-    cert = certificate(
-        key, commonName=name, notBefore=notBefore, notAfter=notAfter,
-        issuer=CA, issuerKey=CA_KEY, ca=True,
-    )
-    return key, cert
-
-
-def writeFiles(directory: Path, key, cert, *, keyData: bytes | None = None) -> TLSFiles:
-    """
-    Put a key and certificate in place atomically (as a renewal should).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TLSFiles(directory / "key.pem", directory / "cert.pem")
-    for path, data in ((files.privateKey, keyData or keyPEM(key)), (files.certKey, certificatePEM(cert))):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return files
-
-
-def commonName(x509cert) -> str:
-    return x509cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-
-
-def trusting(*cas: x509.Certificate):
-    return optionsForClientTLS("127.0.0.1", trustRoot=_trustRoot(*cas))
-
-
-def _trustRoot(*cas):
-    return trustRootFromCertificates([Certificate.loadPEM(certificatePEM(c)) for c in cas])
-
-
-def treqTrusting(*cas) -> HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    return HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(_trustRoot(*cas)), pool=pool))
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class OldTLSClient:
-    """
-    A client that offers only TLS 1.0 and 1.1 (with the security level that
-    OpenSSL needs to send them at all).
-    """
-
-    def clientConnectionForTLS(self, tlsProtocol):
-        context = SSL.Context(SSL.TLS_METHOD)
-        context.set_min_proto_version(SSL.TLS1_VERSION)
-        context.set_max_proto_version(SSL.TLS1_1_VERSION)
-        context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-        connection = SSL.Connection(context, None)
-        connection.set_app_data(tlsProtocol)
-        return connection
-
-
-@implementer(IHandshakeListener)
-class RawClient(Protocol):
-    """
-    Records what the server sends; C{handshake} fires with the server's
-    certificate, or fails with why the connection went.
-    """
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.handshake: Deferred = Deferred()
-        self.lost: Deferred = Deferred()
-        self._waiting: list[tuple[bytes, Deferred]] = []
-
-    def handshakeCompleted(self) -> None:
-        self.handshake.callback(self.transport.getPeerCertificate())
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        for marker, d in list(self._waiting):
-            if marker in self.received:
-                self._waiting.remove((marker, d))
-                d.callback(self.received)
-
-    def waitFor(self, marker: bytes) -> Deferred:
-        d: Deferred = Deferred()
-        self._waiting.append((marker, d))
-        self.dataReceived(b"")
-        return d
-
-    def connectionLost(self, reason) -> None:
-        if not self.handshake.called:
-            self.handshake.errback(reason)
-        for _, d in self._waiting:
-            d.errback(reason)
-        self.reason = reason
-        self.lost.callback(None)
-
-
-def connect(port: int, creator=None) -> Deferred:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    if creator is not None:
-        endpoint = wrapClientTLS(creator, endpoint)
-    return connectProtocol(endpoint, RawClient())
 
 
 def smsParams(id: str, text: str = "hello") -> dict[str, str]:
@@ -326,7 +190,7 @@ class HTTPSTests(HTTPSServerMixin, TestCase):
             port,
             optionsForClientTLS(
                 "127.0.0.1",
-                trustRoot=_trustRoot(CA),
+                trustRoot=trustRoot(CA),
                 extraCertificateOptions={
                     "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(
                         "AES128-SHA:AES256-GCM-SHA384"

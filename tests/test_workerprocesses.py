@@ -33,10 +33,10 @@ from twisted.web.server import Site
 
 from mxrecv.message.dates import mxDate
 from mxrecv.spool.store import claimSpool
+from mxrecv.testing.retrievemms import Hang, RetrieveMMS
 
-from .retrievemms import Hang, RetrieveMMS
+from .certificates import CA, commonName, connect, issue, trusting, writeFiles
 from .running import MMS, SMS, client
-from .test_tls import CA, commonName, connect, issue, trusting, writeFiles
 from .twistd import Twistd, isWorkerOf, runTwistd
 
 WORKERS = 2
@@ -517,8 +517,9 @@ class DeliveryTests(TestCase):
         /metrics, and POST /deliver/NAME on the parent's admin listener
         (with the token) has the leader deliver it again.
         """
+        from mxrecv.testing.retrievemms import QuietSite
+
         from .application import Answer, Application
-        from .retrievemms import QuietSite
 
         app = Application(reactor, {"refused": [Answer(400, b"no")]})
         port = reactor.listenTCP(0, QuietSite(app), interface="127.0.0.1")

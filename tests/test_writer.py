@@ -23,13 +23,13 @@ from mxrecv.web.service import buildSite
 from .strategies import contentTypeFor, examples, multipartBody
 from .support import (
     GatedPool,
+    mmsFields,
     openFiles,
     openSpool,
     rawExchange,
     serverConfig,
     startServer,
 )
-from .test_post import mmsFields
 
 BOUNDARY = "mxrecv-writer-test"
 FIELDS = mmsFields()

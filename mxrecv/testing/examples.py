@@ -13,9 +13,7 @@ import math
 import os
 import struct
 import wave
-import zipfile
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from mxrecv.message.model import MMS, POST, SMS, Message, encodeJSON
 from mxrecv.mms.unpack import unpackInto
 from mxrecv.spool.layout import DIRECTORIES, MESSAGE_JSON, MMS_ZIP, PARTS, TMP
 from mxrecv.spool.naming import nameForId
+from mxrecv.testing.zips import zipOf
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int] = (31, 95, 191)) -> bytes:
@@ -74,14 +73,6 @@ def smil(*sources: tuple[str, str]) -> bytes:
     """
     slides = "".join(f'<par dur="5s"><{kind} src="{source}"/></par>' for kind, source in sources)
     return f"<smil><head/><body>{slides}</body></smil>".encode()
-
-
-def mmsZip(entries: Sequence[tuple[str, bytes]]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries:
-            archive.writestr(name, data)
-    return out.getvalue()
 
 
 def sms(ident: str, received: str, text: str = "Hello", sender: str = "447700900123") -> Message:
@@ -173,7 +164,7 @@ def inboxExamples(root: Path) -> None:
         root,
         "new",
         mms("mms-1", "2026-11-25T10:31:00.000Z", "Holiday"),
-        mmsZip(
+        zipOf(
             [
                 (
                     "slides.smil",

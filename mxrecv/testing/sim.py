@@ -16,10 +16,8 @@ C{duration} seconds, each given at most C{timeout} seconds to be answered.
 
 from __future__ import annotations
 
-import io
 import random
 import sys
-import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -34,11 +32,11 @@ from twisted.python import usage
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from mxrecv.message.dates import mxDate
+from mxrecv.testing.retrievemms import QuietSite, RetrieveMMS
+from mxrecv.testing.zips import makeZip
 
 # MX Telecom waits 60 s for an answer but asks for one "in a timely manner
 # (sub 10 seconds)": a slower 200 counts as a wrong answer.
@@ -64,26 +62,6 @@ class Callback:
     id: str
     params: Pairs
     zip: bytes | None = field(default=None, repr=False)
-
-
-def makeZip(size: int, seed: int = 0) -> bytes:
-    """
-    A valid MMS zip of about C{size} bytes: a SMIL presentation, a text part
-    and an image-like part of random (incompressible, stored) bytes.
-    """
-    text = "Hello from mxrecv-sim \N{EURO SIGN}\n".encode()
-    smil = (
-        b'<smil><body><par><img src="image.jpg"/>'
-        b'<text src="text.txt"/></par></body></smil>'
-    )
-    overhead = 400 + len(text) + len(smil)
-    image = random.Random(seed).randbytes(max(0, size - overhead))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("mms.smil", smil)
-        z.writestr("text.txt", text)
-        z.writestr("image.jpg", image)
-    return out.getvalue()
 
 
 # How long after its date an MMS may be retrieved: MX Telecom promises at
@@ -314,64 +292,6 @@ class Summary:
         return "mxrecv-sim: " + " ".join(p for p in parts if p)
 
 
-# RetrieveMMS
-
-
-class RetrieveMMS(Resource):
-    """
-    MX Telecom's RetrieveMMS: the zip of an announced MMS, for the right
-    C{user} and C{pass}.
-
-    @ivar retrieved: how many times each id was fetched.
-    """
-
-    isLeaf = True
-
-    def __init__(self, user: str, password: str) -> None:
-        super().__init__()
-        self._user = user.encode()
-        self._password = password.encode()
-        self._zips: dict[bytes, bytes] = {}
-        self.retrieved: dict[str, int] = {}
-        self._waiting: list[Deferred[None]] = []
-
-    def announce(self, callback: Callback) -> None:
-        assert callback.zip is not None
-        self._zips[callback.id.encode()] = callback.zip
-
-    @property
-    def announced(self) -> int:
-        return len(self._zips)
-
-    def whenAllRetrieved(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        self._check()
-        return d
-
-    def render_GET(self, request: Any) -> bytes:
-        args = request.args
-        if args.get(b"user") != [self._user] or args.get(b"pass") != [self._password]:
-            request.setResponseCode(403)
-            return b"bad user or password\n"
-        ident = (args.get(b"id") or [b""])[0]
-        data = self._zips.get(ident)
-        if data is None:
-            request.setResponseCode(404)
-            return b"no such MMS\n"
-        request.setHeader(b"Content-Type", b"application/zip")
-        name = ident.decode("utf-8", "replace")
-        self.retrieved[name] = self.retrieved.get(name, 0) + 1
-        self._check()
-        return data
-
-    def _check(self) -> None:
-        if len(self.retrieved) >= len(self._zips):
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-
 # Sending
 
 
@@ -462,8 +382,8 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
     retrieve = None
     listening = None
     if settings.kind == "mms" and settings.mode == "get":
-        retrieve = RetrieveMMS(settings.user, settings.password)
-        listening = yield serverFromString(reactor, settings.retrieveListen).listen(Site(retrieve))
+        retrieve = RetrieveMMS(reactor, user=settings.user, password=settings.password)
+        listening = yield serverFromString(reactor, settings.retrieveListen).listen(QuietSite(retrieve))
         address = listening.getHost()
         print(
             f"mxrecv-sim: RetrieveMMS at http://{address.host}:{address.port}/RetrieveMMS"
@@ -491,7 +411,8 @@ def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
             if reactor.seconds() >= stopAt:
                 return
             if retrieve is not None:
-                retrieve.announce(callback)
+                assert callback.zip is not None
+                retrieve.announce(callback.id, callback.zip)
             outcomes.append((yield send(reactor, client, settings, callback)))
             if settings.mode == "post":
                 bodyBytes += len(callback.zip or b"")

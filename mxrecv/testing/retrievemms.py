@@ -1,41 +1,25 @@
+# -*- test-case-name: tests.test_retrieve -*-
 """
-A RetrieveMMS stand-in for tests and benchmarks: a twisted.web resource that
-serves zips, or fails in the ways a script tells it to; and a throwaway test
-CA for serving it over HTTPS.
+A RetrieveMMS stand-in for tests, benchmarks and the simulator: a
+twisted.web resource that serves MX Telecom's zips (those announced to it,
+for the right user and password, as the real one does), or fails in the
+ways a script tells it to.
 """
 
 from __future__ import annotations
 
-import datetime
-import io
-import ipaddress
-import zipfile
 from collections.abc import Callable
+from typing import Any
 
 from attrs import frozen
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-
-def makeZip(size: int = 1024, name: str = "image.jpg") -> bytes:
-    """
-    A zip holding a SMIL-less MMS: one text part and one binary part of
-    about C{size} bytes (stored, so the zip is about that big).
-    """
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("text.txt", "hello")
-        z.writestr(name, bytes(i % 251 for i in range(size)))
-    return buffer.getvalue()
-
+from mxrecv.testing.zips import makeZip
 
 # What the stand-in does with one request.
 
@@ -106,8 +90,13 @@ Behaviour = Serve | Truncate | Stream | Hang | Trickle | Redirect
 
 class RetrieveMMS(Resource):
     """
-    The stand-in.  Each request takes the next behaviour of C{script}; once
-    it is empty, each gets C{default} (a zip of C{zipSize} bytes).
+    The stand-in.  With C{user} and C{password}, it is RetrieveMMS as MX
+    Telecom runs it: 403 for other credentials, the zip of each id announced
+    to it (L{announce}), 404 for any other.  Otherwise each request takes
+    the next behaviour of C{script}, and once it is empty, C{default} (a
+    zip of C{zipSize} bytes).
+
+    @ivar retrieved: how many times each announced id was served.
 
     @ivar requests: the query arguments of each request, decoded (a byte
         that is not UTF-8 as an escape).
@@ -117,8 +106,20 @@ class RetrieveMMS(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor, script: list[Behaviour] | None = None, zipSize: int = 1024):
+    def __init__(
+        self,
+        reactor: Any,
+        script: list[Behaviour] | None = None,
+        zipSize: int = 1024,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         super().__init__()
+        self._credentials = None if user is None else (user.encode(), (password or "").encode())
+        self._zips: dict[bytes, bytes] = {}
+        self.retrieved: dict[str, int] = {}
+        self._allRetrieved: list[Deferred[None]] = []
         self._reactor = reactor
         self.script = list(script or [])
         self.default = Serve(makeZip(zipSize))
@@ -129,6 +130,31 @@ class RetrieveMMS(Resource):
         self.peakActive = 0
         self.sent = 0
         self._idle: list[Deferred[None]] = []
+
+    def announce(self, messageId: str, zipData: bytes) -> None:
+        """
+        MX Telecom has told a customer about MMS C{messageId}: serve its zip.
+        """
+        self._zips[messageId.encode()] = zipData
+
+    @property
+    def announced(self) -> int:
+        return len(self._zips)
+
+    def whenAllRetrieved(self) -> Deferred[None]:
+        """
+        Fire once every announced MMS has been served at least once.
+        """
+        d: Deferred[None] = Deferred()
+        self._allRetrieved.append(d)
+        self._checkRetrieved()
+        return d
+
+    def _checkRetrieved(self) -> None:
+        if len(self.retrieved) >= len(self._zips):
+            waiting, self._allRetrieved = self._allRetrieved, []
+            for d in waiting:
+                d.callback(None)
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -158,10 +184,13 @@ class RetrieveMMS(Resource):
             d.callback(None)
 
     def render_GET(self, request: Request):
+        args: dict[bytes, list[bytes]] = request.args or {}
         self.requests.append(
-            {k.decode(): v[0].decode("utf-8", "surrogateescape") for k, v in request.args.items()}
+            {k.decode(): v[0].decode("utf-8", "surrogateescape") for k, v in args.items()}
         )
-        self.ids.append(request.args.get(b"id", [b""])[0])
+        self.ids.append(args.get(b"id", [b""])[0])
+        if self._credentials is not None:
+            return self._announced(request, *self._credentials)
         behaviour = self.script.pop(0) if self.script else self.default
         self.active += 1
         self.peakActive = max(self.peakActive, self.active)
@@ -188,7 +217,7 @@ class RetrieveMMS(Resource):
         if isinstance(behaviour, Truncate):
             request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))
             request.write(behaviour.body[: behaviour.sent])
-            request.transport.loseConnection()
+            request.loseConnection()
             return NOT_DONE_YET
         if isinstance(behaviour, Stream):
             request.setHeader(b"Content-Length", b"%d" % len(behaviour.body))
@@ -202,6 +231,22 @@ class RetrieveMMS(Resource):
             self._trickle(request, behaviour.interval)
             return NOT_DONE_YET
         return NOT_DONE_YET
+
+    def _announced(self, request: Request, user: bytes, password: bytes) -> bytes:
+        args: dict[bytes, list[bytes]] = request.args or {}
+        if args.get(b"user") != [user] or args.get(b"pass") != [password]:
+            request.setResponseCode(403)
+            return b"bad user or password\n"
+        ident = (args.get(b"id") or [b""])[0]
+        data = self._zips.get(ident)
+        if data is None:
+            request.setResponseCode(404)
+            return b"no such MMS\n"
+        request.setHeader(b"Content-Type", b"application/zip")
+        name = ident.decode("utf-8", "replace")
+        self.retrieved[name] = self.retrieved.get(name, 0) + 1
+        self._checkRetrieved()
+        return data
 
     def _trickle(self, request: Request, interval: float, sent: int = 0) -> None:
         request.write(b"PK\x03\x04"[sent : sent + 1] or b"x")
@@ -273,84 +318,5 @@ class QuietSite(Site):
 
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
-
-
-# Test certificates
-
-
-@frozen
-class TestCA:
-    """
-    A throwaway CA: C{pem} is its certificate, for C{[retrieve] ca_file}.
-    """
-
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @classmethod
-    def make(cls, name: str = "mxrecv test CA") -> TestCA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (
-            _builder(subject, subject, key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
-
-    def serverOptions(self, *names: str) -> CertificateOptions:
-        """
-        TLS server options with a certificate from this CA for C{names}
-        (host names or IP addresses).
-        """
-        key = ec.generate_private_key(ec.SECP256R1())
-        alternatives: list[x509.GeneralName] = []
-        for n in names:
-            try:
-                alternatives.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                alternatives.append(x509.DNSName(n))
-        cert = (
-            _builder(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
-                self.cert.subject,
-                key.public_key(),
-            )
-            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return PrivateCertificate.loadPEM(pem).options()
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, public) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-
