@@ -10,7 +10,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
@@ -313,6 +313,7 @@ class UnpackTests(TestCase):
 
     @settings(max_examples=40, deadline=None)
     @given(st.lists(entryNames, min_size=1, max_size=6))
+    @example(["0\\"])
     def test_anyNamesInsidePartsOrRefused(self, names):
         """
         Whatever the entry names, every file written is inside parts/, one
@@ -327,7 +328,8 @@ class UnpackTests(TestCase):
             self.assertEqual(written, [])
             self.assertEqual(unpacked.parts, ())
             return
-        stored = [n for n in (zipfile.ZipInfo(n).filename for n in names) if not n.endswith("/")]
+        directories = ("/", "\\")
+        stored = [n for n in (zipfile.ZipInfo(n).filename for n in names) if not n.endswith(directories)]
         self.assertEqual([p.name for p in unpacked.parts], stored)
         self.assertEqual(sorted(["parts"] + [p.path for p in unpacked.parts]), written)
         for part in unpacked.parts:
