@@ -108,7 +108,7 @@ class RetrieveConfig:
     max_window_days: float = 3.0
 
 
-# Operations (issue 7): the admin listener, the log format, delivery.
+# Operations: the admin listener, the log format, delivery.
 
 
 @frozen
@@ -566,6 +566,16 @@ _SCHEMA: Mapping[str, tuple[type, Mapping[str, Check]]] = {
         {"watch": _nonNegativeNumber, "expiry_warning_days": _nonNegativeNumber},
     ),
 }
+
+
+def schemaKeys() -> Mapping[str, tuple[str, ...]]:
+    """
+    Every table of the configuration file and the keys it may hold, in the
+    schema's order: what the one configuration reference
+    (C{docs/configuration.md}) and C{etc/mxrecv.toml} must list, so that a
+    check can hold them to the schema rather than to a copy of it.
+    """
+    return {table: tuple(checks) for table, (_, checks) in _SCHEMA.items()}
 
 
 def parseConfig(document: Mapping[str, Any], base: Path = Path(".")) -> Config:
