@@ -2,7 +2,8 @@
 """
 Benchmarks mxrecv against two peer receivers doing the same job (aiohttp,
 Starlette under uvicorn), side by side in one run, and writes the results as
-markdown (docs/benchmark-results.md by default).
+markdown (/var/tmp/mxrecv-bench-run.md by default: outside docs/, which holds
+the current figures only, in docs/benchmarks.md).
 
     python3 bench/run.py --quick            # under 2 minutes
     python3 bench/run.py                    # longer runs
@@ -15,8 +16,8 @@ config and a spool on disk, from this work tree (PYTHONPATH).  Each server is
 pinned to core 0 and the load tool to core 1 (taskset); the servers take
 turns within each of 3 rounds per scenario, each with a fresh spool; the
 figures are the median and range of the 3.  A disk baseline and a CPU probe
-are measured in the same run, because this machine's disk and CPU vary a lot
-from one hour to the next: compare ratios within a run, not across runs.
+are measured in the same run, because a shared machine's disk and CPU can
+vary a lot from one hour to the next: compare ratios within a run, not across runs.
 
 Scenarios (those needing a feature mxrecv lacks are skipped with a note):
   S1   GET SMS, 50 keep-alive connections: callbacks/s, p50/p99 time to ack
@@ -867,7 +868,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
     parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="e.g. S1,S2")
     parser.add_argument("--profile", action="store_true", help="also profile mxrecv under S1 load")
-    parser.add_argument("--out", default=str(REPO / "docs" / "benchmark-results.md"))
+    parser.add_argument("--out", default="/var/tmp/mxrecv-bench-run.md",
+                        help="where the report is written (outside docs/)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--variants", type=lambda s: s.split(";"), default=[],
                         help="also run these bench/variants.py variants of mxrecv in S1, S2 and S3, "
