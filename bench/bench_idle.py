@@ -1,6 +1,6 @@
 """
 A legitimate callback while thousands of idle connections are held open from
-addresses outside [server] allow (issue 11, item 9), against a real twistd
+addresses outside [server] allow, against a real twistd
 mxrecv (run by hand; figures go in docs/benchmarks.md):
 
     PYTHONPATH=. .venv/bin/python bench/bench_idle.py [--count 5000] [--seconds 20]

@@ -1,5 +1,5 @@
 """
-How fast the admin inbox answers with a large spool (issue 15: a page
+How fast the admin inbox answers with a large spool (the target: a page
 under 200 ms with 100,000 messages).
 
 Builds a spool of --messages messages spread over new/ (60%), cur/ (35%),

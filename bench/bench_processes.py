@@ -4,12 +4,10 @@ docs/benchmarks.md):
 
     python3 bench/bench_processes.py [--rounds 2] [--seconds 10]
 
-Issue 6 allows "several processes sharing the listening socket" as an
-answer to S1.  mxrecv has no such mode: its spool (seen-id index, group
-commit, pending/ completion) belongs to one process.  This measures the
-ceiling of such a mode without building it: two fully independent mxrecv
-processes, each with its own spool and port (so none of the coordination a
-real mode would need), both free to use both cores, each driven by its own
+The ceiling of several processes sharing one machine, as an answer to S1:
+two fully independent mxrecv processes, each with its own spool and port
+(so none of the coordination that [server] workers needs, which
+bench/bench_workers.py measures), both free to use both cores, each driven by its own
 wrk at 25 connections, also on both cores; beside it, in the same round, S1
 as bench/run.py runs it (one process pinned to core 0, wrk with 50
 connections on core 1) for mxrecv and for the aiohttp peer.

@@ -341,7 +341,7 @@ def report(results: list[dict], args, took: float) -> str:
         "with the index), timed in the benchmark's process before the server starts. "
         "First 200 after exec includes starting Python and twistd.",
         "",
-        "Targets (issue 12): RSS growth over an empty index under 64 MiB; first 200 after start "
+        "Targets: RSS growth over an empty index under 64 MiB; first 200 after start "
         "under 2 s; during the prune no callback slower than 1 s and the p99 within 2x of the "
         "p99 outside it.",
         "",

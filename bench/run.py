@@ -857,7 +857,7 @@ def report(args, info, disk, cpuBefore, cpuAfter, all_: list[Scenario], profile:
         lines.append("")
     v = verdicts(all_)
     if v:
-        lines += ["## Targets (issue 6)", ""] + v + [""]
+        lines += ["## Targets", ""] + v + [""]
     if profile:
         lines += ["## Profile of mxrecv under S1 (py-spy)", "", profile, ""]
     return "\n".join(lines)
