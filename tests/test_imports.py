@@ -28,6 +28,7 @@ PURE = (
     "mxrecv.deliver.identity",
     "mxrecv.deliver.schedule",
     "mxrecv.workers.restart",
+    "mxrecv.backoff",
 )
 
 
