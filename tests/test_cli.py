@@ -6,11 +6,11 @@ the validation of the operations tables of the configuration.
 
 import io
 import json
+import socket
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -400,9 +400,12 @@ class DeadLetterCommandTests(TestCase):
         With --admin and no server there, nothing is changed, and the error
         says so.
         """
-        closed = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-        port = closed.getHost().port
-        closed.stopListening()
+        # Bound and never listening: a connection to it is refused at once,
+        # and no other process can take the port while the test holds it.
+        refusing = socket.socket()
+        self.addCleanup(refusing.close)
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
         code, out, err = command(
             "-c", self.config, "redeliver", "b", "--admin", f"http://127.0.0.1:{port}"
         )
