@@ -47,7 +47,7 @@ from twisted.python.logfile import LogFile
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
-from mxrecv.deliver import buildDeadLetters
+from mxrecv.deliver import buildDeadLetters, checkDelivery
 from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
@@ -482,7 +482,8 @@ def buildSupervisor(
 
     @param configFile: the configuration file the workers run (read now).
     @raise SystemExit: when the server cannot start: a listener that
-        workers cannot share, a bad certificate, the spool in use.
+        workers cannot share, a bad certificate or CA file, a database
+        without mxrecv's tables (L{checkDelivery}), the spool in use.
     """
     for i, description in enumerate(config.server.listen):
         try:
@@ -505,6 +506,8 @@ def buildSupervisor(
         warnDays=config.tls.expiry_warning_days,
         reactor=reactor,
     )
+    # The leader's delivery never stops on the database: the check is here.
+    checkDelivery(config.deliver)
     text = None
     base = Path(".").absolute()
     if configFile is not None:
