@@ -48,6 +48,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
 from mxrecv.deliver import buildDeadLetters
+from mxrecv.interfaces import IServerReactor
 from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
@@ -135,7 +136,7 @@ class Supervisor(OrderedService):
         configText: str | None,
         base: Path,
         lock: int,
-        reactor: Any,
+        reactor: IServerReactor,
         certificates: Mapping[Any, Any],
         policy: RestartPolicy = RestartPolicy(),
     ) -> None:
@@ -475,7 +476,11 @@ def _ending(reason: Failure) -> str:
 
 
 def buildSupervisor(
-    config: Config, configFile: str | None, *, twistd: Mapping[str, Any] | None, reactor: Any
+    config: Config,
+    configFile: str | None,
+    *,
+    twistd: Mapping[str, Any] | None,
+    reactor: IServerReactor,
 ) -> Supervisor:
     """
     The parent of a server of C{[server] workers} processes.
