@@ -40,6 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -154,7 +155,7 @@ class Supervisor(OrderedService):
         self.relay = Relay()
         self._stopping = False
         self._allEnded: Deferred[None] | None = None
-        self._killTimer: Any = None
+        self._killTimer: IDelayedCall | None = None
         self._previousHangup: Any = None
         self._lastHangup: float | None = None
         self.certificates = list(certificates.values())
