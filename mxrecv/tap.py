@@ -19,7 +19,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from mxrecv.config import Config, ConfigError, loadConfig
-from mxrecv.deliver import buildDelivery
+from mxrecv.deliver import buildDelivery, checkDelivery
 from mxrecv.interfaces import IServerReactor, installedReactor
 from mxrecv.mms import MMSWork, buildMMS
 from mxrecv.ops import MxrecvService, buildAdmin
@@ -93,6 +93,10 @@ def makeService(options: Options, reactor: IServerReactor | None = None) -> Serv
     certificates = loadCertificates(
         listens, warnDays=config.tls.expiry_warning_days, reactor=reactor
     )
+    if worker is None:
+        # So should a database mxrecv cannot write to; with several workers
+        # the parent checked it, and the leader's delivery never stops on it.
+        checkDelivery(config.deliver)
 
     if worker is not None:
         # Before the thread pools: its channel to the parent stops last.

@@ -32,6 +32,7 @@ from mxrecv.message.model import Message, Part
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.testing.memory import PEER, DrivenThreadPool, MemoryReactor, exchange
+from mxrecv.testing.zips import zipOf
 from mxrecv.web.access import AllowList, Gate
 from mxrecv.web.service import buildSite
 
@@ -527,6 +528,15 @@ def fillUp(root: Path, leave: int = 0) -> Path:
 
 
 BOUNDARY = "mxrecv-test-d41d8cd98f00b204e9800998ecf8427e"
+
+#: The zip of a POST-mode MMS: a SMIL, a picture and a text part.
+MMS_ZIP = zipOf(
+    [
+        ("mms.smil", b'<smil><body><par><img src="photo.jpg"/><text src="text.txt"/></par></body></smil>'),
+        ("photo.jpg", b"\xff\xd8\xff\xe0jpeg"),
+        ("text.txt", b"Hi there"),
+    ]
+)
 
 
 def mmsFields(messageId="mms-1"):

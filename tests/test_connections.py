@@ -30,9 +30,9 @@ from mxrecv.web.limits import connectionCap
 from mxrecv.web.listen import tlsFactory
 from mxrecv.web.service import buildSite
 
+from .certificates import OTHER_CA, connect, issue, trusting, writeFiles
 from .running import SMS, client, rawConnection, run, runningConfig, scrape, value
 from .support import ChannelWatch, Peer, fileWriters, openSpool, serverConfig, turnsUntil
-from .test_tls import OTHER_CA, connect, issue, trusting, writeFiles
 from .twistd import runTwistd
 
 ROOT = Path(__file__).parent.parent

@@ -6,10 +6,12 @@ contracts (C{.importlinter}) check the imports written in the code; this
 checks what Python really loads, package C{__init__}s included.
 """
 
+import ast
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,6 +28,7 @@ PURE = (
     "mxrecv.deliver.identity",
     "mxrecv.deliver.schedule",
     "mxrecv.workers.restart",
+    "mxrecv.backoff",
 )
 
 
@@ -86,3 +89,49 @@ class ImportTests(SynchronousTestCase):
             },
             {"mxrecv.deliver.records", "mxrecv.deliver.signature"},
         )
+
+
+def testModulesImported(source: str) -> set[str]:
+    """
+    The test modules (C{test_*}) that the Python C{source} imports, by
+    their last dotted component.
+    """
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [alias.name for alias in node.names if not node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        imported.update(
+            name.rsplit(".", 1)[-1] for name in names if name.rsplit(".", 1)[-1].startswith("test_")
+        )
+    return imported
+
+
+class TestModuleTests(SynchronousTestCase):
+    """
+    A test module imports no other test module: what tests share lives in
+    the helpers of C{tests/} (C{support}, C{certificates}, ...) or in
+    C{mxrecv.testing}, so that running or changing one module never runs or
+    breaks another's tests.
+    """
+
+    def test_found(self):
+        self.assertEqual(
+            testModulesImported(
+                "from .test_post import X\nfrom tests.test_tls import Y\n"
+                "from . import test_spool\nimport tests.test_seen\nfrom .support import Z\n"
+            ),
+            {"test_post", "test_tls", "test_spool", "test_seen"},
+        )
+
+    def test_noneImported(self):
+        here = Path(__file__).parent
+        offenders = {
+            path.name: sorted(imported)
+            for path in sorted(here.glob("*.py"))
+            if (imported := testModulesImported(path.read_text()))
+        }
+        self.assertEqual(offenders, {})

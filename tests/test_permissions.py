@@ -25,8 +25,7 @@ from mxrecv.spool.mode import SpoolMode
 
 from .running import client, run, runningConfig
 from .strategies import contentTypeFor, multipartBody
-from .support import SMS, exampleMessage, openSpool
-from .test_post import BOUNDARY, MMS_ZIP, mmsFields
+from .support import BOUNDARY, MMS_ZIP, SMS, exampleMessage, mmsFields, openSpool
 
 
 def otherGroup() -> grp.struct_group:

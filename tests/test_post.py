@@ -29,6 +29,7 @@ from mxrecv.web.service import buildSite
 from .strategies import callbackParams, contentTypeFor, examples, multipartBody, zipOf
 from .support import (
     BOUNDARY,
+    MMS_ZIP,
     fileWriters,
     httpClient,
     listenGated,
@@ -48,8 +49,6 @@ SMS_FIELDS = [
     ("network", b"vodafone"),
     ("message", b"caf\xe9 \xa4"),
 ]
-SMIL = b'<smil><body><par><img src="photo.jpg"/><text src="text.txt"/></par></body></smil>'
-MMS_ZIP = zipOf([("mms.smil", SMIL), ("photo.jpg", b"\xff\xd8\xff\xe0jpeg"), ("text.txt", b"Hi there")])
 
 
 def listing(directory: Path):

@@ -7,15 +7,24 @@ again loses nothing and stores nothing twice.
 
 from __future__ import annotations
 
+import os
 import re
 import select
+import signal
 import socket
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from mxrecv.deliver.postgresql.schema import upgrade
 from mxrecv.deliver.postgresql.store import CHANNEL
 
 from .postgresql import Database, database
@@ -27,17 +36,30 @@ DELIVERED = re.compile(rb"Delivered new/(\S+) to the postgresql")
 FAILED = re.compile(rb"Delivery of new/\S+ to the postgresql failed")
 
 
-def nodeConfig(case: TestCase, conninfo: str, passwordFile: Path, deliver: str = "") -> Path:
+def noTables(db: Database) -> bytes:
+    """
+    The line start-up stops with on C{db} without mxrecv's tables.
+    """
+    return (
+        f"mxrecv: deliver.postgresql (mxrecv@127.0.0.1:{db.cluster.port}/{db.name}): "
+        "the database has no mxrecv tables: create them with mxrecv db-init -c CONFIG\n"
+    ).encode()
+
+
+def nodeConfig(
+    case: TestCase, conninfo: str, passwordFile: Path, deliver: str = "", server: str = ""
+) -> Path:
     """
     A configuration file for a node on a fresh port of 127.0.0.1, its spool
     (C{spool}) beside it, delivering into C{conninfo}; C{deliver} adds keys
-    to C{[deliver]}.
+    to C{[deliver]}, C{server} to C{[server]}.
     """
     base = Path(case.mktemp()).absolute()
     base.mkdir()
     config = base / "mxrecv.toml"
     config.write_text(
         '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\nallow = ["127.0.0.0/8"]\n'
+        f"{server}"
         f'[spool]\ndir = "{base / "spool"}"\n'
         f'[deliver]\npostgresql = "{conninfo}"\n'
         f'postgresql_password_file = "{passwordFile}"\n{deliver}'
@@ -225,17 +247,16 @@ class StartupTests(TestCase):
     def test_noTables(self):
         """
         A database without mxrecv's tables stops start-up, saying to run
-        db-init.
+        db-init, before the spool is touched.
         """
         db = database(self, initialise=False)
-        twistd = runTwistd(self, "--config", str(nodeConfig(self, db.conninfo, db.passwordFile)))
+        config = nodeConfig(self, db.conninfo, db.passwordFile)
+        twistd = runTwistd(self, "--config", str(config))
         twistd.listening.addErrback(lambda _: None)
         ended = yield twistd.ended
         self.assertEqual(ended.exitCode, 1)
-        self.assertIn(
-            b"the database has no mxrecv tables: create them with mxrecv db-init -c CONFIG",
-            twistd.output,
-        )
+        self.assertIn(noTables(db), twistd.output)
+        self.assertFalse((config.parent / "spool").exists())
         self.assertNotIn(db.password.encode(), twistd.output)
 
     @inlineCallbacks
@@ -257,6 +278,84 @@ class StartupTests(TestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertIn(b"cannot be reached at start-up", twistd.output)
+        twistd.process.signalProcess("TERM")
+        yield twistd.ended
+        self.assertNotIn(db.password.encode(), twistd.output)
+
+    @inlineCallbacks
+    def test_noTablesWorkers(self):
+        """
+        With several worker processes, a database without mxrecv's tables
+        stops start-up in the parent, with the error of a server of one
+        process, before any worker is started or the spool touched (not a
+        worker that comes to lead, again and again).
+        """
+        db = database(self, initialise=False)
+        config = nodeConfig(self, db.conninfo, db.passwordFile, server="workers = 2\n")
+        twistd = runTwistd(self, "--config", str(config), spool=config.parent / "spool")
+        twistd.listening.addErrback(lambda _: None)
+        # Whichever comes first: the end of the parent, or a worker started.
+        _, first = yield DeferredList(
+            [twistd.ended, twistd.waitFor(r"Worker \d+ started")],
+            fireOnOneCallback=True,
+            consumeErrors=True,
+        )
+        self.assertEqual(first, 0, twistd.text)
+        ended = yield twistd.ended
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(noTables(db), twistd.output)
+        self.assertEqual(twistd.pids, set())
+        self.assertFalse((config.parent / "spool").exists())
+        self.assertNotIn(db.password.encode(), twistd.output)
+
+    @inlineCallbacks
+    def test_unreachableWorkers(self):
+        """
+        With several worker processes, a database that cannot be reached at
+        start-up does not stop start-up either (the parent says so, once).
+        A worker that comes to lead does not check the database again: one
+        that came back without mxrecv's tables holds the messages in the
+        spool, as in a server of one process, even across a new leader,
+        rather than making every new leader exit.  Once the tables are
+        made, the messages are delivered.
+        """
+        db = database(self, initialise=False)
+        running = db.cluster
+        running.stop()
+        self.addCleanup(lambda: None if running.running else running.start())
+        config = nodeConfig(
+            self,
+            db.conninfo,
+            db.passwordFile,
+            deliver="backoff_initial = 0.05\nbackoff_max = 0.5\n",
+            server="workers = 2\n",
+        )
+        twistd = runTwistd(self, "--config", str(config), spool=config.parent / "spool")
+        twistd.listening.addErrback(lambda _: None)
+        match = yield twistd.waitFor(r"listening for callbacks on [\d.]+:(\d+)")
+        port = int(match.group(1))
+        leader = yield twistd.waitFor(r"Worker \d+ \(pid (\d+)\) leads")
+        response = yield httpClient(self).get(
+            f"http://127.0.0.1:{port}/", params={**SMS, "id": "early"}
+        )
+        self.assertEqual(response.code, 200)
+        yield twistd.waitFor(r"Delivery of new/early to the postgresql failed .*PostgreSQL: ")
+        self.assertEqual(len(twistd.matches("cannot be reached at start-up")), 1, twistd.text)
+
+        yield deferToThread(running.start)
+        noTables = r"Delivery of new/early to the postgresql failed .*has no mxrecv tables"
+        yield twistd.waitFor(noTables)
+        # A new leader, with the database reachable and still without tables.
+        os.kill(int(leader.group(1)), signal.SIGKILL)
+        yield twistd.waitFor(r"Worker \d+ \(pid \d+\) leads", count=2)
+        yield twistd.waitFor(noTables, count=len(twistd.matches(noTables)) + 1)
+
+        with db.connect() as connection:
+            upgrade(connection)
+        yield twistd.waitFor(r"Delivered new/early to the postgresql")
+        self.assertEqual(db.query("SELECT id FROM mxrecv_message"), [("early",)])
+        self.assertEqual(len(twistd.matches(r"Worker \d+ \(pid \d+\) died")), 1, twistd.text)
+        self.assertEqual(twistd.matches("Building the leader's work failed"), [], twistd.text)
         twistd.process.signalProcess("TERM")
         yield twistd.ended
         self.assertNotIn(db.password.encode(), twistd.output)

@@ -2,7 +2,8 @@
 """
 Delivery of each message in C{new/} to the application (a command, a URL,
 PostgreSQL).  L{buildDelivery} builds it; L{buildDeadLetters} builds what the
-admin listener of a server of several processes offers of it.
+admin listener of a server of several processes offers of it;
+L{checkDelivery} is what start-up checks of it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mxrecv.deliver.service import buildDeadLetters, buildDelivery
+    from mxrecv.deliver.service import buildDeadLetters, buildDelivery, checkDelivery
 
-__all__ = ["buildDeadLetters", "buildDelivery"]
+__all__ = ["buildDeadLetters", "buildDelivery", "checkDelivery"]
 
 
 def __getattr__(name: str) -> Any:

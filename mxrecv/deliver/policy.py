@@ -19,6 +19,7 @@ import calendar
 import email.utils
 import signal as _signal
 
+from mxrecv.backoff import backoff
 from mxrecv.deliver.outcome import Delivered, Outcome, PermanentFailure, TemporaryFailure
 
 #: EX_TEMPFAIL from sysexits.h: "try again later".
@@ -102,14 +103,6 @@ def parseRetryAfter(value: bytes | None, now: float) -> float | None:
     except (OverflowError, ValueError):
         return None
     return max(0.0, when - now)
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """
-    Seconds to wait after the C{attempt}th failure (1, 2, ...) in a row:
-    C{initial}, doubling up to C{maximum}.
-    """
-    return min(maximum, initial * 2 ** min(attempt - 1, 64))
 
 
 def retryDelay(

@@ -252,6 +252,23 @@ def webhookTarget(
     )
 
 
+def checkDelivery(config: DeliverConfig) -> None:
+    """
+    What a server checks of C{[deliver]} at start-up, before it takes
+    callbacks: a server of one process before it opens the spool, the
+    parent of several before it starts any worker (not a worker that comes
+    to lead, which would only fail, and be started again, for ever).  A
+    PostgreSQL database that answers without a schema mxrecv can write to
+    stops start-up.
+
+    @raise SystemExit: saying what to do.
+    """
+    if config.postgresql is not None:
+        from mxrecv.deliver.postgresql.target import checkDatabase
+
+        checkDatabase(config)
+
+
 def buildDelivery(
     config: DeliverConfig,
     *,
@@ -261,7 +278,8 @@ def buildDelivery(
     metrics: DeliveryMetrics,
 ) -> DeliveryService:
     """
-    The delivery service for C{[deliver]}.
+    The delivery service for C{[deliver]}, once L{checkDelivery} has passed
+    (in this process, or in the parent of a server of several).
     """
     targets: list[ITarget] = []
     if config.command:

@@ -20,7 +20,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from mxrecv.mms.schedule import backoff
+from mxrecv.backoff import backoff
 
 log = Logger()
 

@@ -25,16 +25,9 @@ from collections.abc import Callable, Iterable
 
 from attrs import frozen
 
+from mxrecv.backoff import backoff
 from mxrecv.message.dates import isoFromTimestamp
 from mxrecv.spool.layout import Attempt, Attempts
-
-
-def backoff(failures: int, initial: float, maximum: float) -> float:
-    """
-    The nominal wait after the C{failures}th failure in a row (1 for the
-    first): C{initial}, doubled after each failure, up to C{maximum}.
-    """
-    return min(maximum, initial * 2.0 ** min(failures - 1, 64))
 
 
 @frozen

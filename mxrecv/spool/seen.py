@@ -49,9 +49,12 @@ from pathlib import Path
 from attrs import frozen
 
 #: Rows deleted per transaction by a prune.  Deleting a row touches a random
-#: leaf of the name index, so a chunk costs about one page written per row:
-#: measured at 1 M names, 250 rows take about 6 ms, 1,000 about 50 ms.
-PRUNE_CHUNK = 256
+#: leaf of the name index, so a chunk costs about one page written per row,
+#: and the group commit that carries it is that much slower: small enough
+#: that callbacks answered during the hourly prune stay within about twice
+#: the usual latency (docs/benchmarks.md), large enough that a prune of a
+#: busy hour's ids is over in seconds.
+PRUNE_CHUNK = 32
 
 # Names per INSERT statement (two bound variables each), well under
 # SQLite's limit of 32,766 variables.

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from mxrecv.backoff import backoff
+
 
 @frozen
 class RestartPolicy:
@@ -39,7 +41,7 @@ class RestartPolicy:
         if ranFor >= self.stable:
             return 0.0, Restarts(total=history.total + 1, quick=0)
         quick = history.quick + 1
-        delay = min(self.maximum, self.initial * 2 ** min(quick - 1, 64))
+        delay = backoff(quick, self.initial, self.maximum)
         return delay, Restarts(total=history.total + 1, quick=quick)
 
 

@@ -48,7 +48,7 @@ from twisted.python.logfile import LogFile
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
-from mxrecv.deliver import buildDeadLetters
+from mxrecv.deliver import buildDeadLetters, checkDelivery
 from mxrecv.interfaces import IServerReactor
 from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
@@ -488,7 +488,8 @@ def buildSupervisor(
 
     @param configFile: the configuration file the workers run (read now).
     @raise SystemExit: when the server cannot start: a listener that
-        workers cannot share, a bad certificate, the spool in use.
+        workers cannot share, a bad certificate or CA file, a database
+        without mxrecv's tables (L{checkDelivery}), the spool in use.
     """
     for i, description in enumerate(config.server.listen):
         try:
@@ -511,6 +512,8 @@ def buildSupervisor(
         warnDays=config.tls.expiry_warning_days,
         reactor=reactor,
     )
+    # The leader's delivery never stops on the database: the check is here.
+    checkDelivery(config.deliver)
     text = None
     base = Path(".").absolute()
     if configFile is not None:

@@ -123,13 +123,16 @@ def _isPsycopgError(error: BaseException) -> bool:
     return isinstance(error, psycopg.Error)
 
 
-def buildTarget(config: DeliverConfig, *, reactor: IReactorFromThreads) -> PostgreSQLTarget:
+def checkDatabase(config: DeliverConfig) -> None:
     """
-    The target for C{[deliver] postgresql}, once the database's schema is
-    checked: a schema missing or older than this mxrecv's stops start-up
-    (L{SystemExit}, naming C{mxrecv db-init}).  A database that cannot be
-    reached does not: callbacks are taken all the same, and the schema is
-    checked on each connection made later.
+    The check of C{[deliver] postgresql} at start-up, before callbacks are
+    taken (by a server of one process, or by the parent of several before
+    it starts any worker): a schema missing or older than this mxrecv's
+    stops start-up (L{SystemExit}, naming C{mxrecv db-init}).  A database
+    that cannot be reached does not: callbacks are taken all the same, and
+    the schema is checked on each connection made later (L{checked}).
+
+    Blocking, for at most L{STARTUP_TIMEOUT} seconds.
     """
     assert config.postgresql is not None
     settings = settingsFor(config)
@@ -155,6 +158,19 @@ def buildTarget(config: DeliverConfig, *, reactor: IReactorFromThreads) -> Postg
             version=version,
             node=settings.node,
         )
+
+
+def buildTarget(config: DeliverConfig, *, reactor: IReactorFromThreads) -> PostgreSQLTarget:
+    """
+    The target for C{[deliver] postgresql}.  It does not look at the
+    database: that is L{checkDatabase}, at start-up; after it, each
+    connection the target makes is checked (L{checked}), and a schema that
+    is not usable fails each delivery, temporarily (L{outcomeOf}).  So a
+    worker that comes to lead long after start-up, or after its
+    predecessor died, never stops on the database.
+    """
+    assert config.postgresql is not None
+    settings = settingsFor(config)
     pool = ConnectionPool(
         lambda: checked(settings.connect()), size=config.postgresql_pool_size, reactor=reactor
     )
