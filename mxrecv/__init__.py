@@ -12,5 +12,6 @@ The subpackages follow a message's path:
     ops/      the admin listener, metrics, logs, the C{mxrecv} command
     testing/  stand-ins for MX Telecom, for tests and benchmarks
 
-L{mxrecv.tap} composes them into the twistd plugin's service.
+L{mxrecv.tap} composes them into the twistd plugin's service;
+L{mxrecv.interfaces} names the reactor interfaces that parts need together.
 """

@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from mxrecv.config import Config, ConfigError, loadConfig
 from mxrecv.deliver import buildDelivery, checkDelivery
+from mxrecv.interfaces import IServerReactor, installedReactor
 from mxrecv.mms import MMSWork, buildMMS
 from mxrecv.ops import MxrecvService, buildAdmin
 from mxrecv.ops.logs import logFileFor, observerFor
@@ -59,9 +60,15 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options, reactor: Any = None) -> Service:
+def makeService(options: Options, reactor: IServerReactor | None = None) -> Service:
+    """
+    The server's service, for twistd.
+
+    @param reactor: the reactor it runs on; the global one unless a test
+        gives its own.
+    """
     if reactor is None:
-        from twisted.internet import reactor
+        reactor = installedReactor()
     config: Config = options["settings"]
     twistd = getattr(options, "parent", None)
     for warning in config.warnings if options.get("worker") is None else ():

@@ -19,7 +19,7 @@ from functools import partial
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -112,7 +112,7 @@ class DeadLetters:
         records: Records,
         targets: Sequence[str],
         *,
-        reactor: IReactorThreads,
+        reactor: IReactorFromThreads,
         pool: ThreadPool,
         now: Callable[[], float],
         announce: Callable[[str], None],

@@ -18,7 +18,7 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,7 +68,7 @@ class Deliverer:
         policy: Policy,
         new: Path,
         records: Records,
-        reactor: IReactorThreads,
+        reactor: IReactorFromThreads,
         pool: ThreadPool,
         clock: IReactorTime,
         onAttempt: Callable[[str, str], None] = lambda target, outcome: None,

@@ -43,6 +43,7 @@ from mxrecv.deliver.queue import Deliverer, DeliveryState
 from mxrecv.deliver.records import Records, Scan
 from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.webhook import WebhookTarget
+from mxrecv.interfaces import IReactorTimeAndThreads, IServerReactor
 from mxrecv.spool.layout import NEW
 from mxrecv.spool.store import Spool
 
@@ -85,7 +86,7 @@ class DeliveryService(Service):
         deliverers: Sequence[Deliverer],
         *,
         records: Records,
-        reactor: Any,
+        reactor: IReactorTimeAndThreads,
         pool: ThreadPool,
         clock: IReactorTime | None = None,
         sweepInterval: float = SWEEP_INTERVAL,
@@ -94,7 +95,7 @@ class DeliveryService(Service):
         self._records = records
         self._reactor = reactor
         self._pool = pool
-        self._clock = clock if clock is not None else reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._interval = sweepInterval
         self._sweeps: LoopingCall | None = None
         self.deadLetters = DeadLetters(
@@ -210,7 +211,9 @@ class DeliveryService(Service):
         return d.addErrback(failed)
 
 
-def webhookTarget(config: DeliverConfig, *, reactor: Any, pool: ThreadPool) -> WebhookTarget:
+def webhookTarget(
+    config: DeliverConfig, *, reactor: IServerReactor, pool: ThreadPool
+) -> WebhookTarget:
     """
     The C{url} target: HTTPS verified against the system's CAs and
     C{ca_file}; a connection per request.
@@ -270,7 +273,7 @@ def buildDelivery(
     config: DeliverConfig,
     *,
     spool: Spool,
-    reactor: Any,
+    reactor: IServerReactor,
     pool: ThreadPool,
     metrics: DeliveryMetrics,
 ) -> DeliveryService:
@@ -326,7 +329,7 @@ def buildDeadLetters(
     config: DeliverConfig,
     spool: Spool,
     *,
-    reactor: Any,
+    reactor: IReactorTimeAndThreads,
     pool: ThreadPool,
     announce: Callable[[str], None],
 ) -> DeadLetters | None:

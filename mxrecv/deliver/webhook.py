@@ -33,7 +33,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IPushProducer,
-    IReactorThreads,
+    IReactorFromThreads,
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol
@@ -222,7 +222,7 @@ class WebhookTarget:
         clock: IReactorTime,
         timeout: float,
         secret: bytes | None = None,
-        reactor: IReactorThreads | None = None,
+        reactor: IReactorFromThreads | None = None,
         pool: ThreadPool | None = None,
         cooperator: Callable[[Iterator[None]], CooperativeTask] = cooperate,
     ) -> None:

@@ -16,12 +16,13 @@ import hashlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from mxrecv.message.model import Message
 from mxrecv.mms.unpack import Unpacked, unpackInto
@@ -62,8 +63,8 @@ class Completer:
         self,
         spool: Spool,
         *,
-        reactor: Any,
-        pool: Any,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
         unpack: Callable[[Path, Path], Unpacked] | None = None,
     ) -> None:
         self._spool = spool

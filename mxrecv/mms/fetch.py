@@ -31,7 +31,7 @@ from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
@@ -190,7 +190,8 @@ class Fetcher:
     Downloads from RetrieveMMS, one attempt per call, over its own
     connection pool.
 
-    @param reactor: makes connections.
+    @param reactor: makes connections: an L{IReactorTCP} that is also an
+        L{IReactorTime}, as Twisted's C{HostnameEndpoint} needs.
     @param clock: times the attempts' deadlines.
     @param maxBody: the largest zip accepted, in bytes.
     @param writers: write and hash the downloads (the server's, so that
@@ -200,8 +201,8 @@ class Fetcher:
     def __init__(
         self,
         *,
-        reactor: Any,
-        clock: Any,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
         url: str,
         user: str,
         password: str,

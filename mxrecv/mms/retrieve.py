@@ -28,13 +28,16 @@ from typing import Any, Protocol
 from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 
 # Not re-exported by twisted.internet.ssl, but the documented way to extend trust.
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import RetrieveConfig
+from mxrecv.interfaces import IServerReactor
 from mxrecv.message.dates import parseDate
 from mxrecv.message.model import Message
 from mxrecv.message.text import decodeText
@@ -164,9 +167,9 @@ class Retriever:
         completer: Completer,
         fetcher: Fetcher,
         schedule: Schedule,
-        clock: Any,
-        reactor: Any,
-        pool: Any,
+        clock: IReactorTime,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
         zone: tzinfo,
         maxWindow: timedelta = timedelta(days=3),
         metrics: RetrievalMetrics | None = None,
@@ -186,7 +189,7 @@ class Retriever:
         self._waiters: dict[str, list[Deferred[Completed | GaveUp]]] = {}
         self._busy: set[Deferred[Any]] = set()
         self._locks: dict[str, DeferredLock] = {}
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._stopped = False
         self.peakInFlight = 0
 
@@ -476,12 +479,12 @@ def makeRetriever(
     *,
     spool: Spool,
     completer: Completer,
-    reactor: Any,
-    pool: Any,
+    reactor: IServerReactor,
+    pool: ThreadPool,
     writers: FileWriters,
     zone: tzinfo,
     maxBody: int,
-    clock: Any = None,
+    clock: IReactorTime | None = None,
     random: Callable[[], float] | None = None,
     metrics: RetrievalMetrics | None = None,
 ) -> Retriever:

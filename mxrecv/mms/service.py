@@ -7,7 +7,7 @@ downloaded from RetrieveMMS in GET mode (when C{[retrieve] user} is set).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import frozen
 from twisted.application.service import IServiceCollection
@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
+from mxrecv.interfaces import IServerReactor
 from mxrecv.mms.complete import Completer
 from mxrecv.mms.pending import PendingService, PendingWork
 from mxrecv.mms.recover import RecoveryMetrics
@@ -46,7 +47,7 @@ def buildMMS(
     config: Config,
     *,
     spool: Spool,
-    reactor: Any,
+    reactor: IServerReactor,
     pool: ThreadPool,
     writers: FileWriters,
     metrics: MMSMetrics,

@@ -28,6 +28,7 @@ from attrs import field, frozen
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxrecv.config import LOOPBACK, AdminConfig, listenInterface
 from mxrecv.deliver.deadletters import TargetHealth
+from mxrecv.interfaces import IReactorTimeAndThreads, IServerReactor
 from mxrecv.ops.bearer import BearerToken, TokenRequired
 from mxrecv.ops.hosts import HostRequired, KnownHosts
 from mxrecv.ops.inbox.service import buildInbox
@@ -159,8 +161,8 @@ class Health:
         sync: bool,
         listening: Callable[[], int],
         expected: int,
-        reactor: Any,
-        pool: Any,
+        reactor: IReactorTimeAndThreads,
+        pool: ThreadPool,
         timeout: float = PROBE_TIMEOUT,
         certificates: Sequence[ReloadableCertificate] = (),
         more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
@@ -224,7 +226,7 @@ class Health:
 
 
 def localErrorCheck(
-    registry: CollectorRegistry, reactor: Any, pool: ThreadPool
+    registry: CollectorRegistry, reactor: IReactorFromThreads, pool: ThreadPool
 ) -> Callable[[], Deferred[Check]]:
     """
     The check C{mms}: how many MMS are held up by a local error (a full or
@@ -299,7 +301,9 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: Any, reactor: Any, pool: Any) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, reactor: IReactorFromThreads, pool: ThreadPool
+    ) -> None:
         super().__init__()
         self._registry = registry
         self._reactor = reactor
@@ -426,9 +430,9 @@ class AdminSite(Site):
         self,
         *,
         health: Health,
-        registry: Any,
-        reactor: Any,
-        pool: Any,
+        registry: CollectorRegistry,
+        reactor: IReactorTimeAndThreads,
+        pool: ThreadPool,
         takeUp: Callable[[str], bool] = lambda name: False,
         redeliver: Callable[[str, str | None], Deferred[list[str]]] = (
             lambda name, target: succeed([])
@@ -479,7 +483,7 @@ def buildAdmin(
     listening: Callable[[], int],
     expected: int,
     registry: CollectorRegistry,
-    reactor: Any,
+    reactor: IServerReactor,
     pool: ThreadPool,
     takeUp: Callable[[str], None],
     certificates: Mapping[TLSFiles, ReloadableCertificate],

@@ -23,14 +23,15 @@ import errno
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
+from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import NEW, TMP
 from mxrecv.spool.recovery import rollForward
@@ -128,8 +129,8 @@ class GroupCommit:
         root: Path,
         seen: SeenIndex,
         *,
-        reactor: Any,
-        pool: Any,
+        reactor: IReactorTimeAndThreads,
+        pool: ThreadPool,
         sync: bool,
         landed: Callable[[str], None],
         done: Callable[[], None],

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.store import Spool, SpoolError, SpoolLocked
 
@@ -38,7 +39,7 @@ def openSpool(
     *,
     sync: bool,
     dedupeSeconds: float,
-    reactor: IReactorThreads,
+    reactor: IReactorTimeAndThreads,
     pool: ThreadPool,
     worker: int | None = None,
     lock: int | None = None,

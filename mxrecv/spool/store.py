@@ -36,13 +36,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
+from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.message.model import Message
 from mxrecv.spool.commit import Accepted, Commit, GroupCommit, SpoolError, Staging
 from mxrecv.spool.directory import MessageDirectory
@@ -142,11 +144,11 @@ class Spool:
         self,
         root: Path,
         *,
-        reactor: Any,
-        pool: Any,
+        reactor: IReactorTimeAndThreads,
+        pool: ThreadPool,
         sync: bool = True,
         dedupeSeconds: float = 7 * 86400,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         pruneChunk: int = PRUNE_CHUNK,
         worker: int | None = None,
         mode: SpoolMode = SpoolMode(),
@@ -157,7 +159,7 @@ class Spool:
         self._prefix = stagingPrefix(worker)
         self.sync = sync
         self._reactor = reactor
-        self._clock = clock if clock is not None else reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._pool = pool
         self._dedupe = dedupeSeconds
         self._seen = SeenIndex(

@@ -27,9 +27,10 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from mxrecv.spool.durable import createFile
 from mxrecv.spool.mode import DEFAULT_MODE
@@ -77,8 +78,8 @@ class FileWriters:
     def __init__(
         self,
         *,
-        reactor: Any,
-        pool: Any,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
         fileLimit: int = FILE_LIMIT,
         totalLimit: int = TOTAL_LIMIT,
         batch: int = BATCH,

@@ -24,21 +24,24 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorFromThreads
+from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from mxrecv.interfaces import IReactorTimeAndThreads
 
 #: Where an in-memory request comes from unless a test says otherwise.
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
 
-@implementer(IReactorFromThreads)
+@implementer(IReactorTimeAndThreads)
 class MemoryReactor(MemoryReactorClock):
     """
     A L{MemoryReactorClock} that takes calls from the jobs of a
     L{DrivenThreadPool}: they run in the test's thread, which is this
-    reactor's, so C{callFromThread} calls at once.
+    reactor's, so C{callFromThread} calls at once.  It is what the parts
+    that use a thread pool take (L{IReactorTimeAndThreads}).
     """
 
     def callFromThread(

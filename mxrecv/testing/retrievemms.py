@@ -9,11 +9,10 @@ ways a script tells it to.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -108,7 +107,7 @@ class RetrieveMMS(Resource):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         script: list[Behaviour] | None = None,
         zipSize: int = 1024,
         *,
@@ -271,7 +270,7 @@ class _Streamer:
         self._stream = stream
         self._paused = False
         self._done = False
-        self._call = None
+        self._call: IDelayedCall | None = None
         resource.sent = 0
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(lambda _: self.stopProducing())

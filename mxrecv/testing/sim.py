@@ -27,6 +27,7 @@ from attrs import evolve, field, frozen
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.ssl import Certificate
 from twisted.python import usage
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -34,6 +35,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from mxrecv.interfaces import IServerReactor
 from mxrecv.message.dates import mxDate
 from mxrecv.testing.retrievemms import QuietSite, RetrieveMMS
 from mxrecv.testing.zips import makeZip
@@ -314,7 +316,9 @@ class Settings:
     linger: float = 10.0
 
 
-def makeClient(reactor: Any, settings: Settings) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+def makeClient(
+    reactor: IReactorTCP, settings: Settings
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
     pool = HTTPConnectionPool(reactor, persistent=not settings.newConnections)
     pool.maxPersistentPerHost = settings.concurrency
     pool.retryAutomatically = False
@@ -328,7 +332,7 @@ def makeClient(reactor: Any, settings: Settings) -> tuple[treq.client.HTTPClient
 
 @inlineCallbacks
 def send(
-    reactor: Any, client: treq.client.HTTPClient, settings: Settings, callback: Callback
+    reactor: IReactorTime, client: treq.client.HTTPClient, settings: Settings, callback: Callback
 ) -> Any:
     """
     Send one callback and return its L{Outcome}; never fails.
@@ -357,7 +361,7 @@ def send(
     return Outcome(callback.id, reactor.seconds() - start, response.code, content)
 
 
-def _collect(reactor: Any, response: Any, timeout: float) -> Deferred[bytes]:
+def _collect(reactor: IReactorTime, response: Any, timeout: float) -> Deferred[bytes]:
     """
     The (small) body of an answer, within the time left.
     """
@@ -366,14 +370,14 @@ def _collect(reactor: Any, response: Any, timeout: float) -> Deferred[bytes]:
     return d.addBoth(_cancelled, call)
 
 
-def _cancelled(result: Any, call: Any) -> Any:
+def _cancelled(result: Any, call: IDelayedCall) -> Any:
     if call.active():
         call.cancel()
     return result
 
 
 @inlineCallbacks
-def run(reactor: Any, settings: Settings, out: Any = None) -> Any:
+def run(reactor: IServerReactor, settings: Settings, out: Any = None) -> Any:
     """
     Play MX Telecom as C{settings} say and return the L{Summary}.
     """
@@ -443,7 +447,7 @@ def _withRetrieved(summary: Summary, retrieve: RetrieveMMS, elapsed: float) -> S
     return evolve(summary, announced=retrieve.announced, retrieved=retrieved, drained=drained)
 
 
-def _within(reactor: Any, d: Deferred, seconds: float) -> Deferred:
+def _within(reactor: IReactorTime, d: Deferred, seconds: float) -> Deferred:
     """
     C{d}, or nothing once C{seconds} have passed.
     """
@@ -524,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"mxrecv-sim: {e}\n{options}")
 
     @inlineCallbacks
-    def _main(reactor: Any) -> Any:
+    def _main(reactor: IServerReactor) -> Any:
         summary = yield run(reactor, options.settings())
         if summary.problems or summary.sent == 0:
             raise SystemExit(1)

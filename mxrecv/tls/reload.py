@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.tls.certificate import ReloadableCertificate
 
 log = Logger()
@@ -23,7 +24,7 @@ log = Logger()
 EXPIRY_CHECK_INTERVAL = 86400.0
 
 
-def canHandleSignals(reactor: Any) -> bool:
+def canHandleSignals(reactor: object) -> bool:
     """
     Whether a SIGHUP handler makes sense: a real reactor (one that can be
     woken from a signal handler) in the main thread of a platform with SIGHUP.
@@ -50,7 +51,7 @@ class CertificateReloadService(Service):
         self,
         certificates: Sequence[ReloadableCertificate],
         *,
-        reactor: Any,
+        reactor: IReactorTimeAndThreads,
         watch: float = 0.0,
         handleSignal: bool = False,
     ) -> None:

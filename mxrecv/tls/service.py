@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from twisted.application.service import IServiceCollection
 from twisted.internet.interfaces import IReactorTime
 
+from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.tls.certificate import CertificateError, ReloadableCertificate, clockTime
 from mxrecv.tls.description import TLSFiles, isTLS, parseTLS
 from mxrecv.tls.reload import CertificateReloadService, canHandleSignals
@@ -50,7 +51,7 @@ def reloadCertificates(
     certificates: Iterable[ReloadableCertificate],
     *,
     watch: float,
-    reactor: IReactorTime,
+    reactor: IReactorTimeAndThreads,
     parent: IServiceCollection,
 ) -> None:
     """

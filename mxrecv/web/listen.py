@@ -13,7 +13,6 @@ can be reloaded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPv6Address
@@ -23,7 +22,12 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTCP,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -37,7 +41,7 @@ log = Logger()
 
 
 def gatedListener(
-    reactor: Any,
+    reactor: IReactorTCP,
     description: str,
     factory: IProtocolFactory,
     *,
@@ -64,7 +68,7 @@ def gatedListener(
     return Listener(endpoint, gate.wrap(factory))
 
 
-def tlsEndpoint(reactor: Any, listen: TLSListen) -> IStreamServerEndpoint:
+def tlsEndpoint(reactor: IReactorTCP, listen: TLSListen) -> IStreamServerEndpoint:
     endpoint = TCP6ServerEndpoint if isIPv6Address(listen.interface) else TCP4ServerEndpoint
     return endpoint(reactor, listen.port, backlog=listen.backlog, interface=listen.interface)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString, unquote
@@ -296,7 +296,7 @@ class CallbackSite(Site):
         self,
         resource: Any,
         *,
-        reactor: Any,
+        reactor: IReactorTime,
         maxBody: int,
         requestTimeout: float,
         headerTimeout: float,

@@ -10,9 +10,10 @@ request -> validate -> spool -> 200, with a 4xx or 503 for everything else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import tzinfo
 from http import HTTPStatus
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -49,9 +50,9 @@ class CallbackResource(Resource):
         *,
         path: str,
         spool: Spool,
-        zone: Any,
+        zone: tzinfo,
         ack: str,
-        clock: Any,
+        clock: IReactorTime,
         onPending: Callable[[str], None] = lambda name: None,
         observe: Callable[[CallbackOutcome], None] = lambda outcome: None,
     ) -> None:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from mxrecv.config import Config, ServerConfig
+from mxrecv.interfaces import IServerReactor
 from mxrecv.spool.store import Spool
 from mxrecv.spool.writer import FileWriters
 from mxrecv.tls.certificate import ReloadableCertificate
@@ -123,7 +124,7 @@ def serveCallbacks(
     site: CallbackSite,
     *,
     certificates: Mapping[TLSFiles, ReloadableCertificate],
-    reactor: IReactorTime,
+    reactor: IServerReactor,
     parent: IServiceCollection,
     endpoints: Sequence[IStreamServerEndpoint] | None = None,
     events: ConnectionEvents | None = None,

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from twisted.logger import ILogObserver
 
+from mxrecv.interfaces import IServerReactor
+
 # Seconds a worker's log lines may wait to be sent to the parent together.
 LOG_DELAY = 0.1
 
@@ -30,7 +32,11 @@ class CoalescingFile:
     """
 
     def __init__(
-        self, file: IO[str], reactor: Any, delay: float = LOG_DELAY, limit: int = 64 * 1024
+        self,
+        file: IO[str],
+        reactor: IServerReactor,
+        delay: float = LOG_DELAY,
+        limit: int = 64 * 1024,
     ) -> None:
         self._file = file
         self._reactor = reactor

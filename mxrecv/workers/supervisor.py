@@ -40,6 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -48,6 +49,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mxrecv.config import Config
 from mxrecv.deliver import buildDeadLetters, checkDelivery
+from mxrecv.interfaces import IServerReactor
 from mxrecv.ops.admin import Check, buildAdmin, deliveryChecks
 from mxrecv.ops.logs import installObserver, logFileFor, observerFor
 from mxrecv.ops.metrics import SpoolCollector
@@ -135,7 +137,7 @@ class Supervisor(OrderedService):
         configText: str | None,
         base: Path,
         lock: int,
-        reactor: Any,
+        reactor: IServerReactor,
         certificates: Mapping[Any, Any],
         policy: RestartPolicy = RestartPolicy(),
     ) -> None:
@@ -153,7 +155,7 @@ class Supervisor(OrderedService):
         self.relay = Relay()
         self._stopping = False
         self._allEnded: Deferred[None] | None = None
-        self._killTimer: Any = None
+        self._killTimer: IDelayedCall | None = None
         self._previousHangup: Any = None
         self._lastHangup: float | None = None
         self.certificates = list(certificates.values())
@@ -475,7 +477,11 @@ def _ending(reason: Failure) -> str:
 
 
 def buildSupervisor(
-    config: Config, configFile: str | None, *, twistd: Mapping[str, Any] | None, reactor: Any
+    config: Config,
+    configFile: str | None,
+    *,
+    twistd: Mapping[str, Any] | None,
+    reactor: IServerReactor,
 ) -> Supervisor:
     """
     The parent of a server of C{[server] workers} processes.

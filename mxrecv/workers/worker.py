@@ -28,11 +28,11 @@ from typing import Any, Protocol
 from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet import stdio
-from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from mxrecv.config import Config, loadConfig, parseConfig
+from mxrecv.interfaces import IServerReactor
 from mxrecv.ops.logs import observerFor
 from mxrecv.spool.layout import STATE
 from mxrecv.spool.store import Spool
@@ -92,7 +92,7 @@ class Worker:
     @ivar leadership: the L{Leadership}, once L{lead} has made it.
     """
 
-    def __init__(self, hello: Hello, reactor: Any, *, lock: int = LOCK_FD) -> None:
+    def __init__(self, hello: Hello, reactor: IServerReactor, *, lock: int = LOCK_FD) -> None:
         self.number = hello.worker
         self.config = configOf(hello)
         self.lock = lock
@@ -110,7 +110,7 @@ class Worker:
         )
 
     @classmethod
-    def join(cls, reactor: Any) -> Worker:
+    def join(cls, reactor: IServerReactor) -> Worker:
         """
         The worker its parent started this process as: reads the hello
         from file descriptor 0, blocking.
@@ -213,11 +213,10 @@ class Worker:
         self._stop()
 
     def _stop(self) -> None:
-        reactor: IReactorCore = self._reactor
-        if reactor.running:
-            reactor.stop()
+        if self._reactor.running:
+            self._reactor.stop()
         else:
-            reactor.callWhenRunning(reactor.stop)
+            self._reactor.callWhenRunning(self._reactor.stop)
 
     def logObserver(self, format: str, secrets: Iterable[str]) -> ILogObserver:
         """
@@ -238,7 +237,7 @@ class _ChannelService(Service):
     how many callback listeners it has up, every L{HEARTBEAT} seconds.
     """
 
-    def __init__(self, worker: Worker, service: Any, reactor: IReactorTime) -> None:
+    def __init__(self, worker: Worker, service: Any, reactor: IServerReactor) -> None:
         self._worker = worker
         self._service = service
         self._reactor = reactor

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorThreads
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -220,7 +220,7 @@ class FileSender:
     """
 
     def __init__(
-        self, file: IO[bytes], request: Request, *, reactor: IReactorThreads, pool: ThreadPool
+        self, file: IO[bytes], request: Request, *, reactor: IReactorFromThreads, pool: ThreadPool
     ) -> None:
         self._file = file
         self._request = request

@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,7 +74,7 @@ class Inbox:
         self,
         root: Path,
         *,
-        reactor: IReactorThreads,
+        reactor: IReactorFromThreads,
         pool: ThreadPool,
         sync: bool = True,
         takeUp: Callable[[str], object] = lambda name: None,
@@ -223,7 +223,7 @@ class Inbox:
         return self._pool
 
     @property
-    def reactor(self) -> IReactorThreads:
+    def reactor(self) -> IReactorFromThreads:
         return self._reactor
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
@@ -56,7 +56,7 @@ class InboxService(Service):
 def buildInbox(
     root: Path,
     *,
-    reactor: IReactorThreads,
+    reactor: IReactorFromThreads,
     sync: bool = True,
     takeUp: Callable[[str], object] = lambda name: None,
     token: BearerToken = BearerToken(),
