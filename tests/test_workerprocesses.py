@@ -381,7 +381,9 @@ class KillTests(TestCase):
         server = WorkersServer(
             self,
             f'[retrieve]\nurl = "http://127.0.0.1:{port.getHost().port}/RetrieveMMS"\n'
-            'user = "mx"\npassword = "secret"\nbackoff_initial = 1.0\ntimeout = 30.0\n',
+            'user = "mx"\npassword = "secret"\nbackoff_initial = 1.0\ntimeout = 30.0\n'
+            # All ten downloads in flight at once (the default is 8).
+            "concurrency = 10\n",
         )
         yield server.started()
         leader, pid = server.leader()
@@ -489,13 +491,13 @@ class SignalTests(TestCase):
         seen: set[int] = set()
         for i in range(40):
             tls = yield connect(server.port, trusting(CA))
-            self.addCleanup(tls.transport.loseConnection)
             certificate = yield tls.handshake
             self.assertEqual(commonName(certificate), "renewed")
             tls.transport.write(
                 f"GET /?{urlencode(sms(f'tls-{i}'))} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
             )
             yield tls.waitFor(b"\r\n\r\nOK")
+            tls.transport.loseConnection()
             seen.add((yield server.whichWorker(f"tls-{i}")))
             if len(seen) == WORKERS:
                 break
