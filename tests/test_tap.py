@@ -134,6 +134,29 @@ class PackagingTests(TestCase):
         self.assertNotIn("twisted/__init__.py", installed)
         self.assertNotIn("twisted/plugins/__init__.py", installed)
 
+    def test_everyModuleInstalled(self) -> None:
+        """
+        A regular install (pip install ., as the README's commands do) ships
+        every module and template of the checkout: the tests themselves
+        import mxrecv from the checkout, so a subpackage left out of
+        setup.cfg would otherwise only show when twistd starts.
+        """
+        from importlib.metadata import PackageNotFoundError, files
+
+        try:
+            installed = {str(f) for f in files("mxrecv") or ()}
+        except PackageNotFoundError:
+            raise SkipTest("mxrecv is not installed; running from a checkout")
+        if "mxrecv/__init__.py" not in installed:
+            raise SkipTest("mxrecv is installed in editable mode: its files are the checkout")
+        checkout = Path(__file__).parent.parent
+        shipped = {
+            str(path.relative_to(checkout))
+            for pattern in ("mxrecv/**/*.py", "mxrecv/**/templates/*")
+            for path in checkout.glob(pattern)
+        }
+        self.assertEqual(sorted(shipped - installed), [])
+
 
 class OrderedServiceTests(TestCase):
     def test_stopsInReverseOrderWaiting(self) -> None:
