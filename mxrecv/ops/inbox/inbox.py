@@ -31,6 +31,7 @@ from mxrecv.ops.inbox.files import (
     Shown,
     loadMessage,
     openMessageFile,
+    readDocument,
     whereNow,
 )
 from mxrecv.ops.inbox.media import PartView, partViews
@@ -186,8 +187,9 @@ class Inbox:
         return self._inThread(self._openPart, folder, name, file)
 
     def _openPart(self, folder: str, name: str, file: str) -> OpenPart:
-        shown = loadMessage(self.root, folder, name)
-        for part in partViews((shown.document or {}).get("parts")):
+        # message.json only: not the SMIL, text parts and zip the page reads.
+        document, _ = readDocument(self.root, folder, name)
+        for part in partViews((document or {}).get("parts")):
             if part.file == file:
                 opened = openMessageFile(self.root, folder, name, PARTS, file)
                 return OpenPart(part, opened, _size(opened))
