@@ -57,7 +57,14 @@ NO_DOCUMENT = "no message.json"
 class NotFound(Exception):
     """
     No such message or file (or a name that could not be one).
+
+    @ivar now: the folder that holds the message now, when it is not
+        where it was looked for (L{readDocument} found it elsewhere).
     """
+
+    def __init__(self, name: str, now: str | None = None) -> None:
+        super().__init__(name)
+        self.now = now
 
 
 def openMessageFile(root: Path, folder: str, name: str, *path: str) -> IO[bytes]:
@@ -134,14 +141,16 @@ def readDocument(root: Path, folder: str, name: str) -> tuple[dict[str, Any] | N
     The C{message.json} of C{folder/name}, or L{None} and why it could not
     be read.  Blocking.
 
-    @raise NotFound: if there is no such message.
+    @raise NotFound: if there is no such message (saying where it is now,
+        if it moved to another folder).
     """
     try:
         with openMessageFile(root, folder, name) as f:
             data = f.read(LARGEST_DOCUMENT + 1)
     except NotFound:
-        if whereNow(root, name) != folder:
-            raise
+        now = whereNow(root, name)
+        if now != folder:
+            raise NotFound(name, now) from None
         return None, NO_DOCUMENT
     if len(data) > LARGEST_DOCUMENT:
         return None, "message.json is too large to show"

@@ -32,7 +32,6 @@ from mxrecv.ops.inbox.files import (
     loadMessage,
     openMessageFile,
     readDocument,
-    whereNow,
 )
 from mxrecv.ops.inbox.media import PartView, partViews
 from mxrecv.ops.inbox.query import Query
@@ -170,12 +169,10 @@ class Inbox:
         """
         What the page of C{folder/name} shows (read afresh from the spool).
 
-        @raise NotFound: (in the L{Deferred}) if there is no such message.
+        @raise NotFound: (in the L{Deferred}) if there is no such message,
+            saying where it is now if it moved.
         """
         return self._inThread(loadMessage, self.root, folder, name)
-
-    def whereNow(self, name: str) -> Deferred[str | None]:
-        return self._inThread(whereNow, self.root, name)
 
     def part(self, folder: str, name: str, file: str) -> Deferred[OpenPart]:
         """

@@ -157,28 +157,25 @@ class InboxResource(Resource):
             self._render(request, HTTPStatus.OK, page)
 
         d.addCallback(shown)
-        d.addErrback(self._moved, request, folder, name)
+        d.addErrback(self._moved, request, name)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
-    def _moved(self, f: Failure, request: Request, folder: str, name: str) -> Deferred[None]:
+    def _moved(self, f: Failure, request: Request, name: str) -> None:
         """
         Not where the link said: if the message went to another folder
         (the application took it from C{new/}, a requeue), say where.
         """
         f.trap(NotFound)
-
-        def found(now: str | None) -> None:
-            if now is None or now == folder:
-                self._render(request, HTTPStatus.NOT_FOUND, _notFoundPage())
-                return
-            _secure(request, PAGE_POLICY)
-            request.setResponseCode(HTTPStatus.FOUND)
-            request.setHeader(b"Location", messageURL(now, name).encode("ascii"))
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            _finish(request, f"moved to {now}/\n".encode())
-
-        return self._inbox.whereNow(name).addCallback(found)
+        now = f.value.now
+        if now is None:
+            self._render(request, HTTPStatus.NOT_FOUND, _notFoundPage())
+            return
+        _secure(request, PAGE_POLICY)
+        request.setResponseCode(HTTPStatus.FOUND)
+        request.setHeader(b"Location", messageURL(now, name).encode("ascii"))
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        _finish(request, f"moved to {now}/\n".encode())
 
     # Its files
 
