@@ -33,7 +33,14 @@ from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import NEW, TMP
 from mxrecv.spool.recovery import putInPlace, rollForward
-from mxrecv.spool.seen import Claim, Pruned, PruneStep, SeenIndex, SeenIndexError
+from mxrecv.spool.seen import (
+    Claim,
+    Pruned,
+    PruneStep,
+    SeenIndex,
+    SeenIndexError,
+    errorReason,
+)
 
 log = Logger()
 
@@ -222,7 +229,7 @@ class GroupCommit:
         except (OSError, SeenIndexError) as e:
             for commit in group:
                 removeTree(commit.staged)
-            error = SpoolError(f"cannot write to the spool: {_reason(e)}")
+            error = SpoolError(f"cannot write to the spool: {errorReason(e)}")
             failed = SeenIndexError(str(error)) if prune is not None else None
             return _Claimed(claims, set(), failed, landed, error)
         self._unstage = []
@@ -378,12 +385,6 @@ def _stuckError(claim: Claim, e: OSError) -> str:
         f"cannot move {claim.dir} to {claim.target}/{claim.name} ({e.strerror}): its id is "
         "marked seen; it stays staged, to be moved with the next group"
     )
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e)
 
 
 class Commit:

@@ -193,7 +193,7 @@ class SeenIndex:
                 self._open()
             except (OSError, sqlite3.Error) as e:
                 self._close()
-                raise SeenIndexError(f"cannot open {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot open {self.path}: {errorReason(e)}") from e
 
     def _open(self) -> None:
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode))
@@ -244,7 +244,7 @@ class SeenIndex:
                     "SELECT 1 FROM seen WHERE name = ?", (name,)
                 ).fetchone()
             except sqlite3.Error as e:
-                raise SeenIndexError(f"cannot read {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot read {self.path}: {errorReason(e)}") from e
         return row is not None
 
     def staged(self) -> list[Claim]:
@@ -258,7 +258,7 @@ class SeenIndex:
                     "SELECT dir, name, target FROM staged ORDER BY dir"
                 ).fetchall()
             except sqlite3.Error as e:
-                raise SeenIndexError(f"cannot read {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot read {self.path}: {errorReason(e)}") from e
         return [Claim(name, directory, target, 0.0) for directory, name, target in rows]
 
     # Writing
@@ -384,7 +384,7 @@ class SeenIndex:
                 with self._transaction():
                     return write(self._connection())
             except (OSError, sqlite3.Error) as e:
-                raise SeenIndexError(f"cannot write {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot write {self.path}: {errorReason(e)}") from e
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -416,7 +416,11 @@ class SeenIndex:
         return self._db
 
 
-def _reason(e: BaseException) -> str:
+def errorReason(e: BaseException) -> str:
+    """
+    What went wrong, for an error message: an L{OSError}'s C{strerror}
+    (without its errno and path), else the exception's text.
+    """
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e)
