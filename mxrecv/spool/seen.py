@@ -45,8 +45,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
+
+from mxrecv.spool.layout import SEEN_DB, SEEN_LOCK, STATE
 
 #: Rows deleted per transaction by a prune.  Deleting a row touches a random
 #: leaf of the name index, so a chunk costs about one page written per row,
@@ -179,6 +182,16 @@ class SeenIndex:
         self._db: sqlite3.Connection | None = None
         self._lockFile: int | None = None
         self._busy = threading.Lock()
+
+    @classmethod
+    def inSpool(cls, root: Path, **kwargs: Any) -> SeenIndex:
+        """
+        The index of the spool at C{root}: C{state/seen.sqlite}, its writers
+        queued on C{state/seen.lock} (L{mxrecv.spool.layout}).
+
+        @param kwargs: as for L{SeenIndex}.
+        """
+        return cls(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, **kwargs)
 
     # Opening and closing
 
