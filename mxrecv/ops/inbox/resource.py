@@ -20,7 +20,6 @@ C{sandbox} policy besides, so a part opened on its own runs nothing either.
 from __future__ import annotations
 
 from http import HTTPStatus
-from importlib.resources import files
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -37,7 +36,7 @@ from mxrecv.ops.inbox.csrf import CsrfTokens
 from mxrecv.ops.inbox.files import FileSender, NotFound
 from mxrecv.ops.inbox.inbox import Inbox, InboxUnavailable, OpenPart
 from mxrecv.ops.inbox.media import servedInline
-from mxrecv.ops.inbox.pages import ErrorPage, InboxPage, MessagePage, messageURL
+from mxrecv.ops.inbox.pages import TEMPLATES, ErrorPage, InboxPage, MessagePage, messageURL
 from mxrecv.ops.inbox.query import FOLDERS, BadQuery, Query, parseQuery
 from mxrecv.spool.layout import FAILED, MMS_ZIP, PARTS, PENDING
 
@@ -93,7 +92,7 @@ class InboxResource(Resource):
         self._inbox = inbox
         self._csrf = csrf if csrf is not None else CsrfTokens()
         self._token = token
-        self._stylesheet = (files("mxrecv.ops.inbox") / "templates" / STYLESHEET).read_bytes()
+        self._stylesheet = (TEMPLATES / STYLESHEET).read_bytes()
 
     def _path(self, request: Request) -> list[str] | None:
         path = list(request.postpath or ())
