@@ -50,6 +50,7 @@ from pathlib import Path
 
 from attrs import evolve, frozen
 
+from mxrecv.message.model import decodeJSON
 from mxrecv.ops.inbox.query import FOLDERS, Cursor, Query
 from mxrecv.ops.inbox.summary import Row, summarize, unreadable
 from mxrecv.spool.layout import FAILED, INBOX_DB, INBOX_LOCK, MESSAGE_JSON, PENDING, STATE
@@ -359,7 +360,7 @@ class Catalog:
         if len(data) > LARGEST_DOCUMENT:
             return unreadable(folder, directory.name, "message.json is too large to list"), True
         try:
-            document = json.loads(data.decode("utf-8", "surrogatepass"))
+            document = decodeJSON(data)
         except (ValueError, RecursionError):
             return unreadable(folder, directory.name, "message.json is not valid JSON"), False
         return summarize(folder, directory.name, document), True

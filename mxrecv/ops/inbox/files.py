@@ -13,7 +13,6 @@ are served.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from mxrecv.message.model import decodeJSON
 from mxrecv.mms.unpack import Limits, SmilReference, decodePart, smilReferences
 from mxrecv.ops.inbox.catalog import LARGEST_DOCUMENT
 from mxrecv.ops.inbox.media import (
@@ -155,7 +155,7 @@ def readDocument(root: Path, folder: str, name: str) -> tuple[dict[str, Any] | N
     if len(data) > LARGEST_DOCUMENT:
         return None, "message.json is too large to show"
     try:
-        document = json.loads(data.decode("utf-8", "surrogatepass"))
+        document = decodeJSON(data)
     except (ValueError, RecursionError):
         return None, "message.json is not valid JSON"
     if not isinstance(document, dict):
