@@ -139,6 +139,25 @@ class CatalogTests(SynchronousTestCase):
             rows, {"broken": "message.json is not valid JSON", "empty": "no message.json"}
         )
 
+    def test_openedAsThePageOpensIt(self):
+        """
+        A message.json is read as the message's page reads it: a FIFO in
+        its place is not waited on (the refresh would hang, and every page
+        of the inbox with it), a symbolic link to a document elsewhere is
+        not followed; each is listed as having no message.json.
+        """
+        (self.root / "cur" / "fifo").mkdir()
+        os.mkfifo(self.root / "cur" / "fifo" / "message.json")
+        (self.root / "state" / "elsewhere.json").write_text(json.dumps({"id": "s3cret"}))
+        (self.root / "cur" / "linked").mkdir()
+        os.symlink(
+            self.root / "state" / "elsewhere.json", self.root / "cur" / "linked" / "message.json"
+        )
+        rows = {r.name: (r.id, r.problem) for r in self._refreshAll(Query(folder="cur"))}
+        self.assertEqual(
+            rows, {"fifo": ("", "no message.json"), "linked": ("", "no message.json")}
+        )
+
     def test_halfWrittenReadAgain(self):
         """
         A message.json caught half-written (copied into cur/ in place rather

@@ -51,9 +51,10 @@ from pathlib import Path
 from attrs import evolve, frozen
 
 from mxrecv.message.model import decodeJSON
+from mxrecv.ops.inbox.files import LARGEST_DOCUMENT, NO_DOCUMENT, NotFound, openMessageFile
 from mxrecv.ops.inbox.query import FOLDERS, Cursor, Query
 from mxrecv.ops.inbox.summary import Row, summarize, unreadable
-from mxrecv.spool.layout import FAILED, INBOX_DB, INBOX_LOCK, MESSAGE_JSON, PENDING, STATE
+from mxrecv.spool.layout import FAILED, INBOX_DB, INBOX_LOCK, PENDING, STATE
 from mxrecv.spool.naming import isName, nameForId
 
 #: Bumped whenever the schema or what a row holds changes: an older
@@ -61,8 +62,6 @@ from mxrecv.spool.naming import isName, nameForId
 SCHEMA_VERSION = 2
 #: How much older than the listing a folder's time must be to be trusted.
 RACY_MARGIN_NS = 2_000_000_000
-#: Largest message.json read for a row (an SMS or MMS text is at most 1 MiB).
-LARGEST_DOCUMENT = 8 * 1024 * 1024
 #: Rows written per transaction while a big folder is first read.
 BATCH = 2000
 
@@ -283,7 +282,7 @@ class Catalog:
         for batch in _batches(fresh, BATCH):
             rows = []
             for name, stamp in batch:
-                read = self._read(folder, path / name)
+                read = self._read(folder, name)
                 if read is None:
                     ignored.add(name)
                 else:
@@ -342,28 +341,30 @@ class Catalog:
         except FileNotFoundError:
             return {}
 
-    def _read(self, folder: str, directory: Path) -> tuple[Row, bool] | None:
+    def _read(self, folder: str, name: str) -> tuple[Row, bool] | None:
         """
-        The row of the message in C{directory} and whether its
+        The row of the message C{folder/name} and whether its
         C{message.json} could be read, or L{None} if there is no message
-        there (it went, or it is not a directory).
+        there (it went, or it is not a directory).  The file is opened as
+        the message's page opens it (L{openMessageFile}): a symbolic link
+        is not followed, nor a FIFO waited on.
         """
         try:
-            with open(directory / MESSAGE_JSON, "rb") as f:
+            with openMessageFile(self._root, folder, name) as f:
                 data = f.read(LARGEST_DOCUMENT + 1)
-        except (FileNotFoundError, NotADirectoryError):
-            if directory.is_dir():
-                return unreadable(folder, directory.name, "no message.json"), False
+        except NotFound:
+            if (self._root / folder / name).is_dir():
+                return unreadable(folder, name, NO_DOCUMENT), False
             return None
         except OSError as e:
-            return unreadable(folder, directory.name, f"message.json: {e.strerror}"), False
+            return unreadable(folder, name, f"message.json: {e.strerror}"), False
         if len(data) > LARGEST_DOCUMENT:
-            return unreadable(folder, directory.name, "message.json is too large to list"), True
+            return unreadable(folder, name, "message.json is too large to list"), True
         try:
             document = decodeJSON(data)
         except (ValueError, RecursionError):
-            return unreadable(folder, directory.name, "message.json is not valid JSON"), False
-        return summarize(folder, directory.name, document), True
+            return unreadable(folder, name, "message.json is not valid JSON"), False
+        return summarize(folder, name, document), True
 
     # Reading it
 

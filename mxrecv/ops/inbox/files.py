@@ -30,7 +30,6 @@ from zope.interface import implementer
 
 from mxrecv.message.model import decodeJSON
 from mxrecv.mms.unpack import Limits, SmilReference, decodePart, smilReferences
-from mxrecv.ops.inbox.catalog import LARGEST_DOCUMENT
 from mxrecv.ops.inbox.media import (
     TEXT,
     PartView,
@@ -43,6 +42,8 @@ from mxrecv.ops.inbox.query import FOLDERS
 from mxrecv.spool.layout import MESSAGE_JSON, MMS_ZIP, PARTS
 from mxrecv.spool.naming import isName
 
+#: Largest message.json read (an SMS or MMS text is at most 1 MiB).
+LARGEST_DOCUMENT = 8 * 1024 * 1024
 #: Most of a text part shown on the page (the whole is a download away).
 TEXT_SHOWN = 64 * 1024
 #: Most text shown on one page, all its text parts together (a zip may
