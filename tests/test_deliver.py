@@ -27,7 +27,7 @@ from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
-from mxrecv.testing.memory import DrivenThreadPool
+from mxrecv.testing.memory import DrivenThreadPool, MemoryReactor
 from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
@@ -272,7 +272,12 @@ class DeliveryTests(TestCase):
         yield closed.stopListening()
         self.deliverTo(
             WebhookTarget(
-                f"http://127.0.0.1:{number}/inbox", client=client(), clock=reactor, timeout=5.0
+                f"http://127.0.0.1:{number}/inbox",
+                client=client(),
+                clock=reactor,
+                timeout=5.0,
+                reactor=reactor,
+                pool=self.pool,
             )
         )
 
@@ -306,7 +311,9 @@ class DeliveryTests(TestCase):
         self.addCleanup(port.stopListening)
         url = f"http://127.0.0.1:{port.getHost().port}/inbox"
         target.setdefault("client", client())
-        return app, WebhookTarget(url, clock=self.clock, timeout=5.0, **target)
+        return app, WebhookTarget(
+            url, clock=self.clock, timeout=5.0, reactor=reactor, pool=self.pool, **target
+        )
 
     @inlineCallbacks
     def acceptAll(self, *ids):
@@ -520,10 +527,20 @@ class DeliveryTests(TestCase):
             for n in ("a.txt", "gone.txt")
         ]
         (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
-        target = WebhookTarget("http://127.0.0.1:9/", client=client(), clock=reactor, timeout=5.0)
+        pool = DrivenThreadPool()
+        target = WebhookTarget(
+            "http://127.0.0.1:9/",
+            client=client(),
+            clock=reactor,
+            timeout=5.0,
+            reactor=MemoryReactor(),
+            pool=pool,
+        )
         before = set(os.listdir("/proc/self/fd"))
         for _ in range(3):
-            outcome = self.successResultOf(target.deliver(directory))
+            d = target.deliver(directory)
+            pool.runNext()
+            outcome = self.successResultOf(d)
             self.assertIsInstance(outcome, PermanentFailure)
             self.assertIn("FileNotFoundError", outcome.why)
         self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
@@ -544,10 +561,17 @@ class DeliveryTests(TestCase):
             def request(self, method, url, data, **kwargs):
                 raise RuntimeError("a bug")
 
+        pool = DrivenThreadPool()
         before = set(os.listdir("/proc/self/fd"))
         d = WebhookTarget(
-            "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
+            "http://127.0.0.1:9/",
+            client=Broken(),
+            clock=reactor,
+            timeout=5.0,
+            reactor=MemoryReactor(),
+            pool=pool,
         ).deliver(directory)
+        pool.runNext()
         outcome = self.successResultOf(d)
         self.assertIsInstance(outcome, PermanentFailure)
         self.assertEqual(outcome.why, "cannot make the request: internal error (logged)")
@@ -580,6 +604,8 @@ class DeliveryTests(TestCase):
                 client=client(),
                 clock=reactor,
                 timeout=5.0,
+                reactor=reactor,
+                pool=self.pool,
             )
         )
         yield self.acceptMMS(
@@ -707,5 +733,12 @@ class InterfaceTests(TestCase):
         )
         verifyObject(
             ITarget,
-            WebhookTarget("http://127.0.0.1:9/", client=client(), clock=reactor, timeout=1.0),
+            WebhookTarget(
+                "http://127.0.0.1:9/",
+                client=client(),
+                clock=reactor,
+                timeout=1.0,
+                reactor=reactor,
+                pool=DrivenThreadPool(),
+            ),
         )
