@@ -19,8 +19,6 @@ until its rename is durable, however long that takes
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -34,8 +32,15 @@ from twisted.python.threadpool import ThreadPool
 from mxrecv.interfaces import IReactorTimeAndThreads
 from mxrecv.spool.durable import fsyncPath, removeTree
 from mxrecv.spool.layout import NEW, TMP
-from mxrecv.spool.recovery import rollForward
-from mxrecv.spool.seen import Claim, Pruned, PruneStep, SeenIndex, SeenIndexError
+from mxrecv.spool.recovery import putInPlace, rollForward
+from mxrecv.spool.seen import (
+    Claim,
+    Pruned,
+    PruneStep,
+    SeenIndex,
+    SeenIndexError,
+    errorReason,
+)
 
 log = Logger()
 
@@ -224,7 +229,7 @@ class GroupCommit:
         except (OSError, SeenIndexError) as e:
             for commit in group:
                 removeTree(commit.staged)
-            error = SpoolError(f"cannot write to the spool: {_reason(e)}")
+            error = SpoolError(f"cannot write to the spool: {errorReason(e)}")
             failed = SeenIndexError(str(error)) if prune is not None else None
             return _Claimed(claims, set(), failed, landed, error)
         self._unstage = []
@@ -271,23 +276,21 @@ class GroupCommit:
                 continue
             destination = self.root / commit.target / commit.name
             try:
-                os.rename(commit.staged, destination)
+                moved = putInPlace(commit.staged, destination)
             except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    # Already there (put by hand?): answered as stored, so
-                    # its entry must be durable too.
-                    removeTree(commit.staged)
-                    parents.add(destination.parent)
-                    self._unstage.append(claim.dir)
-                    outcomes.append(Accepted(commit.name, duplicate=True))
-                else:
-                    self.stuck.append(claim)
-                    errors.append(_stuckError(claim, e))
-                    outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
+                self.stuck.append(claim)
+                errors.append(_stuckError(claim, e))
+                outcomes.append(SpoolError(f"cannot write to the spool: {e.strerror}"))
                 continue
             parents.add(destination.parent)
-            renamed.append(claim)
-            outcomes.append(Accepted(commit.name, duplicate=False))
+            if moved:
+                renamed.append(claim)
+                outcomes.append(Accepted(commit.name, duplicate=False))
+            else:
+                # Already there (put by hand?): answered as stored, so its
+                # entry must be durable too.
+                self._unstage.append(claim.dir)
+                outcomes.append(Accepted(commit.name, duplicate=True))
         try:
             for parent in parents:
                 fsyncPath(parent, self.sync)
@@ -382,12 +385,6 @@ def _stuckError(claim: Claim, e: OSError) -> str:
         f"cannot move {claim.dir} to {claim.target}/{claim.name} ({e.strerror}): its id is "
         "marked seen; it stays staged, to be moved with the next group"
     )
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e)
 
 
 class Commit:

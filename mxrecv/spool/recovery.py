@@ -134,13 +134,10 @@ def rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> Placed:
         moved = source.exists()
         if moved:
             try:
-                os.rename(source, destination)
-            except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    stuck.append(claim)
-                    continue
-                removeTree(source)
-                moved = False
+                moved = putInPlace(source, destination)
+            except OSError:
+                stuck.append(claim)
+                continue
         parents.setdefault(destination.parent, []).append((claim, moved))
     for parent, placed in parents.items():
         try:
@@ -152,6 +149,25 @@ def rollForward(root: Path, claims: Sequence[Claim], sync: bool) -> Placed:
         settled += [claim.dir for claim, _ in placed]
         landed += [(claim.target, claim.name) for claim, moved in placed if moved]
     return Placed(landed, settled, stuck)
+
+
+def putInPlace(source: Path, destination: Path) -> bool:
+    """
+    Blocking: rename the staged message C{source} to C{destination}; the
+    caller fsyncs the parent.  If a message is there already (put by hand,
+    or by an earlier try), the staged copy is removed instead.
+
+    @return: whether C{source} was renamed.
+    @raise OSError: if it could be neither renamed nor found in place.
+    """
+    try:
+        os.rename(source, destination)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        removeTree(source)
+        return False
+    return True
 
 
 def _stagedPath(root: Path, claim: Claim) -> Path | None:

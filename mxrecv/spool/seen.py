@@ -45,8 +45,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
+
+from mxrecv.spool.layout import SEEN_DB, SEEN_LOCK, STATE
 
 #: Rows deleted per transaction by a prune.  Deleting a row touches a random
 #: leaf of the name index, so a chunk costs about one page written per row,
@@ -180,6 +183,16 @@ class SeenIndex:
         self._lockFile: int | None = None
         self._busy = threading.Lock()
 
+    @classmethod
+    def inSpool(cls, root: Path, **kwargs: Any) -> SeenIndex:
+        """
+        The index of the spool at C{root}: C{state/seen.sqlite}, its writers
+        queued on C{state/seen.lock} (L{mxrecv.spool.layout}).
+
+        @param kwargs: as for L{SeenIndex}.
+        """
+        return cls(root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, **kwargs)
+
     # Opening and closing
 
     def open(self) -> None:
@@ -193,7 +206,7 @@ class SeenIndex:
                 self._open()
             except (OSError, sqlite3.Error) as e:
                 self._close()
-                raise SeenIndexError(f"cannot open {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot open {self.path}: {errorReason(e)}") from e
 
     def _open(self) -> None:
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode))
@@ -244,7 +257,7 @@ class SeenIndex:
                     "SELECT 1 FROM seen WHERE name = ?", (name,)
                 ).fetchone()
             except sqlite3.Error as e:
-                raise SeenIndexError(f"cannot read {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot read {self.path}: {errorReason(e)}") from e
         return row is not None
 
     def staged(self) -> list[Claim]:
@@ -258,7 +271,7 @@ class SeenIndex:
                     "SELECT dir, name, target FROM staged ORDER BY dir"
                 ).fetchall()
             except sqlite3.Error as e:
-                raise SeenIndexError(f"cannot read {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot read {self.path}: {errorReason(e)}") from e
         return [Claim(name, directory, target, 0.0) for directory, name, target in rows]
 
     # Writing
@@ -384,7 +397,7 @@ class SeenIndex:
                 with self._transaction():
                     return write(self._connection())
             except (OSError, sqlite3.Error) as e:
-                raise SeenIndexError(f"cannot write {self.path}: {_reason(e)}") from e
+                raise SeenIndexError(f"cannot write {self.path}: {errorReason(e)}") from e
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -416,7 +429,11 @@ class SeenIndex:
         return self._db
 
 
-def _reason(e: BaseException) -> str:
+def errorReason(e: BaseException) -> str:
+    """
+    What went wrong, for an error message: an L{OSError}'s C{strerror}
+    (without its errno and path), else the exception's text.
+    """
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e)

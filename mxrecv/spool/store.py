@@ -49,7 +49,7 @@ from mxrecv.message.model import Message
 from mxrecv.spool.commit import Accepted, Commit, GroupCommit, SpoolError, Staging
 from mxrecv.spool.directory import MessageDirectory
 from mxrecv.spool.durable import fsyncPath, makeDirectory, removeTree, writeNew
-from mxrecv.spool.layout import MESSAGE_JSON, NEW, SEEN_DB, SEEN_LOCK, STATE, TMP, Layout
+from mxrecv.spool.layout import MESSAGE_JSON, NEW, TMP, Layout
 from mxrecv.spool.lock import SpoolLocked, adoptLock, lockSpool
 from mxrecv.spool.mode import SpoolMode
 from mxrecv.spool.naming import isName, nameForId
@@ -105,9 +105,7 @@ def claimSpool(
     """
     root = Path(root).absolute()
     lock = lockSpool(root, mode)
-    index = SeenIndex(
-        root / STATE / SEEN_DB, root / STATE / SEEN_LOCK, sync=sync, mode=mode.file
-    )
+    index = SeenIndex.inSpool(root, sync=sync, mode=mode.file)
     try:
         index.open()
         importOldJournal(root, index, time.time() if now is None else now, dedupeSeconds, sync)
@@ -162,9 +160,8 @@ class Spool:
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._pool = pool
         self._dedupe = dedupeSeconds
-        self._seen = SeenIndex(
-            self.root / STATE / SEEN_DB,
-            self.root / STATE / SEEN_LOCK,
+        self._seen = SeenIndex.inSpool(
+            self.root,
             sync=sync,
             pruneChunk=pruneChunk,
             mode=mode.file,
