@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredQueue, inlineCallbacks
+from twisted.internet.defer import DeferredQueue, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mxrecv.deliver.command import COMMAND_GRACE, CommandTarget
@@ -22,7 +23,7 @@ from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
 from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.queue import Deliverer
-from mxrecv.deliver.records import Records
+from mxrecv.deliver.records import Records, Scan
 from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
@@ -718,6 +719,40 @@ class DeliveryTests(TestCase):
         yield reactorTurns(2)
         self.assertEqual(deliverer.queued(), frozenset())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+    def test_stoppedWhileLooking(self):
+        """
+        A queue stopped while it looks at a message before its attempt (a
+        job in its pool) makes no attempt when the look ends.
+        """
+        (self.spool.dir("new") / "a").mkdir()
+        pool = DrivenThreadPool()
+        attempted = []
+
+        @implementer(ITarget)
+        class Target:
+            name = "command"
+
+            def deliver(self, directory):
+                attempted.append(directory)
+                return succeed(Delivered())
+
+        deliverer = Deliverer(
+            Target(),
+            policy=Policy(),
+            new=self.spool.dir("new"),
+            records=self.records,
+            reactor=MemoryReactor(),
+            pool=pool,
+            clock=self.clock,
+        )
+        deliverer.start(Scan([("a", None)], []), 0.0)
+        self.assertEqual(pool.pending, ["_look"])
+        stopped = deliverer.stop()
+        pool.runNext()
+        self.assertEqual(attempted, [])
+        self.successResultOf(stopped)
 
 
 class InterfaceTests(TestCase):
