@@ -71,12 +71,14 @@ def makeService(options: Options, reactor: IServerReactor | None = None) -> Serv
         reactor = installedReactor()
     config: Config = options["settings"]
     twistd = getattr(options, "parent", None)
-    for warning in config.warnings if options.get("worker") is None else ():
-        log.warn("Configuration: {warning}", warning=warning)
-    if options.get("worker") is None and config.server.workers > 1:
-        return buildSupervisor(config, options.get("config"), twistd=twistd, reactor=reactor)
-    worker = None if options.get("worker") is None else Worker.join(reactor)
-    if worker is not None:
+    worker: Worker | None = None
+    if options.get("worker") is None:
+        for warning in config.warnings:
+            log.warn("Configuration: {warning}", warning=warning)
+        if config.server.workers > 1:
+            return buildSupervisor(config, options.get("config"), twistd=twistd, reactor=reactor)
+    else:
+        worker = Worker.join(reactor)
         config = worker.config
 
     def observer() -> ILogObserver | None:

@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
+from mxrecv.spool.mode import DEFAULT_MODE
+
 
 def fsyncPath(path: Path, sync: bool = True) -> None:
     """
@@ -55,7 +57,7 @@ def makeDirectory(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def writeNew(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
+def writeNew(path: Path, data: bytes, sync: bool = True, mode: int = DEFAULT_MODE) -> None:
     """
     Create C{path} (which must not exist) holding C{data}, and fsync it.
     The caller fsyncs the directory.
@@ -80,7 +82,7 @@ def writeAll(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def replaceFile(path: Path, data: bytes, sync: bool = True, mode: int = 0o640) -> None:
+def replaceFile(path: Path, data: bytes, sync: bool = True, mode: int = DEFAULT_MODE) -> None:
     """
     Replace C{path} with a file holding C{data}, atomically and durably.
     The new file has C{mode} from its creation, whatever the permissions

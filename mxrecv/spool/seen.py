@@ -50,6 +50,7 @@ from typing import Any
 from attrs import frozen
 
 from mxrecv.spool.layout import SEEN_DB, SEEN_LOCK, STATE
+from mxrecv.spool.mode import DEFAULT_MODE
 
 #: Rows deleted per transaction by a prune.  Deleting a row touches a random
 #: leaf of the name index, so a chunk costs about one page written per row,
@@ -170,7 +171,7 @@ class SeenIndex:
         *,
         sync: bool = True,
         pruneChunk: int = PRUNE_CHUNK,
-        mode: int = 0o640,
+        mode: int = DEFAULT_MODE,
         connect: Callable[[Path], sqlite3.Connection] = connectIndex,
     ) -> None:
         self.path = path

@@ -48,21 +48,19 @@ def importJournal(
     alsoPresent: Iterable[str],
     now: float,
     sync: bool = True,
-) -> int | None:
+) -> int:
     """
-    Import C{journal} into C{index} if it is there: its entries younger
+    Import C{journal} into C{index}: its entries younger
     than C{cutoff}, and the names C{alsoPresent} (the messages in the
     spool's directories: the old order of operations journaled a name after
     its rename, so a crash could leave a message the journal lacks) as seen
     at C{now}.  Then rename it, so that this happens once.  Importing is
     idempotent: a crash before the rename imports it again.
 
-    @return: how many names were added, or C{None} if there was no journal.
+    @return: how many names were added.
     @raise OSError: if the journal cannot be read or renamed.
     @raise mxrecv.spool.seen.SeenIndexError: if the index cannot be written.
     """
-    if not journal.exists():
-        return None
     added = index.add(entry for entry in readJournal(journal) if entry[1] >= cutoff)
     added += index.add((name, now) for name in alsoPresent)
     journal.rename(journal.with_name(journal.name + IMPORTED_SUFFIX))
