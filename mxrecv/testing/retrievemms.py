@@ -13,6 +13,7 @@ from collections.abc import Callable
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -247,14 +248,16 @@ class RetrieveMMS(Resource):
         self._checkRetrieved()
         return data
 
-    def _trickle(self, request: Request, interval: float, sent: int = 0) -> None:
-        request.write(b"PK\x03\x04"[sent : sent + 1] or b"x")
-        call = self._reactor.callLater(interval, self._trickle, request, interval, sent + 1)
-        if sent == 0:
-            self._trickling = call
-            request.notifyFinish().addBoth(lambda _: self._trickling.cancel())
-        else:
-            self._trickling = call
+    def _trickle(self, request: Request, interval: float) -> None:
+        """
+        A zip's first bytes, then C{x}s, one every C{interval} seconds until
+        the request is finished (the client went); each request its own.
+        """
+        body = iter(b"PK\x03\x04")
+        trickle = LoopingCall(lambda: request.write(bytes([next(body, ord("x"))])))
+        trickle.clock = self._reactor
+        request.notifyFinish().addBoth(lambda _: trickle.stop())
+        trickle.start(interval, now=True)
 
 
 @implementer(IPushProducer)

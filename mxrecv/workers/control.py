@@ -14,8 +14,8 @@ The parent starts a worker with these file descriptors:
 Messages are lines, C{VERB} or C{VERB ARGUMENT}; a message name is a
 spool name, which holds no space or line break.
 
-    worker -> parent    ready N       listening on N sockets
-                        alive         every second, while its reactor turns
+    worker -> parent    alive N       every second while its reactor turns,
+                                      listening on N sockets
                         leader        it leads (L{mxrecv.workers.leader})
                         pending NAME  an MMS it accepted into pending/
                         new NAME      a message it committed into new/
@@ -47,7 +47,6 @@ CONTROL_FD = 3
 LOCK_FD = 4
 FIRST_SOCKET_FD = 5
 
-READY = "ready"
 ALIVE = "alive"
 LEADER = "leader"
 PENDING = "pending"

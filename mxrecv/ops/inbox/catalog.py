@@ -390,8 +390,8 @@ class Catalog:
             older = _cursor(rows[-1]) if more else None
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         (total,) = db.execute(f"SELECT count(*) FROM message{clause}", params).fetchone()
-        counts = dict.fromkeys(FOLDERS, 0)
-        counts.update(db.execute("SELECT folder, count(*) FROM message GROUP BY folder"))
+        # The rows each folder has, known without a scan of the table.
+        counts = {folder: len(self._known[folder]) for folder in FOLDERS}
         return Page(tuple(rows), older, newer, total, counts)
 
     def _select(

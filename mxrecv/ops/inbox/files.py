@@ -49,12 +49,22 @@ TEXT_SHOWN = 64 * 1024
 #: hold 500 of them).
 TEXTS_SHOWN = 1024 * 1024
 CHUNK = 64 * 1024
+#: Why a message directory's C{message.json} could not be read, when it
+#: is not there at all.
+NO_DOCUMENT = "no message.json"
 
 
 class NotFound(Exception):
     """
     No such message or file (or a name that could not be one).
+
+    @ivar now: the folder that holds the message now, when it is not
+        where it was looked for (L{readDocument} found it elsewhere).
     """
+
+    def __init__(self, name: str, now: str | None = None) -> None:
+        super().__init__(name)
+        self.now = now
 
 
 def openMessageFile(root: Path, folder: str, name: str, *path: str) -> IO[bytes]:
@@ -126,31 +136,42 @@ class Shown:
     smil: bool
 
 
-def loadMessage(root: Path, folder: str, name: str) -> Shown:
+def readDocument(root: Path, folder: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
     """
-    Read what the page of C{folder/name} shows.  Blocking.
+    The C{message.json} of C{folder/name}, or L{None} and why it could not
+    be read.  Blocking.
 
-    @raise NotFound: if there is no such message.
+    @raise NotFound: if there is no such message (saying where it is now,
+        if it moved to another folder).
     """
     try:
         with openMessageFile(root, folder, name) as f:
             data = f.read(LARGEST_DOCUMENT + 1)
     except NotFound:
-        if whereNow(root, name) != folder:
-            raise
-        return Shown(folder, name, None, "no message.json", (), (), {}, False, False)
-    document: Any = None
-    problem = None
+        now = whereNow(root, name)
+        if now != folder:
+            raise NotFound(name, now) from None
+        return None, NO_DOCUMENT
     if len(data) > LARGEST_DOCUMENT:
-        problem = "message.json is too large to show"
-    else:
-        try:
-            document = json.loads(data.decode("utf-8", "surrogatepass"))
-        except (ValueError, RecursionError):
-            problem = "message.json is not valid JSON"
-        else:
-            if not isinstance(document, dict):
-                document, problem = None, "message.json is not a JSON object"
+        return None, "message.json is too large to show"
+    try:
+        document = json.loads(data.decode("utf-8", "surrogatepass"))
+    except (ValueError, RecursionError):
+        return None, "message.json is not valid JSON"
+    if not isinstance(document, dict):
+        return None, "message.json is not a JSON object"
+    return document, None
+
+
+def loadMessage(root: Path, folder: str, name: str) -> Shown:
+    """
+    Read what the page of C{folder/name} shows.  Blocking.
+
+    @raise NotFound: if there is no such message (L{readDocument}).
+    """
+    document, problem = readDocument(root, folder, name)
+    if problem == NO_DOCUMENT:
+        return Shown(folder, name, None, problem, (), (), {}, False, False)
     parts = tuple(partViews(document.get("parts") if document else None))
     smil = smilPart(parts)
     references: Sequence[SmilReference] = ()

@@ -31,7 +31,7 @@ from mxrecv.ops.inbox.files import (
     Shown,
     loadMessage,
     openMessageFile,
-    whereNow,
+    readDocument,
 )
 from mxrecv.ops.inbox.media import PartView, partViews
 from mxrecv.ops.inbox.query import Query
@@ -169,12 +169,10 @@ class Inbox:
         """
         What the page of C{folder/name} shows (read afresh from the spool).
 
-        @raise NotFound: (in the L{Deferred}) if there is no such message.
+        @raise NotFound: (in the L{Deferred}) if there is no such message,
+            saying where it is now if it moved.
         """
         return self._inThread(loadMessage, self.root, folder, name)
-
-    def whereNow(self, name: str) -> Deferred[str | None]:
-        return self._inThread(whereNow, self.root, name)
 
     def part(self, folder: str, name: str, file: str) -> Deferred[OpenPart]:
         """
@@ -186,8 +184,9 @@ class Inbox:
         return self._inThread(self._openPart, folder, name, file)
 
     def _openPart(self, folder: str, name: str, file: str) -> OpenPart:
-        shown = loadMessage(self.root, folder, name)
-        for part in partViews((shown.document or {}).get("parts")):
+        # message.json only: not the SMIL, text parts and zip the page reads.
+        document, _ = readDocument(self.root, folder, name)
+        for part in partViews((document or {}).get("parts")):
             if part.file == file:
                 opened = openMessageFile(self.root, folder, name, PARTS, file)
                 return OpenPart(part, opened, _size(opened))

@@ -20,7 +20,6 @@ C{sandbox} policy besides, so a part opened on its own runs nothing either.
 from __future__ import annotations
 
 from http import HTTPStatus
-from importlib.resources import files
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -37,7 +36,7 @@ from mxrecv.ops.inbox.csrf import CsrfTokens
 from mxrecv.ops.inbox.files import FileSender, NotFound
 from mxrecv.ops.inbox.inbox import Inbox, InboxUnavailable, OpenPart
 from mxrecv.ops.inbox.media import servedInline
-from mxrecv.ops.inbox.pages import ErrorPage, InboxPage, MessagePage, messageURL
+from mxrecv.ops.inbox.pages import TEMPLATES, ErrorPage, InboxPage, MessagePage, messageURL
 from mxrecv.ops.inbox.query import FOLDERS, BadQuery, Query, parseQuery
 from mxrecv.spool.layout import FAILED, MMS_ZIP, PARTS, PENDING
 
@@ -93,7 +92,7 @@ class InboxResource(Resource):
         self._inbox = inbox
         self._csrf = csrf if csrf is not None else CsrfTokens()
         self._token = token
-        self._stylesheet = (files("mxrecv.ops.inbox") / "templates" / STYLESHEET).read_bytes()
+        self._stylesheet = (TEMPLATES / STYLESHEET).read_bytes()
 
     def _path(self, request: Request) -> list[str] | None:
         path = list(request.postpath or ())
@@ -157,28 +156,25 @@ class InboxResource(Resource):
             self._render(request, HTTPStatus.OK, page)
 
         d.addCallback(shown)
-        d.addErrback(self._moved, request, folder, name)
+        d.addErrback(self._moved, request, name)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
-    def _moved(self, f: Failure, request: Request, folder: str, name: str) -> Deferred[None]:
+    def _moved(self, f: Failure, request: Request, name: str) -> None:
         """
         Not where the link said: if the message went to another folder
         (the application took it from C{new/}, a requeue), say where.
         """
         f.trap(NotFound)
-
-        def found(now: str | None) -> None:
-            if now is None or now == folder:
-                self._render(request, HTTPStatus.NOT_FOUND, _notFoundPage())
-                return
-            _secure(request, PAGE_POLICY)
-            request.setResponseCode(HTTPStatus.FOUND)
-            request.setHeader(b"Location", messageURL(now, name).encode("ascii"))
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            _finish(request, f"moved to {now}/\n".encode())
-
-        return self._inbox.whereNow(name).addCallback(found)
+        now = f.value.now
+        if now is None:
+            self._render(request, HTTPStatus.NOT_FOUND, _notFoundPage())
+            return
+        _secure(request, PAGE_POLICY)
+        request.setResponseCode(HTTPStatus.FOUND)
+        request.setHeader(b"Location", messageURL(now, name).encode("ascii"))
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        _finish(request, f"moved to {now}/\n".encode())
 
     # Its files
 
