@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredQueue, inlineCallbacks
+from twisted.internet.defer import DeferredQueue, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mxrecv.deliver.command import COMMAND_GRACE, CommandTarget
@@ -22,12 +23,12 @@ from mxrecv.deliver.deadletters import TargetHealth
 from mxrecv.deliver.interfaces import ITarget
 from mxrecv.deliver.outcome import Delivered, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.queue import Deliverer
-from mxrecv.deliver.records import Records
+from mxrecv.deliver.records import Records, Scan
 from mxrecv.deliver.schedule import Policy
 from mxrecv.deliver.service import SWEEP_INTERVAL, DeliveryService
 from mxrecv.deliver.webhook import WebhookTarget
 from mxrecv.message.model import Message
-from mxrecv.testing.memory import DrivenThreadPool
+from mxrecv.testing.memory import DrivenThreadPool, MemoryReactor
 from mxrecv.testing.retrievemms import QuietSite
 
 from .application import Answer, Application
@@ -272,7 +273,12 @@ class DeliveryTests(TestCase):
         yield closed.stopListening()
         self.deliverTo(
             WebhookTarget(
-                f"http://127.0.0.1:{number}/inbox", client=client(), clock=reactor, timeout=5.0
+                f"http://127.0.0.1:{number}/inbox",
+                client=client(),
+                clock=reactor,
+                timeout=5.0,
+                reactor=reactor,
+                pool=self.pool,
             )
         )
 
@@ -306,7 +312,9 @@ class DeliveryTests(TestCase):
         self.addCleanup(port.stopListening)
         url = f"http://127.0.0.1:{port.getHost().port}/inbox"
         target.setdefault("client", client())
-        return app, WebhookTarget(url, clock=self.clock, timeout=5.0, **target)
+        return app, WebhookTarget(
+            url, clock=self.clock, timeout=5.0, reactor=reactor, pool=self.pool, **target
+        )
 
     @inlineCallbacks
     def acceptAll(self, *ids):
@@ -520,10 +528,20 @@ class DeliveryTests(TestCase):
             for n in ("a.txt", "gone.txt")
         ]
         (directory / "message.json").write_text(json.dumps({"id": "m", "parts": parts}))
-        target = WebhookTarget("http://127.0.0.1:9/", client=client(), clock=reactor, timeout=5.0)
+        pool = DrivenThreadPool()
+        target = WebhookTarget(
+            "http://127.0.0.1:9/",
+            client=client(),
+            clock=reactor,
+            timeout=5.0,
+            reactor=MemoryReactor(),
+            pool=pool,
+        )
         before = set(os.listdir("/proc/self/fd"))
         for _ in range(3):
-            outcome = self.successResultOf(target.deliver(directory))
+            d = target.deliver(directory)
+            pool.runNext()
+            outcome = self.successResultOf(d)
             self.assertIsInstance(outcome, PermanentFailure)
             self.assertIn("FileNotFoundError", outcome.why)
         self.assertEqual(set(os.listdir("/proc/self/fd")) - before, set())
@@ -544,10 +562,17 @@ class DeliveryTests(TestCase):
             def request(self, method, url, data, **kwargs):
                 raise RuntimeError("a bug")
 
+        pool = DrivenThreadPool()
         before = set(os.listdir("/proc/self/fd"))
         d = WebhookTarget(
-            "http://127.0.0.1:9/", client=Broken(), clock=reactor, timeout=5.0
+            "http://127.0.0.1:9/",
+            client=Broken(),
+            clock=reactor,
+            timeout=5.0,
+            reactor=MemoryReactor(),
+            pool=pool,
         ).deliver(directory)
+        pool.runNext()
         outcome = self.successResultOf(d)
         self.assertIsInstance(outcome, PermanentFailure)
         self.assertEqual(outcome.why, "cannot make the request: internal error (logged)")
@@ -580,6 +605,8 @@ class DeliveryTests(TestCase):
                 client=client(),
                 clock=reactor,
                 timeout=5.0,
+                reactor=reactor,
+                pool=self.pool,
             )
         )
         yield self.acceptMMS(
@@ -694,6 +721,40 @@ class DeliveryTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+    def test_stoppedWhileLooking(self):
+        """
+        A queue stopped while it looks at a message before its attempt (a
+        job in its pool) makes no attempt when the look ends.
+        """
+        (self.spool.dir("new") / "a").mkdir()
+        pool = DrivenThreadPool()
+        attempted = []
+
+        @implementer(ITarget)
+        class Target:
+            name = "command"
+
+            def deliver(self, directory):
+                attempted.append(directory)
+                return succeed(Delivered())
+
+        deliverer = Deliverer(
+            Target(),
+            policy=Policy(),
+            new=self.spool.dir("new"),
+            records=self.records,
+            reactor=MemoryReactor(),
+            pool=pool,
+            clock=self.clock,
+        )
+        deliverer.start(Scan([("a", None)], []), 0.0)
+        self.assertEqual(pool.pending, ["_look"])
+        stopped = deliverer.stop()
+        pool.runNext()
+        self.assertEqual(attempted, [])
+        self.successResultOf(stopped)
+
+
 class InterfaceTests(TestCase):
     def test_targets(self):
         """
@@ -707,5 +768,12 @@ class InterfaceTests(TestCase):
         )
         verifyObject(
             ITarget,
-            WebhookTarget("http://127.0.0.1:9/", client=client(), clock=reactor, timeout=1.0),
+            WebhookTarget(
+                "http://127.0.0.1:9/",
+                client=client(),
+                clock=reactor,
+                timeout=1.0,
+                reactor=reactor,
+                pool=DrivenThreadPool(),
+            ),
         )

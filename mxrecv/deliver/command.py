@@ -12,7 +12,6 @@ last argument) and C{MXRECV_SPOOL} (the spool).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from mxrecv.deliver.identity import deliveryId
 from mxrecv.deliver.interfaces import ITarget
 from mxrecv.deliver.outcome import Outcome, PermanentFailure, TemporaryFailure
 from mxrecv.deliver.policy import STDERR_TAIL, commandOutcome
+from mxrecv.message.model import decodeJSON
 from mxrecv.spool.layout import MESSAGE_JSON
 
 #: Seconds the rest of a command's stderr is waited for once it has exited:
@@ -108,7 +108,7 @@ class CommandTarget:
 
     def deliver(self, directory: Path) -> Deferred[Outcome]:
         try:
-            document = json.loads((directory / MESSAGE_JSON).read_bytes())
+            document = decodeJSON((directory / MESSAGE_JSON).read_bytes())
             messageId = document["id"]
             if not isinstance(messageId, str):
                 raise TypeError("the id is not a string")

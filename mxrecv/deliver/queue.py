@@ -58,7 +58,8 @@ class Deliverer:
     @param onState: called with the queue's L{DeliveryState} whenever it
         may have changed (metrics).
     @param clock: times the attempts and retries.
-    @param reactor: runs the records' writes in C{pool}.
+    @param reactor: runs in C{pool} the look at each message before its
+        attempt and the records' writes.
     """
 
     def __init__(
@@ -244,32 +245,48 @@ class Deliverer:
             self._timer = self._clock.callLater(delay, self._poll)
 
     def _attempt(self, name: str) -> None:
-        directory = self._new / name
-        try:
-            present = directory.is_dir()
-            delivered = present and self._records.isDelivered(self.target.name, name)
-        except OSError as e:
-            # The disk's trouble, not the message's: everything waits.
-            self._failed(name, TemporaryFailure(f"cannot look at new/{name}: {e.strerror}"))
-            return
+        """
+        Look at C{new/NAME} in the pool (is it still there, was it
+        delivered already), then make the attempt.
+        """
+        d = self._inThread(self._look, name)
+        d.addCallbacks(self._looked, self._notLooked, (name,), None, (name,))
+        d.addErrback(lambda f: log.failure("Delivering new/{name}", f, name=name))
+        self._track(d)
+
+    def _look(self, name: str) -> tuple[bool, bool]:
+        """
+        Whether C{new/NAME} is there, and whether it was delivered to this
+        target (blocking).
+        """
+        present = (self._new / name).is_dir()
+        return present, present and self._records.isDelivered(self.target.name, name)
+
+    def _looked(self, look: tuple[bool, bool], name: str) -> Deferred[None] | None:
+        if not self._running:
+            return None
+        present, delivered = look
         if not present:
             log.info(
                 "new/{name} was taken by the application before its delivery to the {target}",
                 name=name,
                 target=self.target.name,
             )
+        if not present or delivered:
             self._schedule.skipped(name)
-            self._again = True
-            return
-        if delivered:
-            self._schedule.skipped(name)
-            self._again = True
-            return
-        d = maybeDeferred(self.target.deliver, directory)
+            self._poll()
+            return None
+        d = maybeDeferred(self.target.deliver, self._new / name)
         d.addErrback(self._unexpected, name)
-        d.addCallback(self._attempted, name)
-        d.addErrback(lambda f: log.failure("Delivering new/{name}", f, name=name))
-        self._track(d)
+        return d.addCallback(self._attempted, name)
+
+    def _notLooked(self, reason: Failure, name: str) -> None:
+        reason.trap(OSError)
+        if not self._running:
+            return
+        # The disk's trouble, not the message's: everything waits.
+        why = f"cannot look at new/{name}: {reason.value.strerror}"
+        self._failed(name, TemporaryFailure(why))
 
     def _attempted(self, outcome: Outcome, name: str) -> Deferred[None] | None:
         if isinstance(outcome, Delivered):

@@ -92,12 +92,11 @@ class Failing:
 
 
 class _Job:
-    __slots__ = ("name", "order", "since", "attempts", "refusals", "state")
+    __slots__ = ("name", "order", "attempts", "refusals", "state")
 
-    def __init__(self, name: str, order: int, since: float) -> None:
+    def __init__(self, name: str, order: int) -> None:
         self.name = name
         self.order = order
-        self.since = since
         self.attempts = Attempts()
         self.refusals = 0
         self.state = "ready"
@@ -276,7 +275,7 @@ class Schedule:
         )
 
     def _queue(self, name: str, order: int, since: float) -> None:
-        self._jobs[name] = _Job(name, order, since)
+        self._jobs[name] = _Job(name, order)
         heapq.heappush(self._byAge, (since, order, name))
         heapq.heappush(self._ready, (order, name))
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_deliver_signature -*-
+# -*- test-case-name: tests.test_deliver_webhook -*-
 """
 Signed webhooks as the Standard Webhooks specification defines them
 (U{https://www.standardwebhooks.com/}), so that an application can check
@@ -47,8 +47,6 @@ class Signing:
     """
 
     def __init__(self, key: bytes, webhookId: str, timestamp: int) -> None:
-        self.webhookId = webhookId
-        self.timestamp = timestamp
         self._mac = hmac.new(key, f"{webhookId}.{timestamp}.".encode("ascii"), hashlib.sha256)
 
     def update(self, data: bytes) -> None:
@@ -59,10 +57,3 @@ class Signing:
         The C{webhook-signature} value of the body so far.
         """
         return "v1," + base64.b64encode(self._mac.digest()).decode("ascii")
-
-    def headers(self) -> dict[bytes, bytes]:
-        return {
-            b"webhook-id": self.webhookId.encode("ascii"),
-            b"webhook-timestamp": str(self.timestamp).encode("ascii"),
-            b"webhook-signature": self.signature().encode("ascii"),
-        }

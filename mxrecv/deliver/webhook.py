@@ -12,7 +12,8 @@ media type).  Every request carries the Standard Webhooks headers
 key, and C{webhook-timestamp} always, C{webhook-signature} with a
 C{secret_file}.
 
-An MMS is read twice: once in a worker thread, to sign it and learn its
+An MMS is read twice: once in a worker thread (with C{message.json}, so
+that no file is read on the reactor's thread), to sign it and learn its
 length, then as it is sent, checked against the first reading (a file that
 changed in between fails the attempt rather than send a body that does not
 match its signature).  Only the first L{ANSWER_HEAD} bytes of the answer are
@@ -27,8 +28,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from attrs import frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -172,6 +174,19 @@ class SignedBodyProducer:
                 pass
 
 
+@frozen
+class _Reading:
+    """
+    A message read through: what its request needs.
+    """
+
+    webhookId: str
+    body: FormBody
+    length: int
+    digest: bytes
+    signature: str | None
+
+
 class _Head(Protocol):
     """
     Keeps the first C{limit} bytes of a body and drops the connection
@@ -206,7 +221,7 @@ class WebhookTarget:
     POST each message to C{url} with C{client}.
 
     @param secret: the key that signs the requests, if any.
-    @param reactor: runs the first reading of an MMS in C{pool}.
+    @param reactor: runs the first reading of each message in C{pool}.
     @param clock: the time of C{webhook-timestamp} and of the timeouts.
     @param timeout: seconds an attempt may take to get its answer's
         headers, and then the first bytes of its body.
@@ -221,9 +236,9 @@ class WebhookTarget:
         client: HTTPClient,
         clock: IReactorTime,
         timeout: float,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
         secret: bytes | None = None,
-        reactor: IReactorFromThreads | None = None,
-        pool: ThreadPool | None = None,
         cooperator: Callable[[Iterator[None]], CooperativeTask] = cooperate,
     ) -> None:
         self._url = url.encode("ascii")
@@ -236,32 +251,25 @@ class WebhookTarget:
         self._cooperator = cooperator
 
     def deliver(self, directory: Path) -> Deferred[Outcome]:
-        try:
-            messageId, body = messageForm(directory)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return succeed(_unreadable(e))
-        webhookId = deliveryId(messageId)
         timestamp = int(self._clock.seconds())
-        signing = None if self._secret is None else Signing(self._secret, webhookId, timestamp)
-        headers = Headers(
-            {
-                b"Content-Type": [body.contentType],
-                b"User-Agent": [USER_AGENT],
-                b"webhook-id": [webhookId.encode("ascii")],
-                b"webhook-timestamp": [str(timestamp).encode("ascii")],
-            }
-        )
-        if all(f.path is None for f in body.fields) or self._pool is None:
-            d = _readNow(body, signing)
-        else:
-            assert self._reactor is not None
-            d = deferToThreadPool(self._reactor, self._pool, readBody, body, signing)
+        d = deferToThreadPool(self._reactor, self._pool, self._read, directory, timestamp)
 
-        def read(reading: tuple[int, bytes]) -> Deferred[Outcome]:
-            length, digest = reading
-            if signing is not None:
-                headers.setRawHeaders(b"webhook-signature", [signing.signature().encode("ascii")])
-            producer = SignedBodyProducer(body, length, digest, self._cooperator)
+        def read(reading: _Reading | Outcome) -> Deferred[Outcome]:
+            if not isinstance(reading, _Reading):
+                return succeed(reading)
+            headers = Headers(
+                {
+                    b"Content-Type": [reading.body.contentType],
+                    b"User-Agent": [USER_AGENT],
+                    b"webhook-id": [reading.webhookId.encode("ascii")],
+                    b"webhook-timestamp": [str(timestamp).encode("ascii")],
+                }
+            )
+            if reading.signature is not None:
+                headers.setRawHeaders(b"webhook-signature", [reading.signature.encode("ascii")])
+            producer = SignedBodyProducer(
+                reading.body, reading.length, reading.digest, self._cooperator
+            )
             try:
                 request = self._client.request(
                     "POST",
@@ -283,6 +291,23 @@ class WebhookTarget:
 
         return d.addCallbacks(read, unread)
 
+    def _read(self, directory: Path, timestamp: int) -> _Reading | Outcome:
+        """
+        Read the message through, signing it (blocking: in the pool).
+
+        @raise OSError: if a part's file cannot be read.
+        """
+        try:
+            messageId, body = messageForm(directory)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return _unreadable(e)
+        webhookId = deliveryId(messageId)
+        signing = None if self._secret is None else Signing(self._secret, webhookId, timestamp)
+        length, digest = readBody(body, signing)
+        return _Reading(
+            webhookId, body, length, digest, None if signing is None else signing.signature()
+        )
+
     def _answered(self, response: Any) -> Deferred[Outcome]:
         retryAfter = parseRetryAfter(
             response.headers.getRawHeaders(b"retry-after", [None])[0], self._clock.seconds()
@@ -290,13 +315,6 @@ class WebhookTarget:
         head = _Head(ANSWER_HEAD, self._clock, self._timeout)
         response.deliverBody(head)
         return head.done.addCallback(lambda body: httpOutcome(response.code, body, retryAfter))
-
-
-def _readNow(body: FormBody, signing: Signing | None) -> Deferred[tuple[int, bytes]]:
-    try:
-        return succeed(readBody(body, signing))
-    except OSError as e:
-        return fail(e)
 
 
 def _unreadable(e: BaseException) -> Outcome:

@@ -18,7 +18,6 @@ Pure: bytes in, values out.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -27,6 +26,7 @@ from typing import Any
 from attrs import frozen
 
 from mxrecv.deliver.postgresql.sanitise import cleanDocument
+from mxrecv.message.model import decodeJSON
 from mxrecv.spool.layout import MMS_ZIP
 
 OCTET_STREAM = "application/octet-stream"
@@ -88,7 +88,7 @@ def messageRow(raw: bytes) -> MessageRow:
     @raise BadDocument: if it is not a message mxrecv wrote.
     """
     try:
-        loaded = json.loads(raw.decode("utf-8", "surrogatepass"))
+        loaded = decodeJSON(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadDocument(f"message.json is not JSON: {e}") from None
     if not isinstance(loaded, dict):
