@@ -36,7 +36,7 @@ class ExampleTests(SynchronousTestCase):
             [name] = s.poll(0)
             self.assertEqual(s.poll(0), [])
             started.append(name)
-            s.delivered(name, 0)
+            s.delivered(name)
         self.assertEqual(started, ["a", "b", "c"])
         self.assertEqual(len(s), 0)
 
@@ -58,7 +58,7 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(s.failing.failures, 5)
         self.assertEqual(s.failing.since, 0.0)
         self.assertEqual(s.poll(now), ["a"])
-        s.delivered("a", now)
+        s.delivered("a")
         self.assertIsNone(s.failing)
         self.assertEqual(s.poll(now), ["b"])
 
@@ -86,9 +86,9 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(s.poll(0), ["a"])
         self.assertEqual(s.failed("a", NO, 0), Retry("a", 1.0, 1))
         self.assertEqual(s.poll(0), ["b"])
-        s.delivered("b", 0.5)
+        s.delivered("b")
         self.assertEqual(s.poll(0.5), ["c"])
-        s.delivered("c", 0.6)
+        s.delivered("c")
         self.assertEqual(s.poll(0.6), [])
         self.assertEqual(s.wakeAt(), 1.0)
         self.assertEqual(s.poll(1.0), ["a"])
@@ -137,7 +137,7 @@ class ExampleTests(SynchronousTestCase):
     def test_notInFlight(self):
         s = schedule()
         s.add("a", 0)
-        self.assertRaises(ValueError, s.delivered, "a", 0)
+        self.assertRaises(ValueError, s.delivered, "a")
         self.assertRaises(KeyError, s.failed, "b", NO, 0)
 
     @given(st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(0, 100)), max_size=30))
@@ -151,7 +151,7 @@ class ExampleTests(SynchronousTestCase):
         for name, since in steps:
             if name in waiting:
                 s.poll(0.0)  # everything queued is in flight
-                s.delivered(name, 0.0)
+                s.delivered(name)
                 del waiting[name]
             else:
                 s.add(name, since)
@@ -203,7 +203,7 @@ class PropertyTests(SynchronousTestCase):
                 outcome = scripts[name].pop(0) if scripts[name] else OK
                 now += data.draw(st.sampled_from([0.0, 0.5]))
                 if outcome == OK:
-                    s.delivered(name, now)
+                    s.delivered(name)
                     delivered.append(name)
                     continue
                 decision = s.failed(name, outcome, now)

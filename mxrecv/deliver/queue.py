@@ -297,7 +297,7 @@ class Deliverer:
 
     def _delivered(self, _: object, name: str) -> None:
         log.info("Delivered new/{name} to the {target}", name=name, target=self.target.name)
-        self._schedule.delivered(name, self._clock.seconds())
+        self._schedule.delivered(name)
         self._poll()
         self._onAttempt(self.target.name, "ok")
 
@@ -315,12 +315,13 @@ class Deliverer:
             self._giveUp(decision, now)
         elif isinstance(outcome, TemporaryFailure):
             failing = self._schedule.failing
+            assert failing is not None
             log.warn(
                 "Delivery of new/{name} to the {target} failed ({failures} in a row): "
                 "{why}; next try in {delay:g}s",
                 name=name,
                 target=self.target.name,
-                failures=failing.failures if failing is not None else 1,
+                failures=failing.failures,
                 why=outcome.why,
                 delay=round(decision.at - now, 3),
             )

@@ -188,7 +188,10 @@ class Schedule:
             times.append(self._pausedUntil)
         return min(times) if times else None
 
-    def delivered(self, name: str, now: float) -> None:
+    def delivered(self, name: str) -> None:
+        """
+        A message delivered: the target is not failing.
+        """
         self._finish(name)
         del self._jobs[name]
         self.failing = None
