@@ -490,6 +490,7 @@ def buildAdmin(
     parent: IServiceCollection,
     more: Sequence[Callable[[], Check | Deferred[Check]]] = (),
     redeliver: Callable[[str, str | None], Deferred[list[str]]] | None = None,
+    samples: CollectorRegistry | None = None,
 ) -> list[Listener]:
     """
     The admin listeners (C{[admin] listen}), added to C{parent}:
@@ -505,6 +506,8 @@ def buildAdmin(
     @param takeUp: takes up an MMS in C{pending/} by name.
     @param redeliver: puts a dead letter back (C{POST /deliver/NAME}), if
         anything is delivered.
+    @param samples: where C{/health} reads the gauges it reports
+        (L{localErrorCheck}): C{registry} unless given.
     """
 
     def takeUpIfThere(name: str) -> bool:
@@ -521,7 +524,7 @@ def buildAdmin(
         reactor=reactor,
         pool=pool,
         certificates=certificates.values(),
-        more=[*more, localErrorCheck(registry, reactor, pool)],
+        more=[*more, localErrorCheck(registry if samples is None else samples, reactor, pool)],
     )
     token = BearerToken(config.token)
     children: dict[bytes, IResource] = {}

@@ -546,6 +546,11 @@ def buildSupervisor(
     ThreadPoolService(pool).setServiceParent(supervisor)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(supervisor.metricsDir))
+    # What /health reads (the workers' gauges): their files alone.  Read
+    # from the scraped registry, whose collectors describe none of those
+    # names, it would run every collector, listing the spool at each check.
+    workerSamples = CollectorRegistry()
+    MultiProcessCollector(workerSamples, path=str(supervisor.metricsDir))
     spool = Spool(config.spool.dir, reactor=reactor, pool=pool, sync=config.spool.fsync)
     registry.register(SpoolCollector(spool))
     registry.register(WorkersCollector(supervisor.workersCheck))
@@ -570,6 +575,7 @@ def buildSupervisor(
         parent=supervisor,
         more=[supervisor.workersCheck, *deliveryChecks(deadLetters.checks() if deadLetters else [])],
         redeliver=deadLetters.redeliver if deadLetters else None,
+        samples=workerSamples,
     )
     return supervisor
 
