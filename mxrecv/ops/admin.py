@@ -534,7 +534,8 @@ def buildAdmin(
             spool.root,
             reactor=reactor,
             sync=spool.sync,
-            takeUp=takeUpIfThere,
+            # It has just moved the message into pending/ itself.
+            takeUp=takeUp,
             token=token,
             mode=spool.mode,
         )
